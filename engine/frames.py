@@ -1,0 +1,455 @@
+"""Frame I/O: EXR (half/float, any channels, data windows, metadata), DPX, TIFF, PNG through OpenImageIO;
+image sequences (``name.%04d.exr``, ``name.####.exr``) with gaps; movie files through PyAV.
+
+Pixels are held as float32 (H, W, C) over the *data window*. Every native type round-trips exactly through
+float32 (half, float, 8/10/12/16-bit integers), so a frame read and written back with the same per-channel
+formats is bit-identical: that is what makes "outside the mask nothing changes" hold in the file.
+
+Every write is atomic: the file is written beside its destination under a temporary name with the same
+extension (OpenImageIO picks the format by extension) and renamed over it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from frdm.engine.errors import InputError
+
+IMAGE_EXTENSIONS = (".exr", ".dpx", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".cin", ".sxr")
+MOVIE_EXTENSIONS = (".mov", ".mp4", ".mkv", ".avi", ".mxf", ".webm", ".m4v")
+
+# Attributes OpenImageIO computes itself on write; copying them would be wrong or pointless.
+_DERIVED_ATTRIBUTES = {"oiio:subimages", "oiio:RowsPerChunk", "oiio:ColorSpace", "oiio:UnassociatedAlpha"}
+
+
+def _oiio():
+    import OpenImageIO as oiio  # deferred: the host side never imports this module
+
+    return oiio
+
+
+@dataclass
+class Frame:
+    """One image: float32 pixels over the data window plus everything needed to write it back as it was."""
+
+    pixels: np.ndarray  # (H, W, C) float32, the data window
+    channels: tuple[str, ...]
+    formats: tuple[str, ...]  # per-channel native type: "half", "float", "uint8", "uint16", "uint32"
+    data_window: tuple[int, int, int, int]  # x, y, width, height
+    display_window: tuple[int, int, int, int]
+    attributes: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (oiio type, value)
+    bits_per_sample: int = 0  # e.g. 10 for DPX scans stored as uint16; 0 = the format's own
+    path: str | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def compression(self) -> str | None:
+        item = self.attributes.get("compression")
+        return str(item[1]) if item else None
+
+    def channel_index(self, name: str) -> int:
+        """Index of a channel by exact name, or by its last component ('mask' finds 'other.mask')."""
+        if name in self.channels:
+            return self.channels.index(name)
+        for i, ch in enumerate(self.channels):
+            if ch.split(".")[-1] == name:
+                return i
+        raise InputError(
+            f"{self.path or 'frame'}: no channel '{name}' (channels are {', '.join(self.channels)})"
+        )
+
+    def rgb_indices(self) -> list[int]:
+        """Channels the restorer works on: R, G, B (first layer found), or one grey channel used three times."""
+        names = [c.upper() for c in self.channels]
+        for r, g, b in (("R", "G", "B"), ("RED", "GREEN", "BLUE")):
+            if r in names and g in names and b in names:
+                return [names.index(r), names.index(g), names.index(b)]
+        for grey in ("Y", "L", "I", "GRAY", "GREY"):
+            if grey in names:
+                return [names.index(grey)] * 3
+        if len(self.channels) in (1, 2):
+            return [0, 0, 0]
+        raise InputError(
+            f"{self.path or 'frame'}: cannot find colour channels (R, G, B or Y) among {', '.join(self.channels)}"
+        )
+
+    def with_pixels(self, pixels: np.ndarray, channels: Sequence[str] | None = None,
+                    formats: Sequence[str] | None = None) -> Frame:
+        return replace(
+            self,
+            pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+            channels=tuple(channels) if channels is not None else self.channels,
+            formats=tuple(formats) if formats is not None else self.formats,
+            attributes=dict(self.attributes),
+        )
+
+
+def _type_name(typedesc: Any) -> str:
+    name = str(typedesc)
+    return {"half": "half", "float": "float", "uint8": "uint8", "uint16": "uint16", "uint": "uint32",
+            "uint32": "uint32", "int8": "uint8", "int16": "uint16", "double": "float"}.get(name, "float")
+
+
+def read_frame(path: str | os.PathLike[str], *, check_finite: bool = True) -> Frame:
+    """Read one image file. Errors name the file and say what is wrong; nothing is returned half-read."""
+    oiio = _oiio()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file does not exist")
+    inp = oiio.ImageInput.open(path)
+    if inp is None:
+        raise InputError(f"{path}: not a readable image ({oiio.geterror() or 'unknown format'})")
+    try:
+        spec = inp.spec()
+        pixels = inp.read_image(0, 0, 0, spec.nchannels, "float")
+        if pixels is None:
+            raise InputError(
+                f"{path}: the file is truncated or corrupted ({inp.geterror() or 'read failed'}); "
+                "re-render or re-scan this frame"
+            )
+        pixels = np.asarray(pixels, dtype=np.float32).reshape(spec.height, spec.width, spec.nchannels)
+        if spec.channelformats:
+            formats = tuple(_type_name(t) for t in spec.channelformats)
+        else:
+            formats = (_type_name(spec.format),) * spec.nchannels
+        attributes = {}
+        for attr in spec.extra_attribs:
+            if attr.name in _DERIVED_ATTRIBUTES:
+                continue
+            attributes[attr.name] = (str(attr.type), attr.value)
+        bits = int(spec.get_int_attribute("oiio:BitsPerSample", 0))
+        frame = Frame(
+            pixels=np.ascontiguousarray(pixels),
+            channels=tuple(spec.channelnames),
+            formats=formats,
+            data_window=(spec.x, spec.y, spec.width, spec.height),
+            display_window=(spec.full_x, spec.full_y, spec.full_width, spec.full_height),
+            attributes=attributes,
+            bits_per_sample=bits,
+            path=path,
+        )
+    finally:
+        inp.close()
+    if check_finite:
+        bad = ~np.isfinite(frame.pixels)
+        if bad.any():
+            ys, xs, cs = np.nonzero(bad)
+            raise InputError(
+                f"{path}: {int(bad.sum())} NaN/Inf values (first at x={xs[0] + frame.data_window[0]}, "
+                f"y={ys[0] + frame.data_window[1]}, channel {frame.channels[cs[0]]}); clamp or fix them "
+                "upstream (e.g. Nuke's Expression or Clamp node) before restoring"
+            )
+    return frame
+
+
+def _format_for_extension(ext: str, fmt: str) -> str:
+    """The pixel type a format can hold: PNG has no half/float, DPX no float, EXR no 8/16-bit integer."""
+    ext = ext.lower()
+    if ext == ".exr":
+        return fmt if fmt in ("half", "float") else ("half" if fmt in ("uint8",) else "float")
+    if ext == ".png" or ext in (".jpg", ".jpeg"):
+        return fmt if fmt in ("uint8", "uint16") else "uint16" if ext == ".png" else "uint8"
+    if ext == ".dpx":
+        return fmt if fmt in ("uint8", "uint16") else "uint16"
+    return fmt
+
+
+def write_frame(
+    path: str | os.PathLike[str],
+    frame: Frame,
+    *,
+    compression: str | None = None,
+    pixel_type: str | None = None,
+    extra_attributes: dict[str, Any] | None = None,
+) -> None:
+    """Write atomically. ``compression``/``pixel_type`` None keep the frame's own (the input's)."""
+    oiio = _oiio()
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    ext = os.path.splitext(path)[1]
+    formats = [pixel_type if pixel_type not in (None, "same") else f for f in frame.formats]
+    formats = [_format_for_extension(ext, f) for f in formats]
+    h, w, c = frame.pixels.shape
+    if c != len(frame.channels):
+        raise ValueError(f"{path}: {c} pixel channels but {len(frame.channels)} channel names")
+    spec = oiio.ImageSpec(w, h, c, formats[0])
+    if len(set(formats)) > 1:
+        spec.channelformats = tuple(oiio.TypeDesc(f) for f in formats)
+    spec.channelnames = tuple(frame.channels)
+    spec.x, spec.y = frame.data_window[0], frame.data_window[1]
+    spec.full_x, spec.full_y, spec.full_width, spec.full_height = frame.display_window
+    for name, (typename, value) in frame.attributes.items():
+        if name == "compression" and ext.lower() != ".exr":
+            continue
+        try:
+            spec.attribute(name, oiio.TypeDesc(typename), value)
+        except (TypeError, RuntimeError, ValueError):
+            continue  # an attribute this format cannot carry; the pixels matter more
+    if frame.bits_per_sample and formats[0] in ("uint16", "uint32"):
+        spec.attribute("oiio:BitsPerSample", frame.bits_per_sample)
+    if compression not in (None, "same") and ext.lower() == ".exr":
+        spec.attribute("compression", compression)
+    for name, value in (extra_attributes or {}).items():
+        spec.attribute(name, value)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{ext}", dir=directory)
+    os.close(fd)
+    try:
+        out = oiio.ImageOutput.create(tmp)
+        if out is None:
+            raise InputError(f"{path}: cannot write this format ({oiio.geterror()})")
+        if not out.open(tmp, spec):
+            err = out.geterror()
+            raise InputError(f"{path}: cannot open for writing ({err})")
+        ok = out.write_image(np.ascontiguousarray(frame.pixels, dtype=np.float32))
+        err = out.geterror()
+        out.close()
+        if not ok:
+            raise InputError(f"{path}: write failed ({err})")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_attributes(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The header attributes of an image, or None if it is missing or unreadable (cheap: no pixels)."""
+    oiio = _oiio()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return None
+    inp = oiio.ImageInput.open(path)
+    if inp is None:
+        oiio.geterror()
+        return None
+    try:
+        return {a.name: a.value for a in inp.spec().extra_attribs}
+    finally:
+        inp.close()
+
+
+# --- sequences -----------------------------------------------------------------------------------------
+
+_PRINTF = re.compile(r"%0?(\d*)d")
+_HASHES = re.compile(r"#+|@+")
+
+
+@dataclass(frozen=True)
+class SequencePattern:
+    """``name.%04d.exr`` / ``name.####.exr`` / ``name.@@@@.exr``; a plain path is a one-frame "sequence"."""
+
+    pattern: str
+    prefix: str
+    suffix: str
+    padding: int  # 0 = no frame number in the name
+
+    @classmethod
+    def parse(cls, pattern: str) -> SequencePattern:
+        pattern = os.fspath(pattern)
+        head, tail = os.path.split(pattern)
+        m = _PRINTF.search(tail)
+        if m:
+            pad = int(m.group(1) or 0)
+            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end():], max(pad, 1))
+        m = None
+        for m in _HASHES.finditer(tail):
+            pass
+        if m:
+            pad = len(m.group(0))
+            if m.group(0) == "#" and pad == 1:
+                pad = 4  # Nuke: a single '#' means four digits
+            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end():], pad)
+        return cls(pattern, pattern, "", 0)
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.padding > 0
+
+    @property
+    def extension(self) -> str:
+        return os.path.splitext(self.suffix if self.is_sequence else self.prefix)[1].lower()
+
+    def path(self, frame: int) -> str:
+        if not self.is_sequence:
+            return self.prefix
+        sign = "-" if frame < 0 else ""
+        return f"{self.prefix}{sign}{abs(frame):0{self.padding}d}{self.suffix}"
+
+    def existing(self) -> list[int]:
+        """Frame numbers on disk (any padding at least ours, as Nuke reads them)."""
+        if not self.is_sequence:
+            return [1] if os.path.exists(self.prefix) else []
+        rx = re.compile(re.escape(os.path.basename(self.prefix)) + r"(-?\d+)" + re.escape(self.suffix) + "$")
+        found = []
+        for p in glob.glob(glob.escape(self.prefix) + "*" + glob.escape(self.suffix)):
+            m = rx.match(os.path.basename(p))
+            if m and len(m.group(1).lstrip("-")) >= self.padding:
+                found.append(int(m.group(1)))
+        return sorted(set(found))
+
+
+def parse_frame_range(text: str) -> list[int]:
+    """'1-10', '1-10x2', '1,3,5-8', '12' -> sorted unique frame numbers. Errors say what was not understood."""
+    text = (text or "").strip()
+    if not text:
+        raise InputError("empty frame range; give frames like 1-48, 1-48x2 or 1,5,9-12")
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+)(?:x(\d+))?)?", part)
+        if not m:
+            raise InputError(f"frame range '{text}': cannot read '{part}' (use 1-48, 1-48x2 or 1,5,9-12)")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        step = int(m.group(3) or 1)
+        if last < first:
+            raise InputError(f"frame range '{text}': '{part}' ends before it starts")
+        if step < 1:
+            raise InputError(f"frame range '{text}': step must be at least 1")
+        out.update(range(first, last + 1, step))
+    return sorted(out)
+
+
+def format_frame_range(frames: Sequence[int]) -> str:
+    """[1,2,3,5] -> '1-3,5' (for messages and metadata)."""
+    frames = sorted(set(frames))
+    parts: list[str] = []
+    i = 0
+    while i < len(frames):
+        j = i
+        while j + 1 < len(frames) and frames[j + 1] == frames[j] + 1:
+            j += 1
+        parts.append(str(frames[i]) if i == j else f"{frames[i]}-{frames[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# --- sources -------------------------------------------------------------------------------------------
+
+
+class Source:
+    """Frames by number, from an image sequence or a movie."""
+
+    description: str
+    frame_numbers: list[int]
+
+    def read(self, frame: int) -> Frame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def path(self, frame: int) -> str | None:
+        return None
+
+    def check_frames(self, frames: Sequence[int]) -> None:
+        if not frames:
+            raise InputError(f"{self.description}: the frame range is empty")
+        have = set(self.frame_numbers)
+        missing = [f for f in frames if f not in have]
+        if missing:
+            avail = format_frame_range(self.frame_numbers) or "none"
+            raise InputError(
+                f"{self.description}: frame(s) {format_frame_range(missing)} missing "
+                f"(frames on disk: {avail}); render them or narrow --frames"
+            )
+
+
+class ImageSequenceSource(Source):
+    def __init__(self, pattern: str):
+        self.pattern = SequencePattern.parse(pattern)
+        self.description = pattern
+        self.frame_numbers = self.pattern.existing()
+        if not self.frame_numbers:
+            raise InputError(f"{pattern}: no frames found (expected files like {self.pattern.path(1)})")
+
+    def path(self, frame: int) -> str:
+        return self.pattern.path(frame)
+
+    def read(self, frame: int) -> Frame:
+        return read_frame(self.pattern.path(frame))
+
+
+class MovieSource(Source):
+    """A movie file read through PyAV; frames are numbered from 1 (as Nuke's Read numbers a movie).
+
+    Decoding is sequential, so reads in increasing order are cheap; a backwards read re-opens the file."""
+
+    def __init__(self, path: str):
+        import av
+
+        self.description = path
+        self._path = path
+        if not os.path.exists(path):
+            raise InputError(f"{path}: file does not exist")
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                count = stream.frames
+                if not count:
+                    count = sum(1 for _ in container.decode(video=0))
+                self._deep = stream.codec_context.format is not None and "10" in (stream.codec_context.format.name or "")
+        except (av.error.FFmpegError, IndexError) as exc:
+            raise InputError(f"{path}: not a readable movie ({exc})") from None
+        self.frame_numbers = list(range(1, count + 1))
+        self._container = None
+        self._iter: Iterator[Any] | None = None
+        self._next = 1
+
+    def read(self, frame: int) -> Frame:
+        import av
+
+        if frame not in range(1, len(self.frame_numbers) + 1):
+            raise InputError(f"{self._path}: no frame {frame} (the movie has frames 1-{len(self.frame_numbers)})")
+        if self._iter is None or frame < self._next:
+            if self._container is not None:
+                self._container.close()
+            self._container = av.open(self._path)
+            self._iter = iter(self._container.decode(video=0))
+            self._next = 1
+        image = None
+        while self._next <= frame:
+            try:
+                decoded = next(self._iter)
+            except (StopIteration, av.error.FFmpegError) as exc:
+                raise InputError(f"{self._path}: frame {self._next} could not be decoded ({exc})") from None
+            self._next += 1
+            if self._next - 1 == frame:
+                fmt = "rgb48le" if self._deep else "rgb24"
+                image = decoded.to_ndarray(format=fmt)
+        assert image is not None
+        scale = 65535.0 if image.dtype == np.uint16 else 255.0
+        pixels = image.astype(np.float32) / scale
+        h, w = pixels.shape[:2]
+        fmt_name = "uint16" if image.dtype == np.uint16 else "uint8"
+        return Frame(pixels, ("R", "G", "B"), (fmt_name,) * 3, (0, 0, w, h), (0, 0, w, h), {}, 0,
+                     f"{self._path}@{frame}")
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._iter = None
+
+
+def open_source(spec: str) -> Source:
+    """A sequence pattern, a single image, or a movie file."""
+    ext = os.path.splitext(spec)[1].lower()
+    if ext in MOVIE_EXTENSIONS:
+        return MovieSource(spec)
+    if ext not in IMAGE_EXTENSIONS:
+        raise InputError(
+            f"{spec}: unknown image type '{ext}' (supported: {', '.join(IMAGE_EXTENSIONS + MOVIE_EXTENSIONS)})"
+        )
+    return ImageSequenceSource(spec)
