@@ -68,9 +68,7 @@ class Frame:
         for i, ch in enumerate(self.channels):
             if ch.split(".")[-1] == name:
                 return i
-        raise InputError(
-            f"{self.path or 'frame'}: no channel '{name}' (channels are {', '.join(self.channels)})"
-        )
+        raise InputError(f"{self.path or 'frame'}: no channel '{name}' (channels are {', '.join(self.channels)})")
 
     def rgb_indices(self) -> list[int]:
         """Channels the restorer works on: R, G, B (first layer found), or one grey channel used three times."""
@@ -275,9 +273,8 @@ class SequencePattern:
         if m:
             pad = int(m.group(1) or 0)
             return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end() :], max(pad, 1))
-        m = None
-        for m in _HASHES.finditer(tail):
-            pass
+        hashes = list(_HASHES.finditer(tail))
+        m = hashes[-1] if hashes else None  # the last run of # or @ is the frame number
         if m:
             pad = len(m.group(0))
             if m.group(0) == "#" and pad == 1:
@@ -422,9 +419,7 @@ class MovieSource(Source):
         import av
 
         if frame not in range(1, len(self.frame_numbers) + 1):
-            raise InputError(
-                f"{self._path}: no frame {frame} (the movie has frames 1-{len(self.frame_numbers)})"
-            )
+            raise InputError(f"{self._path}: no frame {frame} (the movie has frames 1-{len(self.frame_numbers)})")
         if self._iter is None or frame < self._next:
             if self._container is not None:
                 self._container.close()
@@ -499,9 +494,7 @@ def encode_image(frame: Frame, ext: str = ".exr", **write_kw: Any) -> bytes:
             return fh.read()
 
 
-def decode_image(
-    data: bytes, ext: str = ".exr", name: str = "<bytes>", *, check_finite: bool = True
-) -> Frame:
+def decode_image(data: bytes, ext: str = ".exr", name: str = "<bytes>", *, check_finite: bool = True) -> Frame:
     """Read an image file's bytes. Errors name ``name`` (e.g. 'frame 12 of job 3')."""
     with tempfile.TemporaryDirectory(prefix="frdm-dec-") as tmp:
         path = os.path.join(tmp, "frame" + ext)

@@ -151,11 +151,7 @@ class Schema:
         upto = STAGES.index(stage)
         full = self.validate(values)
         engine = full.get("engine", "")
-        key = {
-            p.name: full[p.name]
-            for p in self.params
-            if STAGES.index(p.stage) <= upto and (engine in p.engines)
-        }
+        key = {p.name: full[p.name] for p in self.params if STAGES.index(p.stage) <= upto and (engine in p.engines)}
         blob = json.dumps({"v": engine_version, "p": key}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -166,13 +162,10 @@ class Schema:
 def _check_cross_field(v: Mapping[str, Any]) -> None:
     if v["patch_overlap"] * 2 > v["patch_size"]:
         raise ParamError(
-            f"parameter 'patch_overlap' ({v['patch_overlap']}) must be at most half of 'patch_size' "
-            f"({v['patch_size']})"
+            f"parameter 'patch_overlap' ({v['patch_overlap']}) must be at most half of 'patch_size' ({v['patch_size']})"
         )
     if v["patch_size"] % 64:
-        raise ParamError(
-            f"parameter 'patch_size' must be a multiple of 64 (the latent grid x8), got {v['patch_size']}"
-        )
+        raise ParamError(f"parameter 'patch_size' must be a multiple of 64 (the latent grid x8), got {v['patch_size']}")
     if v["window_overlap"] >= v["window"]:
         raise ParamError(
             f"parameter 'window_overlap' ({v['window_overlap']}) must be smaller than 'window' ({v['window']})"
@@ -318,8 +311,7 @@ SCHEMA = Schema(
             "deflicker",
             "bool",
             False,
-            "even out frame-to-frame brightness flicker (global gain/offset "
-            "against the temporal neighbourhood)",
+            "even out frame-to-frame brightness flicker (global gain/offset against the temporal neighbourhood)",
             group="detect",
             engines=_CLASSICAL,
             stage="fill",
@@ -500,18 +492,14 @@ def load_preset(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"preset file {path} has no 'params' object (expected {{'frdm_preset': 1, 'params': {{...}}}})"
         )
     if doc.get("frdm_preset", PRESET_FORMAT) > PRESET_FORMAT:
-        raise ParamError(
-            f"preset file {path} is format {doc['frdm_preset']}; this FRDM reads up to {PRESET_FORMAT}"
-        )
+        raise ParamError(f"preset file {path} is format {doc['frdm_preset']}; this FRDM reads up to {PRESET_FORMAT}")
     try:
         return SCHEMA.validate(doc["params"], partial=True)
     except ParamError as exc:
         raise ParamError(f"preset file {path}: {exc}") from None
 
 
-def save_preset(
-    path: str | os.PathLike[str], values: Mapping[str, Any], *, only_changed: bool = True
-) -> None:
+def save_preset(path: str | os.PathLike[str], values: Mapping[str, Any], *, only_changed: bool = True) -> None:
     """Write a preset atomically. By default only values that differ from the defaults are kept, so a
     preset stays readable and later default improvements still reach the shot."""
     full = SCHEMA.validate(values)

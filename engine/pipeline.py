@@ -75,9 +75,7 @@ def _artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: i
     """(H, W) float mask in [0, 1] from a channel of the source or a separate mask frame."""
     if mask_frame is None:
         if not channel:
-            raise InputError(
-                "mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)"
-            )
+            raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
         return np.clip(frame.pixels[..., frame.channel_index(channel)], 0.0, 1.0)
     if mask_frame.pixels.shape[:2] != frame.pixels.shape[:2]:
         raise InputError(
@@ -110,9 +108,7 @@ def restore_frames(
         mask_source.check_frames(frames)
     check_colorspace(params["colorspace"], params["ocio_config"])
     if params["mask"] == "artist" and mask_source is None and not params["mask_channel"]:
-        raise InputError(
-            "mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)"
-        )
+        raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
     before, after = restorer.context(params)
     available = source.frame_numbers
     position = {n: i for i, n in enumerate(available)}
@@ -138,8 +134,10 @@ def restore_frames(
         in_range = representable(model)
         clip = Clip(np.clip(model, 0.0, 1.0), list(numbers), list(block))
 
-        def block_progress(done: float, count: float, message: str, _base: int = done_before) -> None:
-            progress(_base + done * len(block) / max(count, 1), total, message)
+        def block_progress(
+            done: float, count: float, message: str, _base: int = done_before, _size: int = len(block)
+        ) -> None:
+            progress(_base + done * _size / max(count, 1), total, message)
 
         for restored in restorer.restore(clip, params, block_progress):
             i = numbers.index(restored.frame_number)
@@ -245,9 +243,7 @@ def plan_restore(
     if pattern.extension in (".mov", ".mp4", ".mkv", ".avi", ".mxf", ".webm", ".m4v"):
         raise InputError(f"{out}: FRDM writes image sequences; give OUT like shot.####.exr")
     if not pattern.is_sequence and len(frames) > 1:
-        raise InputError(
-            f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr"
-        )
+        raise InputError(f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr")
     for n in frames:
         src_path = source.path(n)
         if src_path and os.path.realpath(src_path) == os.path.realpath(pattern.path(n)):
@@ -268,9 +264,7 @@ def plan_restore(
             if attrs is not None and attrs.get(ATTR_HASH) == digest:
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
-    return RestorePlan(
-        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params)
-    )
+    return RestorePlan(source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params))
 
 
 def restore_sequence(
@@ -304,9 +298,7 @@ def restore_sequence(
             report.written.append(n)
             report.outputs[n] = path
             if MATTE_CHANNEL in frame.channels:
-                report.matte_coverage[n] = float(
-                    (frame.pixels[..., frame.channels.index(MATTE_CHANNEL)] > 0.5).mean()
-                )
+                report.matte_coverage[n] = float((frame.pixels[..., frame.channels.index(MATTE_CHANNEL)] > 0.5).mean())
     report.seconds = time.perf_counter() - t0
     for n in plan.skip:
         report.outputs[n] = plan.out.path(n)

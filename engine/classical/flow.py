@@ -40,9 +40,7 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``image`` (a neighbour) at x + flow(x): the neighbour seen from the current frame's grid."""
     h, w = flow.shape[:2]
     xs, ys = _grid(h, w)
-    return cv2.remap(
-        image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:

@@ -63,9 +63,7 @@ class ClassicalRestorer:
         count = frames.shape[0]
         grey = [luminance(f) for f in frames]
         flows = _FlowCache([flow_input(g) for g in grey])
-        spikes = SpikeDetector(
-            threshold=float(params["dust_threshold"]), max_area=int(params["dust_max_area"])
-        )
+        spikes = SpikeDetector(threshold=float(params["dust_threshold"]), max_area=int(params["dust_max_area"]))
         scratches = ScratchDetector(
             threshold=float(params["scratch_threshold"]), min_length=float(params["scratch_min_length"])
         )

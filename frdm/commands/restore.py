@@ -17,13 +17,9 @@ from frdm.engine import params as P
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "src", metavar="SRC", help="source: name.####.exr, name.%%04d.dpx, a single image or a movie"
-    )
+    parser.add_argument("src", metavar="SRC", help="source: name.####.exr, name.%%04d.dpx, a single image or a movie")
     parser.add_argument("out", metavar="OUT", help="output sequence, e.g. restored.####.exr")
-    parser.add_argument(
-        "--frames", help="frames to restore, e.g. 1-48, 1-48x2, 1,5,9-12 (default: all on disk)"
-    )
+    parser.add_argument("--frames", help="frames to restore, e.g. 1-48, 1-48x2, 1,5,9-12 (default: all on disk)")
     parser.add_argument(
         "--mask",
         default=None,
@@ -31,16 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which pixels may change: auto (detected defects), none (whole frame), or an artist "
         "mask sequence (its alpha, or --mask-channel)",
     )
-    parser.add_argument(
-        "--preset", help="per-shot parameter file (JSON, see `frdm.engine.params.save_preset`)"
-    )
-    parser.add_argument(
-        "--save-preset", metavar="FILE", help="write the effective parameters to FILE and go on"
-    )
+    parser.add_argument("--preset", help="per-shot parameter file (JSON, see `frdm.engine.params.save_preset`)")
+    parser.add_argument("--save-preset", metavar="FILE", help="write the effective parameters to FILE and go on")
     parser.add_argument("--weights", help="folder of local weights (diffusion engine)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="check inputs and print the plan; write nothing"
-    )
+    parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
     parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
