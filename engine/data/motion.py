@@ -113,7 +113,10 @@ def fast_motion(
     frames = np.empty((n_frames, h, w, 3), np.float32)
     for t in range(n_frames):
         frames[t] = cv2.warpAffine(
-            src[t % src.shape[0]], maps[t], (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+            src[t % src.shape[0]],
+            maps[t],
+            (w, h),
+            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REFLECT,
         )
     return MotionClip(np.clip(frames, 0.0, 1.0), maps)

@@ -31,7 +31,7 @@ import numpy as np
 
 from frdm.engine.errors import InputError
 
-MIN_ALPHA = 0.125  # opacity below this is cut: such a fringe is invisible and would inflate the mask
+MIN_ALPHA = 0.2  # opacity below this is cut: such a fringe is invisible and would inflate the mask
 Result = tuple[np.ndarray, np.ndarray]
 
 
@@ -96,9 +96,7 @@ def _blob_points(rng: np.random.Generator, radius: float, roughness: float, elon
     rotated. Real dust and dirt are rarely round."""
     n = 16
     theta = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
-    harmonics = sum(
-        rng.normal(0, roughness / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
-    )
+    harmonics = sum(rng.normal(0, roughness / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
     r = radius * np.clip(1.0 + harmonics, 0.3, 2.0)
     pts = np.stack([r * np.cos(theta) * elongation, r * np.sin(theta)], axis=1)
     phi = rng.uniform(0, np.pi)
@@ -271,9 +269,7 @@ def burns(
     return _finish(frames, out)
 
 
-def _vertical_line_alpha(
-    H: int, W: int, xc: np.ndarray, width: float, intensity: np.ndarray
-) -> tuple[np.ndarray, int]:
+def _vertical_line_alpha(H: int, W: int, xc: np.ndarray, width: float, intensity: np.ndarray) -> tuple[np.ndarray, int]:
     """Opacity of a near-vertical line through x = xc[y] with a smooth cross profile; returns the band
     (H, bw) and its first column."""
     half = width / 2.0 + 2.0
@@ -415,8 +411,14 @@ def templates(
             # crop centre -> (cx, cy), rotated and scaled: one affine warp straight into frame coordinates
             M = cv2.getRotationMatrix2D(((cw - 1) / 2, (ch - 1) / 2), angle, scale)
             M[:, 2] += [cx - (cw - 1) / 2, cy - (ch - 1) / 2]
-            alpha = cv2.warpAffine(np.ascontiguousarray(crop), M, (W, H), flags=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            alpha = cv2.warpAffine(
+                np.ascontiguousarray(crop),
+                M,
+                (W, H),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
             _paint(out[t], alpha * rng.uniform(0.6, 1.0), 0, 0, defect_colour(rng))
     return _finish(frames, out)
 
@@ -491,8 +493,9 @@ def rescale(frames: np.ndarray, rng: np.random.Generator, *, factor: tuple[float
     f = rng.uniform(*factor)
     small = (max(1, int(round(W * f))), max(1, int(round(H * f))))
     up = [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA][int(rng.integers(0, 3))]
-    out = np.stack([cv2.resize(cv2.resize(fr, small, interpolation=cv2.INTER_AREA), (W, H), interpolation=up)
-                    for fr in frames])
+    out = np.stack(
+        [cv2.resize(cv2.resize(fr, small, interpolation=cv2.INTER_AREA), (W, H), interpolation=up) for fr in frames]
+    )
     return _finish(frames, out)
 
 

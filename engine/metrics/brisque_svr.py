@@ -46,8 +46,14 @@ def _model() -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray, np.ndarr
         raise InputError(f"{path}: not a libsvm RBF model file")
     with open(param_path("brisque_normalize.json")) as fh:
         norm = json.load(fh)
-    return (np.array(coefs), np.stack(svs), float(header["gamma"]), float(header["rho"]),
-            np.array(norm["min_"], dtype=np.float64), np.array(norm["max_"], dtype=np.float64))
+    return (
+        np.array(coefs),
+        np.stack(svs),
+        float(header["gamma"]),
+        float(header["rho"]),
+        np.array(norm["min_"], dtype=np.float64),
+        np.array(norm["max_"], dtype=np.float64),
+    )
 
 
 def _gaussian_kernel(n: int = 7, sigma: float = 7.0 / 6.0) -> np.ndarray:

@@ -28,8 +28,11 @@ def _pristine() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path = param_path("niqe_pris_params.npz")
     with np.load(path, allow_pickle=False) as data:
         try:
-            return (data["mu_pris_param"].astype(np.float64), data["cov_pris_param"].astype(np.float64),
-                    data["gaussian_window"].astype(np.float64))
+            return (
+                data["mu_pris_param"].astype(np.float64),
+                data["cov_pris_param"].astype(np.float64),
+                data["gaussian_window"].astype(np.float64),
+            )
         except KeyError as exc:
             raise InputError(f"{path}: missing array {exc} (not a NIQE parameter file)") from None
 

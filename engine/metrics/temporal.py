@@ -36,8 +36,13 @@ def warp(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
     h, w = flow.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    return cv2.remap(np.ascontiguousarray(img, np.float32), xs + flow[..., 0], ys + flow[..., 1],
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        np.ascontiguousarray(img, np.float32),
+        xs + flow[..., 0],
+        ys + flow[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 def reliable(flow_bw: np.ndarray, flow_fw: np.ndarray) -> np.ndarray:
@@ -75,7 +80,12 @@ def warp_error(
             m = np.ones(bw.shape[:2], bool)
             h, w = bw.shape[:2]
             ys, xs = np.mgrid[0:h, 0:w]
-            m &= (xs + bw[..., 0] >= 0) & (xs + bw[..., 0] <= w - 1) & (ys + bw[..., 1] >= 0) & (ys + bw[..., 1] <= h - 1)
+            m &= (
+                (xs + bw[..., 0] >= 0)
+                & (xs + bw[..., 0] <= w - 1)
+                & (ys + bw[..., 1] >= 0)
+                & (ys + bw[..., 1] <= h - 1)
+            )
         else:
             bw = dis_flow(ref[t + 1], ref[t])
             m = reliable(bw, dis_flow(ref[t], ref[t + 1]))
