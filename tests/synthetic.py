@@ -21,7 +21,9 @@ def still_from_movie(path: Path, index: int = 40, width: int = 320) -> np.ndarra
     return cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
-def pan_clip(still: np.ndarray, frames: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.5)) -> np.ndarray:
+def pan_clip(
+    still: np.ndarray, frames: int, size: tuple[int, int], speed: tuple[float, float] = (2.0, 0.5)
+) -> np.ndarray:
     """A camera pan across ``still`` at ``speed`` px/frame (quarter-pixel steps), (T, H, W, 3).
 
     Each frame is area-sampled from a 4x upsampled still at an integer offset, so every frame has the same

@@ -86,8 +86,13 @@ def test_written_pixels_are_bit_identical_outside_the_mask(tmp_path, fmt, mask_m
             _write_source(tmp_path / f"mask.{t + 1:04d}.exr", m, "half")
         mask_arg = str(tmp_path / "mask.####.exr")
     params = P.validate({"colorspace": "linear", "feather": 1.5, "mask": "none" if mask_mode == "artist" else "auto"})
-    restore_sequence(str(tmp_path / "src.####.exr"), str(tmp_path / "out.####.exr"), params=params, mask=mask_arg,
-                     restorer=ClassicalRestorer())
+    restore_sequence(
+        str(tmp_path / "src.####.exr"),
+        str(tmp_path / "out.####.exr"),
+        params=params,
+        mask=mask_arg,
+        restorer=ClassicalRestorer(),
+    )
     changed_somewhere = False
     for t in range(1, 6):
         src, _ = _native(tmp_path / f"src.{t:04d}.exr")
@@ -98,7 +103,7 @@ def test_written_pixels_are_bit_identical_outside_the_mask(tmp_path, fmt, mask_m
             allowed = feather_mask(matte, 1.5, P.defaults()["matte_grow"]) > 0
         else:
             allowed = np.zeros((h, w), bool)
-            allowed[:, :33 + 3] = True  # the artist's half plus the feather
+            allowed[:, : 33 + 3] = True  # the artist's half plus the feather
         # Highlights above 1 (scene-linear) are not representable in model space: they must stay too.
         assert np.array_equal(src[..., :4][~allowed], out[..., :4][~allowed]), f"frame {t}: pixels changed outside"
         assert src[..., :4].dtype == out[..., :4].dtype

@@ -19,7 +19,10 @@ TARGETS = list(range(2, FRAMES - 2))  # frames with full temporal context on bot
 def _source(frames: np.ndarray) -> MemorySource:
     h, w = frames.shape[1:3]
     return MemorySource(
-        {n: Frame(f, ("R", "G", "B"), ("float",) * 3, (0, 0, w, h), (0, 0, w, h), {}, 0, f"f{n}") for n, f in enumerate(frames)}
+        {
+            n: Frame(f, ("R", "G", "B"), ("float",) * 3, (0, 0, w, h), (0, 0, w, h), {}, 0, f"f{n}")
+            for n, f in enumerate(frames)
+        }
     )
 
 

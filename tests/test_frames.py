@@ -58,8 +58,15 @@ def test_exr_half_rgba_extra_channels_window_and_metadata_round_trip(tmp_path):
     pixels = (rng.normal(0.5, 1.0, (24, 40, 5))).astype(np.float16)  # values above 1 and below 0 too
     src = tmp_path / "in.exr"
     _write_raw_exr(
-        src, pixels, ("R", "G", "B", "A", "mask"), "half", window=(7, 3), display=(0, 0, 64, 32),
-        compression="piz", frdm__note="shot sh010", smpte__TimeCode=(oiio.TypeDesc("timecode"), (0x01020304, 0)),
+        src,
+        pixels,
+        ("R", "G", "B", "A", "mask"),
+        "half",
+        window=(7, 3),
+        display=(0, 0, 64, 32),
+        compression="piz",
+        frdm__note="shot sh010",
+        smpte__TimeCode=(oiio.TypeDesc("timecode"), (0x01020304, 0)),
         FramesPerSecond=(oiio.TypeDesc("rational2i"), (24, 1)),
     )
     frame = read_frame(src)
@@ -100,7 +107,12 @@ def test_exr_float_and_mixed_channel_types_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     ("ext", "fmt", "bits", "scale"),
-    [(".png", "uint8", 0, 255), (".png", "uint16", 0, 65535), (".tif", "uint16", 0, 65535), (".dpx", "uint16", 10, 1023)],
+    [
+        (".png", "uint8", 0, 255),
+        (".png", "uint16", 0, 65535),
+        (".tif", "uint16", 0, 65535),
+        (".dpx", "uint16", 10, 1023),
+    ],
 )
 def test_integer_formats_round_trip(tmp_path, ext, fmt, bits, scale):
     rng = np.random.default_rng(2)
@@ -191,8 +203,13 @@ def test_movie_frames_through_pyav(shared_data):
 
 
 def test_encode_decode_bytes(tmp_path):
-    frame = Frame(np.random.default_rng(4).random((6, 7, 3), np.float32), ("R", "G", "B"), ("float",) * 3,
-                  (0, 0, 7, 6), (0, 0, 7, 6))
+    frame = Frame(
+        np.random.default_rng(4).random((6, 7, 3), np.float32),
+        ("R", "G", "B"),
+        ("float",) * 3,
+        (0, 0, 7, 6),
+        (0, 0, 7, 6),
+    )
     data = encode_image(frame)
     assert data[:4] == b"\x76\x2f\x31\x01"  # the OpenEXR magic number
     assert np.array_equal(decode_image(data).pixels, frame.pixels)
