@@ -12,7 +12,6 @@ from hypothesis.extra.numpy import arrays
 from frdm.engine import params as P
 from frdm.engine.blend import MASK_FLOOR, blend, feather_mask
 from frdm.engine.classical import ClassicalRestorer
-from frdm.engine.frames import Frame, write_frame
 from frdm.engine.pipeline import restore_sequence
 
 floats = st.floats(-1e4, 1e4, allow_nan=False, width=32)

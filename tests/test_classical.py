@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
-from synthetic import add_dust, add_moving_disc, add_scratch, detection_scores, masked_psnr, pan_clip, still_from_movie
 
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
 from frdm.engine.frames import Frame, MemorySource
 from frdm.engine.pipeline import MATTE_CHANNEL, restore_frames
+
+from synthetic import add_dust, add_moving_disc, add_scratch, detection_scores, masked_psnr, pan_clip, still_from_movie
 
 FRAMES = 11
 TARGETS = list(range(2, FRAMES - 2))  # frames with full temporal context on both sides

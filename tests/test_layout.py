@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = {"frdm": "frdm", "frdm.engine": "engine", "frdm.server": "server", "frdm.plugin": "plugin"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
 from frdm.engine.classical.fill import spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
