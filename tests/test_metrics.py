@@ -146,3 +146,25 @@ def test_evaluate_clip_checks_frames_and_masks() -> None:
         evaluate_clip(gt, gt, np.zeros_like(mask), ["MaskedPSNR"])
     with pytest.raises(InputError, match="unknown metric"):
         evaluate_clip(gt, gt, mask, ["FID"])
+
+
+def test_parameter_files_ship_inside_the_package() -> None:
+    import os
+    import tomllib
+    from pathlib import Path
+
+    from frdm.engine.metrics.params_files import PARAMS_DIR
+
+    needed = {
+        "lpips_alex.safetensors",
+        "niqe_pris_params.npz",
+        "brisque_svm.txt",
+        "brisque_normalize.json",
+        "LICENSE.lpips",
+        "LICENSE.basicsr",
+        "LICENSE.brisque",
+        "README.md",
+    }
+    assert needed <= set(os.listdir(PARAMS_DIR))
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert "params/*" in config["tool"]["setuptools"]["package-data"]["frdm.engine.metrics"]
