@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from frdm.engine.data import synthesis as S
 from frdm.engine.data.pairs import pair_mask
 
@@ -11,6 +12,7 @@ from frdm.engine.data.pairs import pair_mask
 @pytest.fixture(scope="module")
 def picture(shared_data):  # noqa: ANN001, ANN201
     import cv2
+
     from frdm.engine.frames import open_source
 
     px = open_source(str(shared_data / "clean" / "bigbuckbunny.mp4")).read(60).pixels

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch.utils.data
+
 from frdm.engine.errors import InputError
 
 FRAME_NAME = "frame.{:04d}.png"
