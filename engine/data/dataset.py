@@ -136,7 +136,8 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
     frames (consecutive windows share ``frame_overlap``) and ``patch_size`` square patches (neighbours share
     ``patch_overlap`` pixels). With ``random_position`` the patch moves to a random position inside its
     cell's neighbourhood (and the window to a random start) on every read, seeded by (``seed``, epoch, i):
-    set ``dataset.epoch`` each epoch for new positions.
+    set ``dataset.epoch`` each epoch for new positions (DataLoader workers see it when they start: keep
+    ``persistent_workers=False``, the default, or set it in the workers too).
 
     Each item is a dict:
 
