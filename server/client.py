@@ -16,6 +16,7 @@ Threading: one client instance is driven by one thread at a time (Nuke: a worker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -131,7 +132,9 @@ class FrdmClient:
         try:
             header = protocol.unpack(parts[0])
         except protocol.ProtocolError as exc:
-            raise ServerError("protocol_mismatch", f"the server sent a message this client cannot read: {exc}") from None
+            raise ServerError(
+                "protocol_mismatch", f"the server sent a message this client cannot read: {exc}"
+            ) from None
         if header.get("v") != protocol.PROTOCOL_VERSION:
             raise ServerError(
                 "protocol_mismatch",
@@ -153,7 +156,7 @@ class FrdmClient:
                 if not s.poll(int(left * 1000) + 1, zmq.POLLIN):
                     break
                 reply, _ = self._recv(s)
-                if reply.get("id") != header["id"]:
+                if reply.get("id") != header["id"] and not _unaddressed_error(reply):
                     continue  # a late answer to an earlier, retried request
                 if reply.get("type") == "error":
                     raise ServerError(str(reply.get("code", "internal")), str(reply.get("message", "")))
@@ -167,8 +170,8 @@ class FrdmClient:
             sock.close(linger=0)
         raise ServerError(
             "server_unreachable",
-            f"no FRDM server answered at {self.address} within {self.timeout:g} s ({self.retries + 1} tries); "
-            "start it with 'frdm serve' or check the address and keys",
+            f"no FRDM server answered at {self.address} within {self.timeout:g} s "
+            f"({self.retries + 1} tries); start it with 'frdm serve' or check the address and keys",
         )
 
     # --- requests --------------------------------------------------------------------------------------
@@ -215,7 +218,14 @@ class FrdmClient:
         job_id = job_id or _new_id()
         request_id = _new_id()
         header, blobs = protocol.restore_header(
-            request_id, job_id, params, frames, sources, masks, output_dir=output_dir, output_pattern=output_pattern
+            request_id,
+            job_id,
+            params,
+            frames,
+            sources,
+            masks,
+            output_dir=output_dir,
+            output_pattern=output_pattern,
         )
         return self._stream(protocol.encode(header, blobs), request_id, job_id)
 
@@ -241,14 +251,15 @@ class FrdmClient:
                     finished = True
                     if accepted:
                         why = (
-                            f"the FRDM server at {self.address} went silent for {self.timeout:g} s during job "
-                            f"{job_id} (it sends a heartbeat every second): it stopped or crashed. Restart it "
-                            "and render again; frames it finished come from its cache"
+                            f"the FRDM server at {self.address} went silent for {self.timeout:g} s "
+                            f"during job {job_id} (it sends a heartbeat every second): it stopped or "
+                            "crashed. Restart it and render again; frames it finished come from its cache"
                         )
                     else:
                         why = (
                             f"no FRDM server answered at {self.address} within {self.timeout:g} s "
-                            f"({attempts + 1} tries); start it with 'frdm serve' or check the address and keys"
+                            f"({attempts + 1} tries); start it with 'frdm serve' or check the address "
+                            "and keys"
                         )
                     self._reconnect()
                     yield Event("error", job_id, code="server_unreachable", message=why)
@@ -259,7 +270,11 @@ class FrdmClient:
                     finished = True
                     yield Event("error", job_id, code=exc.code, message=str(exc))
                     return
-                if header.get("job") != job_id and header.get("id") != request_id:
+                if (
+                    header.get("job") != job_id
+                    and header.get("id") != request_id
+                    and not _unaddressed_error(header)
+                ):
                     continue  # a stale message for an earlier job on this socket
                 deadline = time.monotonic() + self.timeout
                 event = _event(header, blobs, job_id)
@@ -274,14 +289,18 @@ class FrdmClient:
                     return
         finally:
             if not finished and not self._closed:
-                try:  # the caller left the loop early: free the server for other work
+                with contextlib.suppress(FrdmError):  # the caller left the loop early: free the server
                     self.cancel(job_id)
-                except FrdmError:
-                    pass
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _unaddressed_error(reply: dict[str, Any]) -> bool:
+    # The server could not read our request id (e.g. the header was too large to parse); with one
+    # request outstanding per socket, that error is ours.
+    return reply.get("type") == "error" and reply.get("id") == ""
 
 
 def _body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +313,9 @@ def _event(h: dict[str, Any], blobs: list[bytes], job_id: str) -> Event | None:
     if kind == "accepted":
         return Event("accepted", job_id, message=str(h.get("message", "")), total=num("total"))
     if kind == "progress":
-        return Event("progress", job_id, done=num("done"), total=num("total"), message=str(h.get("message", "")))
+        return Event(
+            "progress", job_id, done=num("done"), total=num("total"), message=str(h.get("message", ""))
+        )
     if kind == "frame":
         blob = h.get("blob")
         data = blobs[blob - 1] if isinstance(blob, int) and 1 <= blob <= len(blobs) else None

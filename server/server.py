@@ -18,6 +18,7 @@ the running job finishes its current frame, every write is atomic, then the proc
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import importlib
 import json
@@ -116,7 +117,9 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+    tmp = os.path.join(
+        directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
+    )
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -136,10 +139,8 @@ def remove_stale_partials(directory: str) -> None:
         return
     for name in names:
         if name.startswith(PARTIAL_PREFIX):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
 
 
 # --- result cache ------------------------------------------------------------------------------------
@@ -373,7 +374,9 @@ class Server:
             try:
                 factory = getattr(importlib.import_module(module_name), attr or "create_restorer")
             except (ImportError, AttributeError) as exc:
-                raise FrdmError(f"--restorer {self.config.restorer_factory}: cannot import it ({exc})") from None
+                raise FrdmError(
+                    f"--restorer {self.config.restorer_factory}: cannot import it ({exc})"
+                ) from None
             return factory()
         from frdm.engine.restorer import create_restorer
 
@@ -396,7 +399,9 @@ class Server:
             try:
                 public, secret = load_certificate(os.path.join(keys, "server.key_secret"))
             except (OSError, ValueError) as exc:
-                raise FrdmError(f"--curve-keys {keys}: no server.key_secret ({exc}); run 'frdm keygen {keys}'") from None
+                raise FrdmError(
+                    f"--curve-keys {keys}: no server.key_secret ({exc}); run 'frdm keygen {keys}'"
+                ) from None
             self._auth = ThreadAuthenticator(self.context)
             self._auth.start()
             clients = os.path.join(keys, "clients")
@@ -411,14 +416,20 @@ class Server:
             sock.bind(self.config.bind)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise FrdmError(f"cannot bind {self.config.bind}: {exc} (is another server running there?)") from None
+            raise FrdmError(
+                f"cannot bind {self.config.bind}: {exc} (is another server running there?)"
+            ) from None
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.config.bind
         return sock
 
-    def _send(self, identity: bytes, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> bool:
+    def _send(
+        self, identity: bytes, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()
+    ) -> bool:
         assert self._router is not None
         try:
-            self._router.send_multipart([identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False)
+            self._router.send_multipart(
+                [identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False
+            )
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away. EAGAIN: it stopped reading. Either way its job is orphaned.
@@ -502,8 +513,13 @@ class Server:
             self._send(
                 job.identity,
                 protocol.make_header(
-                    "progress", job.req.request_id, job=job.id, done=job.done, total=job.total,
-                    state=job.state, message=message,
+                    "progress",
+                    job.req.request_id,
+                    job=job.id,
+                    done=job.done,
+                    total=job.total,
+                    state=job.state,
+                    message=message,
                 ),
             )
 
@@ -518,7 +534,8 @@ class Server:
             size = sum(len(p) for p in body)
             if size > self.limits.max_message_bytes:
                 raise ProtocolError(
-                    "too_large", f"message of {size} bytes exceeds the limit of {self.limits.max_message_bytes}"
+                    "too_large",
+                    f"message of {size} bytes exceeds the limit of {self.limits.max_message_bytes}",
                 )
             header = protocol.unpack(body[0])
             rid = header.get("id")
@@ -528,7 +545,8 @@ class Server:
             kind = header.get("type")
             if kind not in protocol.REQUEST_TYPES:
                 raise ProtocolError(
-                    "bad_request", f"unknown request type {kind!r} (known: {', '.join(protocol.REQUEST_TYPES)})"
+                    "bad_request",
+                    f"unknown request type {kind!r} (known: {', '.join(protocol.REQUEST_TYPES)})",
                 )
             request_id = protocol._ident(header.get("id"), "id")
             if kind != "restore" and len(body) > 1:
@@ -545,13 +563,17 @@ class Server:
             self._send(identity, protocol.error_header(request_id, exc.code, str(exc)))
         except Exception as exc:  # never let one request take the server down
             log.error("request failed:\n%s", traceback.format_exc())
-            self._send(identity, protocol.error_header(request_id, "internal", f"{type(exc).__name__}: {exc}"))
+            self._send(
+                identity, protocol.error_header(request_id, "internal", f"{type(exc).__name__}: {exc}")
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
-            "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
+            "engine": self.config.engine
+            if not self.config.restorer_factory
+            else self.config.restorer_factory,
             "engine_version": self.engine_version,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
@@ -569,8 +591,12 @@ class Server:
                 for j in self.jobs.values()
             }
             current = self.current.id if self.current is not None else None
-        return {"current": current, "queue": [j.id for j in self.queue.order()], "jobs": jobs,
-                "stopping": self.stopping.is_set()}
+        return {
+            "current": current,
+            "queue": [j.id for j in self.queue.order()],
+            "jobs": jobs,
+            "stopping": self.stopping.is_set(),
+        }
 
     def _cancel(self, identity: bytes, request_id: str, job_id: str) -> None:
         queued = self.queue.remove(job_id)
@@ -582,26 +608,48 @@ class Server:
             raise ProtocolError("unknown_job", f"no queued or running job '{job_id}' (it may have finished)")
         job.cancel.set()
         if queued is not None:  # never started: answer for it now; a running job answers from the worker
-            self._send(job.identity, protocol.error_header(
-                job.req.request_id, "cancelled", f"job {job_id} was cancelled before it started", job=job_id))
+            self._send(
+                job.identity,
+                protocol.error_header(
+                    job.req.request_id,
+                    "cancelled",
+                    f"job {job_id} was cancelled before it started",
+                    job=job_id,
+                ),
+            )
         self._send(identity, protocol.make_header("cancel", request_id, job=job_id, ok=True))
 
     def _submit(self, identity: bytes, header: dict[str, Any], blobs: list[bytes]) -> None:
         if self.stopping.is_set():
-            raise ProtocolError("shutting_down", "the server is stopping; send the request again after restart")
+            raise ProtocolError(
+                "shutting_down", "the server is stopping; send the request again after restart"
+            )
         req = protocol.parse_restore(header, len(blobs), self.limits)
         with self.lock:
             existing = self.jobs.get(req.job_id)
         if existing is not None:
             if existing.req.request_id != req.request_id:
-                raise ProtocolError("bad_request", f"job id '{req.job_id}' is already in use by another request")
-            # The same request resent by a Lazy-Pirate retry: re-attach the new socket, replay finished frames.
+                raise ProtocolError(
+                    "bad_request", f"job id '{req.job_id}' is already in use by another request"
+                )
+            # The same request resent by a Lazy-Pirate retry: re-attach the new socket, replay done frames.
             existing.identity = identity
-            self._send(identity, protocol.make_header(
-                "accepted", req.request_id, job=req.job_id, total=existing.total, message="re-attached"))
+            self._send(
+                identity,
+                protocol.make_header(
+                    "accepted", req.request_id, job=req.job_id, total=existing.total, message="re-attached"
+                ),
+            )
             for frame, key in list(existing.keys.items()):  # frames the old socket may have missed
-                header = protocol.make_header("frame", req.request_id, job=req.job_id, frame=frame, cached=True,
-                                              done=existing.done, total=existing.total)
+                header = protocol.make_header(
+                    "frame",
+                    req.request_id,
+                    job=req.job_id,
+                    frame=frame,
+                    cached=True,
+                    done=existing.done,
+                    total=existing.total,
+                )
                 if existing.output_paths:
                     self._send(identity, dict(header, path=existing.output_paths[frame]))
                 elif (data := self.cache.get(key)) is not None:
@@ -621,8 +669,16 @@ class Server:
         with self.lock:
             self.jobs[job.id] = job
         self.queue.put(job)
-        self._send(identity, protocol.make_header(
-            "accepted", req.request_id, job=job.id, total=job.total, message=f"queued behind {len(self.queue) - 1}"))
+        self._send(
+            identity,
+            protocol.make_header(
+                "accepted",
+                req.request_id,
+                job=job.id,
+                total=job.total,
+                message=f"queued behind {len(self.queue) - 1}",
+            ),
+        )
 
     def _resolve_inputs(self, refs: dict[int, ImageRef], what: str) -> dict[int, str]:
         out = {}
@@ -632,7 +688,9 @@ class Server:
             real = resolve_under_roots(ref.path, self.roots, what=f"{what} frame {frame}", must_exist=True)
             size = os.path.getsize(real)
             if size > self.limits.max_message_bytes:
-                raise ProtocolError("too_large", f"{what} frame {frame}: {size} bytes exceeds the server's limit")
+                raise ProtocolError(
+                    "too_large", f"{what} frame {frame}: {size} bytes exceeds the server's limit"
+                )
             if real.lower().endswith(".exr"):
                 with open(real, "rb") as fh:
                     head = fh.read(_EXR_HEADER_PEEK)
@@ -652,17 +710,24 @@ class Server:
         seq = SequencePattern.parse(pattern)
         out = {}
         for frame in req.frames:
-            real = resolve_under_roots(seq.path(frame), self.roots, what=f"output frame {frame}", must_exist=False)
+            real = resolve_under_roots(
+                seq.path(frame), self.roots, what=f"output frame {frame}", must_exist=False
+            )
             if real in inputs:
-                raise ProtocolError("forbidden_path", f"output frame {frame} would overwrite its own input {real}")
+                raise ProtocolError(
+                    "forbidden_path", f"output frame {frame} would overwrite its own input {real}"
+                )
             out[frame] = real
         return out
 
     def _stop_error(self, job: Job) -> dict[str, Any]:
         return protocol.error_header(
-            job.req.request_id, "shutting_down",
+            job.req.request_id,
+            "shutting_down",
             f"the server stopped after {job.finished_frames} of {job.total} frames of job {job.id} "
-            "(those are cached); send the request again after restart", job=job.id)
+            "(those are cached); send the request again after restart",
+            job=job.id,
+        )
 
     # --- the worker --------------------------------------------------------------------------------
 
@@ -687,24 +752,44 @@ class Server:
                         self.queue.put(job, front=True)
                         job.state = "queued"
                         continue
-                    emit(job, protocol.make_header(
-                        "done", job.req.request_id, job=job.id, done=job.total, total=job.total,
-                        message=f"{job.total} frame(s) restored"))
+                    emit(
+                        job,
+                        protocol.make_header(
+                            "done",
+                            job.req.request_id,
+                            job=job.id,
+                            done=job.total,
+                            total=job.total,
+                            message=f"{job.total} frame(s) restored",
+                        ),
+                    )
                 except _Stop:
                     emit(job, self._stop_error(job))
                 except CancelledError:
-                    emit(job, protocol.error_header(
-                        job.req.request_id, "cancelled",
-                        f"job {job.id} cancelled after {job.finished_frames} of {job.total} frames; nothing "
-                        "partial was written", job=job.id))
+                    emit(
+                        job,
+                        protocol.error_header(
+                            job.req.request_id,
+                            "cancelled",
+                            f"job {job.id} cancelled after {job.finished_frames} of {job.total} frames; "
+                            "nothing partial was written",
+                            job=job.id,
+                        ),
+                    )
                 except FrdmError as exc:
                     emit(job, protocol.error_header(job.req.request_id, exc.code, str(exc), job=job.id))
                 except Exception as exc:  # a bug or a resource failure: this job fails, the server goes on
                     log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-                    emit(job, protocol.error_header(
-                        job.req.request_id, "internal",
-                        f"internal error in job {job.id}: {type(exc).__name__}: {exc} (the server log has "
-                        "the details; the server is still running)", job=job.id))
+                    emit(
+                        job,
+                        protocol.error_header(
+                            job.req.request_id,
+                            "internal",
+                            f"internal error in job {job.id}: {type(exc).__name__}: {exc} (the server log "
+                            "has the details; the server is still running)",
+                            job=job.id,
+                        ),
+                    )
                 with self.lock:
                     self.jobs.pop(job.id, None)
                     self.current = None
@@ -747,7 +832,9 @@ class Server:
         for f in targets:
             window = range(f - before, f + after + 1)
             keys[f] = cache_key(
-                f, params_hash, self.engine_version,
+                f,
+                params_hash,
+                self.engine_version,
                 [(n, self._hash(job, "sources", n)) for n in window if n in job.req.sources],
                 [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
             )
@@ -790,13 +877,20 @@ class Server:
             if close is not None:
                 close()
 
-    def _deliver(self, job: Job, frame: int, key: str, data: bytes, cached: bool, emit: Callable[..., None]) -> None:
+    def _deliver(
+        self, job: Job, frame: int, key: str, data: bytes, cached: bool, emit: Callable[..., None]
+    ) -> None:
         job.finished_frames += 1
         job.done = float(job.finished_frames)
         job.keys[frame] = key
         header = protocol.make_header(
-            "frame", job.req.request_id, job=job.id, frame=frame, cached=cached,
-            done=job.done, total=job.total,
+            "frame",
+            job.req.request_id,
+            job=job.id,
+            frame=frame,
+            cached=cached,
+            done=job.done,
+            total=job.total,
         )
         if job.output_paths:
             atomic_write_bytes(job.output_paths[frame], data)
@@ -812,10 +906,8 @@ def _device_name(restorer: Any, device: str | None) -> str:
     name = str(dev)
     if name.startswith("cuda") and "torch" in sys.modules:
         torch = sys.modules["torch"]
-        try:
+        with contextlib.suppress(Exception):
             name = f"{name} ({torch.cuda.get_device_name(torch.device(name))})"
-        except Exception:
-            pass
     return name
 
 
