@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 
@@ -270,11 +269,7 @@ class FrdmClient:
                     finished = True
                     yield Event("error", job_id, code=exc.code, message=str(exc))
                     return
-                if (
-                    header.get("job") != job_id
-                    and header.get("id") != request_id
-                    and not _unaddressed_error(header)
-                ):
+                if header.get("job") != job_id and header.get("id") != request_id and not _unaddressed_error(header):
                     continue  # a stale message for an earlier job on this socket
                 deadline = time.monotonic() + self.timeout
                 event = _event(header, blobs, job_id)
@@ -313,9 +308,7 @@ def _event(h: dict[str, Any], blobs: list[bytes], job_id: str) -> Event | None:
     if kind == "accepted":
         return Event("accepted", job_id, message=str(h.get("message", "")), total=num("total"))
     if kind == "progress":
-        return Event(
-            "progress", job_id, done=num("done"), total=num("total"), message=str(h.get("message", ""))
-        )
+        return Event("progress", job_id, done=num("done"), total=num("total"), message=str(h.get("message", "")))
     if kind == "frame":
         blob = h.get("blob")
         data = blobs[blob - 1] if isinstance(blob, int) and 1 <= blob <= len(blobs) else None

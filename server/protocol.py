@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
-
 from frdm.engine.errors import FrdmError, InputError
 from frdm.engine.params import SCHEMA
 
@@ -105,9 +104,7 @@ def unpack(data: bytes) -> dict[str, Any]:
             timestamp=0,
         )  # every max_*_len is derived from len(data): a declared length past the end is refused
     except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
-        raise ProtocolError(
-            "bad_request", f"the header is not valid msgpack ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ProtocolError("bad_request", f"the header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"the header must be a msgpack map, got {type(obj).__name__}")
     return obj
@@ -156,9 +153,7 @@ def _ident(value: Any, name: str) -> str:
 
 def _frame_number(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not -(10**8) <= value <= 10**8:
-        raise ProtocolError(
-            "bad_request", f"{where}: frame numbers must be integers within +-1e8, got {value!r}"
-        )
+        raise ProtocolError("bad_request", f"{where}: frame numbers must be integers within +-1e8, got {value!r}")
     return value
 
 
@@ -177,8 +172,7 @@ def check_version(h: Mapping[str, Any]) -> None:
     if v != PROTOCOL_VERSION:
         raise ProtocolError(
             "protocol_mismatch",
-            f"client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}; "
-            "install matching FRDM versions",
+            f"client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}; install matching FRDM versions",
         )
 
 
@@ -207,9 +201,7 @@ def _image_refs(value: Any, name: str, n_blobs: int, used: set[int], limit: int)
     if not isinstance(value, list):
         raise ProtocolError("bad_request", f"field '{name}' must be a list of {{frame, blob|path}} maps")
     if len(value) > limit:
-        raise ProtocolError(
-            "too_large", f"field '{name}' lists {len(value)} frames; this server accepts {limit}"
-        )
+        raise ProtocolError("too_large", f"field '{name}' lists {len(value)} frames; this server accepts {limit}")
     out: dict[int, ImageRef] = {}
     for i, entry in enumerate(value):
         where = f"{name}[{i}]"
@@ -250,8 +242,7 @@ def parse_restore(h: Mapping[str, Any], n_blobs: int, limits: Limits) -> Restore
     if len(frames) > limits.max_frames_per_job:
         raise ProtocolError(
             "too_large",
-            f"{len(frames)} frames in one job; this server accepts {limits.max_frames_per_job} "
-            "(split the range)",
+            f"{len(frames)} frames in one job; this server accepts {limits.max_frames_per_job} (split the range)",
         )
     frames = [_frame_number(f, "frames") for f in frames]
     if len(set(frames)) != len(frames):
@@ -263,16 +254,13 @@ def parse_restore(h: Mapping[str, Any], n_blobs: int, limits: Limits) -> Restore
     )
     missing = [f for f in frames if f not in sources]
     if missing:
-        raise ProtocolError(
-            "bad_input", f"frames {missing[:10]} have no source (send one per frame to restore)"
-        )
+        raise ProtocolError("bad_input", f"frames {missing[:10]} have no source (send one per frame to restore)")
     if params["mask"] == "artist" and not params["mask_channel"]:
         no_mask = [f for f in frames if f not in masks]
         if no_mask:
             raise ProtocolError(
                 "bad_input",
-                f"mask 'artist' without 'mask_channel' needs a mask per frame; "
-                f"frames {no_mask[:10]} have none",
+                f"mask 'artist' without 'mask_channel' needs a mask per frame; frames {no_mask[:10]} have none",
             )
     if len(used) != n_blobs:
         raise ProtocolError("bad_request", f"{n_blobs} blobs sent but {len(used)} referenced")

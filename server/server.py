@@ -35,12 +35,12 @@ from typing import Any
 
 import msgpack
 import zmq
-
-from frdm import __version__
 from frdm.engine.errors import CancelledError, FrdmError
 from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
+
+from frdm import __version__
 
 log = logging.getLogger("frdm.server")
 
@@ -117,9 +117,7 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(
-        directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}"
-    )
+    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -374,9 +372,7 @@ class Server:
             try:
                 factory = getattr(importlib.import_module(module_name), attr or "create_restorer")
             except (ImportError, AttributeError) as exc:
-                raise FrdmError(
-                    f"--restorer {self.config.restorer_factory}: cannot import it ({exc})"
-                ) from None
+                raise FrdmError(f"--restorer {self.config.restorer_factory}: cannot import it ({exc})") from None
             return factory()
         from frdm.engine.restorer import create_restorer
 
@@ -416,20 +412,14 @@ class Server:
             sock.bind(self.config.bind)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise FrdmError(
-                f"cannot bind {self.config.bind}: {exc} (is another server running there?)"
-            ) from None
+            raise FrdmError(f"cannot bind {self.config.bind}: {exc} (is another server running there?)") from None
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.config.bind
         return sock
 
-    def _send(
-        self, identity: bytes, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()
-    ) -> bool:
+    def _send(self, identity: bytes, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> bool:
         assert self._router is not None
         try:
-            self._router.send_multipart(
-                [identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False
-            )
+            self._router.send_multipart([identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away. EAGAIN: it stopped reading. Either way its job is orphaned.
@@ -563,17 +553,13 @@ class Server:
             self._send(identity, protocol.error_header(request_id, exc.code, str(exc)))
         except Exception as exc:  # never let one request take the server down
             log.error("request failed:\n%s", traceback.format_exc())
-            self._send(
-                identity, protocol.error_header(request_id, "internal", f"{type(exc).__name__}: {exc}")
-            )
+            self._send(identity, protocol.error_header(request_id, "internal", f"{type(exc).__name__}: {exc}"))
 
     def describe(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
-            "engine": self.config.engine
-            if not self.config.restorer_factory
-            else self.config.restorer_factory,
+            "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
             "engine_version": self.engine_version,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
@@ -621,17 +607,13 @@ class Server:
 
     def _submit(self, identity: bytes, header: dict[str, Any], blobs: list[bytes]) -> None:
         if self.stopping.is_set():
-            raise ProtocolError(
-                "shutting_down", "the server is stopping; send the request again after restart"
-            )
+            raise ProtocolError("shutting_down", "the server is stopping; send the request again after restart")
         req = protocol.parse_restore(header, len(blobs), self.limits)
         with self.lock:
             existing = self.jobs.get(req.job_id)
         if existing is not None:
             if existing.req.request_id != req.request_id:
-                raise ProtocolError(
-                    "bad_request", f"job id '{req.job_id}' is already in use by another request"
-                )
+                raise ProtocolError("bad_request", f"job id '{req.job_id}' is already in use by another request")
             # The same request resent by a Lazy-Pirate retry: re-attach the new socket, replay done frames.
             existing.identity = identity
             self._send(
@@ -688,9 +670,7 @@ class Server:
             real = resolve_under_roots(ref.path, self.roots, what=f"{what} frame {frame}", must_exist=True)
             size = os.path.getsize(real)
             if size > self.limits.max_message_bytes:
-                raise ProtocolError(
-                    "too_large", f"{what} frame {frame}: {size} bytes exceeds the server's limit"
-                )
+                raise ProtocolError("too_large", f"{what} frame {frame}: {size} bytes exceeds the server's limit")
             if real.lower().endswith(".exr"):
                 with open(real, "rb") as fh:
                     head = fh.read(_EXR_HEADER_PEEK)
@@ -710,13 +690,9 @@ class Server:
         seq = SequencePattern.parse(pattern)
         out = {}
         for frame in req.frames:
-            real = resolve_under_roots(
-                seq.path(frame), self.roots, what=f"output frame {frame}", must_exist=False
-            )
+            real = resolve_under_roots(seq.path(frame), self.roots, what=f"output frame {frame}", must_exist=False)
             if real in inputs:
-                raise ProtocolError(
-                    "forbidden_path", f"output frame {frame} would overwrite its own input {real}"
-                )
+                raise ProtocolError("forbidden_path", f"output frame {frame} would overwrite its own input {real}")
             out[frame] = real
         return out
 
@@ -828,14 +804,17 @@ class Server:
         before, after = self.restorer.context(params)
         params_hash = stage_hash(params, "output", self.engine_version)
         targets = [job.remaining.popleft() for _ in range(min(self.config.chunk, len(job.remaining)))]
+        # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
+        available = sorted(job.req.sources)
+        position = {n: i for i, n in enumerate(available)}
         keys = {}
         for f in targets:
-            window = range(f - before, f + after + 1)
+            window = available[max(0, position[f] - before) : position[f] + after + 1]
             keys[f] = cache_key(
                 f,
                 params_hash,
                 self.engine_version,
-                [(n, self._hash(job, "sources", n)) for n in window if n in job.req.sources],
+                [(n, self._hash(job, "sources", n)) for n in window],
                 [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
             )
         todo = []
@@ -877,9 +856,7 @@ class Server:
             if close is not None:
                 close()
 
-    def _deliver(
-        self, job: Job, frame: int, key: str, data: bytes, cached: bool, emit: Callable[..., None]
-    ) -> None:
+    def _deliver(self, job: Job, frame: int, key: str, data: bytes, cached: bool, emit: Callable[..., None]) -> None:
         job.finished_frames += 1
         job.done = float(job.finished_frames)
         job.keys[frame] = key

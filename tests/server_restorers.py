@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
 FAIL_VALUE = 0.125  # a target whose first pixel has this red value makes the restorer raise
@@ -28,8 +27,9 @@ class NeighbourMeanRestorer:
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return (1, 1)
 
-    def restore(self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
-                ) -> Iterator[RestoredFrame]:
+    def restore(
+        self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
+    ) -> Iterator[RestoredFrame]:
         for k, target in enumerate(clip.targets):
             i = clip.index(target)
             if abs(float(clip.frames[i, 0, 0, 0]) - FAIL_VALUE) < 1e-6:

@@ -18,12 +18,11 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError, load_curve_keys
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -138,9 +137,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fast_server(tmp_path_factory, root):
     tmp = tmp_path_factory.mktemp("fast")
-    server = ServerProcess(
-        tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256)
-    )
+    server = ServerProcess(tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256))
     yield server.wait_ready()
     server.stop()
 
@@ -180,9 +177,7 @@ def test_exr_info_reads_what_openimageio_wrote(tmp_path):
     from frdm.engine.frames import Frame, encode_image
 
     px = np.zeros((23, 37, 5), np.float32)
-    frame = Frame(
-        px, ("R", "G", "B", "A", "mask"), ("half",) * 4 + ("float",), (5, 7, 37, 23), (0, 0, 64, 48)
-    )
+    frame = Frame(px, ("R", "G", "B", "A", "mask"), ("half",) * 4 + ("float",), (5, 7, 37, 23), (0, 0, 64, 48))
     data = encode_image(frame)
     info = protocol.exr_info(data)
     assert (info.width, info.height, info.channels, info.parts) == (37, 23, 5, 1)
@@ -232,9 +227,7 @@ def test_check_exr_size_refuses_a_declared_huge_frame():
     ],
 )
 def test_parse_restore_names_what_is_wrong(change, code):
-    h = protocol.make_header(
-        "restore", "r1", job="j1", params={}, frames=[1], sources=[{"frame": 1, "blob": 1}]
-    )
+    h = protocol.make_header("restore", "r1", job="j1", params={}, frames=[1], sources=[{"frame": 1, "blob": 1}])
     h.update(change)
     with pytest.raises(protocol.ProtocolError) as exc:
         protocol.parse_restore(h, 1, protocol.Limits(max_frames_per_job=10))
@@ -293,21 +286,13 @@ def test_inline_range_with_context_then_cache(fast_server):
         again = [e for e in client.restore(RAW, [2, 3, 4], sources=sources) if e.kind == "frame"]
         assert all(e.cached for e in again) and [e.data for e in again] == [e.data for e in frames]
         # A parameter that changes the result misses the cache; one of another engine's run stage does not.
-        changed = [
-            e for e in client.restore(dict(RAW, feather=5.0), [3], sources=sources) if e.kind == "frame"
-        ]
+        changed = [e for e in client.restore(dict(RAW, feather=5.0), [3], sources=sources) if e.kind == "frame"]
         assert not changed[0].cached
-        same = [
-            e
-            for e in client.restore(dict(RAW, vram_budget_gb=3.0), [3], sources=sources)
-            if e.kind == "frame"
-        ]
+        same = [e for e in client.restore(dict(RAW, vram_budget_gb=3.0), [3], sources=sources) if e.kind == "frame"]
         assert same[0].cached
         # A changed neighbour (context) invalidates the frame that reads it, and only that one.
         sources2 = {**sources, 5: exr_bytes(0.9, seed=9)}
-        third = {
-            e.frame: e.cached for e in client.restore(RAW, [2, 3, 4], sources=sources2) if e.kind == "frame"
-        }
+        third = {e.frame: e.cached for e in client.restore(RAW, [2, 3, 4], sources=sources2) if e.kind == "frame"}
         assert third == {2: True, 3: True, 4: False}
 
 
@@ -329,9 +314,7 @@ def test_path_mode_reads_and_writes_under_root(fast_server, root):
         inline = {n: Path(p).read_bytes() for n, p in sources.items()}
         for e in frames:
             assert e.data is None
-            np.testing.assert_allclose(
-                read_frame(e.path).pixels[..., :3], expected_mean(inline, e.frame), atol=2e-3
-            )
+            np.testing.assert_allclose(read_frame(e.path).pixels[..., :3], expected_mean(inline, e.frame), atol=2e-3)
         # An output pattern, with a mask given by path.
         pattern = str(root / "out2" / "sh010_frdm.####.exr")
         ev = collect(client.restore(RAW, [2], sources=sources, masks={2: sources[2]}, output_pattern=pattern))
@@ -357,9 +340,7 @@ def test_path_mode_refuses_escapes(fast_server, root, tmp_path):
         # A pattern whose frame 1 is the input itself: refused rather than overwriting the source.
         (root / "self.1.exr").write_bytes(exr_bytes(0.5))
         events = collect(
-            client.restore(
-                RAW, [1], sources={1: str(root / "self.1.exr")}, output_pattern=str(root / "self.%d.exr")
-            )
+            client.restore(RAW, [1], sources={1: str(root / "self.1.exr")}, output_pattern=str(root / "self.%d.exr"))
         )
         assert events[0].code == "forbidden_path" and "overwrite" in events[0].message
         assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION  # still serving
@@ -376,9 +357,8 @@ def test_limits_and_bad_frames_get_clear_errors(fast_server):
 
 
 def test_exception_in_a_job_is_an_error_reply_and_the_server_goes_on(fast_server):
-    from server_restorers import FAIL_VALUE
-
     from frdm.engine.frames import Frame, encode_image
+    from server_restorers import FAIL_VALUE
 
     px = np.full((H, W, 3), FAIL_VALUE, np.float32)
     bad = encode_image(Frame(px, ("R", "G", "B"), ("float",) * 3, (0, 0, W, H), (0, 0, W, H)))
@@ -494,9 +474,8 @@ def test_malformed_case_count_and_still_serving(fast_server):
 
 
 def test_oversized_header_is_refused(fast_server):
-    with FrdmClient(fast_server.address, timeout=5, retries=0) as client:
-        with pytest.raises(ServerError) as exc:
-            client._request(protocol.make_header("status", "s", pad="x" * (protocol.MAX_HEADER_BYTES + 1)))
+    with FrdmClient(fast_server.address, timeout=5, retries=0) as client, pytest.raises(ServerError) as exc:
+        client._request(protocol.make_header("status", "s", pad="x" * (protocol.MAX_HEADER_BYTES + 1)))
     assert exc.value.code == "too_large"
 
 
@@ -505,9 +484,7 @@ def test_oversized_header_is_refused(fast_server):
 
 @pytest.mark.slow
 def test_two_clients_are_served_fairly(tmp_path):
-    server = ServerProcess(
-        tmp_path, "--chunk", "1", restorer="server_restorers:slow", delay=0.25
-    ).wait_ready()
+    server = ServerProcess(tmp_path, "--chunk", "1", restorer="server_restorers:slow", delay=0.25).wait_ready()
     try:
         order: list[tuple[str, int]] = []
         lock = threading.Lock()
@@ -639,9 +616,7 @@ def test_kill_9_mid_job_then_restart_completes_from_cache(tmp_path):
     ).wait_ready()
     try:
         with FrdmClient(server.address, timeout=10) as client:
-            again = collect(
-                client.restore(RAW, list(range(1, 7)), sources=sources, output_dir=str(root / "out"))
-            )
+            again = collect(client.restore(RAW, list(range(1, 7)), sources=sources, output_dir=str(root / "out")))
     finally:
         server.stop()
     assert again[-1].kind == "done"

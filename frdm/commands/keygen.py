@@ -15,8 +15,13 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="folder for the keys (created)")
-    parser.add_argument("--client", action="append", default=None, metavar="NAME",
-                        help="make a key pair for this client (repeatable; default: one named 'client')")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="make a key pair for this client (repeatable; default: one named 'client')",
+    )
     parser.add_argument("--force", action="store_true", help="replace existing keys")
 
 
