@@ -370,6 +370,40 @@ def test_exception_in_a_job_is_an_error_reply_and_the_server_goes_on(fast_server
         assert ok[-1].kind == "done"
 
 
+@pytest.mark.slow
+def test_classical_engine_in_chunks_equals_the_in_process_pipeline(tmp_path):
+    """The real engine behind the wire, run two frames at a time (the fair queue's chunks): the result is
+    the in-process whole-range pipeline's, and the dust spot is gone."""
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.frames import MemorySource, decode_image, encode_image
+    from frdm.engine.pipeline import restore_frames
+
+    rng = np.random.default_rng(7)
+    base = 0.3 + 0.2 * rng.random((H, W, 3), dtype=np.float32)
+    sources = {}
+    for n in range(1, 7):
+        frame = make_frame(0.0, seed=n)
+        frame.pixels[..., :3] = base + 0.002 * n
+        if n == 3:
+            frame.pixels[20:24, 30:34, :3] = 0.95  # dust on one frame only
+        sources[n] = encode_image(frame)
+    params = {"colorspace": "srgb"}
+    server = ServerProcess(tmp_path, "--engine", "classical", "--chunk", "2", restorer=None).wait_ready()
+    try:
+        with FrdmClient(server.address, timeout=30) as client:
+            assert client.hello()["engine_version"] == ClassicalRestorer.engine_version
+            events = collect(client.restore(params, [2, 3, 4, 5], sources=sources))
+    finally:
+        server.stop()
+    assert events[-1].kind == "done", events[-1]
+    got = {e.frame: decode(e.data) for e in events if e.kind == "frame"}
+    memory = MemorySource({n: decode_image(b, name=f"frame {n}") for n, b in sources.items()}, "test")
+    for n, frame in restore_frames(memory, [2, 3, 4, 5], params, ClassicalRestorer()):
+        np.testing.assert_array_equal(got[n], decode(encode_image(frame)))
+    spot = got[3][20:24, 30:34, :3]
+    assert np.abs(spot - base[20:24, 30:34] - 0.006).max() < 0.1  # restored towards the clean plate
+
+
 # --- malformed input, property based ------------------------------------------------------------------
 
 MALFORMED_CASES = {"n": 0}
@@ -570,6 +604,19 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
             assert other.status()["jobs"] == {}
             assert collect(other.restore(RAW, [1], sources={1: sources[1]}))[-1].kind == "done"
         client.close()
+        # A client that vanishes mid-job (its socket closed, no cancel sent): the server notices at its
+        # next heartbeat and drops the job rather than restoring for nobody.
+        header, blobs = protocol.restore_header("r-gone", "job-gone", RAW, list(range(1, 21)), sources)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.connect(server.address)
+        sock.send_multipart(protocol.encode(header, blobs))
+        assert sock.poll(5000) and protocol.unpack(sock.recv_multipart()[0])["type"] == "accepted"
+        sock.close(0)
+        with FrdmClient(server.address, timeout=5) as other:
+            deadline = time.monotonic() + 15
+            while other.status()["jobs"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert other.status()["jobs"] == {}
     finally:
         server.stop()
 
