@@ -34,7 +34,9 @@ def write_clip(folder: Path, count: int = 5, first: int = 1, size: tuple[int, in
         px[...] = np.roll(base, k, axis=1)[..., None]
         y, x = rng.integers(4, h - 4), rng.integers(4, w - 4)
         px[y - 2 : y + 2, x - 2 : x + 2] = 0.02  # a dark speck on one frame only
-        write_frame(folder / f"clip.{first + k:04d}.exr", Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h)))
+        write_frame(
+            folder / f"clip.{first + k:04d}.exr", Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h))
+        )
     return str(folder / "clip.####.exr")
 
 
