@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from test_server import ServerProcess, free_port
+
 from frdm.engine.errors import InputError
 from frdm.engine.params import SCHEMA
 from frdm.plugin import node as N
 from frdm.server import protocol
-from test_server import ServerProcess, free_port
 
 W, H = 64, 48
 SHARED = {"colorspace": "linear", "write_matte": True}
