@@ -176,6 +176,31 @@ def _exr_size(data: bytes, what: str) -> tuple[int, int]:
     return info.width, info.height
 
 
+_HEADER_PEEK = 1 << 20  # EXR headers are a few KB; a megabyte covers any sane one
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    digest: str  # SHA-256 of the file's bytes
+    size: tuple[int, int]  # width, height of the data window
+
+
+def fingerprint(value: bytes | str, what: str) -> Fingerprint:
+    """Hash and size of one input frame, streaming a path (nothing is kept in memory)."""
+    if isinstance(value, (bytes, bytearray)):
+        return Fingerprint(hashlib.sha256(value).hexdigest(), _exr_size(bytes(value), what))
+    h = hashlib.sha256()
+    try:
+        with open(value, "rb") as fh:
+            head = fh.read(_HEADER_PEEK)
+            h.update(head)
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({value}): {exc.strerror}") from None
+    return Fingerprint(h.hexdigest(), _exr_size(head, f"{what} ({value})"))
+
+
 # --- results ------------------------------------------------------------------------------------------
 
 
@@ -238,8 +263,9 @@ class RenderJob:
         self._cancel.set()
         hook = self._cancel_hook
         if hook is not None:
-            with contextlib.suppress(Exception):
-                hook()
+            # Telling the server may take up to the client's timeout when it is gone: never on the caller's
+            # (GUI) thread. The worker also notices the flag at the next event (at least every heartbeat).
+            threading.Thread(target=_quietly, args=(hook,), daemon=True).start()
 
     def running(self) -> bool:
         return self._thread.is_alive()
@@ -253,6 +279,11 @@ class RenderJob:
             raise self.error
         assert self.result is not None
         return self.result
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        call()
 
 
 # --- the node -----------------------------------------------------------------------------------------
@@ -403,13 +434,13 @@ class FrdmNode:
         needed = frames_needed(targets, params, inputs.available)
         sources = {f: inputs.source(f) for f in needed}
         masks = {f: inputs.mask(f) for f in needed} if inputs.mask is not None else None
-        source_bytes = {f: _read_bytes(v) for f, v in sources.items()}
-        mask_bytes = {f: _read_bytes(v) for f, v in masks.items()} if masks is not None else None
-        _check_formats(source_bytes, mask_bytes)
+        source_fp = {f: fingerprint(v, f"{CLIP_SOURCE} frame {f}") for f, v in sources.items()}
+        mask_fp = {f: fingerprint(v, f"{CLIP_MASK} frame {f}") for f, v in masks.items()} if masks is not None else None
+        _check_formats(source_fp, mask_fp)
 
         out_dir = os.path.dirname(pattern.path(targets[0]))
         os.makedirs(out_dir, exist_ok=True)
-        keys = _frame_keys(targets, params, inputs.available, source_bytes, mask_bytes, self.address)
+        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self.address)
         if use_cache and _manifest_hit(out_dir, pattern, keys):
             report(len(targets), len(targets), "unchanged: results from the last render")
             return RenderResult(
@@ -426,18 +457,17 @@ class FrdmNode:
         roots = [str(r) for r in info.get("roots") or []]
         if path_mode is None:
             path_mode = bool(info.get("path_mode")) and _under_roots(staging, roots)
-        if path_mode:
-            wire_sources: dict[int, bytes | str] = {
-                f: v if isinstance(v, str) and _under_roots(v, roots) else source_bytes[f] for f, v in sources.items()
+
+        # Path mode: paths the server can read travel as paths, anything else as bytes. Inline: all bytes.
+        def wire(values: Mapping[int, bytes | str]) -> dict[int, bytes | str]:
+            return {
+                f: v if path_mode and isinstance(v, str) and _under_roots(v, roots) else _read_bytes(v)
+                for f, v in values.items()
             }
-            wire_masks: dict[int, bytes | str] | None = None
-            if masks is not None and mask_bytes is not None:
-                wire_masks = {
-                    f: v if isinstance(v, str) and _under_roots(v, roots) else mask_bytes[f] for f, v in masks.items()
-                }
-            out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern}
-        else:
-            wire_sources, wire_masks, out_kw = dict(source_bytes), mask_bytes, {}
+
+        wire_sources = wire(sources)
+        wire_masks = wire(masks) if masks is not None else None
+        out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
 
         cached: list[int] = []
         staged: dict[int, str] = {}
@@ -517,8 +547,8 @@ def _explain(code: str, message: str, address: str) -> str:
     return message
 
 
-def _check_formats(sources: Mapping[int, bytes], masks: Mapping[int, bytes] | None) -> None:
-    sizes = {f: _exr_size(b, f"{CLIP_SOURCE} frame {f}") for f, b in sources.items()}
+def _check_formats(sources: Mapping[int, Fingerprint], masks: Mapping[int, Fingerprint] | None) -> None:
+    sizes = {f: fp.size for f, fp in sources.items()}
     first = min(sizes)
     for f, size in sizes.items():
         if size != sizes[first]:
@@ -528,8 +558,8 @@ def _check_formats(sources: Mapping[int, bytes], masks: Mapping[int, bytes] | No
             )
     if masks is None:
         return
-    for f, b in masks.items():
-        size = _exr_size(b, f"{CLIP_MASK} frame {f}")
+    for f, fp in masks.items():
+        size = fp.size
         if size != sizes[f]:
             raise InputError(
                 f"the {CLIP_MASK} input is {size[0]}x{size[1]} at frame {f} but the {CLIP_SOURCE} is "
@@ -541,13 +571,13 @@ def _frame_keys(
     targets: Sequence[int],
     params: Mapping[str, Any],
     available: Sequence[int],
-    sources: Mapping[int, bytes],
-    masks: Mapping[int, bytes] | None,
+    sources: Mapping[int, Fingerprint],
+    masks: Mapping[int, Fingerprint] | None,
     address: str,
 ) -> dict[int, str]:
     """Per target: the hash of its parameters and of the bytes of every input in its context window."""
-    digest = {f: hashlib.sha256(b).hexdigest() for f, b in sources.items()}
-    mdigest = {f: hashlib.sha256(b).hexdigest() for f, b in (masks or {}).items()}
+    digest = {f: fp.digest for f, fp in sources.items()}
+    mdigest = {f: fp.digest for f, fp in (masks or {}).items()}
     base = SCHEMA.stage_hash(params, "output")
     out = {}
     for f in targets:
