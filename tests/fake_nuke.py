@@ -261,7 +261,7 @@ class _Nodes:
             node = Node(cls, f"{cls}{i}", group, **knobs)
             for name in _CLASS_KNOBS.get(cls, ()):
                 if node.knob(name) is None:
-                    node.addKnob(Knob(name, name, None))
+                    node.addKnob(Script_Knob(name, name) if name == "reload" else Knob(name, name, None))
             group._children.append(node)
             calls.append(("create", cls, node.name()))
             return node
@@ -272,7 +272,7 @@ class _Nodes:
 _CLASS_KNOBS = {
     "Write": ("file", "file_type", "channels", "datatype", "compression", "raw", "create_directories"),
     "Crop": ("box", "crop", "reformat"),
-    "Read": ("file", "first", "last", "origfirst", "origlast", "raw", "on_error"),
+    "Read": ("file", "first", "last", "origfirst", "origlast", "raw", "on_error", "reload"),
 }
 
 nodes = _Nodes()
@@ -497,7 +497,7 @@ def fake_load_gizmo(path: str, name: str = "FRDM1") -> Gizmo:
                     child.addKnob(Knob(k, k, v))
                 for k in _CLASS_KNOBS.get(cls, ()):
                     if child.knob(k) is None:
-                        child.addKnob(Knob(k, k, None))
+                        child.addKnob(Script_Knob(k, k) if k == "reload" else Knob(k, k, None))
                 gizmo._children.append(child)
             depth = 0
             continue

@@ -200,6 +200,9 @@ def test_gizmo_file_is_generated_from_the_schema(nk):
         "Output1": "Output",
     }
     assert "parent.frdm_loaded" in str(fake_nuke.toNode("FRDM1.FRDM_Switch").knob("which").value())
+    read = fake_nuke.toNode("FRDM1.FRDM_Result")
+    assert read.knob("file").value() == "{[value parent.frdm_result_file]}"
+    assert read.knob("first").value() == "{{parent.frdm_result_first}}"
 
 
 def test_on_create_adds_knobs_an_older_script_lacks(nk):
@@ -250,10 +253,10 @@ def test_restore_range_in_the_gui(nk, tmp_path, classical_server):
     assert any(c[0] == "progress_task" for c in fake_nuke.calls)
 
     out = tmp_path / "frdm" / "sh010_comp_v001" / "FRDM1"
-    read = fake_nuke.toNode("FRDM1.FRDM_Result")
-    assert read.knob("file").value() == str(out / "FRDM1.####.exr")
-    assert (read.knob("first").value(), read.knob("last").value()) == (2, 3)
+    assert giz.knob("frdm_result_file").value() == str(out / "FRDM1.####.exr")  # what the Read's file shows
+    assert (giz.knob("frdm_result_first").value(), giz.knob("frdm_result_last").value()) == (2, 3)
     assert giz.knob("frdm_loaded").value() is True
+    assert ("execute_knob", "FRDM_Result", "reload") in fake_nuke.calls
     assert sorted(os.listdir(out)) == [".frdm-node.json", "FRDM1.0002.exr", "FRDM1.0003.exr"]  # inputs removed
     expected = in_process(src, [2, 3], SCHEMA.validate(G.NUKE_DEFAULTS))
     np.testing.assert_array_equal(pixels(str(out / "FRDM1.0003.exr")), expected[3])
@@ -272,13 +275,15 @@ def test_preview_frame_and_cancel_from_the_progress_window(nk, tmp_path, slow_se
     assert settle(giz).startswith("restored 4-4"), status(giz)
     assert [c[2:4] for c in fake_nuke.calls if c[0] == "execute"] == [(2, 6)]  # frame 4 with its context
 
-    read = fake_nuke.toNode("FRDM1.FRDM_Result")
-    before = read.knob("file").value(), read.knob("first").value(), read.knob("last").value()
+    def loaded():
+        return tuple(giz.knob(f"frdm_result_{k}").value() for k in ("file", "first", "last"))
+
+    before = loaded()
     job = nk.restore_range(giz)
     fake_nuke.fake_pump(lambda: job.progress[0] >= 1, timeout=30)  # at least one frame arrived
     fake_nuke.fake_cancel_progress()
     assert settle(giz) == "cancelled; nothing was loaded"
-    assert (read.knob("file").value(), read.knob("first").value(), read.knob("last").value()) == before
+    assert loaded() == before
     out = Path(before[0]).parent
     assert sorted(p for p in os.listdir(out) if p.endswith(".exr")) == ["FRDM1.0004.exr"]  # the preview only
 
@@ -290,7 +295,7 @@ def test_cancel_button(nk, tmp_path, slow_server):
     fake_nuke.fake_pump(lambda: job.progress[0] > 0, timeout=30)
     nk.cancel(giz)
     assert settle(giz) == "cancelled; nothing was loaded"
-    assert fake_nuke.toNode("FRDM1.FRDM_Result").knob("file").value() is None
+    assert giz.knob("frdm_result_file").value() == "" and giz.knob("frdm_loaded").value() is not True
 
 
 # --- bad input: a clear message, no hang, nothing loaded ---------------------------------------------------------
@@ -298,7 +303,7 @@ def test_cancel_button(nk, tmp_path, slow_server):
 
 def _nothing_loaded(giz) -> None:
     assert giz.knob("frdm_loaded").value() is not True
-    assert fake_nuke.toNode("FRDM1.FRDM_Result").knob("file").value() is None
+    assert giz.knob("frdm_result_file").value() == ""
 
 
 def test_no_server_running(nk, tmp_path, monkeypatch):

@@ -260,17 +260,14 @@ def set_status(node_name: str, text: str) -> None:
 
 
 def _load_results(node: nuke.Node, pattern: str, first: int, last: int) -> None:
-    read = _inside(node, RESULT_READ)
-    for name, value in (("file", pattern), ("first", first), ("last", last), ("origfirst", first), ("origlast", last)):
-        knob = read.knob(name)
-        if knob is not None:
-            knob.setValue(value)
-    reload = read.knob("reload")
-    if isinstance(reload, nuke.Script_Knob):
-        reload.execute()  # same file names as an earlier render: make Nuke drop its cached images
+    # The internal Read's file/first/last are expressions of these knobs of the gizmo (saved with the script).
+    _knob(node, f"{KNOB_PREFIX}result_file").setValue(pattern)
     _knob(node, f"{KNOB_PREFIX}result_first").setValue(first)
     _knob(node, f"{KNOB_PREFIX}result_last").setValue(last)
     _knob(node, f"{KNOB_PREFIX}loaded").setValue(True)
+    reload = _inside(node, RESULT_READ).knob("reload")
+    if isinstance(reload, nuke.Script_Knob):
+        reload.execute()  # same file names as an earlier render: make Nuke drop its cached images
 
 
 def finish(node_name: str, job: RenderJob, pattern: str, inputs_dir: str) -> None:

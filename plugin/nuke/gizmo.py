@@ -105,8 +105,10 @@ def gizmo_text() -> str:
         f"addUserKnob {{{_TEXT} {k}status l status T idle}}",
         *(_button(key, label, func, i == 0) for i, (key, label, func) in enumerate(PRESET_BUTTONS)),
     ]
-    # Bookkeeping the adapter writes: which frames the internal Read holds (hidden).
+    # Bookkeeping the adapter writes: which results the internal Read shows (hidden). The Read's knobs are
+    # expressions of these because Nuke does not save knob values of nodes inside a gizmo, only its own.
     user += [
+        f"addUserKnob {{{_STRING} {k}result_file l result_file +INVISIBLE}}",
         f"addUserKnob {{{_BOOL} {k}loaded l loaded +INVISIBLE}}",
         f"addUserKnob {{{_INT} {k}result_first l result_first +INVISIBLE}}",
         f"addUserKnob {{{_INT} {k}result_last l result_last +INVISIBLE}}",
@@ -137,6 +139,11 @@ def gizmo_text() -> str:
         " }",
         " Read {",
         "  inputs 0",
+        f"  file {{[value parent.{k}result_file]}}",
+        f"  first {{{{parent.{k}result_first}}}}",
+        f"  last {{{{parent.{k}result_last}}}}",
+        f"  origfirst {{{{parent.{k}result_first}}}}",
+        f"  origlast {{{{parent.{k}result_last}}}}",
         "  name FRDM_Result",
         "  raw true",
         "  on_error black",
