@@ -128,3 +128,11 @@ def test_openjd_runtime_chunks_equal_one_whole_range_restore(tmp_path):
     assert farm_frames == [f"tr.{f}.exr" for f in range(1003, 1009)]  # only the chunks' own frames
     for name in farm_frames:
         assert (tmp_path / "farm" / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_submit_defaults_to_the_frames_on_disk_and_explains_a_missing_deadline(tmp_path, monkeypatch, capsys):
+    job_dir = submit(tmp_path)
+    assert json.loads((job_dir / farm.VALUES_FILE).read_text())["Frames"] == "1001-1012"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no deadlinecommand here
+    assert main(["submit", SOURCE, str(tmp_path / "o.####.exr"), "--job-dir", str(tmp_path / "j2"), "--deadline"]) == 2
+    assert "deadlinecommand is not on PATH" in capsys.readouterr().err

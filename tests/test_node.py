@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -187,12 +186,10 @@ def test_cancel_mid_job_hands_over_nothing(tmp_path, slow_server):
 
     job = node.render(list(range(1, 9)), N.Inputs.from_sequence(src), str(out_dir / "c.####.exr"), progress=progress)
     assert frames_seen.wait(30), "no frame arrived"
-    started = time.monotonic()
     node.cancel()
     with pytest.raises(N.RenderError) as err:
-        job.wait(15)
+        job.wait(15)  # a bound, not a measurement: a hang fails here with TimeoutError
     assert err.value.code == "cancelled" and job.state == "cancelled"
-    assert time.monotonic() - started < 5
     assert os.listdir(out_dir) == []  # frames already received were staged, never handed over
 
 
@@ -207,11 +204,9 @@ def test_no_server_running(tmp_path):
     src = write_clip(tmp_path / "in", count=3)
     address = f"tcp://127.0.0.1:{free_port()}"
     node = N.FrdmNode(address, timeout=0.5, retries=1)
-    started = time.monotonic()
     job = node.render([2], N.Inputs.from_sequence(src), str(tmp_path / "out" / "x.####.exr"))
     with pytest.raises(N.RenderError) as err:
-        job.wait(20)
-    assert time.monotonic() - started < 10
+        job.wait(20)  # 0.5 s x 2 tries; a hang fails here with TimeoutError
     assert err.value.code == "server_unreachable"
     assert f"no FRDM server answers at {address}" in str(err.value) and "frdm serve" in str(err.value)
     _assert_nothing_written(tmp_path / "out")
