@@ -68,7 +68,7 @@ class NodeDescriptor:
 
 
 def describe() -> NodeDescriptor:
-    params = tuple(p for p in SCHEMA if p.stage != "run" or p.name == "vram_budget_gb")
+    params = tuple(SCHEMA)
     return NodeDescriptor(
         name="FRDM",
         version=__version__,
