@@ -387,3 +387,24 @@ def test_terminal_mode_runs_to_the_end(nk, tmp_path, classical_server):
     assert batch.main([script, "FRDM1", "4-7"]) == 2  # outside the input: one line, exit 2
     assert batch.main([script, "NoSuchNode"]) == 2
     assert ("scriptOpen", script) in fake_nuke.calls
+
+
+def test_a_failing_input_render_is_reported(nk, tmp_path):
+    giz, src = make_gizmo(tmp_path, "tcp://127.0.0.1:1", count=5)
+    os.remove(src.replace("####", "0003"))  # the fake Write's copy fails like Nuke's render of a missing frame
+    real_execute = fake_nuke.execute
+
+    def execute(node, start, end, *a, **kw):
+        try:
+            real_execute(node, start, end, *a, **kw)
+        except OSError as exc:
+            raise RuntimeError(f"Read1: {exc.strerror}") from None
+
+    nk.nuke.execute = execute
+    try:
+        assert nk.preview_frame(giz, 2) is None
+    finally:
+        nk.nuke.execute = real_execute
+    assert status(giz).startswith("error: FRDM1: rendering the Source input (1-4) failed: Read1:")
+    assert [n for n in giz.nodes() if n.Class() in ("Write", "Crop")] == []
+    _nothing_loaded(giz)

@@ -205,7 +205,12 @@ def _write_input(node: nuke.Node, input_name: str, channels: str, pattern: str, 
                 knob.setValue(value)
     try:
         for first, last in _runs(frames):
-            nuke.execute(write, first, last)
+            try:
+                nuke.execute(write, first, last)
+            except RuntimeError as exc:  # Nuke's render errors (a missing file upstream, a cancelled render)
+                raise InputError(
+                    f"{node.name()}: rendering the {input_name} input ({first}-{last}) failed: {exc}"
+                ) from None
     finally:
         nuke.delete(write)
         nuke.delete(crop)
