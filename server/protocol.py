@@ -292,7 +292,7 @@ def restore_header(
     blobs: list[bytes] = []
 
     def refs(items: Mapping[int, bytes | str]) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for frame, value in sorted(items.items()):
             if isinstance(value, (bytes, bytearray, memoryview)):
                 blobs.append(bytes(value) if not isinstance(value, bytes) else value)

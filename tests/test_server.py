@@ -142,6 +142,15 @@ def fast_server(tmp_path_factory, root):
     server.stop()
 
 
+def wait_until_gone(address: str, job_id: str, seconds: float = 15) -> None:
+    """The job leaves the server's table (it stops between steps, so allow it a moment)."""
+    with FrdmClient(address, timeout=5) as client:
+        deadline = time.monotonic() + seconds
+        while job_id in client.status()["jobs"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job_id not in client.status()["jobs"]
+
+
 def collect(events) -> list[Event]:
     return list(events)
 
@@ -294,6 +303,10 @@ def test_inline_range_with_context_then_cache(fast_server):
         sources2 = {**sources, 5: exr_bytes(0.9, seed=9)}
         third = {e.frame: e.cached for e in client.restore(RAW, [2, 3, 4], sources=sources2) if e.kind == "frame"}
         assert third == {2: True, 3: True, 4: False}
+        # Mixed cached and restored frames still arrive in increasing order.
+        sources3 = {**sources, 1: exr_bytes(0.8, seed=8)}
+        fourth = [(e.frame, e.cached) for e in client.restore(RAW, [2, 3, 4], sources=sources3) if e.kind == "frame"]
+        assert fourth == [(2, False), (3, True), (4, True)]
 
 
 def test_path_mode_reads_and_writes_under_root(fast_server, root):
@@ -603,6 +616,11 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         with FrdmClient(server.address, timeout=5) as other:
             assert other.status()["jobs"] == {}
             assert collect(other.restore(RAW, [1], sources={1: sources[1]}))[-1].kind == "done"
+        # Leaving the loop early cancels the job (a Nuke user closing the progress dialog).
+        for e in client.restore(RAW, list(range(1, 21)), sources=sources, job_id="job-left"):
+            if e.kind == "frame":
+                break
+        wait_until_gone(server.address, "job-left")
         client.close()
         # A client that vanishes mid-job (its socket closed, no cancel sent): the server notices at its
         # next heartbeat and drops the job rather than restoring for nobody.
@@ -612,11 +630,7 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         sock.send_multipart(protocol.encode(header, blobs))
         assert sock.poll(5000) and protocol.unpack(sock.recv_multipart()[0])["type"] == "accepted"
         sock.close(0)
-        with FrdmClient(server.address, timeout=5) as other:
-            deadline = time.monotonic() + 15
-            while other.status()["jobs"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert other.status()["jobs"] == {}
+        wait_until_gone(server.address, "job-gone")
     finally:
         server.stop()
 
