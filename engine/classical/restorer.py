@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
 from frdm.engine.classical.fill import spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
@@ -28,6 +29,11 @@ from frdm.engine.classical.flow import (
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
+
+# Fill a few pixels beyond the matte so the blend's grow and feather have restored pixels to mix in. Fixed,
+# not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
+# must stay valid when they change (engine/params.py).
+FILL_MARGIN = 6
 
 
 class _FlowCache:
@@ -70,13 +76,14 @@ class ClassicalRestorer:
         reliability = float(params["flow_reliability"])
         use_scratches = bool(params["scratches"])
         candidates = [scratches.candidates(g) for g in grey] if use_scratches else []
-        # Fill a little beyond the matte so the blend's grow and feather have restored pixels to mix in.
-        margin = int(params.get("matte_grow", 0)) + int(np.ceil(2.0 * float(params.get("feather", 0.0))))
+        margin = FILL_MARGIN
 
         targets = [clip.index(n) for n in clip.targets]
         for done, t in enumerate(targets):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
-            neighbours = [k for k in range(lo, hi + 1) if k != t]
+            # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
+            # neither a reference for the spike test nor fill material.
+            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey[t], grey[k])]
             warped: dict[int, np.ndarray] = {}
             fixed_flow: dict[int, np.ndarray] = {}
             trusted_fill: dict[int, np.ndarray] = {}
@@ -138,6 +145,14 @@ def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, i
     if len(side) == 1:
         return side[0], side[0]
     return None
+
+
+DUPLICATE_LEVEL = 0.003  # mean absolute luma difference below which two frames are one picture repeated
+
+
+def _duplicate(a: np.ndarray, b: np.ndarray) -> bool:
+    step = max(1, a.shape[0] // 256)  # a subsample decides it: duplicates differ by compression noise only
+    return float(np.abs(a[::step, ::step] - b[::step, ::step]).mean()) < DUPLICATE_LEVEL
 
 
 def _outside(flow: np.ndarray, margin: float = 1.0) -> np.ndarray:
