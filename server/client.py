@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
+
 from frdm.engine.errors import FrdmError, InputError
 from frdm.engine.params import SCHEMA
 

@@ -35,12 +35,12 @@ from typing import Any
 
 import msgpack
 import zmq
+
+from frdm import __version__
 from frdm.engine.errors import CancelledError, FrdmError
 from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
-
-from frdm import __version__
 
 log = logging.getLogger("frdm.server")
 

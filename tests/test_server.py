@@ -18,11 +18,12 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError, load_curve_keys
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -370,8 +371,9 @@ def test_limits_and_bad_frames_get_clear_errors(fast_server):
 
 
 def test_exception_in_a_job_is_an_error_reply_and_the_server_goes_on(fast_server):
-    from frdm.engine.frames import Frame, encode_image
     from server_restorers import FAIL_VALUE
+
+    from frdm.engine.frames import Frame, encode_image
 
     px = np.full((H, W, 3), FAIL_VALUE, np.float32)
     bad = encode_image(Frame(px, ("R", "G", "B"), ("float",) * 3, (0, 0, W, H), (0, 0, W, H)))
