@@ -89,6 +89,7 @@ class FrdmClient:
         self._context: zmq.Context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._closed = False
+        self._limits: dict[str, Any] = {}  # the server's, once hello() has been called
 
     # --- sockets ---------------------------------------------------------------------------------------
 
@@ -184,8 +185,13 @@ class FrdmClient:
     # --- requests --------------------------------------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
-        """version, protocol, engine, engine_version, device, memory, limits."""
-        return _body(self._request(protocol.make_header("hello", _new_id())))
+        """version, protocol, engine, engine_version, device, memory, limits. The limits are remembered:
+        ``restore`` then refuses an oversized request locally (libzmq drops a connection that sends a part
+        over the server's size limit, which would otherwise look like a dead server)."""
+        info = _body(self._request(protocol.make_header("hello", _new_id())))
+        if isinstance(info.get("limits"), dict):
+            self._limits = info["limits"]
+        return info
 
     def status(self) -> dict[str, Any]:
         """queue (jobs waiting, in order), current (the running job), jobs (per-job progress)."""
@@ -236,6 +242,22 @@ class FrdmClient:
             output_dir=output_dir,
             output_pattern=output_pattern,
         )
+        size = sum(len(b) for b in blobs)
+        limit = self._limits.get("max_message_bytes")
+        if isinstance(limit, int) and size > limit:
+            return iter(
+                [
+                    Event(
+                        "error",
+                        job_id,
+                        code="too_large",
+                        message=(
+                            f"the request carries {size} bytes of frames; the server at {self.address} accepts "
+                            f"{limit} per request: send fewer frames per job, or use path mode"
+                        ),
+                    )
+                ]
+            )
         return self._stream(protocol.encode(header, blobs), request_id, job_id)
 
     def _stream(self, parts: list[bytes], request_id: str, job_id: str) -> Iterator[Event]:

@@ -138,7 +138,9 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fast_server(tmp_path_factory, root):
     tmp = tmp_path_factory.mktemp("fast")
-    server = ServerProcess(tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256))
+    server = ServerProcess(
+        tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256), "--max-message-mb", "2"
+    )
     yield server.wait_ready()
     server.stop()
 
@@ -368,6 +370,20 @@ def test_limits_and_bad_frames_get_clear_errors(fast_server):
         assert many[0].code == "too_large" and "50" in many[0].message
         junk = collect(client.restore(RAW, [1], sources={1: b"not an exr at all"}))
         assert junk[0].code == "bad_input" and "frame 1" in junk[0].message
+
+
+def test_oversized_request_is_refused_before_it_is_sent(fast_server):
+    big = {n: exr_bytes(0.5, seed=n) + b"\0" * 1_200_000 for n in (1, 2)}  # 2.4 MB over a 2 MiB limit
+    with FrdmClient(fast_server.address, timeout=5) as client:
+        assert client.hello()["limits"]["max_message_bytes"] == 2 << 20
+        events = collect(client.restore(RAW, [1, 2], sources=big))
+        assert [e.kind for e in events] == ["error"] and events[0].code == "too_large"
+        assert "fewer frames" in events[0].message
+    # Two parts each under the limit but over it together: the server itself refuses, and goes on.
+    with FrdmClient(fast_server.address, timeout=5) as client:  # no hello: no local check
+        events = collect(client.restore(RAW, [1, 2], sources=big))
+        assert events[0].code == "too_large" and "exceeds the limit" in events[0].message
+        assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION
 
 
 def test_exception_in_a_job_is_an_error_reply_and_the_server_goes_on(fast_server):
