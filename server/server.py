@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -117,7 +118,9 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+    # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
+    owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
+    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -130,15 +133,31 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def remove_stale_partials(directory: str) -> None:
-    """Temporary files a killed server left behind (ours by their prefix): never show half a frame."""
+    """Temporary files a killed server on this host left behind: never leave half a frame lying around.
+    Files of a live process, or of another host (shared storage), are not touched."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
+    host = socket.gethostname()
     for name in names:
-        if name.startswith(PARTIAL_PREFIX):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
+        if not name.startswith(PARTIAL_PREFIX):
+            continue
+        fields = name[len(PARTIAL_PREFIX) :].split("~")
+        if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- result cache ------------------------------------------------------------------------------------

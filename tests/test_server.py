@@ -271,6 +271,25 @@ def test_resolve_under_roots(tmp_path):
 # --- the real server ---------------------------------------------------------------------------------
 
 
+def test_stale_partials_of_dead_writers_only_are_removed(tmp_path):
+    from frdm.server.server import PARTIAL_PREFIX, atomic_write_bytes, remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "dead": f"{PARTIAL_PREFIX}{host}~{dead.pid}~1~frdm.0001.exr",
+        "alive": f"{PARTIAL_PREFIX}{host}~{os.getpid()}~1~frdm.0002.exr",  # a writer still at work
+        "other_host": f"{PARTIAL_PREFIX}elsewhere~{dead.pid}~1~frdm.0003.exr",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half a frame")
+    remove_stale_partials(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["other_host"]])
+    atomic_write_bytes(str(tmp_path / "sub" / "x.exr"), b"whole")
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.exr"]
+
+
 def test_hello_reports_version_engine_and_limits(fast_server):
     from frdm import __version__
 
