@@ -228,6 +228,12 @@ SCHEMA = Schema(
               maximum=64, engines=_DIFFUSION),
         Param("window_overlap", "int", 4, "frames shared by consecutive temporal windows",
               group="diffusion", minimum=0, maximum=63, engines=_DIFFUSION),
+        Param("sampler", "choice", "ddim", "denoising sampler: 'ddim' (the paper's) or 'dpmsolver' "
+              "(DPM-Solver++ 2M; each patch keeps its own solver history)", group="diffusion",
+              choices=("ddim", "dpmsolver"), engines=_DIFFUSION),
+        Param("patch_blend", "choice", "cosine", "how overlapping stage-2 patches are assembled: 'cosine' "
+              "blend weights, or 'uniform' averaging (shows seams; for comparison)", group="diffusion",
+              choices=("cosine", "uniform"), engines=_DIFFUSION),
         Param("global_residual", "bool", True, "stage 1 global residual (Eq. 1-2) against blocking",
               group="diffusion", engines=_DIFFUSION),
         Param("kv_cache", "bool", True, "patches attend to cached keys/values of denoised neighbours",
