@@ -84,7 +84,8 @@ class DiffusionRestorer:
     ) -> None:
         self.model = model
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model.to(self.device)
+        if next(model.parameters()).device != self.device:
+            self.model.to(self.device)
         self.model.eval()
         self.kv_pool = kv_pool
         self.log = log or (lambda m: print(m, file=sys.stderr))
@@ -107,6 +108,15 @@ class DiffusionRestorer:
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
     ) -> Iterator[RestoredFrame]:
+        height, width = clip.frames.shape[1:3]
+        for frame, z0, plan in self.restore_latents(clip, params, progress):
+            yield self._finish(clip, frame, z0, plan, height, width)
+
+    def restore_latents(
+        self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
+    ) -> Iterator[tuple[int, torch.Tensor, planner.Plan]]:
+        """Like ``restore`` but yields each target's final latent z_0 (4, hp/8, wp/8) of the padded frame,
+        before decoding (where the patches are assembled: the seam measure looks here), and the plan used."""
         p = params_mod.validate(dict(params))
         dtype = self._dtype(p["precision"])
         height, width = clip.frames.shape[1:3]
@@ -127,25 +137,25 @@ class DiffusionRestorer:
         sums: dict[int, torch.Tensor] = {}
         weights: dict[int, float] = {}
         emitted = 0
-        with torch.inference_mode():
-            for window in windows:
-                idx = [clip.index(f) for f in window.frames]
-                frames = torch.from_numpy(np.ascontiguousarray(clip.frames[idx])).permute(0, 3, 1, 2)
+        for window in windows:
+            idx = [clip.index(f) for f in window.frames]
+            frames = torch.from_numpy(np.ascontiguousarray(clip.frames[idx])).permute(0, 3, 1, 2)
+            with torch.inference_mode():
                 z0 = planner.run_with_fallback(
                     lambda plan, fr=frames, win=window: self._restore_window(fr, win, p, plan, dtype, ticker),
                     plans,
                     log=self.log,
                 )
-                for j, f in enumerate(window.frames):
-                    if f not in last_window:
-                        continue
-                    w = window_weight(f, window, p["window_overlap"])
-                    sums[f] = sums[f] + w * z0[j] if f in sums else w * z0[j]
-                    weights[f] = weights.get(f, 0.0) + w
-                while emitted < len(targets) and last_window[targets[emitted]] <= window.index:
-                    f = targets[emitted]
-                    yield self._finish(clip, f, sums.pop(f) / weights.pop(f), plans[0], height, width)
-                    emitted += 1
+            for j, f in enumerate(window.frames):
+                if f not in last_window:
+                    continue
+                w = window_weight(f, window, p["window_overlap"])
+                sums[f] = sums[f] + w * z0[j] if f in sums else w * z0[j]
+                weights[f] = weights.get(f, 0.0) + w
+            while emitted < len(targets) and last_window[targets[emitted]] <= window.index:
+                f = targets[emitted]
+                yield f, sums.pop(f) / weights.pop(f), plans[0]
+                emitted += 1
 
     # --- internals -------------------------------------------------------------------------------------
     def _dtype(self, precision: str) -> torch.dtype:
