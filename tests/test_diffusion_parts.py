@@ -69,9 +69,7 @@ def test_patch_grid_covers_non_multiple_sizes_and_records_overlaps():
     cols = {b.col for b in boxes}
     assert len(boxes) == len(rows) * len(cols) == 2 * 3
     first, last = boxes[0], boxes[-1]
-    assert (
-        first.overlap_top == first.overlap_left == 0 and first.overlap_right > 0 and first.overlap_bottom > 0
-    )
+    assert first.overlap_top == first.overlap_left == 0 and first.overlap_right > 0 and first.overlap_bottom > 0
     assert last.overlap_bottom == last.overlap_right == 0
     assert boxes[1].overlap_left == boxes[0].overlap_right == boxes[0].x1 - boxes[1].x0
 
@@ -274,9 +272,7 @@ def test_kv_cache_pools_and_forgets_old_rows():
 
 
 # --- planner ---------------------------------------------------------------------------------------------
-FP_SD15 = planner.ModelFootprint(
-    weight_bytes=int(2.1e9 * 2), unet_channels=320, attention_heads=8, vae_channels=128
-)
+FP_SD15 = planner.ModelFootprint(weight_bytes=int(2.1e9 * 2), unet_channels=320, attention_heads=8, vae_channels=128)
 
 
 def test_planner_picks_leaner_settings_for_smaller_budgets():
@@ -290,9 +286,7 @@ def test_planner_picks_leaner_settings_for_smaller_budgets():
     # every later plan is a fallback, never heavier than the one before it
     peaks = [p.estimated_peak_bytes for p in roomy]
     assert peaks == sorted(peaks, reverse=True)
-    assert all(
-        p.patch_batch == 1 for p in planner.make_plans(FP_SD15, budget_bytes=None, **{**kw, "kv_cache": True})
-    )
+    assert all(p.patch_batch == 1 for p in planner.make_plans(FP_SD15, budget_bytes=None, **{**kw, "kv_cache": True}))
 
 
 def test_fallback_steps_down_on_out_of_memory():

@@ -145,9 +145,7 @@ class PatchAccumulator:
 
     def result(self) -> torch.Tensor:
         if bool((self.weight <= 0).any()):
-            raise RuntimeError(
-                "the patch grid left part of the canvas uncovered"
-            )  # a grid bug, not user input
+            raise RuntimeError("the patch grid left part of the canvas uncovered")  # a grid bug, not user input
         return self.total / self.weight
 
 

@@ -102,15 +102,20 @@ class DiffusionRestorer:
 
     # --- the Restorer interface -------------------------------------------------------------------------
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+        """Every window containing a target must be complete, and the defect matte needs the detector's
+        ``temporal_radius`` neighbours."""
         p = params_mod.validate(dict(params))
-        return context_frames(p["window"], p["window_overlap"])
+        before, after = context_frames(p["window"], p["window_overlap"])
+        r = p["temporal_radius"]
+        return max(before, r), max(after, r)
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
     ) -> Iterator[RestoredFrame]:
         height, width = clip.frames.shape[1:3]
-        for frame, z0, plan in self.restore_latents(clip, params, progress):
-            yield self._finish(clip, frame, z0, plan, height, width)
+        p = params_mod.validate(dict(params))
+        for frame, z0, plan in self.restore_latents(clip, p, progress):
+            yield self._finish(clip, frame, z0, plan, height, width, p)
 
     def restore_latents(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
@@ -182,13 +187,19 @@ class DiffusionRestorer:
         )
 
     def _finish(
-        self, clip: Clip, frame: int, z0: torch.Tensor, plan: planner.Plan, height: int, width: int
+        self,
+        clip: Clip,
+        frame: int,
+        z0: torch.Tensor,
+        plan: planner.Plan,
+        height: int,
+        width: int,
+        p: Mapping[str, Any],
     ) -> RestoredFrame:
         with torch.inference_mode():
             img = tiled_decode(self.model, z0[None], tile=plan.vae_tile, overlap=plan.vae_tile // 8)[0]
         img = img[:, :height, :width].clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy().astype(np.float32)
-        original = clip.frames[clip.index(frame)]
-        return RestoredFrame(frame, img, defect_matte(original, img))
+        return RestoredFrame(frame, img, defect_matte(clip, frame, p))
 
     def _conditioning(self, frames: torch.Tensor, prompt: str, patch_px: int, dtype: torch.dtype):
         """Prompt embeddings, CLIP patch tokens and the global latent of the resized full frames."""
@@ -348,12 +359,15 @@ class _Ticker:
         self.progress(float(self.done), float(self.total), message)
 
 
-def defect_matte(original: np.ndarray, restored: np.ndarray, *, threshold: float = 0.04) -> np.ndarray:
-    """The 'auto' matte (mask=auto restores defects only): where the restoration changed the frame by more
-    than ``threshold`` ([0, 1] units, the largest channel), ramping to 1 at twice that.
+def defect_matte(clip: Clip, frame: int, params: Mapping[str, Any]) -> np.ndarray:
+    """The 'auto' matte (mask=auto restores defects only): the classical engine's defect detector (spikes
+    against motion-compensated neighbours, line scratches) on ``frame`` and its ``temporal_radius``
+    neighbours, so both engines restore the same defects. Only the detector's matte is used, not its fill."""
+    from frdm.engine.classical import ClassicalRestorer
 
-    Clean pixels that the model reproduces stay outside the matte, so they keep their exact original values
-    after blending. (The classical engine's spike detector needs motion-compensated neighbours and is not
-    used here.)"""
-    diff = np.abs(restored - original).max(axis=-1)
-    return np.clip((diff - threshold) / threshold, 0.0, 1.0).astype(np.float32)
+    i = clip.index(frame)
+    r = int(params["temporal_radius"])
+    lo, hi = max(0, i - r), min(len(clip.frame_numbers), i + r + 1)
+    sub = Clip(clip.frames[lo:hi], clip.frame_numbers[lo:hi], [frame])
+    (result,) = list(ClassicalRestorer().restore(sub, params))
+    return result.matte

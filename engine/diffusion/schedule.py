@@ -37,9 +37,7 @@ def make_scheduler(config: Mapping[str, Any], sampler: str = "ddim") -> Any:
 
     cfg = dict(config)
     if sampler == "ddim":
-        return DDIMScheduler.from_config(
-            cfg, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False
-        )
+        return DDIMScheduler.from_config(cfg, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
     if sampler == "dpmsolver":
         return DPMSolverMultistepScheduler.from_config(
             cfg, timestep_spacing="trailing", algorithm_type="dpmsolver++", solver_order=2
@@ -73,9 +71,7 @@ class PatchSchedulers:
     def __len__(self) -> int:
         return len(self._states)
 
-    def step(
-        self, index: int, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor
-    ) -> torch.Tensor:
+    def step(self, index: int, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
         return self._states[index].step(model_output, timestep, sample, return_dict=False)[0]
 
 

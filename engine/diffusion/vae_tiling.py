@@ -56,9 +56,7 @@ def tiled_decode(model: Any, latents: torch.Tensor, *, tile: int = 512, overlap:
             crop = latents[i : i + 1, :, ys, xs].to(dtype)
             img = model.decode_latents(crop[:, None])[0, 0].float()  # (3, 8th, 8tw)
             if acc is None:
-                acc = PatchAccumulator(
-                    (img.shape[0], lh * LATENT_SCALE, lw * LATENT_SCALE), device=img.device
-                )
+                acc = PatchAccumulator((img.shape[0], lh * LATENT_SCALE, lw * LATENT_SCALE), device=img.device)
             pbox = box.scaled(LATENT_SCALE)
             acc.add(pbox, img, blend_weights(pbox))
         assert acc is not None

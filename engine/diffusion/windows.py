@@ -52,9 +52,7 @@ def windows_containing(frame: int, size: int, overlap: int) -> list[int]:
     return list(range(lo, hi + 1))
 
 
-def plan_windows(
-    targets: Iterable[int], available: Sequence[int], size: int, overlap: int
-) -> list[TemporalWindow]:
+def plan_windows(targets: Iterable[int], available: Sequence[int], size: int, overlap: int) -> list[TemporalWindow]:
     """The windows that contain at least one target, in order, each with the available frames inside it."""
     stride = window_stride(size, overlap)
     avail = sorted(set(available))
