@@ -94,7 +94,12 @@ class DiffusionRestorer:
     @classmethod
     def from_weights(cls, weights_dir: str, device: str | None = None) -> DiffusionRestorer:
         """Assemble HaineiFRDM from a local weights folder (docs/weights.md)."""
-        from frdm.engine.weights import load_model
+        try:
+            from frdm.engine.weights import load_model  # type: ignore[attr-defined]
+        except ImportError as exc:
+            from frdm.engine.errors import WeightsError
+
+            raise WeightsError(f"cannot load diffusion weights from {weights_dir}: no weights loader ({exc})") from None
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
