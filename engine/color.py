@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+
 from frdm.engine.errors import ParamError
 
 IDENTITY = ("srgb", "rec709", "raw")

@@ -9,6 +9,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from frdm.engine.color import to_model
 from frdm.engine.frames import Frame, SequencePattern, Source, read_frame
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from frdm.engine import params as P
 from frdm.engine.blend import blend, feather_mask
 from frdm.engine.color import check_colorspace, from_model, representable, to_model

@@ -42,16 +42,23 @@ class SpikeDetector:
         trusted: np.ndarray,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid.
-        trusted: (H, W) bool, where motion compensation can be trusted. Returns a bool (H, W) matte."""
-        e_p = frame - prev
-        e_n = frame - nxt
-        same_sign = (e_p * e_n) > 0
-        spike = np.minimum(np.abs(e_p), np.abs(e_n))
-        seeds = same_sign & (spike > self.threshold) & trusted
+        trusted: (H, W) bool, where motion compensation can be trusted. Returns a bool (H, W) matte.
+
+        Rank-ordered, like Kokaram's ROD detector: a pixel is a bright spike only if it is brighter than the
+        *brightest* pixel of the 3x3 neighbourhood in both warped neighbours (dark: darker than the darkest).
+        Sub-pixel misregistration and small changes of sharpness (motion blur, focus, resampling) move a
+        textured pixel within its neighbourhood's range; dust lies outside it."""
+        box = np.ones((3, 3), np.uint8)
+        hi_p, hi_n = cv2.dilate(prev, box), cv2.dilate(nxt, box)
+        lo_p, lo_n = cv2.erode(prev, box), cv2.erode(nxt, box)
+        bright = np.minimum(frame - hi_p, frame - hi_n)
+        dark = np.minimum(lo_p - frame, lo_n - frame)
+        spike = np.maximum(bright, dark)
+        seeds = (spike > self.threshold) & trusted
         # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
         # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.
         near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        weak = same_sign & (spike > 0.5 * self.threshold) & trusted & near
+        weak = (spike > 0.5 * self.threshold) & trusted & near
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
         return keep[labels]

@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(done: float, total: float, message: str) -> None:
         if bar is not None:
-            bar.total = total
-            bar.n = round(done, 2)
+            bar.total = int(total) if float(total).is_integer() else total
+            bar.n = int(done) if float(done).is_integer() else round(done, 2)
             bar.set_postfix_str(message, refresh=False)
             bar.refresh()
 
