@@ -49,7 +49,7 @@ def _components(seed: int = 0, config: FRDMConfig | None = None) -> dict:
 
 
 def _original_motion_layout(state: dict, max_len: int) -> dict:
-    """diffusers MotionAdapter keys -> AnimateDiff's release layout (temporal_transformer, attention_blocks)"""
+    """diffusers MotionAdapter keys -> the AnimateDiff release layout (temporal_transformer, ...)."""
     out = {}
     for key, value in state.items():
         if key.endswith(".pos_embed.pe"):  # release files carry pos_encoder.pe instead (added below)
