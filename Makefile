@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 demo: setup
 	$(VENV)/bin/frdm restore samples/train_robbery/train_robbery.####.exr out/demo/train_robbery.####.exr \
-		--contact-sheet out/demo/before_after.png
+		--preset samples/train_robbery/shot.json --contact-sheet out/demo/before_after.png
 	@echo "restored frames: out/demo/  before/after sheet: out/demo/before_after.png"
 
 test: setup

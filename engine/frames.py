@@ -69,9 +69,7 @@ class Frame:
         for i, ch in enumerate(self.channels):
             if ch.split(".")[-1] == name:
                 return i
-        raise InputError(
-            f"{self.path or 'frame'}: no channel '{name}' (channels are {', '.join(self.channels)})"
-        )
+        raise InputError(f"{self.path or 'frame'}: no channel '{name}' (channels are {', '.join(self.channels)})")
 
     def rgb_indices(self) -> list[int]:
         """Channels the restorer works on: R, G, B (first layer found), or one grey channel used three times."""
@@ -88,8 +86,9 @@ class Frame:
             f"{self.path or 'frame'}: cannot find colour channels (R, G, B or Y) among {', '.join(self.channels)}"
         )
 
-    def with_pixels(self, pixels: np.ndarray, channels: Sequence[str] | None = None,
-                    formats: Sequence[str] | None = None) -> Frame:
+    def with_pixels(
+        self, pixels: np.ndarray, channels: Sequence[str] | None = None, formats: Sequence[str] | None = None
+    ) -> Frame:
         return replace(
             self,
             pixels=np.ascontiguousarray(pixels, dtype=np.float32),
@@ -101,8 +100,17 @@ class Frame:
 
 def _type_name(typedesc: Any) -> str:
     name = str(typedesc)
-    return {"half": "half", "float": "float", "uint8": "uint8", "uint16": "uint16", "uint": "uint32",
-            "uint32": "uint32", "int8": "uint8", "int16": "uint16", "double": "float"}.get(name, "float")
+    return {
+        "half": "half",
+        "float": "float",
+        "uint8": "uint8",
+        "uint16": "uint16",
+        "uint": "uint32",
+        "uint32": "uint32",
+        "int8": "uint8",
+        "int16": "uint16",
+        "double": "float",
+    }.get(name, "float")
 
 
 def read_frame(path: str | os.PathLike[str], *, check_finite: bool = True) -> Frame:
@@ -265,15 +273,14 @@ class SequencePattern:
         m = _PRINTF.search(tail)
         if m:
             pad = int(m.group(1) or 0)
-            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end():], max(pad, 1))
-        m = None
-        for m in _HASHES.finditer(tail):
-            pass
+            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end() :], max(pad, 1))
+        hashes = list(_HASHES.finditer(tail))
+        m = hashes[-1] if hashes else None  # the last run of # or @ is the frame number
         if m:
             pad = len(m.group(0))
             if m.group(0) == "#" and pad == 1:
                 pad = 4  # Nuke: a single '#' means four digits
-            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end():], pad)
+            return cls(pattern, os.path.join(head, tail[: m.start()]), tail[m.end() :], pad)
         return cls(pattern, pattern, "", 0)
 
     @property
@@ -399,7 +406,9 @@ class MovieSource(Source):
                 count = stream.frames
                 if not count:
                     count = sum(1 for _ in container.decode(video=0))
-                self._deep = stream.codec_context.format is not None and "10" in (stream.codec_context.format.name or "")
+                self._deep = stream.codec_context.format is not None and "10" in (
+                    stream.codec_context.format.name or ""
+                )
         except (av.error.FFmpegError, IndexError) as exc:
             raise InputError(f"{path}: not a readable movie ({exc})") from None
         self.frame_numbers = list(range(1, count + 1))
@@ -433,8 +442,16 @@ class MovieSource(Source):
         pixels = image.astype(np.float32) / scale
         h, w = pixels.shape[:2]
         fmt_name = "uint16" if image.dtype == np.uint16 else "uint8"
-        return Frame(pixels, ("R", "G", "B"), (fmt_name,) * 3, (0, 0, w, h), (0, 0, w, h), {}, 0,
-                     f"{self._path}@{frame}")
+        return Frame(
+            pixels,
+            ("R", "G", "B"),
+            (fmt_name,) * 3,
+            (0, 0, w, h),
+            (0, 0, w, h),
+            {},
+            0,
+            f"{self._path}@{frame}",
+        )
 
     def close(self) -> None:
         if self._container is not None:
@@ -453,3 +470,40 @@ def open_source(spec: str) -> Source:
             f"{spec}: unknown image type '{ext}' (supported: {', '.join(IMAGE_EXTENSIONS + MOVIE_EXTENSIONS)})"
         )
     return ImageSequenceSource(spec)
+
+
+class MemorySource(Source):
+    """Frames already in memory (the server's inline requests)."""
+
+    def __init__(self, frames: dict[int, Frame], description: str = "<memory>"):
+        self._frames = dict(frames)
+        self.description = description
+        self.frame_numbers = sorted(self._frames)
+
+    def read(self, frame: int) -> Frame:
+        if frame not in self._frames:
+            raise InputError(f"{self.description}: no frame {frame}")
+        return self._frames[frame]
+
+
+def encode_image(frame: Frame, ext: str = ".exr", **write_kw: Any) -> bytes:
+    """The bytes of a whole image file (EXR by default), written through ``write_frame``."""
+    with tempfile.TemporaryDirectory(prefix="frdm-enc-") as tmp:
+        path = os.path.join(tmp, "frame" + ext)
+        write_frame(path, frame, **write_kw)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def decode_image(data: bytes, ext: str = ".exr", name: str = "<bytes>", *, check_finite: bool = True) -> Frame:
+    """Read an image file's bytes. Errors name ``name`` (e.g. 'frame 12 of job 3')."""
+    with tempfile.TemporaryDirectory(prefix="frdm-dec-") as tmp:
+        path = os.path.join(tmp, "frame" + ext)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        try:
+            frame = read_frame(path, check_finite=check_finite)
+        except InputError as exc:
+            raise InputError(str(exc).replace(path, name)) from None
+    frame.path = name
+    return frame

@@ -60,7 +60,16 @@ class Param:
                 return value
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            if isinstance(value, str) and value.lower() in (
+                "1",
+                "true",
+                "yes",
+                "on",
+                "0",
+                "false",
+                "no",
+                "off",
+            ):
                 return value.lower() in ("1", "true", "yes", "on")
             raise ParamError(f"{where} must be true or false, got {value!r}")
         if self.kind == "int":
@@ -142,11 +151,7 @@ class Schema:
         upto = STAGES.index(stage)
         full = self.validate(values)
         engine = full.get("engine", "")
-        key = {
-            p.name: full[p.name]
-            for p in self.params
-            if STAGES.index(p.stage) <= upto and (engine in p.engines)
-        }
+        key = {p.name: full[p.name] for p in self.params if STAGES.index(p.stage) <= upto and (engine in p.engines)}
         blob = json.dumps({"v": engine_version, "p": key}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -157,8 +162,7 @@ class Schema:
 def _check_cross_field(v: Mapping[str, Any]) -> None:
     if v["patch_overlap"] * 2 > v["patch_size"]:
         raise ParamError(
-            f"parameter 'patch_overlap' ({v['patch_overlap']}) must be at most half of 'patch_size' "
-            f"({v['patch_size']})"
+            f"parameter 'patch_overlap' ({v['patch_overlap']}) must be at most half of 'patch_size' ({v['patch_size']})"
         )
     if v["patch_size"] % 64:
         raise ParamError(f"parameter 'patch_size' must be a multiple of 64 (the latent grid x8), got {v['patch_size']}")
@@ -174,76 +178,287 @@ _DIFFUSION = ("diffusion",)
 SCHEMA = Schema(
     (
         # --- general -------------------------------------------------------------------------------
-        Param("engine", "choice", "classical", "restorer: 'classical' needs no weights; 'diffusion' is "
-              "HaineiFRDM and needs --weights", choices=("classical", "diffusion")),
-        Param("colorspace", "str", "srgb", "colour space of the source pixels: srgb, linear (scene-linear, "
-              "Rec.709 primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space "
-              "name of the OCIO config"),
-        Param("ocio_config", "str", "ocio://studio-config-latest", "OCIO config used when 'colorspace' is "
-              "not built in (a path or an OCIO built-in URI such as ocio://default)"),
-        Param("mask", "choice", "auto", "which pixels may change: 'auto' = only the detected defects "
-              "(restore defects only), 'none' = the whole frame, 'artist' = an artist mask (a separate "
-              "sequence or 'mask_channel')", choices=("auto", "none", "artist"), stage="blend"),
-        Param("mask_channel", "str", "", "channel of the source holding the artist mask (e.g. 'mask' or "
-              "'A'); empty = the mask comes from a separate sequence", stage="blend"),
-        Param("feather", "float", 2.0, "soft edge of the mask in pixels (Gaussian sigma)", stage="blend",
-              minimum=0.0, maximum=200.0),
-        Param("matte_grow", "int", 2, "grow the auto defect matte by this many pixels before feathering, "
-              "so defect halos are covered", stage="blend", minimum=0, maximum=64),
+        Param(
+            "engine",
+            "choice",
+            "classical",
+            "restorer: 'classical' needs no weights; 'diffusion' is HaineiFRDM and needs --weights",
+            choices=("classical", "diffusion"),
+        ),
+        Param(
+            "colorspace",
+            "str",
+            "srgb",
+            "colour space of the source pixels: srgb, linear (scene-linear, "
+            "Rec.709 primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space "
+            "name of the OCIO config",
+        ),
+        Param(
+            "ocio_config",
+            "str",
+            "ocio://studio-config-latest",
+            "OCIO config used when 'colorspace' is "
+            "not built in (a path or an OCIO built-in URI such as ocio://default)",
+        ),
+        Param(
+            "mask",
+            "choice",
+            "auto",
+            "which pixels may change: 'auto' = only the detected defects "
+            "(restore defects only), 'none' = the whole frame, 'artist' = an artist mask (a separate "
+            "sequence or 'mask_channel')",
+            choices=("auto", "none", "artist"),
+            stage="blend",
+        ),
+        Param(
+            "mask_channel",
+            "str",
+            "",
+            "channel of the source holding the artist mask (e.g. 'mask' or "
+            "'A'); empty = the mask comes from a separate sequence",
+            stage="blend",
+        ),
+        Param(
+            "feather",
+            "float",
+            2.0,
+            "soft edge of the mask in pixels (Gaussian sigma)",
+            stage="blend",
+            minimum=0.0,
+            maximum=200.0,
+        ),
+        Param(
+            "matte_grow",
+            "int",
+            2,
+            "grow the auto defect matte by this many pixels before feathering, so defect halos are covered",
+            stage="blend",
+            minimum=0,
+            maximum=64,
+        ),
         # --- classical detector ----------------------------------------------------------------------
-        Param("temporal_radius", "int", 2, "frames on each side used for detection and temporal fill",
-              group="detect", minimum=1, maximum=4, engines=_CLASSICAL),
-        Param("dust_threshold", "float", 0.06, "spike-detector threshold: how much a pixel must differ "
-              "from all motion-compensated neighbours (display-referred 0-1 units)", group="detect",
-              minimum=0.005, maximum=1.0, engines=_CLASSICAL),
-        Param("dust_max_area", "int", 6000, "largest blob in pixels treated as dust/dirt (larger changes "
-              "are taken as real motion)", group="detect", minimum=1, maximum=10_000_000, engines=_CLASSICAL),
-        Param("scratches", "bool", True, "detect and remove persistent vertical line scratches",
-              group="detect", engines=_CLASSICAL),
-        Param("scratch_threshold", "float", 0.03, "minimum contrast of a line scratch against its "
-              "horizontal neighbourhood (0-1 units)", group="detect", minimum=0.002, maximum=1.0,
-              engines=_CLASSICAL),
-        Param("scratch_min_length", "float", 0.35, "minimum scratch length as a fraction of frame height",
-              group="detect", minimum=0.05, maximum=1.0, engines=_CLASSICAL),
-        Param("flow_reliability", "float", 1.0, "forward-backward optical-flow error (pixels) above which "
-              "motion is unreliable and spatial inpainting is used instead of temporal fill", group="detect",
-              minimum=0.05, maximum=50.0, engines=_CLASSICAL),
-        Param("deflicker", "bool", False, "even out frame-to-frame brightness flicker (global gain/offset "
-              "against the temporal neighbourhood)", group="detect", engines=_CLASSICAL, stage="fill"),
+        Param(
+            "temporal_radius",
+            "int",
+            2,
+            "frames on each side used for detection and temporal fill",
+            group="detect",
+            minimum=1,
+            maximum=4,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "dust_threshold",
+            "float",
+            0.06,
+            "spike-detector threshold: how much a pixel must differ "
+            "from all motion-compensated neighbours (display-referred 0-1 units)",
+            group="detect",
+            minimum=0.005,
+            maximum=1.0,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "dust_max_area",
+            "int",
+            6000,
+            "largest blob in pixels treated as dust/dirt (larger changes are taken as real motion)",
+            group="detect",
+            minimum=1,
+            maximum=10_000_000,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "scratches",
+            "bool",
+            True,
+            "detect and remove persistent vertical line scratches",
+            group="detect",
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "scratch_threshold",
+            "float",
+            0.03,
+            "minimum contrast of a line scratch against its horizontal neighbourhood (0-1 units)",
+            group="detect",
+            minimum=0.002,
+            maximum=1.0,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "scratch_min_length",
+            "float",
+            0.5,
+            "minimum scratch length as a fraction of frame height",
+            group="detect",
+            minimum=0.05,
+            maximum=1.0,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "flow_reliability",
+            "float",
+            1.0,
+            "forward-backward optical-flow error (pixels) above which "
+            "motion is unreliable and spatial inpainting is used instead of temporal fill",
+            group="detect",
+            minimum=0.05,
+            maximum=50.0,
+            engines=_CLASSICAL,
+        ),
+        Param(
+            "deflicker",
+            "bool",
+            False,
+            "even out frame-to-frame brightness flicker (global gain/offset against the temporal neighbourhood)",
+            group="detect",
+            engines=_CLASSICAL,
+            stage="fill",
+        ),
         # --- diffusion (HaineiFRDM) ------------------------------------------------------------------
-        Param("steps", "int", 20, "denoising steps", group="diffusion", minimum=1, maximum=1000,
-              engines=_DIFFUSION),
-        Param("strength", "float", 1.0, "how far the degraded latent is noised before denoising (1 = from "
-              "z_T, the paper's setting)", group="diffusion", minimum=0.01, maximum=1.0, engines=_DIFFUSION),
-        Param("seed", "int", 0, "noise seed; each frame's noise derives from (seed, frame number) so a "
-              "chunked render equals a whole-range render", group="diffusion", minimum=0, maximum=2**31 - 1,
-              engines=_DIFFUSION),
-        Param("prompt", "str", "an old film frame", "full-frame description (global prompt)",
-              group="diffusion", engines=_DIFFUSION),
-        Param("patch_size", "int", 512, "stage-2 patch size in pixels (multiple of 64)", group="diffusion",
-              minimum=64, maximum=4096, engines=_DIFFUSION),
-        Param("patch_overlap", "int", 128, "overlap of neighbouring patches in pixels", group="diffusion",
-              minimum=0, maximum=2048, engines=_DIFFUSION),
-        Param("window", "int", 16, "frames per temporal window", group="diffusion", minimum=1,
-              maximum=64, engines=_DIFFUSION),
-        Param("window_overlap", "int", 4, "frames shared by consecutive temporal windows",
-              group="diffusion", minimum=0, maximum=63, engines=_DIFFUSION),
-        Param("global_residual", "bool", True, "stage 1 global residual (Eq. 1-2) against blocking",
-              group="diffusion", engines=_DIFFUSION),
-        Param("kv_cache", "bool", True, "patches attend to cached keys/values of denoised neighbours",
-              group="diffusion", engines=_DIFFUSION),
-        Param("precision", "choice", "fp16", "network precision on the GPU (CPU runs fp32)",
-              group="diffusion", choices=("fp16", "bf16", "fp32"), engines=_DIFFUSION),
-        Param("vram_budget_gb", "float", 0.0, "GPU memory the planner may use (0 = what is free)",
-              group="diffusion", minimum=0.0, maximum=1024.0, engines=_DIFFUSION, stage="run"),
+        Param(
+            "steps",
+            "int",
+            20,
+            "denoising steps",
+            group="diffusion",
+            minimum=1,
+            maximum=1000,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "strength",
+            "float",
+            1.0,
+            "how far the degraded latent is noised before denoising (1 = from z_T, the paper's setting)",
+            group="diffusion",
+            minimum=0.01,
+            maximum=1.0,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "seed",
+            "int",
+            0,
+            "noise seed; each frame's noise derives from (seed, frame number) so a "
+            "chunked render equals a whole-range render",
+            group="diffusion",
+            minimum=0,
+            maximum=2**31 - 1,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "prompt",
+            "str",
+            "an old film frame",
+            "full-frame description (global prompt)",
+            group="diffusion",
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "patch_size",
+            "int",
+            512,
+            "stage-2 patch size in pixels (multiple of 64)",
+            group="diffusion",
+            minimum=64,
+            maximum=4096,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "patch_overlap",
+            "int",
+            128,
+            "overlap of neighbouring patches in pixels",
+            group="diffusion",
+            minimum=0,
+            maximum=2048,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "window",
+            "int",
+            16,
+            "frames per temporal window",
+            group="diffusion",
+            minimum=1,
+            maximum=64,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "window_overlap",
+            "int",
+            4,
+            "frames shared by consecutive temporal windows",
+            group="diffusion",
+            minimum=0,
+            maximum=63,
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "global_residual",
+            "bool",
+            True,
+            "stage 1 global residual (Eq. 1-2) against blocking",
+            group="diffusion",
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "kv_cache",
+            "bool",
+            True,
+            "patches attend to cached keys/values of denoised neighbours",
+            group="diffusion",
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "precision",
+            "choice",
+            "fp16",
+            "network precision on the GPU (CPU runs fp32)",
+            group="diffusion",
+            choices=("fp16", "bf16", "fp32"),
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "vram_budget_gb",
+            "float",
+            0.0,
+            "GPU memory the planner may use (0 = what is free)",
+            group="diffusion",
+            minimum=0.0,
+            maximum=1024.0,
+            engines=_DIFFUSION,
+            stage="run",
+        ),
         # --- output ----------------------------------------------------------------------------------
-        Param("compression", "choice", "same", "EXR compression of written frames ('same' = as the input)",
-              group="output", stage="output",
-              choices=("same", "none", "zip", "zips", "piz", "rle", "pxr24", "dwaa", "dwab", "b44")),
-        Param("pixel_type", "choice", "same", "EXR pixel type of written frames ('same' = as the input)",
-              group="output", stage="output", choices=("same", "half", "float")),
-        Param("write_matte", "bool", True, "add the defect matte as an extra channel 'frdm.matte'",
-              group="output", stage="output"),
+        Param(
+            "compression",
+            "choice",
+            "same",
+            "EXR compression of written frames ('same' = as the input)",
+            group="output",
+            stage="output",
+            choices=("same", "none", "zip", "zips", "piz", "rle", "pxr24", "dwaa", "dwab", "b44"),
+        ),
+        Param(
+            "pixel_type",
+            "choice",
+            "same",
+            "EXR pixel type of written frames ('same' = as the input)",
+            group="output",
+            stage="output",
+            choices=("same", "half", "float"),
+        ),
+        Param(
+            "write_matte",
+            "bool",
+            True,
+            "add the defect matte as an extra channel 'frdm.matte'",
+            group="output",
+            stage="output",
+        ),
     )
 )
 
@@ -273,7 +488,9 @@ def load_preset(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParamError(f"preset file {path} is not readable JSON: {exc}") from None
     if not isinstance(doc, dict) or "params" not in doc or not isinstance(doc["params"], dict):
-        raise ParamError(f"preset file {path} has no 'params' object (expected {{'frdm_preset': 1, 'params': {{...}}}})")
+        raise ParamError(
+            f"preset file {path} has no 'params' object (expected {{'frdm_preset': 1, 'params': {{...}}}})"
+        )
     if doc.get("frdm_preset", PRESET_FORMAT) > PRESET_FORMAT:
         raise ParamError(f"preset file {path} is format {doc['frdm_preset']}; this FRDM reads up to {PRESET_FORMAT}")
     try:
@@ -298,17 +515,23 @@ def save_preset(path: str | os.PathLike[str], values: Mapping[str, Any], *, only
 # --- command line --------------------------------------------------------------------------------------
 
 
-def add_cli_arguments(parser: Any, groups: Iterable[str] | None = None) -> None:
-    """Add one ``--flag`` per parameter (default None so that presets can fill what the user left out)."""
+def add_cli_arguments(parser: Any, groups: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> None:
+    """Add one ``--flag`` per parameter (default None so that presets can fill what the user left out).
+    ``exclude`` names parameters the command exposes its own way (``frdm restore --mask SEQ|auto|none``)."""
     wanted = set(groups) if groups is not None else None
+    skip = set(exclude)
     for group in dict.fromkeys(p.group for p in SCHEMA):
         if wanted is not None and group not in wanted:
             continue
         g = parser.add_argument_group(f"{group} parameters")
         for p in SCHEMA:
-            if p.group != group:
+            if p.group != group or p.name in skip:
                 continue
-            kw: dict[str, Any] = {"dest": f"param_{p.name}", "default": None, "help": f"{p.help} (default: {p.default!r})"}
+            kw: dict[str, Any] = {
+                "dest": f"param_{p.name}",
+                "default": None,
+                "help": f"{p.help} (default: {p.default!r})",
+            }
             if p.kind == "bool":
                 g.add_argument(p.flag, action="store_true", **kw)
                 kw2 = dict(kw, help=f"turn '{p.name}' off")

@@ -1,0 +1,74 @@
+"""Dense optical flow between neighbouring frames, with a forward-backward reliability check.
+
+DIS (OpenCV) on luminance that is median-filtered first: dust specks and thin scratches are exactly what the
+flow must *not* follow, and a 5x5 median removes most of them before the flow sees them.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) model-space RGB -> (H, W) Rec.709 luma (display-referred, like the thresholds)."""
+    return (rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722).astype(np.float32)
+
+
+def flow_input(grey: np.ndarray) -> np.ndarray:
+    """The 8-bit, defect-suppressed image the flow is computed on."""
+    u8 = np.clip(grey * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return cv2.medianBlur(u8, 5)
+
+
+class FlowEstimator:
+    """flow(a, b): for each pixel x of a, b(x + flow(x)) ~ a(x)."""
+
+    def __init__(self, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM):
+        self._dis = cv2.DISOpticalFlow_create(preset)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._dis.calc(a, b, None)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xs, ys
+
+
+def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """Sample ``image`` (a neighbour) at x + flow(x): the neighbour seen from the current frame's grid."""
+    h, w = flow.shape[:2]
+    xs, ys = _grid(h, w)
+    return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """|f(x) + b(x + f(x))|: 0 where following the flow there and back returns to x."""
+    return np.linalg.norm(forward + warp(backward, forward), axis=-1)
+
+
+def fill_unreliable(flow: np.ndarray, reliable: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    """Replace flow where it is unreliable by a reliability-weighted (normalised-convolution) average of its
+    surroundings. Inside a dust blotch the flow is garbage but the motion around it is not: this is what
+    lets the detector compare the blotch with what lies *behind* it in the neighbours."""
+    weight = reliable.astype(np.float32)
+    out = flow.copy()
+    for s in (sigma, sigma * 4, sigma * 16):
+        num = cv2.GaussianBlur(flow * weight[..., None], (0, 0), s)
+        den = cv2.GaussianBlur(weight, (0, 0), s)[..., None]
+        filled = num / np.maximum(den, 1e-6)
+        todo = (~reliable) & (den[..., 0] > 1e-3)
+        out[todo] = filled[todo]
+        reliable = reliable | todo
+        weight = reliable.astype(np.float32)
+        if reliable.all():
+            break
+    return out
+
+
+def flow_gradient(flow: np.ndarray) -> np.ndarray:
+    """Magnitude of the flow's spatial gradient (px of motion per px): large at motion boundaries."""
+    gx = cv2.Sobel(flow, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(flow, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return np.sqrt((gx**2 + gy**2).sum(axis=-1))

@@ -1,0 +1,157 @@
+"""The classical restorer: detect-then-restore (Kokaram-style), no weights needed.
+
+For each target frame t and its neighbours t-r..t+r:
+  1. dense optical flow t<->k with a forward-backward check; unreliable flow is filled from its surroundings,
+  2. dust/dirt: spike detection against the motion-compensated t-1 and t+1, grown into blobs,
+  3. line scratches: thin vertical ridges that persist at the same x across the window,
+  4. fill: motion-compensated temporal median where the neighbours agree, spatial inpainting elsewhere.
+Only pixels inside the (slightly grown) defect matte change. Each frame depends only on its own window, so
+restoring a chunk with its context gives exactly the frames of a whole-range run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
+from frdm.engine.classical.fill import spatial_fill, temporal_fill
+from frdm.engine.classical.flow import (
+    FlowEstimator,
+    fb_error,
+    fill_unreliable,
+    flow_gradient,
+    flow_input,
+    luminance,
+    warp,
+)
+from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
+
+# Fill a few pixels beyond the matte so the blend's grow and feather have restored pixels to mix in. Fixed,
+# not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
+# must stay valid when they change (engine/params.py).
+FILL_MARGIN = 6
+
+
+class _FlowCache:
+    """Flows between clip positions, computed once per ordered pair (a chunk's frames share neighbours)."""
+
+    def __init__(self, images: list[np.ndarray]):
+        self.images = images
+        self.estimator = FlowEstimator()
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        if (a, b) not in self.cache:
+            self.cache[(a, b)] = self.estimator(self.images[a], self.images[b])
+        return self.cache[(a, b)]
+
+    def forget_before(self, position: int) -> None:
+        for key in [k for k in self.cache if min(k) < position]:
+            del self.cache[key]
+
+
+class ClassicalRestorer:
+    engine_version = "classical-1"
+
+    def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+        r = int(params["temporal_radius"])
+        return r, r
+
+    def restore(
+        self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
+    ) -> Iterator[RestoredFrame]:
+        radius = int(params["temporal_radius"])
+        frames = clip.frames
+        count = frames.shape[0]
+        grey = [luminance(f) for f in frames]
+        flows = _FlowCache([flow_input(g) for g in grey])
+        spikes = SpikeDetector(threshold=float(params["dust_threshold"]), max_area=int(params["dust_max_area"]))
+        scratches = ScratchDetector(
+            threshold=float(params["scratch_threshold"]), min_length=float(params["scratch_min_length"])
+        )
+        reliability = float(params["flow_reliability"])
+        use_scratches = bool(params["scratches"])
+        candidates = [scratches.candidates(g) for g in grey] if use_scratches else []
+        margin = FILL_MARGIN
+
+        targets = [clip.index(n) for n in clip.targets]
+        for done, t in enumerate(targets):
+            lo, hi = max(0, t - radius), min(count - 1, t + radius)
+            neighbours = [k for k in range(lo, hi + 1) if k != t]
+            warped: dict[int, np.ndarray] = {}
+            fixed_flow: dict[int, np.ndarray] = {}
+            trusted_fill: dict[int, np.ndarray] = {}
+            steep = np.zeros(grey[t].shape, dtype=bool)
+            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
+            pair_set = set(pair or ())
+            for k in neighbours:
+                forward, backward = flows(t, k), flows(k, t)
+                reliable = fb_error(forward, backward) < reliability
+                fixed = fill_unreliable(forward, reliable)
+                warped[k] = warp(frames[k], fixed)
+                fixed_flow[k] = fixed
+                # The filled flow is trusted where most of the neighbourhood had reliable flow.
+                local = cv2.blur(reliable.astype(np.float32), (15, 15)) > 0.5
+                trusted_fill[k] = local
+                if k in pair_set:
+                    # Motion boundaries and samples from outside the picture cannot be compared.
+                    steep |= (flow_gradient(fixed) > 0.5) | _outside(fixed)
+            matte = np.zeros(grey[t].shape, dtype=bool)
+            if pair is not None:
+                p, n = pair
+                matte |= spikes(grey[t], luminance(warped[p]), luminance(warped[n]), ~steep)
+            scratch = np.zeros_like(matte)
+            if use_scratches:
+                window = list(range(lo, hi + 1))
+                scratch = scratches([candidates[k] for k in window], window.index(t))
+                matte |= scratch
+            restored = frames[t].copy()
+            if matte.any():
+                region = matte
+                if margin:
+                    region = cv2.dilate(matte.astype(np.uint8), _disc(margin)) > 0
+                valid = []
+                for k in neighbours:
+                    v = trusted_fill[k]
+                    if use_scratches:
+                        # A neighbour's own scratch at this spot is no fill material.
+                        v = v & ~(warp(candidates[k].astype(np.float32), fixed_flow[k]) > 0.1)
+                    valid.append(v)
+                values, ok = temporal_fill([warped[k] for k in neighbours], valid, region)
+                ys, xs = np.nonzero(region)
+                restored[ys[ok], xs[ok]] = values[ok]
+                leftover = np.zeros_like(region)
+                leftover[ys[~ok], xs[~ok]] = True
+                if leftover.any():
+                    restored = spatial_fill(restored, leftover)
+            flows.forget_before(max(0, t + 1 - radius))
+            progress(done + 1, len(targets), f"classical: frame {clip.frame_numbers[t]}")
+            yield RestoredFrame(clip.frame_numbers[t], restored, matte.astype(np.float32))
+
+
+def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, int] | None:
+    """The two references for the spike test: t-1 and t+1, or the two nearest on one side at a clip end."""
+    if before and after:
+        return before[-1], after[0]
+    side = before[::-1] if before else after
+    if len(side) >= 2:
+        return side[0], side[1]
+    if len(side) == 1:
+        return side[0], side[0]
+    return None
+
+
+def _outside(flow: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """Pixels whose flow points outside the neighbour's frame (new picture entering at the edges)."""
+    h, w = flow.shape[:2]
+    xs = np.arange(w, dtype=np.float32)[None, :] + flow[..., 0]
+    ys = np.arange(h, dtype=np.float32)[:, None] + flow[..., 1]
+    return (xs < margin) | (xs > w - 1 - margin) | (ys < margin) | (ys > h - 1 - margin)
+
+
+def _disc(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))

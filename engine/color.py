@@ -1,0 +1,133 @@
+"""Colour: the source's encoding <-> the model's display-referred [0, 1] RGB space.
+
+Both restorers see display-referred values (what a film scan looks like on a monitor), because that is what
+SD1.5's VAE and the detector's thresholds were made for. The conversion must round-trip exactly (to float
+precision) for in-range values; values the model cannot hold (above 1, below 0 after conversion) are flagged
+by ``representable`` and the pipeline takes them from the original instead.
+
+Built in (no OCIO needed): ``srgb`` (already display-referred: identity), ``linear`` (scene-linear Rec.709
+primaries -> sRGB encoding), ``cineon`` (Kodak Cineon log, 95/685 black/white code points, 0.002 density per code
+value, 0.6 negative gamma -> linear -> sRGB encoding), ``rec709`` (BT.709 video encoding: display-referred as is),
+``raw`` (no conversion). Any other name is a colour space of ``ocio_config`` (OpenImageIO's built-in
+``ocio://`` configs work offline), converted to that config's sRGB-encoded Rec.709 space.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from frdm.engine.errors import ParamError
+
+IDENTITY = ("srgb", "rec709", "raw")
+
+# Cineon (Kodak 95/685). code is the 10-bit code value / 1023.
+_CIN_BLACK, _CIN_WHITE, _CIN_DENSITY, _CIN_GAMMA = 95.0, 685.0, 0.002, 0.6
+_CIN_OFFSET = 10.0 ** ((_CIN_BLACK - _CIN_WHITE) * _CIN_DENSITY / _CIN_GAMMA)
+
+
+def _srgb_encode(lin: np.ndarray) -> np.ndarray:
+    # float64 inside: the round trip must be exact to float32 precision.
+    x = lin.astype(np.float64)
+    out = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(np.maximum(x, 0.0031308), 1 / 2.4) - 0.055)
+    return out
+
+
+def _srgb_decode(enc: np.ndarray) -> np.ndarray:
+    x = enc.astype(np.float64)
+    return np.where(x <= 0.04045, x / 12.92, np.power((np.maximum(x, 0.04045) + 0.055) / 1.055, 2.4))
+
+
+def _cineon_to_linear(code: np.ndarray) -> np.ndarray:
+    x = code.astype(np.float64) * 1023.0
+    return (np.power(10.0, (x - _CIN_WHITE) * _CIN_DENSITY / _CIN_GAMMA) - _CIN_OFFSET) / (1.0 - _CIN_OFFSET)
+
+
+def _linear_to_cineon(lin: np.ndarray) -> np.ndarray:
+    x = lin.astype(np.float64) * (1.0 - _CIN_OFFSET) + _CIN_OFFSET
+    x = np.maximum(x, 1e-12)  # log of non-positive values: the pipeline keeps those from the original anyway
+    return (_CIN_WHITE + np.log10(x) * _CIN_GAMMA / _CIN_DENSITY) / 1023.0
+
+
+# Signed variants so negative scene-linear values survive the round trip (their pixels come from the original).
+def _signed(fn, x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * fn(np.abs(x))
+
+
+_MODEL_SPACE_CANDIDATES = (
+    "sRGB Encoded Rec.709 (sRGB)",
+    "sRGB - Texture",
+    "srgb_tx",
+    "sRGB",
+    "Output - sRGB",
+)
+
+
+@lru_cache(maxsize=8)
+def _ocio(config: str):
+    import OpenImageIO as oiio
+
+    cfg = oiio.ColorConfig(config)
+    if cfg.geterror():
+        raise ParamError(f"OCIO config '{config}' could not be loaded: {cfg.geterror()}")
+    names = list(cfg.getColorSpaceNames())
+    target = next((n for n in _MODEL_SPACE_CANDIDATES if n in names), None)
+    if target is None:
+        raise ParamError(f"OCIO config '{config}' has no sRGB-encoded colour space to use as the model space")
+    return cfg, names, target
+
+
+def _ocio_convert(rgb: np.ndarray, src: str, dst: str, config: str) -> np.ndarray:
+    import OpenImageIO as oiio
+
+    flat = np.ascontiguousarray(rgb.reshape(-1, 1, 3), dtype=np.float32)
+    buf = oiio.ImageBuf(flat)
+    out = oiio.ImageBufAlgo.colorconvert(buf, src, dst, colorconfig=config)
+    if out.has_error:
+        raise ParamError(f"OCIO conversion {src} -> {dst} failed: {out.geterror()}")
+    return out.get_pixels(oiio.FLOAT).reshape(rgb.shape)
+
+
+def check_colorspace(colorspace: str, ocio_config: str) -> None:
+    """Raise ParamError with the valid names if ``colorspace`` is unknown."""
+    if colorspace in IDENTITY or colorspace in ("linear", "cineon"):
+        return
+    _, names, _ = _ocio(ocio_config)
+    if colorspace not in names:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ParamError(
+            f"parameter 'colorspace': '{colorspace}' is neither built in (srgb, linear, cineon, rec709, raw) "
+            f"nor a colour space of {ocio_config} ({shown})"
+        )
+
+
+def to_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:
+    """(..., 3) source-encoded values -> model space (display-referred; in range means within [0, 1])."""
+    if colorspace in IDENTITY:
+        return rgb.astype(np.float32, copy=True)
+    if colorspace == "linear":
+        return _signed(_srgb_encode, rgb).astype(np.float32)
+    if colorspace == "cineon":
+        return _signed(_srgb_encode, _cineon_to_linear(rgb)).astype(np.float32)
+    _, _, target = _ocio(ocio_config)
+    check_colorspace(colorspace, ocio_config)
+    return _ocio_convert(rgb, colorspace, target, ocio_config)
+
+
+def from_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:
+    """Inverse of ``to_model``."""
+    if colorspace in IDENTITY:
+        return rgb.astype(np.float32, copy=True)
+    if colorspace == "linear":
+        return _signed(_srgb_decode, rgb).astype(np.float32)
+    if colorspace == "cineon":
+        return _linear_to_cineon(_signed(_srgb_decode, rgb)).astype(np.float32)
+    _, _, target = _ocio(ocio_config)
+    check_colorspace(colorspace, ocio_config)
+    return _ocio_convert(rgb, target, colorspace, ocio_config)
+
+
+def representable(model_rgb: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """(..., 3) -> (...) bool: every channel inside [0, 1], so the model can hold the pixel."""
+    return np.all((model_rgb >= -tol) & (model_rgb <= 1.0 + tol), axis=-1)

@@ -1,0 +1,115 @@
+"""Restore an image sequence or movie into an image sequence.
+
+  frdm restore scan.####.exr restored.####.exr --frames 1001-1048 --mask auto
+  frdm restore reel1.mov out/reel1.%04d.exr --colorspace srgb --contact-sheet out/sheet.png
+
+Frames already written with the same parameters (recorded in each EXR's metadata) are skipped, so a killed
+run picks up where it stopped. Every frame is written atomically: a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from frdm.engine import params as P
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="source: name.####.exr, name.%%04d.dpx, a single image or a movie")
+    parser.add_argument("out", metavar="OUT", help="output sequence, e.g. restored.####.exr")
+    parser.add_argument("--frames", help="frames to restore, e.g. 1-48, 1-48x2, 1,5,9-12 (default: all on disk)")
+    parser.add_argument(
+        "--mask",
+        default=None,
+        metavar="SEQ|auto|none",
+        help="which pixels may change: auto (detected defects), none (whole frame), or an artist "
+        "mask sequence (its alpha, or --mask-channel)",
+    )
+    parser.add_argument("--preset", help="per-shot parameter file (JSON, see `frdm.engine.params.save_preset`)")
+    parser.add_argument("--save-preset", metavar="FILE", help="write the effective parameters to FILE and go on")
+    parser.add_argument("--weights", help="folder of local weights (diffusion engine)")
+    parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
+    parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
+    parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
+    parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    P.add_cli_arguments(parser, exclude=("mask",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from frdm.engine.frames import parse_frame_range
+    from frdm.engine.pipeline import plan_restore, restore_sequence
+    from frdm.engine.restorer import create_restorer
+
+    preset = P.load_preset(args.preset) if args.preset else None
+    params = P.from_cli_args(args, preset)
+    frames = parse_frame_range(args.frames) if args.frames is not None else None
+    if args.save_preset:
+        P.save_preset(args.save_preset, params)
+    restorer = create_restorer(params["engine"], weights=args.weights)
+    if args.dry_run:
+        plan = plan_restore(
+            args.src,
+            args.out,
+            frames=frames,
+            params=params,
+            restorer=restorer,
+            mask=args.mask,
+            resume=not args.no_resume,
+        )
+        print(plan.describe())
+        return 0
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="frame", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(done: float, total: float, message: str) -> None:
+        if bar is not None:
+            bar.total = int(total) if float(total).is_integer() else total
+            bar.n = int(done) if float(done).is_integer() else round(done, 2)
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+
+    try:
+        report = restore_sequence(
+            args.src,
+            args.out,
+            frames=frames,
+            params=params,
+            mask=args.mask,
+            restorer=restorer,
+            progress=progress,
+            resume=not args.no_resume,
+            contact_sheet=args.contact_sheet,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    fps = len(report.written) / report.seconds if report.seconds > 0 else 0.0
+    summary = (
+        f"restored {len(report.written)} frame(s), skipped {len(report.skipped)} already done "
+        f"({report.seconds:.1f} s, {fps:.2f} frames/s)"
+    )
+    if report.contact_sheet:
+        summary += f"; contact sheet {report.contact_sheet}"
+    print(summary, file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "written": report.written,
+                    "skipped": report.skipped,
+                    "seconds": report.seconds,
+                    "outputs": report.outputs,
+                    "matte_coverage": report.matte_coverage,
+                    "contact_sheet": report.contact_sheet,
+                },
+                indent=2,
+            )
+        )
+    return 0

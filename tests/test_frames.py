@@ -1,0 +1,217 @@
+"""Frame I/O: EXR channels, data windows, metadata, pixel types and compression round-trip exactly."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import OpenImageIO as oiio
+import pytest
+
+from frdm.engine.errors import InputError
+from frdm.engine.frames import (
+    Frame,
+    ImageSequenceSource,
+    SequencePattern,
+    decode_image,
+    encode_image,
+    format_frame_range,
+    open_source,
+    parse_frame_range,
+    read_frame,
+    write_frame,
+)
+
+
+def _write_raw_exr(path, pixels, channels, fmt="half", channelformats=None, window=(0, 0), display=None, **attrs):
+    """Write an EXR with OpenImageIO directly (not through FRDM), as another application would."""
+    h, w, c = pixels.shape
+    spec = oiio.ImageSpec(w, h, c, fmt)
+    if channelformats:
+        spec.channelformats = tuple(oiio.TypeDesc(f) for f in channelformats)
+    spec.channelnames = channels
+    spec.x, spec.y = window
+    if display:
+        spec.full_x, spec.full_y, spec.full_width, spec.full_height = display
+    for k, v in attrs.items():
+        if isinstance(v, tuple) and isinstance(v[0], oiio.TypeDesc):
+            spec.attribute(k.replace("__", ":"), v[0], v[1])
+        else:
+            spec.attribute(k.replace("__", ":"), v)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec)
+    assert out.write_image(pixels)
+    out.close()
+
+
+def _raw_pixels(path):
+    """The file's pixels in their native type, read by OpenImageIO directly."""
+    inp = oiio.ImageInput.open(str(path))
+    spec = inp.spec()
+    data = inp.read_image(0, 0, 0, spec.nchannels, spec.format)
+    inp.close()
+    return np.asarray(data)
+
+
+def test_exr_half_rgba_extra_channels_window_and_metadata_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = (rng.normal(0.5, 1.0, (24, 40, 5))).astype(np.float16)  # values above 1 and below 0 too
+    src = tmp_path / "in.exr"
+    _write_raw_exr(
+        src,
+        pixels,
+        ("R", "G", "B", "A", "mask"),
+        "half",
+        window=(7, 3),
+        display=(0, 0, 64, 32),
+        compression="piz",
+        frdm__note="shot sh010",
+        smpte__TimeCode=(oiio.TypeDesc("timecode"), (0x01020304, 0)),
+        FramesPerSecond=(oiio.TypeDesc("rational2i"), (24, 1)),
+    )
+    frame = read_frame(src)
+    assert frame.channels == ("R", "G", "B", "A", "mask")
+    assert frame.formats == ("half",) * 5
+    assert frame.data_window == (7, 3, 40, 24) and frame.display_window == (0, 0, 64, 32)
+    assert frame.compression == "piz"
+    dst = tmp_path / "out.exr"
+    write_frame(dst, frame)
+    back = read_frame(dst)
+    assert np.array_equal(_raw_pixels(dst), _raw_pixels(src)), "half pixels must round-trip bit-exactly"
+    assert back.channels == frame.channels and back.data_window == frame.data_window
+    assert back.display_window == frame.display_window and back.compression == "piz"
+    assert back.attributes["frdm:note"][1] == "shot sh010"
+    assert tuple(back.attributes["smpte:TimeCode"][1]) == (0x01020304, 0)
+    assert tuple(back.attributes["FramesPerSecond"][1]) == (24, 1)
+
+
+def test_exr_float_and_mixed_channel_types_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    pixels = rng.normal(0, 10, (8, 9, 4)).astype(np.float32)
+    src = tmp_path / "mixed.exr"
+    _write_raw_exr(src, pixels, ("R", "G", "B", "Z"), "half", channelformats=("half", "half", "half", "float"))
+    frame = read_frame(src)
+    assert frame.formats == ("half", "half", "half", "float")
+    dst = tmp_path / "mixed_out.exr"
+    write_frame(dst, frame, compression="zip")
+    back = read_frame(dst)
+    assert back.formats == frame.formats and back.compression == "zip"
+    assert np.array_equal(back.pixels, frame.pixels)
+    assert np.array_equal(back.pixels[..., 3], pixels[..., 3]), "a float channel keeps full precision"
+
+    full = tmp_path / "float.exr"
+    _write_raw_exr(full, pixels, ("R", "G", "B", "A"), "float")
+    write_frame(tmp_path / "float_out.exr", read_frame(full))
+    assert np.array_equal(_raw_pixels(tmp_path / "float_out.exr"), pixels)
+
+
+@pytest.mark.parametrize(
+    ("ext", "fmt", "bits", "scale"),
+    [
+        (".png", "uint8", 0, 255),
+        (".png", "uint16", 0, 65535),
+        (".tif", "uint16", 0, 65535),
+        (".dpx", "uint16", 10, 1023),
+    ],
+)
+def test_integer_formats_round_trip(tmp_path, ext, fmt, bits, scale):
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, scale + 1, (12, 16, 3))
+    pixels = (codes / scale).astype(np.float32)
+    frame = Frame(pixels, ("R", "G", "B"), (fmt,) * 3, (0, 0, 16, 12), (0, 0, 16, 12), {}, bits)
+    path = tmp_path / f"img{ext}"
+    write_frame(path, frame)
+    back = read_frame(path)
+    assert np.array_equal(np.round(back.pixels * scale), codes), f"{ext} {fmt} code values changed"
+    assert back.formats[0] == fmt
+    if bits:
+        assert back.bits_per_sample == bits
+
+
+def test_atomic_write_never_leaves_partial_files(tmp_path, monkeypatch):
+    frame = Frame(np.zeros((4, 4, 3), np.float32), ("R", "G", "B"), ("half",) * 3, (0, 0, 4, 4), (0, 0, 4, 4))
+    dst = tmp_path / "f.exr"
+    write_frame(dst, frame)
+    before = dst.read_bytes()
+
+    def crash(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_frame(dst, frame.with_pixels(np.ones((4, 4, 3), np.float32)))
+    assert dst.read_bytes() == before, "the old frame must survive a failed write"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.exr"], "no temporary file may be left behind"
+
+
+def test_bad_files_get_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="missing.exr: file does not exist"):
+        read_frame(tmp_path / "missing.exr")
+    good = tmp_path / "good.exr"
+    _write_raw_exr(good, np.ones((64, 64, 3), np.float16), ("R", "G", "B"), compression="none")
+    truncated = tmp_path / "truncated.exr"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"truncated\.exr: the file is truncated or corrupted"):
+        read_frame(truncated)
+    junk = tmp_path / "junk.exr"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match=r"junk\.exr: not a readable image"):
+        read_frame(junk)
+    nan = np.ones((5, 6, 3), np.float16)
+    nan[2, 4, 1] = np.nan
+    _write_raw_exr(tmp_path / "nan.exr", nan, ("R", "G", "B"), window=(10, 20))
+    with pytest.raises(InputError, match=r"nan\.exr: 1 NaN/Inf values \(first at x=14, y=22, channel G\)"):
+        read_frame(tmp_path / "nan.exr")
+
+
+def test_sequence_patterns_and_gaps(tmp_path):
+    frame = Frame(np.zeros((2, 2, 3), np.float32), ("R", "G", "B"), ("half",) * 3, (0, 0, 2, 2), (0, 0, 2, 2))
+    for n in (1, 2, 3, 7, 10):
+        write_frame(tmp_path / f"shot.{n:04d}.exr", frame)
+    write_frame(tmp_path / "shot.99.exr", frame)  # too little padding: another sequence
+    for pattern in ("shot.%04d.exr", "shot.####.exr", "shot.@@@@.exr", "shot.#.exr"):
+        seq = SequencePattern.parse(str(tmp_path / pattern))
+        assert seq.path(7) == str(tmp_path / "shot.0007.exr")
+        assert seq.existing() == [1, 2, 3, 7, 10]
+    source = open_source(str(tmp_path / "shot.####.exr"))
+    assert isinstance(source, ImageSequenceSource)
+    with pytest.raises(InputError, match=r"frame\(s\) 4-6 missing"):
+        source.check_frames(parse_frame_range("1-7"))
+    with pytest.raises(InputError, match="no frames found"):
+        open_source(str(tmp_path / "other.####.exr"))
+
+
+def test_frame_ranges():
+    assert parse_frame_range("1-5") == [1, 2, 3, 4, 5]
+    assert parse_frame_range("1-9x4") == [1, 5, 9]
+    assert parse_frame_range("1,3, 5-6,3") == [1, 3, 5, 6]
+    assert parse_frame_range("-2--1") == [-2, -1]
+    assert format_frame_range([1, 2, 3, 5, 7, 8]) == "1-3,5,7-8"
+    for bad in ("", "a-b", "5-1", "1-4x0"):
+        with pytest.raises(InputError):
+            parse_frame_range(bad)
+
+
+def test_movie_frames_through_pyav(shared_data):
+    source = open_source(str(shared_data / "clean" / "bikes.mp4"))
+    assert source.frame_numbers[0] == 1 and len(source.frame_numbers) == 250
+    f5 = source.read(5)
+    assert f5.pixels.shape == (272, 640, 3) and f5.formats == ("uint8",) * 3
+    f3 = source.read(3)  # backwards: re-opens and decodes again
+    again = source.read(5)
+    assert np.array_equal(again.pixels, f5.pixels) and not np.array_equal(f3.pixels, f5.pixels)
+
+
+def test_encode_decode_bytes(tmp_path):
+    frame = Frame(
+        np.random.default_rng(4).random((6, 7, 3), np.float32),
+        ("R", "G", "B"),
+        ("float",) * 3,
+        (0, 0, 7, 6),
+        (0, 0, 7, 6),
+    )
+    data = encode_image(frame)
+    assert data[:4] == b"\x76\x2f\x31\x01"  # the OpenEXR magic number
+    assert np.array_equal(decode_image(data).pixels, frame.pixels)
+    with pytest.raises(InputError, match="frame 12 of job 3"):
+        decode_image(data[:100], name="frame 12 of job 3")
