@@ -307,22 +307,19 @@ def test_describe_weights_counts_from_headers(tmp_path: Path) -> None:
 
 
 def test_frdm_info_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import argparse
+    from frdm.cli import main
 
-    from frdm.commands import info
-
-    parser = argparse.ArgumentParser()
-    info.add_arguments(parser)
     comps = _components(seed=0)
     root = _write_weights(tmp_path / "w", comps)
-    assert info.run(parser.parse_args(["--weights", str(root), "--json"])) == 0
+    assert main(["info", "--weights", str(root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["params_frozen"] > 0 and "absent" in report["frdm"]
-    assert info.run(parser.parse_args(["--weights", str(root)])) == 0
+    assert main(["info", "--weights", str(root)]) == 0
     text = capsys.readouterr().out
     assert "original layout, v1-5-v2" in text and "trainable" in text
-    with pytest.raises(WeightsError, match="weights folder not found"):
-        info.run(parser.parse_args(["--weights", str(tmp_path / "nowhere")]))
+    # A person's error: one line naming the folder, exit code 2.
+    assert main(["info", "--weights", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: weights folder not found" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- full size, offline
