@@ -18,6 +18,7 @@ from frdm.engine.errors import FrdmError
 # name -> (module, one-line help). Adding a command is one line here and one module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
+    "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 
 

@@ -203,6 +203,7 @@ def test_config_round_trip() -> None:
         FRDMConfig.from_dict({"bogus": 1})
 
 
+@pytest.mark.slow
 def test_sd15_preset_on_meta_device_parameter_counts() -> None:
     model = HaineiFRDM.build(FRDMConfig.sd15(), device="meta")
 
