@@ -183,3 +183,27 @@ def test_pipeline_restores_with_the_diffusion_engine(restorer):
     out = dict(restore_frames(source, [0, 1, 2], params, restorer))
     assert sorted(out) == [0, 1, 2]
     assert out[1].pixels.shape[:2] == (64, 64) and "frdm.matte" in out[1].channels
+
+
+def test_frdm_restore_cli_with_the_diffusion_engine_and_a_weights_folder(tmp_path):
+    """`frdm restore --engine diffusion --weights DIR`: create_restorer -> from_weights -> load_model."""
+    from test_weights import _components, _expected_model, _write_weights
+
+    from frdm.cli import main
+    from frdm.engine.frames import Frame, read_frame, write_frame
+    from frdm.engine.weights import save_frdm_weights
+
+    comps = _components(seed=2)
+    root = _write_weights(tmp_path / "w", comps)
+    save_frdm_weights(root / "frdm.safetensors", _expected_model(comps))  # carries the tiny config
+    frames = _frames(2, 64, 96)
+    for n in range(2):
+        frame = Frame(frames[n], ("R", "G", "B"), ("float",) * 3, (0, 0, 96, 64), (0, 0, 96, 64))
+        write_frame(tmp_path / f"sh.{n + 1:04d}.exr", frame)
+    args = ["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr"), "--quiet", "--engine",
+            "diffusion", "--weights", str(root), "--steps", "1", "--window", "2", "--window-overlap", "0",
+            "--patch-size", "64", "--patch-overlap", "16", "--mask", "none", "--colorspace", "raw"]  # fmt: skip
+    assert main(args) == 0
+    out = read_frame(tmp_path / "out.0002.exr")
+    assert out.pixels.shape[:2] == (64, 96) and "frdm.matte" in out.channels
+    assert not np.allclose(out.pixels[..., :3], frames[1], atol=1e-3)  # the network changed the frame
