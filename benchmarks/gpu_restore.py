@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
+
     from frdm.engine.diffusion import DiffusionRestorer
     from frdm.engine.models.config import FRDMConfig
     from frdm.engine.models.frdm import HaineiFRDM

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from frdm.engine.diffusion.patches import PatchBox
 from torch import nn
+
+from frdm.engine.diffusion.patches import PatchBox
 
 
 class PatchKVCache:

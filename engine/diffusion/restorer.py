@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from frdm.engine import params as params_mod
 from frdm.engine.diffusion import planner
 from frdm.engine.diffusion.kv_cache import PatchKVCache, installed

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from frdm.engine.diffusion.patches import PatchAccumulator, blend_weights, patch_grid
 
 LATENT_SCALE = 8  # SD VAE: one latent pixel per 8 x 8 image pixels
