@@ -207,3 +207,24 @@ def test_frdm_restore_cli_with_the_diffusion_engine_and_a_weights_folder(tmp_pat
     out = read_frame(tmp_path / "out.0002.exr")
     assert out.pixels.shape[:2] == (64, 96) and "frdm.matte" in out.channels
     assert not np.allclose(out.pixels[..., :3], frames[1], atol=1e-3)  # the network changed the frame
+
+
+def test_progress_reports_and_cancels_between_patches(restorer):
+    from frdm.engine.errors import CancelledError
+
+    frames = _frames(1, 64, 128)
+    seen = []
+
+    def progress(done, total, message):
+        seen.append((done, total, message))
+        if len(seen) == 2:
+            raise CancelledError("stop")
+
+    with pytest.raises(CancelledError):
+        _run_with_progress(restorer, frames, {**FAST, "window": 1, "steps": 3}, progress)
+    assert len(seen) == 2 and seen[0][1] == 3 + 3 * 3  # stage 1 steps + stage 2 steps x 3 patches
+    assert seen[1][0] > seen[0][0] and "stage" in seen[0][2]
+
+
+def _run_with_progress(restorer, frames, params, progress):
+    return list(restorer.restore(Clip(frames, [0], [0]), params, progress))
