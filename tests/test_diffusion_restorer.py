@@ -79,6 +79,7 @@ def test_output_size_2048x1536(restorer):
     assert np.isfinite(out.image).all()
 
 
+@pytest.mark.slow
 def test_determinism_seed_and_kv_cache(restorer):
     frames = _frames(2, 64, 128)
     params = {**FAST, "steps": 2, "seed": 3}
@@ -228,3 +229,26 @@ def test_progress_reports_and_cancels_between_patches(restorer):
 
 def _run_with_progress(restorer, frames, params, progress):
     return list(restorer.restore(Clip(frames, [0], [0]), params, progress))
+
+
+def test_out_of_memory_falls_back_to_leaner_settings(model, monkeypatch):
+    said = []
+    restorer = DiffusionRestorer(model, device="cpu", log=said.append)
+    real = restorer._restore_window
+    tried = []
+
+    def flaky(frames, window, p, plan, dtype, ticker):
+        tried.append(plan)
+        if plan.attention_chunk == 0:  # the first CPU plans: pretend they do not fit
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(frames, window, p, plan, dtype, ticker)
+
+    monkeypatch.setattr(restorer, "_restore_window", flaky)
+    frames = _frames(3, 64, 64)
+    out = _run(restorer, frames, [0, 1, 2], [0, 1, 2], {**FAST, "window": 2, "window_overlap": 0})
+    assert [o.frame_number for o in out] == [0, 1, 2] and np.isfinite(out[0].image).all()
+    assert restorer.last_plan is not None and restorer.last_plan.attention_chunk > 0
+    assert any("retrying" in m for m in said)
+    # windows after the first start from the plan that worked, not from the one that ran out of memory
+    assert sum(p.attention_chunk == 0 for p in tried) == 1 and len(tried) == 3  # 1 failure + 2 windows
+    assert restorer.last_plan.estimated_peak_bytes <= tried[0].estimated_peak_bytes

@@ -152,11 +152,13 @@ class DiffusionRestorer:
             idx = [clip.index(f) for f in window.frames]
             frames = torch.from_numpy(np.ascontiguousarray(clip.frames[idx])).permute(0, 3, 1, 2)
             with torch.inference_mode():
-                z0 = planner.run_with_fallback(
-                    lambda plan, fr=frames, win=window: self._restore_window(fr, win, p, plan, dtype, ticker),
+                z0, used = planner.run_with_fallback(
+                    lambda plan, fr=frames, win=window: (self._restore_window(fr, win, p, plan, dtype, ticker), plan),
                     plans,
                     log=self.log,
                 )
+            plans = plans[plans.index(used) :]  # a plan that ran out of memory once is not tried again
+            self.last_plan = used
             for j, f in enumerate(window.frames):
                 if f not in last_window:
                     continue
@@ -165,7 +167,7 @@ class DiffusionRestorer:
                 weights[f] = weights.get(f, 0.0) + w
             while emitted < len(targets) and last_window[targets[emitted]] <= window.index:
                 f = targets[emitted]
-                yield f, sums.pop(f) / weights.pop(f), plans[0]
+                yield f, sums.pop(f) / weights.pop(f), used
                 emitted += 1
 
     # --- internals -------------------------------------------------------------------------------------
@@ -216,9 +218,10 @@ class DiffusionRestorer:
         small = _resize(frames, size, size).clamp(0, 1)
         global_tokens = m.encode_global_frame(small[None].to(dtype))
         # The frequency reference: the whole frame squeezed into one patch (what stage 1 sees, unpadded).
-        gl = _resize(frames, patch_px, patch_px).clamp(0, 1)
-        global_latents = m.encode_latents(gl[None].to(dtype)).float()
-        assert global_latents.shape[1] == n
+        # One frame per VAE call, as everywhere: bounded memory (16 frames at once would not be) and a frame's
+        # latent independent of its batch.
+        gl = _resize(frames, patch_px, patch_px).clamp(0, 1).to(dtype)
+        global_latents = torch.cat([m.encode_latents(gl[i : i + 1, None]) for i in range(n)], dim=1).float()
         return prompt_embeds, global_tokens, global_latents
 
     def _restore_window(
