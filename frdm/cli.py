@@ -19,6 +19,9 @@ from frdm.engine.errors import FrdmError
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
     "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
+    "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
+    "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
+    "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
 }
 
 
