@@ -82,9 +82,7 @@ def test_trained_guidance_changes_prediction_and_reads_every_condition() -> None
     x = _inputs(model)
     with torch.no_grad():
         base = model(**x).noise_pred
-        assert not torch.equal(
-            base, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"])
-        )
+        assert not torch.equal(base, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"]))
         # Each conditioning input reaches the prediction: change one, the output moves.
         for name in (
             "degraded",
@@ -155,17 +153,13 @@ def test_guidance_starts_as_a_copy_of_the_backbone_encoder(model: HaineiFRDM) ->
 def test_self_attention_layers_are_diffusers_attention(model: HaineiFRDM) -> None:
     from diffusers.models.attention_processor import Attention
 
-    attn1 = [
-        m for n, m in model.guidance.named_modules() if n.endswith(".attn1") and "motion_modules" not in n
-    ]
+    attn1 = [m for n, m in model.guidance.named_modules() if n.endswith(".attn1") and "motion_modules" not in n]
     assert attn1 and all(isinstance(m, Attention) for m in attn1)
 
 
 def test_fourier_embeddings_differ_for_different_boxes() -> None:
     emb = FourierEmbedder(8)
-    boxes = torch.tensor(
-        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.01, 0.0, 0.5, 0.5]]
-    )
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.01, 0.0, 0.5, 0.5]])
     e = emb(boxes)
     assert e.shape == (4, 4 * 2 * 8)
     for i in range(4):
@@ -227,3 +221,36 @@ def test_sd15_preset_on_meta_device_parameter_counts() -> None:
     )
     copy = sum(p.numel() for n, p in model.guidance.named_parameters() if not any(k in n for k in frdm_only))
     assert copy / 1e6 == pytest.approx(361.0, abs=2.0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = HaineiFRDM.build(FRDMConfig.tiny())
+        _perturb_zero_inits(model)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        out = model(**_inputs(model))
+        out.noise_pred.square().mean().backward()
+        grads.append([p.grad for p in model.trainable_parameters()])
+    assert sum(g is not None for g in grads[1]) > 0.9 * len(grads[1])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_precision_frozen_bf16_trainable_fp32() -> None:
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    for frozen in model.frozen_modules():
+        frozen.to(torch.bfloat16)
+    x = _inputs(model)
+    out = model(**x)
+    assert out.noise_pred.dtype == torch.bfloat16 and torch.isfinite(out.noise_pred.float()).all()
+    loss = out.noise_pred.float().square().mean() + sum(i.abs().mean() for i in out.preprocess_images)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.trainable_parameters())

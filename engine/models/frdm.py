@@ -64,9 +64,7 @@ def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         try:
             tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
         except TypeError:  # older transformers: file paths only
-            tok = CLIPTokenizer(
-                str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token="!"
-            )
+            tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token="!")
     return tok
 
 
@@ -128,6 +126,12 @@ class HaineiFRDM(nn.Module):
             model.to(dtype=dtype)
         return model
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward, block by block, in the guidance network and the frozen UNet
+        (gradients flow through the UNet's decoder to the guidance residuals even though its weights are frozen)."""
+        self.guidance.gradient_checkpointing = True
+        self.unet.enable_gradient_checkpointing()
+
     def frozen_modules(self) -> list[nn.Module]:
         return [self.unet, self.vae, self.text_encoder, self.image_encoder]
 
@@ -174,11 +178,13 @@ class HaineiFRDM(nn.Module):
         """
         b, f = frames.shape[:2]
         size = self.config.vision_image_size
-        x = frames.flatten(0, 1).to(self.image_encoder.device, self.image_encoder.dtype)
+        # Resize in float32: antialiased bicubic has no half-precision kernel on every device.
+        x = frames.flatten(0, 1).to(self.image_encoder.device, torch.float32)
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
         mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-        tokens = self.image_encoder(pixel_values=(x - mean) / std).last_hidden_state[:, 1:]
+        pixels = ((x - mean) / std).to(self.image_encoder.dtype)
+        tokens = self.image_encoder(pixel_values=pixels).last_hidden_state[:, 1:]
         return tokens.unflatten(0, (b, f))
 
     def encode_latents(self, images: Tensor, *, sample: bool = False, generator=None) -> Tensor:

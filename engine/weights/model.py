@@ -112,8 +112,7 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
         if layout.frdm is not None:
             trained = "v1-5-v2" if config.use_motion_mid_block else "v1-5-v3"
             raise WeightsError(
-                f"{layout.motion}: an AnimateDiff {version} motion module, "
-                f"but {layout.frdm} was trained with {trained}"
+                f"{layout.motion}: an AnimateDiff {version} motion module, but {layout.frdm} was trained with {trained}"
             )
         config.use_motion_mid_block = adapter.config.use_motion_mid_block
     config.motion_max_seq_length = adapter.config.motion_max_seq_length
@@ -183,9 +182,7 @@ def describe_weights(weights_dir: str | Path) -> dict[str, Any]:
     clip_file = folder_weights(layout.clip, "CLIP")
     if layout.text_encoder != layout.clip:
         components["text_encoder"] = _summarise(folder_weights(layout.text_encoder, "text encoder"))["all"]
-        components["image_encoder"] = _summarise(clip_file, {"image_encoder": ("vision_model.",)}).get(
-            "image_encoder"
-        )
+        components["image_encoder"] = _summarise(clip_file, {"image_encoder": ("vision_model.",)}).get("image_encoder")
     else:
         parts = _summarise(clip_file, {"text_encoder": ("text_model.",), "image_encoder": ("vision_model.",)})
         components["text_encoder"], components["image_encoder"] = (
