@@ -254,3 +254,21 @@ def test_mixed_precision_frozen_bf16_trainable_fp32() -> None:
     loss = out.noise_pred.float().square().mean() + sum(i.abs().mean() for i in out.preprocess_images)
     loss.backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in model.trainable_parameters())
+
+
+def test_batch_items_are_independent() -> None:
+    """Two clips in one batch give each the output it gets alone: no mixing of batch and frame axes."""
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    a, b = _inputs(model, seed=0), _inputs(model, seed=1)
+    b["boxes"] = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    b["timesteps"] = torch.tensor([90])
+    pair = {k: torch.cat([a[k], b[k]]) for k in a}
+    with torch.no_grad():
+        out_pair = model(**pair)
+        out_a, out_b = model(**a), model(**b)
+    torch.testing.assert_close(out_pair.noise_pred[:1], out_a.noise_pred, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_pair.noise_pred[1:], out_b.noise_pred, rtol=1e-4, atol=1e-5)
+    for both, one in zip(out_pair.preprocess_images, out_b.preprocess_images):
+        torch.testing.assert_close(both[1:], one, rtol=1e-4, atol=1e-5)

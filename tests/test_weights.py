@@ -205,6 +205,8 @@ def test_load_model_from_folder_layout_matches_in_memory_model(tmp_path: Path) -
     with torch.no_grad():
         assert torch.equal(loaded(**_inputs(loaded)).noise_pred, expected(**_inputs(expected)).noise_pred)
     assert all(not p.requires_grad for p in loaded.unet.parameters())
+    assert all(p.requires_grad and not p.is_meta for p in loaded.trainable_parameters())
+    assert not any(t.is_meta for t in loaded.state_dict().values())
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -44,28 +43,16 @@ class FRDMOutput:
 
 
 def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over a small in-memory vocabulary (lower-case letters), for random-weight models.
+    """A CLIP BPE tokenizer over a small in-memory vocabulary (single letters), for random-weight models.
 
-    Built offline from a temporary vocab/merges pair; real weights use the CLIP folder's tokenizer.
+    Built offline (no files, no hub); real weights use the CLIP folder's tokenizer. Special tokens come first
+    (start 0, end 1, pad "!" 2), matching ``FRDMConfig.text_config`` for small vocabularies.
     """
-    import tempfile
-    from pathlib import Path
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in letters:
+    for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.json"
-        merges_file = Path(tmp) / "merges.txt"
-        vocab_file.write_text(json.dumps(vocab))
-        merges_file.write_text("#version: 0.2\n")
-        try:
-            tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
-        except TypeError:  # older transformers: file paths only
-            tok = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token="!")
-    return tok
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
 
 
 class HaineiFRDM(nn.Module):

@@ -120,6 +120,16 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
     del unet2d, adapter
     text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype)
     image_encoder = load_clip_vision(layout.clip, dtype=dtype)
+    trainable = {}
+    if layout.frdm is not None:
+        # Trained weights replace every trainable tensor: skip the random init + backbone copy (600M parameters).
+        from accelerate import init_empty_weights
+
+        from frdm.engine.models import PreprocessModule, RestorationGuidanceNetwork
+
+        with init_empty_weights(include_buffers=False):
+            trainable["guidance"] = RestorationGuidanceNetwork(config)
+            trainable["preprocess"] = PreprocessModule(config.preprocess_channels, config.block_out_channels[0])
     model = HaineiFRDM(
         config,
         unet=unet,
@@ -127,9 +137,10 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
+        **trainable,
     )
     if layout.frdm is not None:
-        load_frdm_weights(layout.frdm, model)
+        load_frdm_weights(layout.frdm, model, assign=True)
     return model.to(device=device, dtype=dtype)
 
 
@@ -200,6 +211,8 @@ def describe_weights(weights_dir: str | Path) -> dict[str, Any]:
         frdm_desc = f"{layout.frdm} (trained weights, format {version})"
     else:
         config = FRDMConfig.sd15()
+        if layout.motion.is_file():  # the guidance network copies the motion module it will run with
+            config.use_motion_mid_block = motion_layout(layout.motion)["version"] == "v1-5-v2"
         with torch.device("meta"):
             modules = (RestorationGuidanceNetwork(config), PreprocessModule(config.preprocess_channels))
             n = sum(p.numel() for m in modules for p in m.parameters())
