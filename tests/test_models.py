@@ -272,3 +272,24 @@ def test_batch_items_are_independent() -> None:
     torch.testing.assert_close(out_pair.noise_pred[1:], out_b.noise_pred, rtol=1e-4, atol=1e-5)
     for both, one in zip(out_pair.preprocess_images, out_b.preprocess_images):
         torch.testing.assert_close(both[1:], one, rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_and_reference_module_shapes() -> None:
+    from frdm.engine.models import FrequencyReference, GlobalFrameFusion, LocationFusion
+
+    b, f, n, d = 2, 3, 5, 12
+    tokens = torch.randn(b, f, n, d)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    fusion = LocationFusion(d, fourier_freqs=4, hidden_dim=16)
+    assert torch.equal(fusion(tokens, boxes), tokens)  # zero-initialised: passes the tokens through
+    torch.nn.init.normal_(fusion.mlp[-1].weight)
+    fused = fusion(tokens, boxes)
+    assert fused.shape == (b, f, n, d)
+    # the same tokens at another box become different tokens
+    assert not torch.allclose(fusion(tokens, boxes.flip(0)), fused)
+    gff = GlobalFrameFusion(dim=8, context_dim=d, heads=2, dim_head=4)
+    x = torch.randn(b * f, 6 * 7, 8)
+    assert torch.equal(gff(x, fused.flatten(0, 1)), x)  # zero-initialised output projection
+    ref = FrequencyReference(latent_channels=4, dim=16, grid=4)
+    out = ref(torch.randn(b, f, 4, 8, 8), torch.randn(b, f, 4, 3, 5))  # global latent smaller than the grid
+    assert out.shape == (b, 2 * f * 4 * 4, 16)
