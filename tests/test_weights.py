@@ -205,6 +205,8 @@ def test_load_model_from_folder_layout_matches_in_memory_model(tmp_path: Path) -
     with torch.no_grad():
         assert torch.equal(loaded(**_inputs(loaded)).noise_pred, expected(**_inputs(expected)).noise_pred)
     assert all(not p.requires_grad for p in loaded.unet.parameters())
+    assert all(p.requires_grad and not p.is_meta for p in loaded.trainable_parameters())
+    assert not any(t.is_meta for t in loaded.state_dict().values())
 
 
 @pytest.mark.slow
@@ -242,9 +244,7 @@ def test_no_frdm_weights_starts_untrained_and_follows_motion_version(tmp_path: P
     x = _inputs(model)
     with torch.no_grad():  # untrained guidance: exactly the backbone
         out = model(**x).noise_pred
-        assert torch.equal(
-            out, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"])
-        )
+        assert torch.equal(out, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"]))
 
 
 def test_wrong_missing_and_partial_backbone_files_are_named(tmp_path: Path) -> None:
@@ -258,9 +258,7 @@ def test_wrong_missing_and_partial_backbone_files_are_named(tmp_path: Path) -> N
     state = load_file(str(root / "sd15.safetensors"))
     del state["model.diffusion_model.out.2.weight"]
     save_file(state, root / "sd15.safetensors")
-    with pytest.raises(
-        WeightsError, match=r"sd15\.safetensors: does not match the SD1.5 UNet.*conv_out\.weight"
-    ):
+    with pytest.raises(WeightsError, match=r"sd15\.safetensors: does not match the SD1.5 UNet.*conv_out\.weight"):
         load_model(root, config=FRDMConfig.tiny())
     # not a motion module at all
     save_file({"foo.weight": torch.zeros(2)}, root / "motion_module.safetensors")
@@ -324,9 +322,7 @@ def test_frdm_info_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 
 # ---------------------------------------------------------------------------- full size, offline
 @pytest.mark.slow
-def test_full_size_random_single_file_sd15_loads_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_full_size_random_single_file_sd15_loads_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A random SD1.5 checkpoint in the original single-file layout (fp16, 1.9 GB) loads, shipped configs."""
     import socket
 
@@ -339,9 +335,7 @@ def test_full_size_random_single_file_sd15_loads_offline(
     unet_config = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
     vae_config = json.loads((SD15_CONFIG_DIR / "vae" / "config.json").read_text())
     with init_empty_weights():
-        unet_shapes = {
-            k: v.shape for k, v in UNet2DConditionModel.from_config(unet_config).state_dict().items()
-        }
+        unet_shapes = {k: v.shape for k, v in UNet2DConditionModel.from_config(unet_config).state_dict().items()}
         vae_shapes = {k: v.shape for k, v in AutoencoderKL.from_config(vae_config).state_dict().items()}
     g = torch.Generator().manual_seed(0)
 

@@ -32,9 +32,7 @@ def folder_weights(folder: Path, what: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     if any((folder / name).is_file() for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin")):
-        raise WeightsError(
-            f"{folder}: {what} weights are only in pickle (.bin) form; FRDM loads .safetensors"
-        )
+        raise WeightsError(f"{folder}: {what} weights are only in pickle (.bin) form; FRDM loads .safetensors")
     if (folder / f"{DIFFUSERS_WEIGHTS}.index.json").is_file():
         return folder / f"{DIFFUSERS_WEIGHTS}.index.json"
     raise WeightsError(f"{folder}: no {what} weights ({DIFFUSERS_WEIGHTS}) in this folder")
@@ -97,9 +95,7 @@ def load_sd15(
         for sub in ("unet", "vae"):
             if not (path / sub).is_dir():
                 raise WeightsError(f"{path}: not an SD1.5 diffusers folder (no {sub}/); see docs/weights.md")
-        unet = load_diffusers_model(
-            UNet2DConditionModel, path / "unet", "SD1.5 UNet", device=device, dtype=dtype
-        )
+        unet = load_diffusers_model(UNet2DConditionModel, path / "unet", "SD1.5 UNet", device=device, dtype=dtype)
         vae = load_diffusers_model(AutoencoderKL, path / "vae", "SD1.5 VAE", device=device, dtype=dtype)
         return unet, vae
 
@@ -156,9 +152,7 @@ def motion_layout(path: Path) -> dict[str, Any]:
     if pe:
         seq_len = pe[0][1][1]
     if seq_len == 24:
-        raise WeightsError(
-            f"{path}: AnimateDiff v1 motion modules (24 frames) are not supported; use v2 or v3"
-        )
+        raise WeightsError(f"{path}: AnimateDiff v1 motion modules (24 frames) are not supported; use v2 or v3")
     return {
         "layout": "original" if original else "diffusers",
         "version": "v1-5-v2" if has_mid else "v1-5-v3",
@@ -166,9 +160,7 @@ def motion_layout(path: Path) -> dict[str, Any]:
     }
 
 
-def load_motion_adapter(
-    path: Path, *, device="cpu", dtype=torch.float32, config: dict[str, Any] | None = None
-):
+def load_motion_adapter(path: Path, *, device="cpu", dtype=torch.float32, config: dict[str, Any] | None = None):
     """AnimateDiff motion module from a safetensors file (original v1.5 v2 / v3 release layout, or diffusers
     layout) or a diffusers MotionAdapter folder. Returns (MotionAdapter, version)."""
     from diffusers import MotionAdapter
@@ -203,9 +195,7 @@ def _from_pretrained(cls, folder: Path, what: str, *, device, dtype):
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder}: no config.json for the {what}; expected a local transformers folder")
     if not list(folder.glob("*.safetensors")):
-        raise WeightsError(
-            f"{folder}: no .safetensors weights for the {what} (pickle .bin files are not read)"
-        )
+        raise WeightsError(f"{folder}: no .safetensors weights for the {what} (pickle .bin files are not read)")
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:

@@ -111,7 +111,10 @@ def build_and_load(
     state = {k: v for k, v in state.items() if loaded(k)}
     check_state_dict(expected, state, source, what)
     model.load_state_dict(state, strict=not computed_buffers, assign=True)
-    return model.to(device=device, dtype=dtype)
+    model.to(device=device)
+    if any(p.dtype != dtype for p in model.parameters()):  # diffusers warns on every dtype cast, even a no-op
+        model.to(dtype=dtype)
+    return model
 
 
 def load_json(path: Path) -> dict[str, Any]:

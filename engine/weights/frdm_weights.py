@@ -71,7 +71,7 @@ def read_frdm_header(path: str | os.PathLike) -> tuple[FRDMConfig, int]:
     return config, version
 
 
-def load_frdm_weights(path: str | os.PathLike, model: HaineiFRDM) -> None:
+def load_frdm_weights(path: str | os.PathLike, model: HaineiFRDM, *, assign: bool = False) -> None:
     """Load preprocess + guidance weights into ``model``, strictly, in place (its device and dtype stay)."""
     path = Path(path)
     config, _ = read_frdm_header(path)
@@ -88,4 +88,5 @@ def load_frdm_weights(path: str | os.PathLike, model: HaineiFRDM) -> None:
     for name, module in model.trainable_modules().items():
         prefix = name + "."
         own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(own, strict=True)
+        # assign=True replaces the tensors (for modules built on empty weights) instead of copying into them.
+        module.load_state_dict(own, strict=True, assign=assign)

@@ -41,11 +41,7 @@ def _unet_key(key: str, n: int, layers_per_block: int, up_block_has_attention: l
             return ldm + key[len(d) :]
     if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
         idx = 1 + int(m[1]) * n + int(m[3])
-        return (
-            f"input_blocks.{idx}.0.{_resnet_rest(m[4])}"
-            if m[2] == "resnets"
-            else f"input_blocks.{idx}.1.{m[4]}"
-        )
+        return f"input_blocks.{idx}.0.{_resnet_rest(m[4])}" if m[2] == "resnets" else f"input_blocks.{idx}.1.{m[4]}"
     if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
         return f"input_blocks.{(int(m[1]) + 1) * n}.0.op.{m[2]}"
     if m := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
@@ -54,11 +50,7 @@ def _unet_key(key: str, n: int, layers_per_block: int, up_block_has_attention: l
         return f"middle_block.1.{m[1]}"
     if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
         idx = int(m[1]) * n + int(m[3])
-        return (
-            f"output_blocks.{idx}.0.{_resnet_rest(m[4])}"
-            if m[2] == "resnets"
-            else f"output_blocks.{idx}.1.{m[4]}"
-        )
+        return f"output_blocks.{idx}.0.{_resnet_rest(m[4])}" if m[2] == "resnets" else f"output_blocks.{idx}.1.{m[4]}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         i = int(m[1])
         slot = 2 if up_block_has_attention[i] else 1
@@ -66,9 +58,7 @@ def _unet_key(key: str, n: int, layers_per_block: int, up_block_has_attention: l
     raise KeyError(f"no LDM name for UNet key {key}")
 
 
-def unet_to_ldm(
-    state: dict[str, Any], layers_per_block: int, up_block_has_attention: list[bool]
-) -> dict[str, Any]:
+def unet_to_ldm(state: dict[str, Any], layers_per_block: int, up_block_has_attention: list[bool]) -> dict[str, Any]:
     """diffusers UNet2DConditionModel keys -> ``model.diffusion_model.*`` keys."""
     n = layers_per_block + 1
     return {

@@ -112,8 +112,7 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
         if layout.frdm is not None:
             trained = "v1-5-v2" if config.use_motion_mid_block else "v1-5-v3"
             raise WeightsError(
-                f"{layout.motion}: an AnimateDiff {version} motion module, "
-                f"but {layout.frdm} was trained with {trained}"
+                f"{layout.motion}: an AnimateDiff {version} motion module, but {layout.frdm} was trained with {trained}"
             )
         config.use_motion_mid_block = adapter.config.use_motion_mid_block
     config.motion_max_seq_length = adapter.config.motion_max_seq_length
@@ -121,6 +120,16 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
     del unet2d, adapter
     text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype)
     image_encoder = load_clip_vision(layout.clip, dtype=dtype)
+    trainable = {}
+    if layout.frdm is not None:
+        # Trained weights replace every trainable tensor: skip the random init + backbone copy (600M parameters).
+        from accelerate import init_empty_weights
+
+        from frdm.engine.models import PreprocessModule, RestorationGuidanceNetwork
+
+        with init_empty_weights(include_buffers=False):
+            trainable["guidance"] = RestorationGuidanceNetwork(config)
+            trainable["preprocess"] = PreprocessModule(config.preprocess_channels, config.block_out_channels[0])
     model = HaineiFRDM(
         config,
         unet=unet,
@@ -128,9 +137,10 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_encoder=image_encoder,
+        **trainable,
     )
     if layout.frdm is not None:
-        load_frdm_weights(layout.frdm, model)
+        load_frdm_weights(layout.frdm, model, assign=True)
     return model.to(device=device, dtype=dtype)
 
 
@@ -183,9 +193,7 @@ def describe_weights(weights_dir: str | Path) -> dict[str, Any]:
     clip_file = folder_weights(layout.clip, "CLIP")
     if layout.text_encoder != layout.clip:
         components["text_encoder"] = _summarise(folder_weights(layout.text_encoder, "text encoder"))["all"]
-        components["image_encoder"] = _summarise(clip_file, {"image_encoder": ("vision_model.",)}).get(
-            "image_encoder"
-        )
+        components["image_encoder"] = _summarise(clip_file, {"image_encoder": ("vision_model.",)}).get("image_encoder")
     else:
         parts = _summarise(clip_file, {"text_encoder": ("text_model.",), "image_encoder": ("vision_model.",)})
         components["text_encoder"], components["image_encoder"] = (
@@ -203,6 +211,8 @@ def describe_weights(weights_dir: str | Path) -> dict[str, Any]:
         frdm_desc = f"{layout.frdm} (trained weights, format {version})"
     else:
         config = FRDMConfig.sd15()
+        if layout.motion.is_file():  # the guidance network copies the motion module it will run with
+            config.use_motion_mid_block = motion_layout(layout.motion)["version"] == "v1-5-v2"
         with torch.device("meta"):
             modules = (RestorationGuidanceNetwork(config), PreprocessModule(config.preprocess_channels))
             n = sum(p.numel() for m in modules for p in m.parameters())

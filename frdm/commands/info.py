@@ -8,9 +8,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights", required=True, metavar="DIR", help="weights folder (layout: docs/weights.md)"
-    )
+    parser.add_argument("--weights", required=True, metavar="DIR", help="weights folder (layout: docs/weights.md)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
