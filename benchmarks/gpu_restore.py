@@ -20,6 +20,26 @@ import sys
 import time
 
 
+def _film_like(count: int, height: int, width: int):
+    """Smooth shading, a moving bright disc, grain and a few dust specks: what the detector and the VAE see
+    in a film frame (uniform noise would make the defect detector flag the whole frame)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 0.25 + 0.5 * (x / width) * (0.6 + 0.4 * y / height)
+    out = np.empty((count, height, width, 3), np.float32)
+    for t in range(count):
+        cx, cy, r = (0.2 + 0.03 * t) * width, 0.5 * height, 0.1 * height
+        disc = ((x - cx) ** 2 + (y - cy) ** 2 < r * r).astype(np.float32)
+        grey = base + 0.3 * disc + rng.normal(0, 0.01, (height, width)).astype(np.float32)
+        for _ in range(20):
+            sy, sx = rng.integers(4, height - 4), rng.integers(4, width - 4)
+            grey[sy - 2 : sy + 2, sx - 2 : sx + 2] = 0.05
+        out[t] = np.clip(grey, 0, 1)[..., None] * np.array([1.0, 0.95, 0.85], np.float32)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -60,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     log_lines: list[str] = []
     restorer = DiffusionRestorer(model, device=device, log=lambda m: (log_lines.append(m), print(m, file=sys.stderr)))
 
-    rng = np.random.default_rng(0)
-    frames = rng.random((args.frames, args.height, args.width, 3), dtype=np.float32)
+    frames = _film_like(args.frames, args.height, args.width)
     numbers = list(range(args.frames))
     params = {
         "engine": "diffusion",
