@@ -26,7 +26,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def restorer(model):
-    return DiffusionRestorer(model, device="cpu", log=lambda message: None)
+    # no window cache: every call recomputes (determinism and chunk equivalence must hold for recomputation)
+    return DiffusionRestorer(model, device="cpu", window_cache=0, log=lambda message: None)
 
 
 def _frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -252,3 +253,21 @@ def test_out_of_memory_falls_back_to_leaner_settings(model, monkeypatch):
     # windows after the first start from the plan that worked, not from the one that ran out of memory
     assert sum(p.attention_chunk == 0 for p in tried) == 1 and len(tried) == 3  # 1 failure + 2 windows
     assert restorer.last_plan.estimated_peak_bytes <= tried[0].estimated_peak_bytes
+
+
+def test_window_cache_reuses_a_window_shared_by_consecutive_calls(model):
+    restorer = DiffusionRestorer(model, device="cpu", log=lambda message: None)
+    frames = _frames(4, 64, 64)
+    params = {**FAST, "window": 4, "window_overlap": 0}
+    messages = []
+    first = _run(restorer, frames, range(4), [0, 1], params)  # as the pipeline's first block
+    second = list(restorer.restore(Clip(frames, list(range(4)), [2, 3]), params, lambda d, t, m: messages.append(m)))
+    assert any("reused" in m for m in messages)
+    fresh = DiffusionRestorer(model, device="cpu", window_cache=0, log=lambda message: None)
+    again = _run(fresh, frames, range(4), [2, 3], params)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(second, again))
+    changed = frames.copy()
+    changed[1, 10:20, 10:20] = 0.9  # other pixels: a different key, computed anew
+    messages.clear()
+    list(restorer.restore(Clip(changed, list(range(4)), [2, 3]), params, lambda d, t, m: messages.append(m)))
+    assert not any("reused" in m for m in messages) and len(first) == 2

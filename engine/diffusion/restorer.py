@@ -16,8 +16,11 @@ for, so chunked renders equal whole-range renders.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any
@@ -53,6 +56,7 @@ from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 # Frames are padded to a multiple of this many pixels: the latent then divides by 8, which every UNet level
 # of SD1.5 needs (three 2x downsamplings).
 PAD_MULTIPLE = 64
+WINDOW_CACHE_SIZE = 3
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -81,6 +85,7 @@ class DiffusionRestorer:
         device: str | torch.device | None = None,
         *,
         kv_pool: int = 2,
+        window_cache: int = WINDOW_CACHE_SIZE,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
@@ -91,6 +96,11 @@ class DiffusionRestorer:
         self.kv_pool = kv_pool
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.last_plan: planner.Plan | None = None
+        self._plans_left: list[planner.Plan] = []
+        # Final latents of the last few windows, keyed by parameters, frame numbers and pixels: the pipeline
+        # restores in blocks of frames, and consecutive blocks share windows.
+        self._window_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.window_cache_size = window_cache
 
     @classmethod
     def from_weights(cls, weights_dir: str, device: str | None = None) -> DiffusionRestorer:
@@ -145,20 +155,24 @@ class DiffusionRestorer:
         units_per_window = (p["steps"] if stage1 else 0) + p["steps"] * len(grid)
         ticker = _Ticker(progress, units_per_window * len(windows))
 
+        self._plans_left = plans
         sums: dict[int, torch.Tensor] = {}
         weights: dict[int, float] = {}
         emitted = 0
         for window in windows:
             idx = [clip.index(f) for f in window.frames]
-            frames = torch.from_numpy(np.ascontiguousarray(clip.frames[idx])).permute(0, 3, 1, 2)
-            with torch.inference_mode():
-                z0, used = planner.run_with_fallback(
-                    lambda plan, fr=frames, win=window: (self._restore_window(fr, win, p, plan, dtype, ticker), plan),
-                    plans,
-                    log=self.log,
-                )
-            plans = plans[plans.index(used) :]  # a plan that ran out of memory once is not tried again
-            self.last_plan = used
+            pixels = np.ascontiguousarray(clip.frames[idx])
+            key = _window_key(p, window, pixels)
+            cached = self._window_cache.get(key) if self.window_cache_size else None
+            if cached is not None:  # the same window in the previous call (the pipeline's blocks overlap)
+                z0 = cached.to(self.device)
+                ticker(units_per_window, f"window {window.start}-{window.stop - 1}: reused")
+            else:
+                z0 = self._run_window(pixels, window, p, plans, dtype, ticker)
+                if self.window_cache_size:
+                    self._window_cache[key] = z0.cpu()
+                while len(self._window_cache) > self.window_cache_size:
+                    self._window_cache.popitem(last=False)
             for j, f in enumerate(window.frames):
                 if f not in last_window:
                     continue
@@ -167,10 +181,23 @@ class DiffusionRestorer:
                 weights[f] = weights.get(f, 0.0) + w
             while emitted < len(targets) and last_window[targets[emitted]] <= window.index:
                 f = targets[emitted]
-                yield f, sums.pop(f) / weights.pop(f), used
+                yield f, sums.pop(f) / weights.pop(f), self.last_plan or plans[0]
                 emitted += 1
 
     # --- internals -------------------------------------------------------------------------------------
+    def _run_window(self, pixels, window, p, plans, dtype, ticker) -> torch.Tensor:
+        frames = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            z0, used = planner.run_with_fallback(
+                lambda plan: (self._restore_window(frames, window, p, plan, dtype, ticker), plan),
+                self._plans_left,
+                log=self.log,
+            )
+        # a plan that ran out of memory once is not tried again in this call
+        self._plans_left = self._plans_left[self._plans_left.index(used) :]
+        self.last_plan = used
+        return z0
+
     def _dtype(self, precision: str) -> torch.dtype:
         dtype = _DTYPES[precision] if self.device.type == "cuda" else torch.float32  # CPU runs fp32
         if next(self.model.parameters()).dtype != dtype:
@@ -353,6 +380,16 @@ class DiffusionRestorer:
                 z_rs = acc.result()
         assert z_rs.shape[0] == n
         return z_rs
+
+
+def _window_key(p: Mapping[str, Any], window: TemporalWindow, pixels: np.ndarray) -> str:
+    """Everything a window's result depends on: the parameters that reach the sampler, its frames and pixels."""
+    used = {k: v for k, v in p.items() if k != "vram_budget_gb"}
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps([DiffusionRestorer.engine_version, used, window.frames], sort_keys=True).encode())
+    h.update(str(pixels.shape).encode())
+    h.update(pixels.tobytes())
+    return h.hexdigest()
 
 
 class _Ticker:
