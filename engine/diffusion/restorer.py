@@ -374,7 +374,7 @@ class DiffusionRestorer:
                     if cache.enabled:
                         cache.end_patch()
                     for j, i in enumerate(chunk):
-                        prev = states.step(i, out[j], t, lat[j].float())
+                        prev = states.step(i, out[j], int(t), lat[j].float())
                         acc.add(grid[i], prev, blend[i])
                     ticker(len(chunk), f"{label} step {step + 1}/{len(timesteps)}")
                 z_rs = acc.result()

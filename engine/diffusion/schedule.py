@@ -72,6 +72,8 @@ class PatchSchedulers:
         return len(self._states)
 
     def step(self, index: int, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        # Give the timestep as a Python int: each copy keeps its schedule tensors on the CPU, and indexing them
+        # with a CUDA tensor would fail.
         return self._states[index].step(model_output, timestep, sample, return_dict=False)[0]
 
 
