@@ -18,7 +18,6 @@ from frdm.engine.errors import FrdmError
 # name -> (module, one-line help). Adding a command is one line here and one module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
-    "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
     "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
     "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
     "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
@@ -26,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
     "bench-quality": ("frdm.commands.bench_quality", "build the three test settings and evaluate restorers"),
+    "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 
 
