@@ -397,6 +397,26 @@ SCHEMA = Schema(
             engines=_DIFFUSION,
         ),
         Param(
+            "sampler",
+            "choice",
+            "ddim",
+            "denoising sampler: 'ddim' (the paper's) or 'dpmsolver' (DPM-Solver++ 2M; each patch keeps its own "
+            "solver history)",
+            group="diffusion",
+            choices=("ddim", "dpmsolver"),
+            engines=_DIFFUSION,
+        ),
+        Param(
+            "patch_blend",
+            "choice",
+            "cosine",
+            "how overlapping stage-2 patches are assembled: 'cosine' blend weights, or 'uniform' averaging "
+            "(shows seams; for comparison)",
+            group="diffusion",
+            choices=("cosine", "uniform"),
+            engines=_DIFFUSION,
+        ),
+        Param(
             "global_residual",
             "bool",
             True,

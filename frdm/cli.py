@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
     "bench-quality": ("frdm.commands.bench_quality", "build the three test settings and evaluate restorers"),
+    "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 
 
