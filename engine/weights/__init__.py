@@ -1,0 +1,1 @@
+"""Offline weight loading for HaineiFRDM (safetensors only, never a hub). See docs/weights.md."""

@@ -1,0 +1,228 @@
+"""The HaineiFRDM networks at the tiny config: shapes, frozen/trainable split, zero-init identity, box
+embedding."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from frdm.engine.models import (  # noqa: E402
+    FourierEmbedder,
+    FRDMConfig,
+    HaineiFRDM,
+    PreprocessModule,
+    TextureReconstruction,
+)
+from frdm.engine.models.texture import fft3, ifft3  # noqa: E402
+
+B, F, H, W = 1, 2, 64, 64
+
+
+@pytest.fixture(scope="module")
+def model() -> HaineiFRDM:
+    torch.manual_seed(0)
+    return HaineiFRDM.build(FRDMConfig.tiny())
+
+
+def _inputs(model: HaineiFRDM, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    degraded = torch.rand(B, F, 3, H, W, generator=g)
+    full = torch.rand(B, F, 3, 48, 80, generator=g)  # a resized full frame of another aspect
+    latents = model.encode_latents(degraded)
+    return dict(
+        noisy_latents=torch.randn(latents.shape, generator=g),
+        timesteps=torch.tensor([731]),
+        degraded=degraded,
+        degraded_latents=latents,
+        prompt_embeds=model.encode_prompt(["a train leaves the station"]),
+        global_tokens=model.encode_global_frame(full),
+        global_latents=model.encode_latents(full),
+        boxes=torch.tensor([[0.25, 0.1, 0.75, 0.6]]),
+    )
+
+
+def _perturb_zero_inits(model: HaineiFRDM, seed: int = 1) -> None:
+    """Give every parameter that starts at exactly zero a small random value (an 'after training' model)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_encoder_shapes(model: HaineiFRDM) -> None:
+    cfg = model.config
+    x = _inputs(model)
+    assert x["prompt_embeds"].shape == (B, cfg.text_max_length, cfg.text_hidden_size)
+    assert x["global_tokens"].shape == (B, F, cfg.num_patch_tokens, cfg.vision_hidden_size)
+    assert x["degraded_latents"].shape == (B, F, 4, H // 8, W // 8)
+    assert x["global_latents"].shape == (B, F, 4, 6, 10)
+    decoded = model.decode_latents(x["degraded_latents"])
+    assert decoded.shape == (B, F, 3, H, W)
+
+
+def test_forward_shapes_and_zero_init_identity(model: HaineiFRDM) -> None:
+    x = _inputs(model)
+    with torch.no_grad():
+        out = model(**x)
+        backbone = model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"])
+    assert out.noise_pred.shape == x["noisy_latents"].shape
+    assert len(out.preprocess_images) == len(model.config.preprocess_channels)
+    assert all(img.shape == (B, F, 3, H, W) for img in out.preprocess_images)
+    # An untrained guidance network leaves the frozen backbone's prediction exactly unchanged.
+    assert torch.equal(out.noise_pred, backbone)
+
+
+def test_trained_guidance_changes_prediction_and_reads_every_condition() -> None:
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    x = _inputs(model)
+    with torch.no_grad():
+        base = model(**x).noise_pred
+        assert not torch.equal(
+            base, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"])
+        )
+        # Each conditioning input reaches the prediction: change one, the output moves.
+        for name in (
+            "degraded",
+            "degraded_latents",
+            "prompt_embeds",
+            "global_tokens",
+            "global_latents",
+            "boxes",
+        ):
+            changed = dict(x)
+            changed[name] = x[name] * 0.5 + 0.1
+            diff = (model(**changed).noise_pred - base).abs().max().item()
+            assert diff > 1e-6, name
+
+
+def test_gradients_reach_only_trainable_parameters() -> None:
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    model.train()
+    x = _inputs(model)
+    out = model(**x)
+    loss = out.noise_pred.square().mean() + sum(img.abs().mean() for img in out.preprocess_images)
+    loss.backward()
+    trainable = {id(p) for p in model.trainable_parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert p.requires_grad and p.grad is not None, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # Every trainable module receives signal (not only the zero convs at the output).
+    with_signal = {
+        n.split(".")[0] + "." + n.split(".")[1]
+        for n, p in model.named_parameters()
+        if p.grad is not None and p.grad.abs().sum() > 0
+    }
+    for module in (
+        "guidance.conv_in",
+        "guidance.down_blocks",
+        "guidance.mid_block",
+        "guidance.prompt_location",
+        "guidance.frame_location",
+        "guidance.frequency_reference",
+        "preprocess.rgb_heads",
+        "preprocess.conv_out",
+    ):
+        assert module in with_signal, module
+    # Frozen networks stay in eval mode while training.
+    assert not model.unet.training and not model.vae.training and model.guidance.training
+    assert len(model.trainable_parameters()) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_guidance_starts_as_a_copy_of_the_backbone_encoder(model: HaineiFRDM) -> None:
+    g, u = model.guidance, model.unet
+    assert torch.equal(g.conv_in.weight, u.conv_in.weight)
+    assert torch.equal(g.down_blocks[0].resnets[0].conv1.weight, u.down_blocks[0].resnets[0].conv1.weight)
+    ub = u.down_blocks[0].attentions[0].transformer_blocks[0]
+    gb = g.down_blocks[0].attentions[0].transformer_blocks[0]
+    assert torch.equal(gb.attn1.to_q.weight, ub.attn1.to_q.weight)
+    assert torch.equal(gb.global_prompt_fusion.attn.to_k.weight, ub.attn2.to_k.weight)
+    assert torch.equal(
+        g.down_blocks[0].motion_modules[0].proj_in.weight, u.down_blocks[0].motion_modules[0].proj_in.weight
+    )
+    # Copies, not shared tensors: training the guidance must never touch the frozen UNet.
+    assert g.conv_in.weight.data_ptr() != u.conv_in.weight.data_ptr()
+
+
+def test_self_attention_layers_are_diffusers_attention(model: HaineiFRDM) -> None:
+    from diffusers.models.attention_processor import Attention
+
+    attn1 = [
+        m for n, m in model.guidance.named_modules() if n.endswith(".attn1") and "motion_modules" not in n
+    ]
+    assert attn1 and all(isinstance(m, Attention) for m in attn1)
+
+
+def test_fourier_embeddings_differ_for_different_boxes() -> None:
+    emb = FourierEmbedder(8)
+    boxes = torch.tensor(
+        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.01, 0.0, 0.5, 0.5]]
+    )
+    e = emb(boxes)
+    assert e.shape == (4, 4 * 2 * 8)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (e[i] - e[j]).abs().max() > 1e-3, (i, j)
+    assert torch.equal(emb(boxes[:1]), e[:1])
+
+
+def test_fft3_round_trip_and_texture_module_starts_at_identity() -> None:
+    x = torch.randn(2, 3, 5, 6, 7)
+    spec = fft3(x)
+    assert spec.shape == (2, 3, 10, 6, 7)
+    torch.testing.assert_close(ifft3(spec), x, rtol=1e-5, atol=1e-5)
+    # The frequency transform mixes frames: a change in one frame moves every frame's spectrum.
+    y = x.clone()
+    y[:, 0] += 1
+    assert (fft3(y)[:, 2] - spec[:, 2]).abs().max() > 1e-3
+    module = TextureReconstruction(dim=5, reference_dim=8, inner_dim=8, heads=2)
+    tokens = torch.randn(2 * 3, 6 * 7, 5)
+    torch.testing.assert_close(module(tokens, torch.randn(2, 4, 8), 3, 6, 7), tokens, rtol=0, atol=0)
+
+
+def test_preprocess_scales() -> None:
+    pre = PreprocessModule((4, 4, 8, 8), out_channels=16)
+    feats, images = pre(torch.rand(2, 3, 3, 32, 48))
+    assert feats.shape == (6, 16, 4, 6)
+    assert len(images) == 4 and all(i.shape == (2, 3, 3, 32, 48) for i in images)
+    assert not feats.any()  # zero-initialised projection into the guidance network
+
+
+def test_config_round_trip() -> None:
+    for cfg in (FRDMConfig.tiny(), FRDMConfig.sd15()):
+        assert FRDMConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="bogus"):
+        FRDMConfig.from_dict({"bogus": 1})
+
+
+def test_sd15_preset_on_meta_device_parameter_counts() -> None:
+    model = HaineiFRDM.build(FRDMConfig.sd15(), device="meta")
+
+    def count(m: torch.nn.Module) -> float:
+        return sum(p.numel() for p in m.parameters()) / 1e6
+
+    assert model.guidance.conv_in.weight.is_meta
+    # SD1.5 UNet 859.52M + AnimateDiff v1.5 v2 motion adapter 453.21M, in one UNetMotionModel.
+    assert count(model.unet) == pytest.approx(859.52 + 453.21, abs=0.05)
+    assert count(model.vae) == pytest.approx(83.65, abs=0.01)
+    assert count(model.text_encoder) == pytest.approx(123.06, abs=0.01)
+    assert count(model.image_encoder) == pytest.approx(303.18, abs=0.01)
+    # The ControlNet-style part of the guidance network (encoder + mid, zero convs) is SD1.5 ControlNet's size
+    # without its condition embedding; the FRDM modules and motion modules come on top.
+    frdm_only = (
+        "motion_modules",
+        "global_frame_fusion",
+        "texture_reconstruction",
+        "_location",
+        "frequency_ref",
+    )
+    copy = sum(p.numel() for n, p in model.guidance.named_parameters() if not any(k in n for k in frdm_only))
+    assert copy / 1e6 == pytest.approx(361.0, abs=2.0)
