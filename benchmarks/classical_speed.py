@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from frdm.engine import params as P
-from frdm.engine.classical import ClassicalRestorer, restorer as classical_restorer
+from frdm.engine.classical import ClassicalRestorer
+from frdm.engine.classical import restorer as classical_restorer
 from frdm.engine.restorer import Clip
 
 
@@ -72,7 +73,10 @@ def main() -> None:
     cv2.setNumThreads(2)
     results = [measure((480, 368), args.frames * 3), measure((2048, 1536), args.frames)]
     small, big = results
-    summary = {"results": results, "ratio_small_over_2k_fps": round(small["frames_per_second"] / big["frames_per_second"], 2)}
+    summary = {
+        "results": results,
+        "ratio_small_over_2k_fps": round(small["frames_per_second"] / big["frames_per_second"], 2),
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

@@ -46,22 +46,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for compression in ("none", "piz", "zip"):
             src = os.path.join(tmp, f"src_{compression}.exr")
-            frame = Frame(rgba.astype(np.float32), ("R", "G", "B", "A"), ("half",) * 4, (0, 0, w, h), (0, 0, w, h),
-                          {"compression": ("string", compression)})
+            frame = Frame(
+                rgba.astype(np.float32),
+                ("R", "G", "B", "A"),
+                ("half",) * 4,
+                (0, 0, w, h),
+                (0, 0, w, h),
+                {"compression": ("string", compression)},
+            )
             write_frame(src, frame)
             dst = os.path.join(tmp, "dst.exr")
             loaded = read_frame(src)
             t_read = best(lambda: read_frame(src), args.repeat)  # noqa: B023
             t_write = best(lambda: write_frame(dst, loaded), args.repeat)  # noqa: B023
             t_copy = best(lambda: subprocess.run([oiiotool, src, "-o", dst], check=True), args.repeat)  # noqa: B023
-            results.append({
-                "compression": compression,
-                "frdm_read_ms": round(t_read * 1000, 1),
-                "frdm_write_ms": round(t_write * 1000, 1),
-                "frdm_read_plus_write_ms": round((t_read + t_write) * 1000, 1),
-                "oiiotool_copy_ms": round(t_copy * 1000, 1),
-                "ratio_frdm_over_oiiotool": round((t_read + t_write) / t_copy, 2),
-            })
+            results.append(
+                {
+                    "compression": compression,
+                    "frdm_read_ms": round(t_read * 1000, 1),
+                    "frdm_write_ms": round(t_write * 1000, 1),
+                    "frdm_read_plus_write_ms": round((t_read + t_write) * 1000, 1),
+                    "oiiotool_copy_ms": round(t_copy * 1000, 1),
+                    "ratio_frdm_over_oiiotool": round((t_read + t_write) / t_copy, 2),
+                }
+            )
     print(json.dumps({"frame": f"{w}x{h} RGBA half", "results": results}, indent=2))
 
 

@@ -30,6 +30,11 @@ from frdm.engine.classical.flow import (
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
+# Fill a few pixels beyond the matte so the blend's grow and feather have restored pixels to mix in. Fixed,
+# not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
+# must stay valid when they change (engine/params.py).
+FILL_MARGIN = 6
+
 
 class _FlowCache:
     """Flows between clip positions, computed once per ordered pair (a chunk's frames share neighbours)."""
@@ -71,8 +76,7 @@ class ClassicalRestorer:
         reliability = float(params["flow_reliability"])
         use_scratches = bool(params["scratches"])
         candidates = [scratches.candidates(g) for g in grey] if use_scratches else []
-        # Fill a little beyond the matte so the blend's grow and feather have restored pixels to mix in.
-        margin = int(params.get("matte_grow", 0)) + int(np.ceil(2.0 * float(params.get("feather", 0.0))))
+        margin = FILL_MARGIN
 
         targets = [clip.index(n) for n in clip.targets]
         for done, t in enumerate(targets):

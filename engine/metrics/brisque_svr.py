@@ -15,7 +15,6 @@ import functools
 import json
 
 import numpy as np
-
 from frdm.engine.errors import InputError
 from frdm.engine.metrics.params_files import param_path
 

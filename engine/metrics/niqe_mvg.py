@@ -16,7 +16,6 @@ import functools
 import math
 
 import numpy as np
-
 from frdm.engine.errors import InputError
 from frdm.engine.metrics.params_files import param_path
 

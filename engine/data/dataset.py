@@ -1,0 +1,244 @@
+"""The film-restoration dataset (the paper's Sec. 4, Fig. 5): on disk, one folder per shot
+
+    ROOT/<shot>/degraded/frame.0001.png ...   degraded frames (16-bit PNG, sRGB-encoded values in [0, 1])
+    ROOT/<shot>/gt/frame.0001.png ...         the clean / professionally restored frames
+    ROOT/<shot>/mask/frame.0001.png ...       binary defect masks (8-bit, 255 = defect)
+    ROOT/<shot>/caption.txt                   one line describing the shot (the global prompt)
+    ROOT/<shot>/defects.json                  (optional) how it was made: preset, seed, steps
+
+and ``FilmRestorationDataset``, the torch Dataset of overlapped patch windows the training loop reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+from frdm.engine.errors import InputError
+
+FRAME_NAME = "frame.{:04d}.png"
+SUBDIRS = ("degraded", "gt", "mask")
+
+
+def _frame(pixels: np.ndarray, fmt: str):  # noqa: ANN202 - a frames.Frame
+    from frdm.engine.frames import Frame
+
+    h, w = pixels.shape[:2]
+    channels = ("R", "G", "B") if pixels.shape[-1] == 3 else ("Y",)
+    return Frame(np.ascontiguousarray(pixels, np.float32), channels, (fmt,) * len(channels), (0, 0, w, h), (0, 0, w, h))
+
+
+def write_shot(
+    root: str | os.PathLike[str],
+    name: str,
+    degraded: np.ndarray,
+    gt: np.ndarray,
+    mask: np.ndarray,
+    caption: str,
+    *,
+    info: dict[str, Any] | None = None,
+    first_frame: int = 1,
+) -> str:
+    """Write one shot in the dataset layout; returns its folder. degraded/gt (T, H, W, 3) in [0, 1], mask
+    (T, H, W) bool."""
+    from frdm.engine.frames import write_frame
+
+    if degraded.shape != gt.shape or degraded.shape[:3] != mask.shape:
+        raise InputError(f"shot {name}: degraded {degraded.shape}, gt {gt.shape} and mask {mask.shape} must match")
+    folder = os.path.join(os.fspath(root), name)
+    for sub in SUBDIRS:
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for i in range(degraded.shape[0]):
+        fname = FRAME_NAME.format(first_frame + i)
+        write_frame(os.path.join(folder, "degraded", fname), _frame(np.clip(degraded[i], 0, 1), "uint16"))
+        write_frame(os.path.join(folder, "gt", fname), _frame(np.clip(gt[i], 0, 1), "uint16"))
+        write_frame(os.path.join(folder, "mask", fname), _frame(mask[i, ..., None].astype(np.float32), "uint8"))
+    with open(os.path.join(folder, "caption.txt"), "w") as fh:
+        fh.write(caption.strip() + "\n")
+    if info is not None:
+        with open(os.path.join(folder, "defects.json"), "w") as fh:
+            json.dump(info, fh, indent=1, default=str)
+    return folder
+
+
+@dataclass
+class Shot:
+    name: str
+    folder: str
+    frames: list[int]
+    caption: str
+    size: tuple[int, int]  # (width, height)
+
+    def path(self, kind: str, frame: int) -> str:
+        return os.path.join(self.folder, kind, FRAME_NAME.format(frame))
+
+
+def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
+    """Every shot folder under ``root``, checked: the three frame folders hold the same frame numbers."""
+    from frdm.engine.frames import SequencePattern, read_attributes  # noqa: F401 - OIIO loads lazily
+
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise InputError(f"{root}: the dataset folder does not exist")
+    shots = []
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(os.path.join(folder, "degraded")):
+            continue
+        numbers = {}
+        for sub in SUBDIRS:
+            pattern = SequencePattern.parse(os.path.join(folder, sub, "frame.####.png"))
+            numbers[sub] = pattern.existing()
+        if not numbers["degraded"]:
+            raise InputError(f"{folder}/degraded: no frames (expected frame.0001.png ...)")
+        for sub in ("gt", "mask"):
+            if numbers[sub] != numbers["degraded"]:
+                raise InputError(
+                    f"{folder}: {sub}/ has frames {numbers[sub][:5]}... but degraded/ has "
+                    f"{numbers['degraded'][:5]}...; every frame needs a degraded, gt and mask image"
+                )
+        cap_path = os.path.join(folder, "caption.txt")
+        caption = ""
+        if os.path.exists(cap_path):
+            with open(cap_path) as fh:
+                caption = fh.read().strip()
+        from frdm.engine.frames import read_frame
+
+        first = read_frame(os.path.join(folder, "degraded", FRAME_NAME.format(numbers["degraded"][0])))
+        shots.append(Shot(name, folder, numbers["degraded"], caption, (first.width, first.height)))
+    if not shots:
+        raise InputError(f"{root}: no shot folders (each needs degraded/, gt/, mask/ and caption.txt)")
+    return shots
+
+
+def window_starts(length: int, size: int, overlap: int) -> list[int]:
+    """Starts of windows of ``size`` over ``length`` with at least ``overlap`` shared, the last flush with
+    the end (so every position is covered)."""
+    if size >= length:
+        return [0]
+    step = max(1, size - overlap)
+    starts = list(range(0, length - size + 1, step))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+class FilmRestorationDataset(torch.utils.data.Dataset):
+    """Overlapped patch windows over the shots of a dataset folder (a ``torch.utils.data.Dataset``).
+
+    Item ``i`` is one (shot, temporal window, spatial patch) cell of a grid of windows of ``num_frames``
+    frames (consecutive windows share ``frame_overlap``) and ``patch_size`` square patches (neighbours share
+    ``patch_overlap`` pixels). With ``random_position`` the patch moves to a random position inside its
+    cell's neighbourhood (and the window to a random start) on every read, seeded by (``seed``, epoch, i):
+    set ``dataset.epoch`` each epoch for new positions.
+
+    Each item is a dict:
+
+    - ``degraded``: float32 tensor (F, 3, P, P) in [0, 1], the degraded patch of F frames
+    - ``gt``: float32 tensor (F, 3, P, P) in [0, 1], the same patch of the clean frames
+    - ``mask``: float32 tensor (F, 1, P, P), 1 = defect pixel
+    - ``box``: float32 tensor (4,), the patch's box in the full frame, normalised: (x0, y0, x1, y1) in [0, 1]
+    - ``global_frame``: float32 tensor (F, 3, h, w) in [0, 1], the whole degraded frame resized to
+      ``global_size`` (h, w) (the global-frame fusion's input)
+    - ``caption``: str, the shot's caption
+    - ``shot``: str and ``frames``: list[int], where the item came from (for logging)
+
+    Frames smaller than ``patch_size`` are padded by reflection (the box still describes the real frame);
+    clips shorter than ``num_frames`` repeat their last frame.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        num_frames: int = 16,
+        patch_size: int = 512,
+        patch_overlap: int = 128,
+        frame_overlap: int = 4,
+        global_size: tuple[int, int] = (256, 256),
+        random_position: bool = True,
+        seed: int = 0,
+        shots: Sequence[Shot] | None = None,
+    ) -> None:
+        if patch_overlap * 2 > patch_size:
+            raise InputError(f"patch_overlap ({patch_overlap}) must be at most half of patch_size ({patch_size})")
+        if frame_overlap >= num_frames and num_frames > 1:
+            raise InputError(f"frame_overlap ({frame_overlap}) must be smaller than num_frames ({num_frames})")
+        self.shots = list(shots) if shots is not None else list_shots(root)
+        self.num_frames = num_frames
+        self.patch_size = patch_size
+        self.patch_overlap = patch_overlap
+        self.frame_overlap = frame_overlap
+        self.global_size = global_size
+        self.random_position = random_position
+        self.seed = seed
+        self.epoch = 0
+        self.items: list[tuple[int, int, int, int]] = []  # (shot, first frame index, y, x)
+        for s, shot in enumerate(self.shots):
+            w, h = shot.size
+            for t in window_starts(len(shot.frames), num_frames, frame_overlap):
+                for y in window_starts(h, patch_size, patch_overlap):
+                    for x in window_starts(w, patch_size, patch_overlap):
+                        self.items.append((s, t, y, x))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, shot: Shot, kind: str, frame: int) -> np.ndarray:
+        from frdm.engine.frames import read_frame
+
+        px = read_frame(shot.path(kind, frame)).pixels
+        if kind == "mask":
+            return (px[..., :1] > 0.5).astype(np.float32)
+        return px[..., :3] if px.shape[-1] >= 3 else np.repeat(px[..., :1], 3, -1)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import cv2
+        import torch
+
+        s, t, y, x = self.items[index]
+        shot = self.shots[s]
+        w, h = shot.size
+        P, F = self.patch_size, self.num_frames
+        if self.random_position:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            step = max(1, P - self.patch_overlap)
+            if w > P:
+                x = int(np.clip(x + rng.integers(-step // 2, step // 2 + 1), 0, w - P))
+            if h > P:
+                y = int(np.clip(y + rng.integers(-step // 2, step // 2 + 1), 0, h - P))
+            if len(shot.frames) > F:
+                t = int(rng.integers(0, len(shot.frames) - F + 1))
+        idx = [min(t + i, len(shot.frames) - 1) for i in range(F)]
+        numbers = [shot.frames[i] for i in idx]
+        out: dict[str, list[np.ndarray]] = {"degraded": [], "gt": [], "mask": [], "global_frame": []}
+        gh, gw = self.global_size
+        for n in numbers:
+            full = {k: self._read(shot, k, n) for k in SUBDIRS}
+            out["global_frame"].append(cv2.resize(full["degraded"], (gw, gh), interpolation=cv2.INTER_AREA))
+            for k in SUBDIRS:
+                img = full[k]
+                if img.shape[0] < P or img.shape[1] < P:
+                    ph, pw = max(0, P - img.shape[0]), max(0, P - img.shape[1])
+                    img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+                out[k].append(img[y : y + P, x : x + P])
+
+        def stack(arrs: list[np.ndarray]) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2), np.float32))
+
+        box = torch.tensor([x / w, y / h, min(x + P, w) / w, min(y + P, h) / h], dtype=torch.float32)
+        return {
+            "degraded": stack(out["degraded"]),
+            "gt": stack(out["gt"]),
+            "mask": stack(out["mask"]),
+            "box": box,
+            "global_frame": stack(out["global_frame"]),
+            "caption": shot.caption,
+            "shot": shot.name,
+            "frames": numbers,
+        }
