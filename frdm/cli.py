@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
     "bench-quality": ("frdm.commands.bench_quality", "build the three test settings and evaluate restorers"),
+    "train": ("frdm.commands.train", "train HaineiFRDM's guidance and preprocess networks (patch-based, Eq. 3-6)"),
 }
 
 

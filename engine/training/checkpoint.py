@@ -56,8 +56,11 @@ def save_weights(path: str, model: torch.nn.Module) -> None:
         save_frdm_weights(path, model)
         return
     state = {k: v.detach().contiguous().cpu() for k, v in trainable_state(model).items()}
-    meta = {"format": WEIGHTS_FORMAT_NAME, "format_version": str(WEIGHTS_FORMAT_VERSION),
-            "config": model.config.to_json()}
+    meta = {
+        "format": WEIGHTS_FORMAT_NAME,
+        "format_version": str(WEIGHTS_FORMAT_VERSION),
+        "config": model.config.to_json(),
+    }
     save_file(state, path, metadata=meta)
 
 
@@ -174,7 +177,9 @@ def save_checkpoint(
     full["lr_scheduler"] = lr_scheduler.state_dict()
     full["rng"] = rng_state()
     if scaler is not None:
-        full["grad_scaler"] = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in scaler.state_dict().items()}
+        full["grad_scaler"] = {
+            k: (float(v) if isinstance(v, (int, float)) else v) for k, v in scaler.state_dict().items()
+        }
     if ema is not None:
         ema_state = ema.state_dict()
         shadow = ema_state.pop("shadow_params")

@@ -83,8 +83,17 @@ class TrainConfig:
             raise InputError(f"config: lr_scheduler '{self.lr_scheduler}' must be one of {LR_SCHEDULERS}")
         if self.model not in ("tiny", "sd15"):
             raise InputError(f"config: model '{self.model}' must be 'tiny' or 'sd15'")
-        for name in ("batch_size", "max_steps", "num_frames", "patch_size", "gradient_accumulation_steps",
-                     "log_every", "checkpoint_every", "validate_every", "vae_decode_chunk"):
+        for name in (
+            "batch_size",
+            "max_steps",
+            "num_frames",
+            "patch_size",
+            "gradient_accumulation_steps",
+            "log_every",
+            "checkpoint_every",
+            "validate_every",
+            "vae_decode_chunk",
+        ):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"config: {name} must be at least 1 (got {getattr(self, name)})")
         if not 0.0 <= self.caption_dropout <= 1.0:

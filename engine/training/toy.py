@@ -11,8 +11,11 @@ import os
 
 import numpy as np
 
-CAPTIONS = ("a red disc moving over a blue gradient", "a bright square drifting over a dark field",
-            "two shapes crossing a green background")
+CAPTIONS = (
+    "a red disc moving over a blue gradient",
+    "a bright square drifting over a dark field",
+    "two shapes crossing a green background",
+)
 
 
 def moving_shapes(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
@@ -23,8 +26,15 @@ def moving_shapes(rng: np.random.Generator, frames: int, size: int) -> np.ndarra
     out = np.empty((frames, size, size, 3), np.float32)
     shapes = []
     for kind in ("disc", "square"):
-        shapes.append((kind, rng.uniform(0.2, 0.8, 2), rng.uniform(-0.06, 0.06, 2), rng.uniform(0.12, 0.22),
-                       rng.uniform(0.3, 0.95, 3).astype(np.float32)))
+        shapes.append(
+            (
+                kind,
+                rng.uniform(0.2, 0.8, 2),
+                rng.uniform(-0.06, 0.06, 2),
+                rng.uniform(0.12, 0.22),
+                rng.uniform(0.3, 0.95, 3).astype(np.float32),
+            )
+        )
     for t in range(frames):
         img = base + tilt * (xx[..., None] * 0.7 + yy[..., None] * 0.3)
         for kind, pos, vel, radius, colour in shapes:
@@ -48,8 +58,9 @@ def degrade(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np
     return out, m1 | m2
 
 
-def make_toy_dataset(root: str | os.PathLike[str], *, shots: int = 3, frames: int = 4, size: int = 32,
-                     seed: int = 0) -> list[str]:
+def make_toy_dataset(
+    root: str | os.PathLike[str], *, shots: int = 3, frames: int = 4, size: int = 32, seed: int = 0
+) -> list[str]:
     """Write ``shots`` toy shots under ``root``; returns their folders."""
     from frdm.engine.data.dataset import write_shot
 

@@ -163,7 +163,9 @@ class Trainer:
                 resume,
                 model=self.core,
                 optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
-                lr_scheduler=self.lr_scheduler.scheduler if hasattr(self.lr_scheduler, "scheduler") else self.lr_scheduler,
+                lr_scheduler=self.lr_scheduler.scheduler
+                if hasattr(self.lr_scheduler, "scheduler")
+                else self.lr_scheduler,
                 ema=self.ema,
                 scaler=acc.scaler,
             )
@@ -277,7 +279,9 @@ class Trainer:
                 folder,
                 model=self.core,
                 optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
-                lr_scheduler=self.lr_scheduler.scheduler if hasattr(self.lr_scheduler, "scheduler") else self.lr_scheduler,
+                lr_scheduler=self.lr_scheduler.scheduler
+                if hasattr(self.lr_scheduler, "scheduler")
+                else self.lr_scheduler,
                 ema=self.ema,
                 scaler=acc.scaler,
                 state={
@@ -310,8 +314,14 @@ class Trainer:
             self.ema.store(self.core.trainable_parameters())
             self.ema.copy_to(self.core.trainable_parameters())
         try:
-            return validate(self.core, items, self.alphas_cumprod, timestep=self.config.validation_timestep,
-                            seed=self.config.seed, strip_path=strip_path)
+            return validate(
+                self.core,
+                items,
+                self.alphas_cumprod,
+                timestep=self.config.validation_timestep,
+                seed=self.config.seed,
+                strip_path=strip_path,
+            )
         finally:
             if self.ema is not None:
                 self.ema.restore(self.core.trainable_parameters())
@@ -352,8 +362,14 @@ class Trainer:
         log_csv = _CsvLog(os.path.join(c.output_dir, "log.csv"), LOG_FIELDS, main)
         val_csv = _CsvLog(os.path.join(c.output_dir, "validation.csv"), VAL_FIELDS, main)
         val_items = self.validation_items() if main else []
-        bar = tqdm(total=max_steps, initial=self.step, disable=not (main and c.progress), desc="frdm train",
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=max_steps,
+            initial=self.step,
+            disable=not (main and c.progress),
+            desc="frdm train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         batches = self.batches()
         last: dict[str, float] = {}
         last_val: dict[str, float] = {}
@@ -370,8 +386,12 @@ class Trainer:
                 if self.step % c.log_every == 0 or self.step == max_steps:
                     elapsed = time.perf_counter() - t_window
                     row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    row.update(step=self.step, epoch=self.epoch, lr=self.lr_scheduler.get_last_lr()[0],
-                               steps_per_s=len(window) / max(elapsed, 1e-9))
+                    row.update(
+                        step=self.step,
+                        epoch=self.epoch,
+                        lr=self.lr_scheduler.get_last_lr()[0],
+                        steps_per_s=len(window) / max(elapsed, 1e-9),
+                    )
                     log_csv.write(row)
                     if writer is not None:
                         for k in ("loss", "l_noise", "l_preprocess", "l_defect", "lr", "steps_per_s"):
@@ -384,8 +404,10 @@ class Trainer:
                         for k, v in last_val.items():
                             writer.add_scalar(f"val/{k}", v, self.step)
                     if main:
-                        bar.write(f"step {self.step}: MaskedPSNR {last_val['masked_psnr']:.2f} dB "
-                                  f"(input {last_val['masked_psnr_input']:.2f}), PSNR {last_val['psnr']:.2f} dB")
+                        bar.write(
+                            f"step {self.step}: MaskedPSNR {last_val['masked_psnr']:.2f} dB "
+                            f"(input {last_val['masked_psnr_input']:.2f}), PSNR {last_val['psnr']:.2f} dB"
+                        )
                 if self.step % c.checkpoint_every == 0 or self.step == max_steps:
                     self.checkpoint()
         finally:

@@ -96,11 +96,14 @@ def validate(
                     abs_err.append(float((np.abs(p - g) * m[..., None]).sum() / (3 * m.sum())))
             if strip_path is not None and n < 4:
                 m3 = np.repeat(item["mask"][0, 0].numpy()[..., None], 3, -1)
-                strip_rows.append(np.concatenate([_hwc(item["degraded"][0]), _hwc(pred[0]), _hwc(item["gt"][0]), m3], 1))
+                strip_rows.append(
+                    np.concatenate([_hwc(item["degraded"][0]), _hwc(pred[0]), _hwc(item["gt"][0]), m3], 1)
+                )
     finally:
         core.train(was_training)
-    result = {k: float(np.mean([v for v in vals if math.isfinite(v)])) if vals else float("nan")
-              for k, vals in scores.items()}
+    result = {
+        k: float(np.mean([v for v in vals if math.isfinite(v)])) if vals else float("nan") for k, vals in scores.items()
+    }
     result["defect_l1"] = float(np.mean(abs_err)) if abs_err else float("nan")
     if strip_path is not None and strip_rows:
         write_strip(strip_path, np.concatenate(strip_rows, 0))
@@ -112,7 +115,12 @@ def write_strip(path: str, pixels: np.ndarray) -> None:
     from frdm.engine.frames import Frame, write_frame
 
     h, w = pixels.shape[:2]
-    frame = Frame(np.ascontiguousarray(np.clip(pixels, 0, 1), np.float32), ("R", "G", "B"), ("uint8",) * 3,
-                  (0, 0, w, h), (0, 0, w, h))
+    frame = Frame(
+        np.ascontiguousarray(np.clip(pixels, 0, 1), np.float32),
+        ("R", "G", "B"),
+        ("uint8",) * 3,
+        (0, 0, w, h),
+        (0, 0, w, h),
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_frame(path, frame)
