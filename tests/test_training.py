@@ -18,7 +18,7 @@ import torch
 from frdm.cli import main as cli_main
 from frdm.engine.errors import InputError
 from frdm.engine.training import TrainConfig, load_config
-from frdm.engine.training.losses import defect_loss, predicted_clean_latents, preprocess_loss, total_loss
+from frdm.engine.training.losses import defect_loss, predicted_clean_latents, total_loss
 from frdm.engine.training.toy import make_toy_dataset
 
 TOY_MODEL = {"vae_block_out_channels": [8, 8, 16], "preprocess_channels": [8, 8, 16]}
@@ -126,7 +126,6 @@ def _shot_copy(toy: dict[str, Path], tmp_path: Path) -> Path:
 @pytest.mark.parametrize("defect", ["missing_mask", "missing_mask_dir", "missing_caption", "empty_caption", "mixed"])
 def test_bad_dataset_is_refused_before_any_step(toy: dict[str, Path], tmp_path: Path, defect: str, capsys) -> None:
     from frdm.engine.data.dataset import FRAME_NAME
-
     from frdm.engine.training.trainer import Trainer
 
     data = _shot_copy(toy, tmp_path)
