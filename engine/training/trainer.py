@@ -122,6 +122,9 @@ class Trainer:
         # Frozen networks in the compute dtype (they only run forward); trainable ones stay float32 for AdamW.
         for frozen in model.frozen_modules():
             frozen.to(self.device, dtype=self.weight_dtype)
+        # CLIP vision stays float32: encode_global_frame resizes in the encoder's dtype and PyTorch's CPU
+        # antialiased bicubic has no bfloat16 kernel; it runs once per step without gradients (0.3B params).
+        model.image_encoder.to(dtype=torch.float32)
         for module in model.trainable_modules().values():
             module.to(self.device, dtype=torch.float32)
         if config.gradient_checkpointing:
