@@ -289,7 +289,8 @@ class SequencePattern:
 
     @property
     def extension(self) -> str:
-        return os.path.splitext(self.suffix if self.is_sequence else self.prefix)[1].lower()
+        # "x" + suffix: os.path.splitext(".exr") sees a hidden file with no extension.
+        return os.path.splitext("x" + self.suffix if self.is_sequence else self.prefix)[1].lower()
 
     def path(self, frame: int) -> str:
         if not self.is_sequence:

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
     "bench-quality": ("frdm.commands.bench_quality", "build the three test settings and evaluate restorers"),
     "train": ("frdm.commands.train", "train HaineiFRDM's guidance and preprocess networks (patch-based, Eq. 3-6)"),
+    "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
+    "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
+    "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
 }
 
 

@@ -172,6 +172,7 @@ def test_sequence_patterns_and_gaps(tmp_path):
     for pattern in ("shot.%04d.exr", "shot.####.exr", "shot.@@@@.exr", "shot.#.exr"):
         seq = SequencePattern.parse(str(tmp_path / pattern))
         assert seq.path(7) == str(tmp_path / "shot.0007.exr")
+        assert seq.extension == ".exr"
         assert seq.existing() == [1, 2, 3, 7, 10]
     source = open_source(str(tmp_path / "shot.####.exr"))
     assert isinstance(source, ImageSequenceSource)

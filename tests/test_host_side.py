@@ -12,6 +12,13 @@ import pytest
 
 HOST_MODULES = ["frdm", "frdm.plugin", "frdm.engine.params", "frdm.engine.errors", "frdm.cli"]
 OPTIONAL_HOST_MODULES = ["frdm.server.protocol", "frdm.server.client", "frdm.plugin.node", "frdm.plugin.farm"]
+# Nuke's own modules exist only inside Nuke: these import with tests/fake_nuke.py standing in for ``nuke``.
+NUKE_HOST_MODULES = [
+    "frdm.plugin.nuke",
+    "frdm.plugin.nuke.gizmo",
+    "frdm.plugin.nuke.adapter",
+    "frdm.plugin.nuke.batch",
+]
 BLOCKED = ["torch", "OpenImageIO", "cv2", "diffusers", "transformers", "av", "scipy"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,10 +29,16 @@ def _present(module: str) -> bool:
     return (REPO / f"{rel}.py").exists() or (REPO / rel / "__init__.py").exists()
 
 
-def _import_blocked(module: str) -> subprocess.CompletedProcess:
+def _import_blocked(module: str, fake_nuke: bool = False) -> subprocess.CompletedProcess:
+    nuke = (
+        f"sys.path.insert(0, {str(REPO / 'tests')!r}); import fake_nuke; sys.modules['nuke'] = fake_nuke"
+        if fake_nuke
+        else ""
+    )
     code = textwrap.dedent(
         f"""
         import importlib.abc, sys
+        {nuke}
         BLOCKED = {BLOCKED!r}
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
@@ -46,6 +59,12 @@ def test_host_module_imports_without_torch(module):
     if module in OPTIONAL_HOST_MODULES and not _present(module):
         pytest.skip(f"{module} is not part of this build yet")
     proc = _import_blocked(module)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("module", NUKE_HOST_MODULES)
+def test_nuke_adapter_imports_without_torch(module):
+    proc = _import_blocked(module, fake_nuke=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 

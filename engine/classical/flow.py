@@ -6,6 +6,8 @@ flow must *not* follow, and a 5x5 median removes most of them before the flow se
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -31,8 +33,10 @@ class FlowEstimator:
         return self._dis.calc(a, b, None)
 
 
+@lru_cache(maxsize=4)
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w))
+    ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
     return xs, ys
 
 
@@ -48,20 +52,34 @@ def fb_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return np.linalg.norm(forward + warp(backward, forward), axis=-1)
 
 
+def _smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a large sigma on a reduced copy: the result is smooth anyway, and a full-resolution
+    blur with sigma ~100 px at 2K would cost seconds."""
+    h, w = image.shape[:2]
+    factor = max(1, int(sigma // 3))
+    if factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma)
+    small = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def fill_unreliable(flow: np.ndarray, reliable: np.ndarray, sigma: float = 6.0) -> np.ndarray:
     """Replace flow where it is unreliable by a reliability-weighted (normalised-convolution) average of its
-    surroundings. Inside a dust blotch the flow is garbage but the motion around it is not: this is what
-    lets the detector compare the blotch with what lies *behind* it in the neighbours."""
-    weight = reliable.astype(np.float32)
+    surroundings, at growing scales until every hole is filled. Inside a dust blotch the flow is garbage but
+    the motion around it is not: this is what lets the detector compare the blotch with what lies *behind*
+    it in the neighbours."""
+    if reliable.all():
+        return flow
     out = flow.copy()
+    reliable = reliable.copy()
     for s in (sigma, sigma * 4, sigma * 16):
-        num = cv2.GaussianBlur(flow * weight[..., None], (0, 0), s)
-        den = cv2.GaussianBlur(weight, (0, 0), s)[..., None]
-        filled = num / np.maximum(den, 1e-6)
-        todo = (~reliable) & (den[..., 0] > 1e-3)
-        out[todo] = filled[todo]
-        reliable = reliable | todo
         weight = reliable.astype(np.float32)
+        num = _smooth(out * weight[..., None], s)
+        den = _smooth(weight, s)[..., None]
+        todo = (~reliable) & (den[..., 0] > 1e-3)
+        out[todo] = (num / np.maximum(den, 1e-6))[todo]
+        reliable |= todo
         if reliable.all():
             break
     return out

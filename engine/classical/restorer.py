@@ -81,7 +81,9 @@ class ClassicalRestorer:
         targets = [clip.index(n) for n in clip.targets]
         for done, t in enumerate(targets):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
-            neighbours = [k for k in range(lo, hi + 1) if k != t]
+            # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
+            # neither a reference for the spike test nor fill material.
+            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey[t], grey[k])]
             warped: dict[int, np.ndarray] = {}
             fixed_flow: dict[int, np.ndarray] = {}
             trusted_fill: dict[int, np.ndarray] = {}
@@ -143,6 +145,14 @@ def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, i
     if len(side) == 1:
         return side[0], side[0]
     return None
+
+
+DUPLICATE_LEVEL = 0.003  # mean absolute luma difference below which two frames are one picture repeated
+
+
+def _duplicate(a: np.ndarray, b: np.ndarray) -> bool:
+    step = max(1, a.shape[0] // 256)  # a subsample decides it: duplicates differ by compression noise only
+    return float(np.abs(a[::step, ::step] - b[::step, ::step]).mean()) < DUPLICATE_LEVEL
 
 
 def _outside(flow: np.ndarray, margin: float = 1.0) -> np.ndarray:

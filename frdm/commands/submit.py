@@ -1,0 +1,87 @@
+"""Write a render-farm job for a shot: an Open Job Description template and Deadline job files.
+
+  frdm submit scan.####.exr restored.####.exr --frames 1001-1100 --chunk-size 10 --preset shot.json \
+      --job-dir jobs/sh010
+  openjd run jobs/sh010/frdm_job.template.json --step Restore        # or submit it to a farm
+  deadlinecommand jobs/sh010/deadline_job_info.job jobs/sh010/deadline_plugin_info.job
+
+Each task restores one contiguous chunk with `frdm restore --frames FIRST-LAST`, which reads the chunk's
+temporal context from the source and writes only the chunk's frames: the result equals one whole-range run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+
+from frdm.engine import params as P
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="source sequence, e.g. /shots/sh010/scan.####.exr")
+    parser.add_argument("out", metavar="OUT", help="output sequence, e.g. /shots/sh010/frdm/sh010.####.exr")
+    parser.add_argument("--frames", help="one contiguous range, e.g. 1001-1100 (default: all frames on disk)")
+    parser.add_argument("--chunk-size", type=int, default=8, help="frames per farm task (default: %(default)s)")
+    parser.add_argument("--job-dir", required=True, help="folder for the job files (visible from the farm)")
+    parser.add_argument("--name", default="", help="job name (default: from the output name)")
+    parser.add_argument("--preset", help="per-shot parameter file (JSON)")
+    parser.add_argument("--mask", default=None, metavar="SEQ|auto|none", help="as for frdm restore")
+    parser.add_argument("--weights", help="weights folder on the render nodes (diffusion engine)")
+    parser.add_argument(
+        "--frdm-command",
+        default="frdm",
+        help="how a render node starts frdm, e.g. '/opt/frdm/bin/frdm' (default: %(default)s)",
+    )
+    parser.add_argument("--priority", type=int, default=50, help="Deadline priority (default: %(default)s)")
+    parser.add_argument("--pool", default="", help="Deadline pool")
+    parser.add_argument(
+        "--deadline", action="store_true", help="also submit to Deadline now (needs deadlinecommand on PATH)"
+    )
+    P.add_cli_arguments(parser, exclude=("mask",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from frdm.engine.errors import InputError
+    from frdm.engine.frames import SequencePattern, parse_frame_range
+    from frdm.plugin.farm import FarmJob, chunks, write_job
+
+    preset = P.load_preset(args.preset) if args.preset else None
+    params = P.from_cli_args(args, preset)
+    if args.frames is not None:
+        frames = parse_frame_range(args.frames)
+    else:
+        frames = SequencePattern.parse(args.src).existing()
+        if not frames:
+            raise InputError(f"no frames of {args.src} on disk; give --frames")
+    job = FarmJob(
+        args.src,
+        args.out,
+        frames,
+        params,
+        chunk_size=args.chunk_size,
+        name=args.name,
+        mask=args.mask,
+        weights=args.weights,
+        command=shlex.split(args.frdm_command),
+        priority=args.priority,
+        pool=args.pool,
+    )
+    written = write_job(job, args.job_dir)
+    n = len(chunks(job.frames, job.chunk_size))
+    print(f"frdm submit: {len(job.frames)} frames in {n} task(s) of up to {job.chunk_size}", file=sys.stderr)
+    print(f"  OpenJD template: {written.template}", file=sys.stderr)
+    print(f"  Deadline:        {written.job_info} {written.plugin_info}", file=sys.stderr)
+    print(f"  run locally:     {written.openjd_command()}", file=sys.stderr)
+    if args.deadline:
+        exe = shutil.which("deadlinecommand")
+        if exe is None:
+            raise InputError("deadlinecommand is not on PATH; submit the files above from a Deadline client")
+        proc = subprocess.run([exe, written.job_info, written.plugin_info], capture_output=True, text=True)
+        sys.stdout.write(proc.stdout)
+        if proc.returncode != 0:
+            raise InputError(f"deadlinecommand failed ({proc.returncode}): {proc.stderr.strip()}")
+    print(written.template)
+    return 0

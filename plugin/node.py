@@ -1,0 +1,644 @@
+"""The FRDM node, host-agnostic and shaped like an OpenFX effect.
+
+A host (the Nuke adapter, a headless script, another compositor) uses one ``FrdmNode``:
+
+* ``describe()``: the clips (``Source``, optional ``Mask``, ``Output``) and the parameters, generated from
+  the one schema (``frdm.engine.params.SCHEMA``), so every host shows the same knobs.
+* ``frames_needed(frame)``: the source frames a result frame reads (like OpenFX ``getFramesNeeded``).
+* ``render(frames, inputs, output)`` / ``preview(frame, ...)``: a ``RenderJob`` running in a worker thread
+  that drives ``FrdmClient``; progress and cancel work from any thread, and the host never blocks.
+* Results are staged in a hidden folder next to the output and moved into place only when the whole job
+  succeeded: a host is handed complete results or nothing.
+
+Torch-free on purpose (numpy, pyzmq, msgpack only): this module runs inside the compositor's Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from frdm import __version__
+from frdm.engine.errors import FrdmError, InputError, ParamError
+from frdm.engine.frames import SequencePattern, format_frame_range
+from frdm.engine.params import SCHEMA, Param
+from frdm.server import protocol
+from frdm.server.client import Event, FrdmClient, ServerError
+
+# OpenFX clip names (kOfxImageEffectSimpleSourceClipName is "Source"; the output clip is "Output").
+CLIP_SOURCE = "Source"
+CLIP_MASK = "Mask"
+CLIP_OUTPUT = "Output"
+
+#: The sidecar that records which inputs and parameters produced the frames of an output folder: an
+#: unchanged render is answered from disk at once, without contacting the server.
+MANIFEST = ".frdm-node.json"
+STAGING_PREFIX = ".frdm-partial-"
+
+ProgressFn = Callable[[float, float, str], None]
+
+
+@dataclass(frozen=True)
+class ClipDescriptor:
+    name: str
+    optional: bool = False
+    is_output: bool = False
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class NodeDescriptor:
+    """What a host needs to build the node's interface."""
+
+    name: str
+    version: str
+    protocol: int
+    clips: tuple[ClipDescriptor, ...]
+    params: tuple[Param, ...]
+    groups: tuple[str, ...]
+
+
+def describe() -> NodeDescriptor:
+    params = tuple(SCHEMA)
+    return NodeDescriptor(
+        name="FRDM",
+        version=__version__,
+        protocol=protocol.PROTOCOL_VERSION,
+        clips=(
+            ClipDescriptor(CLIP_SOURCE, hint="the degraded scan (RGB; other channels are passed through)"),
+            ClipDescriptor(CLIP_MASK, optional=True, hint="artist mask (alpha): where the restorer may change pixels"),
+            ClipDescriptor(CLIP_OUTPUT, is_output=True, hint="the restored frames, plus 'frdm.matte'"),
+        ),
+        params=params,
+        groups=tuple(dict.fromkeys(p.group for p in params)),
+    )
+
+
+def context_for(params: Mapping[str, Any]) -> tuple[int, int]:
+    """Frames a target reads before and after it, without importing the engine (torch).
+
+    Mirrors the engines' ``Restorer.context``: the classical engine detects and fills from
+    ``temporal_radius`` frames either side; the diffusion engine needs every temporal window that contains a
+    target to be complete, and a window reaches ``window - 1`` frames either side of any of its frames
+    (engine/diffusion/windows.py). tests/test_node.py checks this against the classical restorer."""
+    p = SCHEMA.validate(params)
+    if p["engine"] == "diffusion":
+        return p["window"] - 1, p["window"] - 1
+    return p["temporal_radius"], p["temporal_radius"]
+
+
+def frames_needed(
+    frames: int | Sequence[int], params: Mapping[str, Any], available: Sequence[int] | None = None
+) -> list[int]:
+    """Source frames needed to restore ``frames``. With ``available`` (the frames the source has), the
+    context is positional like the pipeline's: the ``before``/``after`` nearest frames that exist, clamped at
+    the ends of the sequence. Without it: the frame numbers ``f - before .. f + after``."""
+    targets = sorted({frames} if isinstance(frames, int) else set(frames))
+    before, after = context_for(params)
+    if available is None:
+        return sorted({n for f in targets for n in range(f - before, f + after + 1)})
+    avail = sorted(set(available))
+    position = {n: i for i, n in enumerate(avail)}
+    check_range(targets, avail)
+    out: set[int] = set()
+    for f in targets:
+        i = position[f]
+        out.update(avail[max(0, i - before) : i + after + 1])
+    return sorted(out)
+
+
+def check_range(frames: Sequence[int], available: Sequence[int], clip: str = CLIP_SOURCE) -> None:
+    """Raise InputError naming the frames that the input does not have."""
+    if not frames:
+        raise InputError("no frames to render; set a frame range")
+    have = set(available)
+    missing = [f for f in frames if f not in have]
+    if missing:
+        span = format_frame_range(sorted(have)) if have else "no frames"
+        raise InputError(
+            f"frames {format_frame_range(missing)} are outside the {clip} input (it has {span}); "
+            "set the range to frames the input has"
+        )
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """What the host hands the node: the frames its Source clip has and a way to get each as an EXR.
+
+    ``source(frame)`` / ``mask(frame)`` return EXR bytes (sent inline) or an absolute path (sent as a path
+    when the server shares storage, else read and sent inline)."""
+
+    available: list[int]
+    source: Callable[[int], bytes | str]
+    mask: Callable[[int], bytes | str] | None = None
+
+    @classmethod
+    def from_sequence(cls, source: str, mask: str | None = None) -> Inputs:
+        """A sequence on disk (``name.####.exr`` or ``name.%04d.exr``) as inputs (paths)."""
+        src = SequencePattern.parse(os.path.abspath(source))
+        available = src.existing()
+        msk = SequencePattern.parse(os.path.abspath(mask)) if mask else None
+        return cls(available, src.path, msk.path if msk is not None else None)
+
+
+def _read_bytes(value: bytes | str) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    try:
+        with open(value, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"cannot read input frame {value}: {exc.strerror}") from None
+
+
+def _under_roots(path: str, roots: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots))
+
+
+def _exr_size(data: bytes, what: str) -> tuple[int, int]:
+    try:
+        info = protocol.exr_info(data, what)
+    except protocol.ProtocolError as exc:
+        raise InputError(str(exc)) from None
+    return info.width, info.height
+
+
+_HEADER_PEEK = 1 << 20  # EXR headers are a few KB; a megabyte covers any sane one
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    digest: str  # SHA-256 of the file's bytes
+    size: tuple[int, int]  # width, height of the data window
+
+
+def fingerprint(value: bytes | str, what: str) -> Fingerprint:
+    """Hash and size of one input frame, streaming a path (nothing is kept in memory)."""
+    if isinstance(value, (bytes, bytearray)):
+        return Fingerprint(hashlib.sha256(value).hexdigest(), _exr_size(bytes(value), what))
+    h = hashlib.sha256()
+    try:
+        with open(value, "rb") as fh:
+            head = fh.read(_HEADER_PEEK)
+            h.update(head)
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read {what} ({value}): {exc.strerror}") from None
+    return Fingerprint(h.hexdigest(), _exr_size(head, f"{what} ({value})"))
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RenderResult:
+    frames: dict[int, str]  # frame -> path of the complete result
+    cached: list[int] = field(default_factory=list)  # frames answered from a cache (node or server)
+    seconds: float = 0.0
+    message: str = ""
+
+
+class RenderError(FrdmError):
+    """A render that did not complete. ``code`` is the server's/client's stable code (or ``bad_input``)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]
+
+
+class RenderJob:
+    """One render running in a worker thread. Poll ``state``/``progress`` or pass callbacks (called from
+    the worker thread: a GUI host marshals them onto its main thread)."""
+
+    def __init__(self, run: Callable[[RenderJob], RenderResult], on_finish: Callable[[RenderJob], None] | None):
+        self.job_id = uuid.uuid4().hex
+        self.state = "running"  # running | done | error | cancelled
+        self.progress: tuple[float, float, str] = (0.0, 0.0, "starting")
+        self.result: RenderResult | None = None
+        self.error: RenderError | None = None
+        self._cancel = threading.Event()
+        self._cancel_hook: Callable[[], None] | None = None
+        self._on_finish = on_finish
+        self._thread = threading.Thread(target=self._main, args=(run,), name=f"frdm-{self.job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _main(self, run: Callable[[RenderJob], RenderResult]) -> None:
+        try:
+            self.result = run(self)
+            self.state = "done"
+        except RenderError as exc:
+            self.error = exc
+            self.state = "cancelled" if exc.code == "cancelled" else "error"
+        except FrdmError as exc:
+            self.error = RenderError(getattr(exc, "code", "bad_input") or "bad_input", str(exc))
+            self.state = "error"
+        except Exception as exc:  # a host must hear about every failure, never see a thread die silently
+            self.error = RenderError("internal", f"{type(exc).__name__}: {exc}")
+            self.state = "error"
+        finally:
+            if self._on_finish is not None:
+                with contextlib.suppress(Exception):
+                    self._on_finish(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the job to stop (any thread). Nothing partial is handed over."""
+        self._cancel.set()
+        hook = self._cancel_hook
+        if hook is not None:
+            # Telling the server may take up to the client's timeout when it is gone: never on the caller's
+            # (GUI) thread. The worker also notices the flag at the next event (at least every heartbeat).
+            threading.Thread(target=_quietly, args=(hook,), daemon=True).start()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> RenderResult:
+        """Block until the job ends; return its result or raise its RenderError."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"render {self.job_id} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        call()
+
+
+# --- the node -----------------------------------------------------------------------------------------
+
+
+class FrdmNode:
+    """The node's state (parameters, server address) and its actions. One instance per node in a script.
+
+    ``client_kwargs`` go to FrdmClient (CURVE keys). ``timeout`` bounds every wait for the server: a dead or
+    missing server is reported after about ``timeout * (retries + 1)`` seconds, never a hang."""
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:5555",
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = 10.0,
+        retries: int = 1,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ):
+        self.address = address
+        self.timeout = timeout
+        self.retries = retries
+        self.client_kwargs = dict(client_kwargs or {})
+        self.params: dict[str, Any] = SCHEMA.validate(params or {})
+        self._hello: dict[str, Any] | None = None
+        self.job: RenderJob | None = None
+
+    # --- parameters ---------------------------------------------------------------------------------
+
+    def set_params(self, values: Mapping[str, Any]) -> None:
+        """Overlay ``values`` on the current parameters (validated: a bad value raises ParamError)."""
+        self.params = SCHEMA.validate({**self.params, **dict(values)})
+
+    def set_address(self, address: str) -> None:
+        if address != self.address:
+            self.address = address
+            self._hello = None
+
+    def context(self) -> tuple[int, int]:
+        return context_for(self.params)
+
+    def frames_needed(self, frame: int | Sequence[int], available: Sequence[int] | None = None) -> list[int]:
+        return frames_needed(frame, self.params, available)
+
+    # --- server -------------------------------------------------------------------------------------
+
+    def _client(self) -> FrdmClient:
+        try:
+            return FrdmClient(self.address, timeout=self.timeout, retries=self.retries, **self.client_kwargs)
+        except ValueError as exc:
+            raise RenderError("bad_request", f"FRDM client settings: {exc}") from None
+
+    def hello(self, refresh: bool = False) -> dict[str, Any]:
+        """The server's hello (engine, device, limits, path mode). Raises RenderError with a clear message
+        when no server answers, the address is malformed or the server speaks another protocol."""
+        if self._hello is not None and not refresh:
+            return self._hello
+        try:
+            with self._client() as client:
+                info = client.hello()
+        except ServerError as exc:
+            raise RenderError(exc.code, _explain(exc.code, str(exc), self.address)) from None
+        except Exception as exc:  # zmq.ZMQError for an endpoint it cannot parse ("Invalid argument")
+            raise RenderError(
+                "server_unreachable",
+                f"cannot connect to the FRDM server address '{self.address}' ({exc}); "
+                "use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) or ipc:///path",
+            ) from None
+        if info.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise RenderError(
+                "protocol_mismatch",
+                f"the FRDM server at {self.address} speaks protocol {info.get('protocol')!r}, this node "
+                f"{protocol.PROTOCOL_VERSION}; install the same FRDM version on both sides",
+            )
+        engine = info.get("engine")
+        if engine in ("classical", "diffusion") and engine != self.params["engine"]:
+            raise RenderError(
+                "bad_param",
+                f"the FRDM server at {self.address} runs the '{engine}' engine but the node asks for "
+                f"'{self.params['engine']}'; set the engine knob to '{engine}' or use another server",
+            )
+        self._hello = info
+        return info
+
+    # --- rendering ----------------------------------------------------------------------------------
+
+    def render(
+        self,
+        frames: Sequence[int],
+        inputs: Inputs,
+        output: str,
+        *,
+        progress: ProgressFn | None = None,
+        on_finish: Callable[[RenderJob], None] | None = None,
+        path_mode: bool | None = None,
+        use_cache: bool = True,
+    ) -> RenderJob:
+        """Restore ``frames`` into the sequence ``output`` (``name.####.exr``) in a worker thread.
+
+        Checks that need no server (frame range, parameters) raise here at once. ``path_mode`` None: send
+        paths when the server shares storage (its roots hold the inputs and the output), else EXR bytes."""
+        targets = sorted(set(int(f) for f in frames))
+        check_range(targets, inputs.available)
+        if self.params["mask"] == "artist" and inputs.mask is None and not self.params["mask_channel"]:
+            raise ParamError("mask 'artist' needs the Mask input connected (or a 'mask_channel' of the Source)")
+        pattern = SequencePattern.parse(os.path.abspath(output))
+        if not pattern.is_sequence or not pattern.suffix.lower().endswith(".exr"):
+            raise InputError(f"output '{output}' must be an EXR sequence such as name.####.exr")
+        params = dict(self.params)
+        if self.job is not None and self.job.running():
+            raise RenderError("busy", "this node is already rendering; wait for it or press Cancel")
+
+        def run(job: RenderJob) -> RenderResult:
+            return self._run(job, targets, inputs, pattern, params, progress, path_mode, use_cache)
+
+        self.job = RenderJob(run, on_finish)
+        return self.job
+
+    def preview(self, frame: int, inputs: Inputs, output: str, **kw: Any) -> RenderJob:
+        """Restore one frame (with its context) into ``output``."""
+        return self.render([frame], inputs, output, **kw)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _run(
+        self,
+        job: RenderJob,
+        targets: list[int],
+        inputs: Inputs,
+        pattern: SequencePattern,
+        params: dict[str, Any],
+        progress: ProgressFn | None,
+        path_mode: bool | None,
+        use_cache: bool,
+    ) -> RenderResult:
+        started = time.monotonic()
+
+        def report(done: float, total: float, message: str) -> None:
+            job.progress = (done, total, message)
+            if progress is not None:
+                with contextlib.suppress(Exception):
+                    progress(done, total, message)
+
+        report(0, len(targets), "reading inputs")
+        needed = frames_needed(targets, params, inputs.available)
+        sources = {f: inputs.source(f) for f in needed}
+        masks = {f: inputs.mask(f) for f in needed} if inputs.mask is not None else None
+        source_fp = {f: fingerprint(v, f"{CLIP_SOURCE} frame {f}") for f, v in sources.items()}
+        mask_fp = {f: fingerprint(v, f"{CLIP_MASK} frame {f}") for f, v in masks.items()} if masks is not None else None
+        _check_formats(source_fp, mask_fp)
+
+        out_dir = os.path.dirname(pattern.path(targets[0]))
+        os.makedirs(out_dir, exist_ok=True)
+        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self.address)
+        if use_cache and _manifest_hit(out_dir, pattern, keys):
+            report(len(targets), len(targets), "unchanged: results from the last render")
+            return RenderResult(
+                {f: pattern.path(f) for f in targets}, list(targets), time.monotonic() - started, "unchanged"
+            )
+        if job.cancelled:
+            raise RenderError("cancelled", "cancelled before sending")
+
+        report(0, len(targets), f"connecting to {self.address}")
+        info = self.hello()
+        staging = os.path.join(out_dir, f"{STAGING_PREFIX}{job.job_id}")
+        os.makedirs(staging)
+        stage_pattern = SequencePattern.parse(os.path.join(staging, os.path.basename(pattern.pattern)))
+        roots = [str(r) for r in info.get("roots") or []]
+        if path_mode is None:
+            path_mode = bool(info.get("path_mode")) and _under_roots(staging, roots)
+
+        # Path mode: paths the server can read travel as paths, anything else as bytes. Inline: all bytes.
+        def wire(values: Mapping[int, bytes | str]) -> dict[int, bytes | str]:
+            return {
+                f: v if path_mode and isinstance(v, str) and _under_roots(v, roots) else _read_bytes(v)
+                for f, v in values.items()
+            }
+
+        wire_sources = wire(sources)
+        wire_masks = wire(masks) if masks is not None else None
+        out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
+
+        cached: list[int] = []
+        staged: dict[int, str] = {}
+        try:
+            with self._client() as client:
+                job._cancel_hook = lambda: client.cancel(job.job_id)
+                events = client.restore(
+                    params, targets, sources=wire_sources, masks=wire_masks, job_id=job.job_id, **out_kw
+                )
+                for event in events:
+                    if job.cancelled:
+                        close = getattr(events, "close", None)
+                        if close is not None:
+                            close()  # leaving the stream early cancels the job on the server
+                        raise RenderError("cancelled", "render cancelled; nothing was loaded")
+                    self._on_event(event, stage_pattern, staged, cached, report)
+                    if event.kind == "error":
+                        code = event.code or "internal"
+                        if job.cancelled or code == "cancelled":
+                            raise RenderError("cancelled", "render cancelled; nothing was loaded")
+                        raise RenderError(code, _explain(code, event.message, self.address))
+                    if event.kind == "done":
+                        break
+                else:
+                    raise RenderError("server_unreachable", f"the server at {self.address} ended the job early")
+            missing = [f for f in targets if f not in staged]
+            if missing:
+                raise RenderError("internal", f"the server finished without frames {format_frame_range(missing)}")
+            # Only now, with every frame complete, do results replace what the host sees.
+            final = {}
+            for f in targets:
+                dest = pattern.path(f)
+                os.replace(staged[f], dest)
+                final[f] = dest
+            _write_manifest(out_dir, pattern, keys)
+        finally:
+            job._cancel_hook = None
+            shutil.rmtree(staging, ignore_errors=True)
+        report(len(targets), len(targets), "done")
+        return RenderResult(final, cached, time.monotonic() - started, "done")
+
+    @staticmethod
+    def _on_event(
+        event: Event,
+        stage: SequencePattern,
+        staged: dict[int, str],
+        cached: list[int],
+        report: ProgressFn,
+    ) -> None:
+        if event.kind == "progress":
+            report(event.done, event.total, event.message or "restoring")
+        elif event.kind == "accepted":
+            report(0, event.total, event.message or "queued")
+        elif event.kind == "frame" and event.frame is not None:
+            path = stage.path(event.frame)
+            if event.data is not None:
+                tmp = f"{path}.tmp"
+                with open(tmp, "wb") as fh:
+                    fh.write(event.data)
+                os.replace(tmp, path)
+            elif event.path is not None and os.path.abspath(event.path) != path:
+                shutil.copyfile(event.path, path)
+            staged[event.frame] = path
+            if event.cached:
+                cached.append(event.frame)
+            report(event.done, event.total, f"frame {event.frame}" + (" (cached)" if event.cached else ""))
+
+
+def _explain(code: str, message: str, address: str) -> str:
+    if code == "server_unreachable":
+        return (
+            f"no FRDM server answers at {address}: start one with 'frdm serve --bind {address}' "
+            f"or fix the server address knob ({message})"
+        )
+    if code == "protocol_mismatch":
+        return f"the FRDM server at {address} speaks another protocol version: {message}"
+    return message
+
+
+def _check_formats(sources: Mapping[int, Fingerprint], masks: Mapping[int, Fingerprint] | None) -> None:
+    sizes = {f: fp.size for f, fp in sources.items()}
+    first = min(sizes)
+    for f, size in sizes.items():
+        if size != sizes[first]:
+            raise InputError(
+                f"{CLIP_SOURCE} frame {f} is {size[0]}x{size[1]} but frame {first} is "
+                f"{sizes[first][0]}x{sizes[first][1]}; every frame must have one format"
+            )
+    if masks is None:
+        return
+    for f, fp in masks.items():
+        size = fp.size
+        if size != sizes[f]:
+            raise InputError(
+                f"the {CLIP_MASK} input is {size[0]}x{size[1]} at frame {f} but the {CLIP_SOURCE} is "
+                f"{sizes[f][0]}x{sizes[f][1]}; reformat the mask to the source's format"
+            )
+
+
+def _frame_keys(
+    targets: Sequence[int],
+    params: Mapping[str, Any],
+    available: Sequence[int],
+    sources: Mapping[int, Fingerprint],
+    masks: Mapping[int, Fingerprint] | None,
+    address: str,
+) -> dict[int, str]:
+    """Per target: the hash of its parameters and of the bytes of every input in its context window."""
+    digest = {f: fp.digest for f, fp in sources.items()}
+    mdigest = {f: fp.digest for f, fp in (masks or {}).items()}
+    base = SCHEMA.stage_hash(params, "output")
+    out = {}
+    for f in targets:
+        window = frames_needed([f], params, available)
+        blob = json.dumps(
+            [base, address, [(n, digest[n], mdigest.get(n)) for n in window]], separators=(",", ":")
+        ).encode()
+        out[f] = hashlib.sha256(blob).hexdigest()
+    return out
+
+
+def _manifest_path(out_dir: str, pattern: SequencePattern) -> str:
+    return os.path.join(out_dir, MANIFEST)
+
+
+def _read_manifest(out_dir: str, pattern: SequencePattern) -> dict[str, Any]:
+    try:
+        with open(_manifest_path(out_dir, pattern), encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    entry = doc.get(os.path.basename(pattern.pattern)) if isinstance(doc, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> bool:
+    known = _read_manifest(out_dir, pattern)
+    return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
+
+
+def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
+    path = _manifest_path(out_dir, pattern)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        if not isinstance(doc, dict):
+            doc = {}
+    except (OSError, ValueError):
+        doc = {}
+    entry = dict(_read_manifest(out_dir, pattern))
+    entry.update({str(f): k for f, k in keys.items()})
+    doc[os.path.basename(pattern.pattern)] = entry
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "CLIP_MASK",
+    "CLIP_OUTPUT",
+    "CLIP_SOURCE",
+    "ClipDescriptor",
+    "FrdmNode",
+    "Inputs",
+    "NodeDescriptor",
+    "RenderError",
+    "RenderJob",
+    "RenderResult",
+    "check_range",
+    "context_for",
+    "describe",
+    "frames_needed",
+]

@@ -1,0 +1,422 @@
+"""The FRDM wire protocol: ZeroMQ multipart messages ``[msgpack header, blob, blob, ...]``.
+
+Pure Python on purpose (msgpack and the parameter schema only): the Nuke side imports it, and the server
+validates every request with it before anything touches OpenImageIO. docs/protocol.md is the written form;
+keep the two in step and bump ``PROTOCOL_VERSION`` for any change an old peer would misread.
+
+Nothing here ever unpickles: msgpack with extension types refused, and every length bounded before it is
+allocated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgpack
+from frdm.engine.errors import FrdmError, InputError
+from frdm.engine.params import SCHEMA
+
+PROTOCOL_VERSION = 1
+
+#: Requests a client sends.
+REQUEST_TYPES = ("hello", "restore", "cancel", "status")
+#: Replies the server sends. ``hello``/``status``/``cancel`` answer their request; a restore request is
+#: answered by ``accepted``, then ``progress`` (heartbeat) and ``frame`` replies, then ``done`` or ``error``.
+REPLY_TYPES = ("hello", "status", "cancel", "accepted", "progress", "frame", "done", "error")
+
+#: Stable error codes (they travel on the wire and a client may branch on them) -> what they mean.
+ERROR_CODES: dict[str, str] = {
+    "bad_request": "the message is not a valid FRDM request (not msgpack, wrong field type, missing field)",
+    "protocol_mismatch": "the peer speaks another protocol version; update the older side",
+    "bad_input": "a source or mask frame is missing, unreadable or inconsistent",
+    "bad_param": "a parameter is unknown or outside its range",
+    "too_large": "the request exceeds a server limit (message size, frames per job, pixels per frame)",
+    "forbidden_path": "a path is outside the server's allowed roots, or path mode is off",
+    "unknown_job": "no queued or running job has that id",
+    "busy": "the server's queue is full; try again later",
+    "cancelled": "the job was cancelled; nothing partial was written",
+    "shutting_down": "the server is stopping; restart it and send the request again",
+    "bad_weights": "the server's model weights are missing or wrong",
+    "internal": "an unexpected failure inside the server (its log has the traceback); the server goes on",
+    # Raised by the client itself, never sent by the server:
+    "timeout": "the server answered nothing within the client's timeout",
+    "server_unreachable": "no server answers at that address (not started, wrong address, or it died)",
+}
+
+MAX_ID_LEN = 64
+MAX_PATH_LEN = 4096
+MAX_HEADER_BYTES = 1 << 20  # a header is parameters and frame lists, never pixels
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server accepts. Sent to clients in the ``hello`` reply so a host can check before sending."""
+
+    max_message_bytes: int = 4 << 30  # one whole request, header and blobs
+    max_frames_per_job: int = 2000  # frames to restore in one request
+    max_sources_per_job: int = 2100  # sources including context frames outside ``frames``
+    max_pixels_per_frame: int = 8192 * 8192
+    max_channels: int = 64
+    max_queued_jobs: int = 64
+
+    def to_wire(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ProtocolError(FrdmError):
+    """A request or reply that breaks the protocol. ``code`` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]  # instance attribute shadows the class default on purpose
+
+
+# --- encoding -----------------------------------------------------------------------------------------
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    # msgpack extension types could carry anything; the protocol uses none, so none are accepted.
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+def pack(header: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(dict(header), use_bin_type=True)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """Decode one msgpack header with every length bounded by its size; raises ProtocolError(bad_request)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_request", "the header must be bytes")
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            timestamp=0,
+        )  # every max_*_len is derived from len(data): a declared length past the end is refused
+    except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
+        raise ProtocolError("bad_request", f"the header is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", f"the header must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def encode(header: Mapping[str, Any], blobs: Sequence[bytes] = ()) -> list[bytes]:
+    """A message as ZeroMQ frames. Blobs are referred to by their 1-based position in the message."""
+    return [pack(header), *blobs]
+
+
+def make_header(kind: str, request_id: str, **fields: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "type": kind, "id": request_id, **fields}
+
+
+def error_header(request_id: str, code: str, message: str, *, job: str | None = None) -> dict[str, Any]:
+    if code not in ERROR_CODES:
+        code = "internal"
+    h = make_header("error", request_id, code=code, message=message)
+    if job is not None:
+        h["job"] = job
+    return h
+
+
+# --- field validation ---------------------------------------------------------------------------------
+
+
+def _field(h: Mapping[str, Any], name: str, types: type | tuple[type, ...], *, required: bool = True) -> Any:
+    if name not in h:
+        if required:
+            raise ProtocolError("bad_request", f"field '{name}' is missing")
+        return None
+    value = h[name]
+    # bool is an int in Python; never accept it where a number is meant.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ProtocolError("bad_request", f"field '{name}' has the wrong type (bool)")
+    if not isinstance(value, types):
+        raise ProtocolError("bad_request", f"field '{name}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _ident(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LEN or not value.isprintable():
+        raise ProtocolError("bad_request", f"field '{name}' must be 1-{MAX_ID_LEN} printable characters")
+    return value
+
+
+def _frame_number(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(10**8) <= value <= 10**8:
+        raise ProtocolError("bad_request", f"{where}: frame numbers must be integers within +-1e8, got {value!r}")
+    return value
+
+
+def _path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_PATH_LEN or "\x00" in value:
+        raise ProtocolError("bad_request", f"{where}: a path must be non-empty text without NUL bytes")
+    if not os.path.isabs(value):
+        raise ProtocolError("forbidden_path", f"{where}: path '{value}' must be absolute")
+    return value
+
+
+def check_version(h: Mapping[str, Any]) -> None:
+    v = h.get("v")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError("bad_request", "field 'v' (protocol version) is missing or not an integer")
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "protocol_mismatch",
+            f"client speaks protocol {v}, this server speaks {PROTOCOL_VERSION}; install matching FRDM versions",
+        )
+
+
+@dataclass
+class ImageRef:
+    """One source or mask frame: inline EXR bytes (``blob`` is the message part index) or a path."""
+
+    frame: int
+    blob: int | None = None
+    path: str | None = None
+
+
+@dataclass
+class RestoreRequest:
+    request_id: str
+    job_id: str
+    params: dict[str, Any]  # validated, defaults filled
+    frames: list[int]
+    sources: dict[int, ImageRef]
+    masks: dict[int, ImageRef]
+    output_dir: str | None
+    output_pattern: str | None
+
+
+def _image_refs(value: Any, name: str, n_blobs: int, used: set[int], limit: int) -> dict[int, ImageRef]:
+    if not isinstance(value, list):
+        raise ProtocolError("bad_request", f"field '{name}' must be a list of {{frame, blob|path}} maps")
+    if len(value) > limit:
+        raise ProtocolError("too_large", f"field '{name}' lists {len(value)} frames; this server accepts {limit}")
+    out: dict[int, ImageRef] = {}
+    for i, entry in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError("bad_request", f"{where} must be a map with 'frame' and 'blob' or 'path'")
+        frame = _frame_number(entry.get("frame"), where)
+        if frame in out:
+            raise ProtocolError("bad_request", f"{where}: frame {frame} is listed twice")
+        if ("blob" in entry) == ("path" in entry):
+            raise ProtocolError("bad_request", f"{where}: give exactly one of 'blob' (inline) or 'path'")
+        if "blob" in entry:
+            blob = entry["blob"]
+            if isinstance(blob, bool) or not isinstance(blob, int) or not 1 <= blob <= n_blobs:
+                raise ProtocolError(
+                    "bad_request", f"{where}: 'blob' must index a message part 1..{n_blobs}, got {blob!r}"
+                )
+            if blob in used:
+                raise ProtocolError("bad_request", f"{where}: message part {blob} is used twice")
+            used.add(blob)
+            out[frame] = ImageRef(frame, blob=blob)
+        else:
+            out[frame] = ImageRef(frame, path=_path(entry["path"], where))
+    return out
+
+
+def parse_restore(h: Mapping[str, Any], n_blobs: int, limits: Limits) -> RestoreRequest:
+    """Validate a restore header (types, sizes, parameter schema). Pixel checks happen on the blobs."""
+    request_id = _ident(h.get("id"), "id")
+    job_id = _ident(h.get("job", request_id), "job")
+    params = _field(h, "params", dict, required=False) or {}
+    try:
+        params = SCHEMA.validate(params)
+    except InputError as exc:  # ParamError is an InputError; the code travels
+        raise ProtocolError(exc.code, str(exc)) from None
+    frames = _field(h, "frames", list)
+    if not frames:
+        raise ProtocolError("bad_input", "field 'frames' is empty: nothing to restore")
+    if len(frames) > limits.max_frames_per_job:
+        raise ProtocolError(
+            "too_large",
+            f"{len(frames)} frames in one job; this server accepts {limits.max_frames_per_job} (split the range)",
+        )
+    frames = [_frame_number(f, "frames") for f in frames]
+    if len(set(frames)) != len(frames):
+        raise ProtocolError("bad_request", "field 'frames' lists a frame twice")
+    used: set[int] = set()
+    sources = _image_refs(_field(h, "sources", list), "sources", n_blobs, used, limits.max_sources_per_job)
+    masks = _image_refs(
+        _field(h, "masks", list, required=False) or [], "masks", n_blobs, used, limits.max_sources_per_job
+    )
+    missing = [f for f in frames if f not in sources]
+    if missing:
+        raise ProtocolError("bad_input", f"frames {missing[:10]} have no source (send one per frame to restore)")
+    if params["mask"] == "artist" and not params["mask_channel"]:
+        no_mask = [f for f in frames if f not in masks]
+        if no_mask:
+            raise ProtocolError(
+                "bad_input",
+                f"mask 'artist' without 'mask_channel' needs a mask per frame; frames {no_mask[:10]} have none",
+            )
+    if len(used) != n_blobs:
+        raise ProtocolError("bad_request", f"{n_blobs} blobs sent but {len(used)} referenced")
+    output_dir = _field(h, "output_dir", str, required=False)
+    output_pattern = _field(h, "output_pattern", str, required=False)
+    if output_dir is not None:
+        output_dir = _path(output_dir, "output_dir")
+    if output_pattern is not None:
+        output_pattern = _path(output_pattern, "output_pattern")
+        if output_pattern.count("%") != 1 and "#" not in output_pattern:
+            raise ProtocolError("bad_request", "output_pattern needs one frame number field (%04d or ####)")
+    if output_dir is not None and output_pattern is not None:
+        raise ProtocolError("bad_request", "give output_dir or output_pattern, not both")
+    return RestoreRequest(request_id, job_id, params, frames, sources, masks, output_dir, output_pattern)
+
+
+def restore_header(
+    request_id: str,
+    job_id: str,
+    params: Mapping[str, Any],
+    frames: Sequence[int],
+    sources: Mapping[int, bytes | str],
+    masks: Mapping[int, bytes | str] | None = None,
+    *,
+    output_dir: str | None = None,
+    output_pattern: str | None = None,
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Build a restore request: the header and its blobs (inline bytes become numbered message parts)."""
+    blobs: list[bytes] = []
+
+    def refs(items: Mapping[int, bytes | str]) -> list[dict[str, Any]]:
+        out = []
+        for frame, value in sorted(items.items()):
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                blobs.append(bytes(value) if not isinstance(value, bytes) else value)
+                out.append({"frame": int(frame), "blob": len(blobs)})
+            elif isinstance(value, (str, os.PathLike)):
+                out.append({"frame": int(frame), "path": os.fspath(value)})
+            else:
+                raise TypeError(f"frame {frame}: a source is EXR bytes or a path, not {type(value).__name__}")
+        return out
+
+    h = make_header("restore", request_id, job=job_id, params=dict(params), frames=[int(f) for f in frames])
+    h["sources"] = refs(sources)
+    if masks:
+        h["masks"] = refs(masks)
+    if output_dir is not None:
+        h["output_dir"] = output_dir
+    if output_pattern is not None:
+        h["output_pattern"] = output_pattern
+    return h, blobs
+
+
+# --- EXR headers, without OpenImageIO ------------------------------------------------------------------
+
+_EXR_MAGIC = b"\x76\x2f\x31\x01"
+_EXR_TILED, _EXR_LONG_NAMES, _EXR_DEEP, _EXR_MULTIPART = 0x200, 0x400, 0x800, 0x1000
+
+
+@dataclass(frozen=True)
+class ExrInfo:
+    width: int
+    height: int
+    channels: int
+    parts: int
+
+
+def exr_info(data: bytes, name: str = "<bytes>") -> ExrInfo:
+    """Size and channel count of an OpenEXR file from its header alone.
+
+    The server checks declared sizes with this *before* any decoder sees the bytes: a few kilobytes of
+    compressed zeros can declare a 100000x100000 image. For multi-part files the largest part counts.
+    Raises ProtocolError(bad_input) if the header cannot be read."""
+
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError("bad_input", f"{name}: not a readable OpenEXR file ({why}); send EXR bytes")
+
+    mv = memoryview(data)
+    if len(mv) < 8 or bytes(mv[:4]) != _EXR_MAGIC:
+        raise bad("no EXR magic number")
+    (version,) = struct.unpack_from("<I", mv, 4)
+    if version & 0xFF != 2:
+        raise bad(f"EXR version {version & 0xFF}")
+    if version & _EXR_DEEP:
+        raise bad("deep data is not supported")
+    multipart = bool(version & _EXR_MULTIPART)
+    max_name = 255 if version & _EXR_LONG_NAMES else 31
+    pos = 8
+    parts: list[tuple[int, int, int]] = []
+
+    def cstring(at: int) -> tuple[str, int]:
+        end = bytes(mv[at : at + max_name + 1]).find(b"\x00")
+        if end < 0:
+            raise bad("an attribute name is unterminated or too long")
+        return bytes(mv[at : at + end]).decode("latin-1"), at + end + 1
+
+    while True:  # one header per part; a multi-part file ends its header list with an empty header
+        window: tuple[int, int] | None = None
+        channels = 0
+        first = True
+        while True:
+            if pos >= len(mv):
+                raise bad("the header is truncated")
+            attr, pos = cstring(pos)
+            if not attr:
+                break
+            first = False
+            kind, pos = cstring(pos)
+            if pos + 4 > len(mv):
+                raise bad("the header is truncated")
+            (size,) = struct.unpack_from("<i", mv, pos)
+            pos += 4
+            if size < 0 or pos + size > len(mv):
+                raise bad(f"attribute '{attr}' declares {size} bytes past the end")
+            if attr == "dataWindow" and kind == "box2i" and size == 16:
+                x0, y0, x1, y1 = struct.unpack_from("<4i", mv, pos)
+                window = (x1 - x0 + 1, y1 - y0 + 1)
+            elif attr == "channels" and kind == "chlist":
+                at, end = pos, pos + size
+                while at < end and mv[at] != 0:
+                    nul = bytes(mv[at:end]).find(b"\x00")
+                    if nul < 0:
+                        raise bad("the channel list is malformed")
+                    at += nul + 1 + 16
+                    channels += 1
+            pos += size
+        if first and multipart and parts:
+            break  # the empty header that closes a multi-part header list
+        if window is None or channels == 0:
+            raise bad("no dataWindow or no channels")
+        if window[0] <= 0 or window[1] <= 0:
+            raise bad(f"empty data window {window[0]}x{window[1]}")
+        parts.append((window[0], window[1], channels))
+        if not multipart:
+            break
+    w, h, c = max(parts, key=lambda p: p[0] * p[1] * p[2])
+    return ExrInfo(w, h, c, len(parts))
+
+
+def check_exr_size(info: ExrInfo, limits: Limits, name: str) -> None:
+    pixels = info.width * info.height
+    if pixels > limits.max_pixels_per_frame:
+        raise ProtocolError(
+            "too_large",
+            f"{name}: {info.width}x{info.height} = {pixels} pixels exceeds this server's limit of "
+            f"{limits.max_pixels_per_frame} per frame",
+        )
+    if info.channels > limits.max_channels:
+        raise ProtocolError(
+            "too_large",
+            f"{name}: {info.channels} channels exceeds this server's limit of {limits.max_channels}",
+        )
+
+
+def progress_fraction(done: float, total: float) -> float:
+    """done/total clamped to [0, 1] (0 for an empty total): what a progress bar shows."""
+    if not total or not math.isfinite(done) or not math.isfinite(total):
+        return 0.0
+    return min(1.0, max(0.0, done / total))
