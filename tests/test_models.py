@@ -82,9 +82,7 @@ def test_trained_guidance_changes_prediction_and_reads_every_condition() -> None
     x = _inputs(model)
     with torch.no_grad():
         base = model(**x).noise_pred
-        assert not torch.equal(
-            base, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"])
-        )
+        assert not torch.equal(base, model.backbone_forward(x["noisy_latents"], x["timesteps"], x["prompt_embeds"]))
         # Each conditioning input reaches the prediction: change one, the output moves.
         for name in (
             "degraded",
@@ -155,17 +153,13 @@ def test_guidance_starts_as_a_copy_of_the_backbone_encoder(model: HaineiFRDM) ->
 def test_self_attention_layers_are_diffusers_attention(model: HaineiFRDM) -> None:
     from diffusers.models.attention_processor import Attention
 
-    attn1 = [
-        m for n, m in model.guidance.named_modules() if n.endswith(".attn1") and "motion_modules" not in n
-    ]
+    attn1 = [m for n, m in model.guidance.named_modules() if n.endswith(".attn1") and "motion_modules" not in n]
     assert attn1 and all(isinstance(m, Attention) for m in attn1)
 
 
 def test_fourier_embeddings_differ_for_different_boxes() -> None:
     emb = FourierEmbedder(8)
-    boxes = torch.tensor(
-        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.01, 0.0, 0.5, 0.5]]
-    )
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.01, 0.0, 0.5, 0.5]])
     e = emb(boxes)
     assert e.shape == (4, 4 * 2 * 8)
     for i in range(4):
@@ -203,6 +197,7 @@ def test_config_round_trip() -> None:
         FRDMConfig.from_dict({"bogus": 1})
 
 
+@pytest.mark.slow
 def test_sd15_preset_on_meta_device_parameter_counts() -> None:
     model = HaineiFRDM.build(FRDMConfig.sd15(), device="meta")
 
@@ -226,3 +221,75 @@ def test_sd15_preset_on_meta_device_parameter_counts() -> None:
     )
     copy = sum(p.numel() for n, p in model.guidance.named_parameters() if not any(k in n for k in frdm_only))
     assert copy / 1e6 == pytest.approx(361.0, abs=2.0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = HaineiFRDM.build(FRDMConfig.tiny())
+        _perturb_zero_inits(model)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        out = model(**_inputs(model))
+        out.noise_pred.square().mean().backward()
+        grads.append([p.grad for p in model.trainable_parameters()])
+    assert sum(g is not None for g in grads[1]) > 0.9 * len(grads[1])
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_mixed_precision_frozen_bf16_trainable_fp32() -> None:
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    for frozen in model.frozen_modules():
+        frozen.to(torch.bfloat16)
+    x = _inputs(model)
+    out = model(**x)
+    assert out.noise_pred.dtype == torch.bfloat16 and torch.isfinite(out.noise_pred.float()).all()
+    loss = out.noise_pred.float().square().mean() + sum(i.abs().mean() for i in out.preprocess_images)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.trainable_parameters())
+
+
+def test_batch_items_are_independent() -> None:
+    """Two clips in one batch give each the output it gets alone: no mixing of batch and frame axes."""
+    torch.manual_seed(0)
+    model = HaineiFRDM.build(FRDMConfig.tiny())
+    _perturb_zero_inits(model)
+    a, b = _inputs(model, seed=0), _inputs(model, seed=1)
+    b["boxes"] = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    b["timesteps"] = torch.tensor([90])
+    pair = {k: torch.cat([a[k], b[k]]) for k in a}
+    with torch.no_grad():
+        out_pair = model(**pair)
+        out_a, out_b = model(**a), model(**b)
+    torch.testing.assert_close(out_pair.noise_pred[:1], out_a.noise_pred, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_pair.noise_pred[1:], out_b.noise_pred, rtol=1e-4, atol=1e-5)
+    for both, one in zip(out_pair.preprocess_images, out_b.preprocess_images):
+        torch.testing.assert_close(both[1:], one, rtol=1e-4, atol=1e-5)
+
+
+def test_fusion_and_reference_module_shapes() -> None:
+    from frdm.engine.models import FrequencyReference, GlobalFrameFusion, LocationFusion
+
+    b, f, n, d = 2, 3, 5, 12
+    tokens = torch.randn(b, f, n, d)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    fusion = LocationFusion(d, fourier_freqs=4, hidden_dim=16)
+    assert torch.equal(fusion(tokens, boxes), tokens)  # zero-initialised: passes the tokens through
+    torch.nn.init.normal_(fusion.mlp[-1].weight)
+    fused = fusion(tokens, boxes)
+    assert fused.shape == (b, f, n, d)
+    # the same tokens at another box become different tokens
+    assert not torch.allclose(fusion(tokens, boxes.flip(0)), fused)
+    gff = GlobalFrameFusion(dim=8, context_dim=d, heads=2, dim_head=4)
+    x = torch.randn(b * f, 6 * 7, 8)
+    assert torch.equal(gff(x, fused.flatten(0, 1)), x)  # zero-initialised output projection
+    ref = FrequencyReference(latent_channels=4, dim=16, grid=4)
+    out = ref(torch.randn(b, f, 4, 8, 8), torch.randn(b, f, 4, 3, 5))  # global latent smaller than the grid
+    assert out.shape == (b, 2 * f * 4 * 4, 16)

@@ -173,9 +173,7 @@ class FRDMConfig:
     def text_config(self) -> dict[str, Any]:
         # CLIP's special tokens sit at the end of its 49408-entry vocabulary; the tiny in-memory tokenizer
         # puts them first (0, 1) with "!" (2) as padding.
-        special = (
-            {} if self.text_vocab_size >= 49408 else {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
-        )
+        special = {} if self.text_vocab_size >= 49408 else {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
         return {
             **special,
             "hidden_size": self.text_hidden_size,

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -44,30 +43,16 @@ class FRDMOutput:
 
 
 def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over a small in-memory vocabulary (lower-case letters), for random-weight models.
+    """A CLIP BPE tokenizer over a small in-memory vocabulary (single letters), for random-weight models.
 
-    Built offline from a temporary vocab/merges pair; real weights use the CLIP folder's tokenizer.
+    Built offline (no files, no hub); real weights use the CLIP folder's tokenizer. Special tokens come first
+    (start 0, end 1, pad "!" 2), matching ``FRDMConfig.text_config`` for small vocabularies.
     """
-    import tempfile
-    from pathlib import Path
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for ch in letters:
+    for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.json"
-        merges_file = Path(tmp) / "merges.txt"
-        vocab_file.write_text(json.dumps(vocab))
-        merges_file.write_text("#version: 0.2\n")
-        try:
-            tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
-        except TypeError:  # older transformers: file paths only
-            tok = CLIPTokenizer(
-                str(vocab_file), str(merges_file), model_max_length=model_max_length, pad_token="!"
-            )
-    return tok
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
 
 
 class HaineiFRDM(nn.Module):
@@ -128,6 +113,12 @@ class HaineiFRDM(nn.Module):
             model.to(dtype=dtype)
         return model
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward, block by block, in the guidance network and the frozen UNet
+        (gradients flow through the UNet's decoder to the guidance residuals even though its weights are frozen)."""
+        self.guidance.gradient_checkpointing = True
+        self.unet.enable_gradient_checkpointing()
+
     def frozen_modules(self) -> list[nn.Module]:
         return [self.unet, self.vae, self.text_encoder, self.image_encoder]
 
@@ -174,11 +165,13 @@ class HaineiFRDM(nn.Module):
         """
         b, f = frames.shape[:2]
         size = self.config.vision_image_size
-        x = frames.flatten(0, 1).to(self.image_encoder.device, self.image_encoder.dtype)
+        # Resize in float32: antialiased bicubic has no half-precision kernel on every device.
+        x = frames.flatten(0, 1).to(self.image_encoder.device, torch.float32)
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
         mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-        tokens = self.image_encoder(pixel_values=(x - mean) / std).last_hidden_state[:, 1:]
+        pixels = ((x - mean) / std).to(self.image_encoder.dtype)
+        tokens = self.image_encoder(pixel_values=pixels).last_hidden_state[:, 1:]
         return tokens.unflatten(0, (b, f))
 
     def encode_latents(self, images: Tensor, *, sample: bool = False, generator=None) -> Tensor:

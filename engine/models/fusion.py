@@ -56,9 +56,7 @@ class LocationFusion(nn.Module):
     def forward(self, tokens: Tensor, boxes: Tensor) -> Tensor:
         """tokens (B, ..., N, D), boxes (B, 4) -> position-aware tokens of the same shape."""
         loc = self.fourier(boxes).to(tokens.dtype)  # (B, E)
-        loc = loc.view(loc.shape[0], *([1] * (tokens.dim() - 2)), loc.shape[-1]).expand(
-            *tokens.shape[:-1], -1
-        )
+        loc = loc.view(loc.shape[0], *([1] * (tokens.dim() - 2)), loc.shape[-1]).expand(*tokens.shape[:-1], -1)
         return tokens + self.mlp(torch.cat([tokens, loc], dim=-1))
 
 
@@ -72,9 +70,7 @@ class GlobalPromptFusion(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(
-            dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head, out_bias=True
-        )
+        self.attn = Attention(dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head, out_bias=True)
 
     def forward(self, x: Tensor, prompt_tokens: Tensor) -> Tensor:
         """x (B*F, L, dim); prompt_tokens (B*F, T, context_dim)."""
@@ -91,9 +87,7 @@ class GlobalFrameFusion(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(
-            dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head, out_bias=True
-        )
+        self.attn = Attention(dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head, out_bias=True)
         nn.init.zeros_(self.attn.to_out[0].weight)
         nn.init.zeros_(self.attn.to_out[0].bias)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.utils.checkpoint
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -170,9 +172,7 @@ class GuidanceMidBlock(nn.Module):
             ]
         )
         self.attentions = nn.ModuleList([GuidanceTransformer(channels, config.attention_head_dim, config)])
-        self.motion_modules = nn.ModuleList(
-            [_temporal_module(channels, config)] if config.use_motion_mid_block else []
-        )
+        self.motion_modules = nn.ModuleList([_temporal_module(channels, config)] if config.use_motion_mid_block else [])
 
     def forward(self, x: Tensor, temb: Tensor, ctx: GuidanceContext) -> Tensor:
         x = self.resnets[0](x, temb)
@@ -194,15 +194,11 @@ class RestorationGuidanceNetwork(nn.Module):
         self.conv_in = nn.Conv2d(config.latent_channels, channels[0], 3, padding=1)
 
         # Position-aware global tokens (Fig. 2(c)) and the frequency reference (Fig. 2(b)): once per forward.
-        self.prompt_location = LocationFusion(
-            config.text_hidden_size, config.fourier_freqs, config.location_hidden_dim
-        )
+        self.prompt_location = LocationFusion(config.text_hidden_size, config.fourier_freqs, config.location_hidden_dim)
         self.frame_location = LocationFusion(
             config.vision_hidden_size, config.fourier_freqs, config.location_hidden_dim
         )
-        self.frequency_reference = FrequencyReference(
-            config.latent_channels, config.texture_dim, config.texture_grid
-        )
+        self.frequency_reference = FrequencyReference(config.latent_channels, config.texture_dim, config.texture_grid)
 
         blocks = []
         in_ch = channels[0]
@@ -255,6 +251,13 @@ class RestorationGuidanceNetwork(nn.Module):
         return sorted(missing)
 
     # ------------------------------------------------------------------ forward
+    gradient_checkpointing = False  # recompute each block in backward: the 16-frame training memory budget
+
+    def _run(self, block: nn.Module, x: Tensor, temb: Tensor, ctx: GuidanceContext):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, x, temb, ctx, use_reentrant=False)
+        return block(x, temb, ctx)
+
     def forward(
         self,
         noisy_latents: Tensor,
@@ -282,9 +285,9 @@ class RestorationGuidanceNetwork(nn.Module):
         )
         skips = [x]
         for block in self.down_blocks:
-            x, outs = block(x, temb, ctx)
+            x, outs = self._run(block, x, temb, ctx)
             skips += outs
-        x = self.mid_block(x, temb, ctx)
+        x = self._run(self.mid_block, x, temb, ctx)
         down = tuple(conv(s) for conv, s in zip(self.controlnet_down_blocks, skips))
         return down, self.controlnet_mid_block(x)
 

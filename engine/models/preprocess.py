@@ -31,10 +31,7 @@ class PreprocessModule(nn.Module):
         self.rgb_heads = nn.ModuleList([nn.Conv2d(c, 3, 3, padding=1) for c in channels])
         # A stride-2 conv between consecutive scales: len(channels) scales -> 2**(len-1) downscale.
         self.downsamplers = nn.ModuleList(
-            [
-                nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1)
-                for i in range(len(channels) - 1)
-            ]
+            [nn.Conv2d(channels[i], channels[i + 1], 3, stride=2, padding=1) for i in range(len(channels) - 1)]
         )
         self.conv_out = nn.Conv2d(channels[-1], out_channels, 1)
         nn.init.zeros_(self.conv_out.weight)
