@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from frdm.engine.data.dataset import FilmRestorationDataset, list_shots, window_starts, write_shot
 from frdm.engine.errors import InputError
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from frdm.engine import metrics as M
 from frdm.engine.errors import InputError
 
@@ -63,6 +64,7 @@ def test_lpips_reproduces_the_authors_check_values(shared_data) -> None:  # noqa
 
 def _bunny_frame(shared_data) -> np.ndarray:  # noqa: ANN001
     import cv2
+
     from frdm.engine.frames import open_source
 
     px = open_source(str(shared_data / "clean" / "bigbuckbunny.mp4")).read(30).pixels
@@ -146,3 +148,26 @@ def test_evaluate_clip_checks_frames_and_masks() -> None:
         evaluate_clip(gt, gt, np.zeros_like(mask), ["MaskedPSNR"])
     with pytest.raises(InputError, match="unknown metric"):
         evaluate_clip(gt, gt, mask, ["FID"])
+
+
+def test_parameter_files_ship_inside_the_package() -> None:
+    import os
+    from pathlib import Path
+
+    import tomllib
+
+    from frdm.engine.metrics.params_files import PARAMS_DIR
+
+    needed = {
+        "lpips_alex.safetensors",
+        "niqe_pris_params.npz",
+        "brisque_svm.txt",
+        "brisque_normalize.json",
+        "LICENSE.lpips",
+        "LICENSE.basicsr",
+        "LICENSE.brisque",
+        "README.md",
+    }
+    assert needed <= set(os.listdir(PARAMS_DIR))
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert "params/*" in config["tool"]["setuptools"]["package-data"]["frdm.engine.metrics"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from frdm.engine.data import synthesis as S
 from frdm.engine.data.pairs import pair_mask
 
@@ -11,6 +12,7 @@ from frdm.engine.data.pairs import pair_mask
 @pytest.fixture(scope="module")
 def picture(shared_data):  # noqa: ANN001, ANN201
     import cv2
+
     from frdm.engine.frames import open_source
 
     px = open_source(str(shared_data / "clean" / "bigbuckbunny.mp4")).read(60).pixels
@@ -74,3 +76,21 @@ def test_size_mismatch_and_implausible_shift_are_rejected_with_reasons(picture) 
     far = cv2.warpAffine(restored, np.float32([[1, 0, 40], [0, 1, 0]]), (320, 180), borderMode=cv2.BORDER_REFLECT)
     res = pair_mask(deg, far, max_shift=0.05)
     assert not res.accepted and "shift" in res.reason
+
+
+def test_rotated_and_zoomed_pair_needs_the_affine_alignment(picture) -> None:  # noqa: ANN001
+    import cv2
+
+    # the restored release is rotated by 0.6 degrees and zoomed by 1% against the scan
+    rot = cv2.getRotationMatrix2D((200, 113), 0.6, 1.01)
+    restored = np.clip(cv2.warpAffine(picture, rot, (400, 226), flags=cv2.INTER_CUBIC)[20:200, 40:360], 0, 1)
+    rng = np.random.default_rng(0)
+    base, _ = S.film_grain(picture[None, 20:200, 40:360].copy(), rng, strength=0.02)
+    deg, _ = S.dust(base, rng, density=60)
+    shifted = pair_mask(deg[0], restored, align="shift")
+    assert not shifted.accepted and "grow with picture detail" in shifted.reason
+    res = pair_mask(deg[0], restored, align="affine")
+    assert res.accepted, res.reason
+    # degraded pixel -> restored pixel is the rotation's own linear part, in crop coordinates
+    assert np.allclose(res.transform[:, :2], rot[:, :2], atol=2e-3)
+    assert res.stats["detail_noise_ratio"] < 2.5 < shifted.stats["detail_noise_ratio"]

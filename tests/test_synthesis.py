@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from frdm.engine.data import synthesis as S
 from frdm.engine.data.motion import fast_motion
 from frdm.engine.errors import InputError

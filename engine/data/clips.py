@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 
 
@@ -25,6 +26,7 @@ def read_clip(
     """Frames of a movie / sequence / still as RGB float32 (values as stored: display-referred for PNG,
     JPEG, movies), optionally resized (area filter) to ``size`` (w, h)."""
     import cv2
+
     from frdm.engine.frames import open_source
 
     src = open_source(spec)
@@ -50,6 +52,7 @@ def read_clip(
 def read_masks(spec: str, frames: list[int], size: tuple[int, int] | None = None) -> np.ndarray:
     """Binary masks (T, H, W) from a sequence: alpha if present, else the first channel, > 0.5."""
     import cv2
+
     from frdm.engine.frames import open_source
 
     src = open_source(spec)

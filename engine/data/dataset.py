@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch.utils.data
+
 from frdm.engine.errors import InputError
 
 FRAME_NAME = "frame.{:04d}.png"
@@ -135,7 +136,8 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
     frames (consecutive windows share ``frame_overlap``) and ``patch_size`` square patches (neighbours share
     ``patch_overlap`` pixels). With ``random_position`` the patch moves to a random position inside its
     cell's neighbourhood (and the window to a random start) on every read, seeded by (``seed``, epoch, i):
-    set ``dataset.epoch`` each epoch for new positions.
+    set ``dataset.epoch`` each epoch for new positions (DataLoader workers see it when they start: keep
+    ``persistent_workers=False``, the default, or set it in the workers too).
 
     Each item is a dict:
 

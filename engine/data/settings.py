@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 
 SETTINGS = ("mixed", "scratch", "noisy-fast-motion")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 
 MIN_ALPHA = 0.2  # opacity below this is cut: such a fringe is invisible and would inflate the mask

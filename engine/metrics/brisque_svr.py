@@ -15,6 +15,7 @@ import functools
 import json
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 from frdm.engine.metrics.params_files import param_path
 

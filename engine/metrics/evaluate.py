@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 
 # Column order and direction of the paper's Table 1, plus the temporal warp error.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 
 SSIM_SIGMA = 1.5

@@ -11,9 +11,10 @@ import functools
 
 import numpy as np
 import torch
+from torch import nn
+
 from frdm.engine.errors import InputError
 from frdm.engine.metrics.params_files import param_path
-from torch import nn
 
 # The scaling layer of LPIPS: inputs in [-1, 1] are standardised with these (ImageNet statistics mapped to
 # [-1, 1]).

@@ -16,6 +16,7 @@ import functools
 import math
 
 import numpy as np
+
 from frdm.engine.errors import InputError
 from frdm.engine.metrics.params_files import param_path
 

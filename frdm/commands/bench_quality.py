@@ -3,8 +3,8 @@ restorers on them: the input itself, the classical engine, and the diffusion eng
 
   frdm bench-quality --clean ../shared/data/clean --out out/bench_quality
 
-Writes the shots (dataset layout) under OUT/data, each restorer's frames under OUT/<row>/<setting>, and the
-Table-1-shaped results under OUT (results.json, .csv, .md, .png).
+Writes the shots (dataset layout) under OUT/data, each restorer's frames under
+OUT/<row>/<setting>/frame.####.png, and the Table-1-shaped results under OUT (results.json, .csv, .md, .png).
 """
 
 from __future__ import annotations
@@ -45,6 +45,19 @@ def _restore(name: str, degraded, weights: str | None, device: str | None):  # n
     return np.clip(out, 0.0, 1.0)
 
 
+def _write_frames(folder: str, clip) -> None:  # noqa: ANN001
+    import os
+
+    from frdm.engine.frames import Frame, write_frame
+
+    T, H, W, _ = clip.shape
+    for i in range(T):
+        write_frame(
+            os.path.join(folder, f"frame.{i + 1:04d}.png"),
+            Frame(clip[i], ("R", "G", "B"), ("uint16",) * 3, (0, 0, W, H), (0, 0, W, H)),
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import os
@@ -82,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             pred = data["degraded"] if row == "Input" else _restore(row, data["degraded"], args.weights, args.device)
             t_restore = time.time() - t0
             if row != "Input":
-                write_shot(os.path.join(args.out, row), setting, pred, data["gt"], data["mask"], "restored")
+                _write_frames(os.path.join(args.out, row, setting), pred)
             values = evaluate_clip(pred, data["gt"], data["mask"], metrics)
             values["restore_seconds"] = round(t_restore, 2)
             table.add(row, setting, values)

@@ -2,7 +2,7 @@
 
   frdm pairs scan.####.png restored.####.png masks/mask.####.png --report masks/report.json
 
-Each restored frame is aligned onto its scan (sub-pixel shift; --align affine tries an affine refinement),
+Each restored frame is aligned onto its scan (a sub-pixel shift, refined to an affine map when that fits better),
 colour-matched, and the differences above the pair's own grain level become the mask. Pairs whose
 mismatch is structural (another frame, a regrade, a warp) are rejected with the reason and get no mask.
 """
@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("restored", metavar="RESTORED", help="restored sequence (or movie), same frame numbers")
     parser.add_argument("out", metavar="OUT", help="mask sequence to write, e.g. masks/mask.####.png")
     parser.add_argument("--frames", help="frames to process (default: those present in both)")
-    parser.add_argument("--align", default="shift", choices=("shift", "affine", "none"))
+    parser.add_argument(
+        "--align",
+        default="affine",
+        choices=("affine", "shift", "none"),
+        help="affine (default: shift, refined by ECC when that fits better), shift only, or none",
+    )
     parser.add_argument("--k-high", type=float, default=5.0, help="seed threshold in grain sigmas (default 5)")
     parser.add_argument("--k-low", type=float, default=2.0, help="grow threshold in grain sigmas (default 2)")
     parser.add_argument("--report", metavar="JSON", help="write per-frame results (accepted, reason, stats)")
