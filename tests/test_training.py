@@ -169,6 +169,7 @@ def _trainable(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return {k: v.detach().clone() for k, v in trainable_state(trainer.core).items()}
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(toy: dict[str, Path], tmp_path: Path) -> None:
     from frdm.engine.training.trainer import Trainer
 
@@ -209,6 +210,7 @@ def test_resume_reproduces_the_uninterrupted_run(toy: dict[str, Path], tmp_path:
     assert losses_full[3]["loss"] != pytest.approx(losses_full[0]["loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(toy: dict[str, Path], tmp_path: Path) -> None:
     from frdm.engine.training.trainer import Trainer
     from frdm.engine.training.validation import step_generator

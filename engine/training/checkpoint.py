@@ -33,49 +33,27 @@ WEIGHTS_FILE = "frdm_weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 EMA_FILE = "ema.safetensors"
 CHECKPOINT_FORMAT = 1
-WEIGHTS_FORMAT_NAME = "frdm-trainable"  # the header FRDM's weights loader expects (engine/weights)
-WEIGHTS_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- weights
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``{module}.{param}`` for the model's trainable modules (preprocess, guidance): FRDM's weights keys."""
-    return {
-        f"{name}.{k}": v for name, module in model.trainable_modules().items() for k, v in module.state_dict().items()
-    }
+    from frdm.engine.weights.frdm_weights import trainable_state_dict
+
+    return trainable_state_dict(model)
 
 
 def save_weights(path: str, model: torch.nn.Module) -> None:
-    """Save the trainable weights. Uses ``frdm.engine.weights.save_frdm_weights`` (the format inference
-    loads); writes the same format itself where that module is not installed yet."""
-    try:
-        from frdm.engine.weights import save_frdm_weights
-    except ImportError:
-        save_frdm_weights = None
-    if save_frdm_weights is not None:
-        save_frdm_weights(path, model)
-        return
-    state = {k: v.detach().contiguous().cpu() for k, v in trainable_state(model).items()}
-    meta = {
-        "format": WEIGHTS_FORMAT_NAME,
-        "format_version": str(WEIGHTS_FORMAT_VERSION),
-        "config": model.config.to_json(),
-    }
-    save_file(state, path, metadata=meta)
+    """The trainable weights in FRDM's weights format (what inference's ``load_frdm_weights`` reads)."""
+    from frdm.engine.weights import save_frdm_weights
+
+    save_frdm_weights(path, model)
 
 
 def load_weights(path: str, model: torch.nn.Module) -> None:
-    try:
-        from frdm.engine.weights import load_frdm_weights
-    except ImportError:
-        load_frdm_weights = None
-    if load_frdm_weights is not None:
-        load_frdm_weights(path, model)
-        return
-    state = load_file(path)
-    for name, module in model.trainable_modules().items():
-        prefix = name + "."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    from frdm.engine.weights import load_frdm_weights
+
+    load_frdm_weights(path, model)
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
