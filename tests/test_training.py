@@ -304,3 +304,14 @@ def test_example_configs_load(repo_root: Path) -> None:
         cfg = load_config(repo_root / "configs" / name)
         assert cfg.alpha_preprocess == 1.0 and cfg.alpha_defect == 81.0
         assert os.path.isabs(cfg.data_dir)
+
+
+def test_check_flag_validates_without_training(toy: dict[str, Path], tmp_path: Path, capsys) -> None:
+    cfg = toy_config(toy, tmp_path / "out")
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert cli_main(["train", str(path), "--check", "--set", "max_steps=5"]) == 0
+    assert "4 training shot(s), 2 validation shot(s)" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    assert cli_main(["train", str(path), "--check", "--set", "max_step=5"]) == 2
+    assert "did you mean 'max_steps'" in capsys.readouterr().err

@@ -270,6 +270,10 @@ class Trainer:
         if self.ema is not None:
             self.ema.step(self.core.trainable_parameters())
         self.step += 1
+        if acc.num_processes > 1:  # log the mean over every process's batch, not the main process's alone
+            keys = sorted(sums)
+            mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=self.device), reduction="mean")
+            sums = dict(zip(keys, mean.tolist()))
         return sums
 
     # ------------------------------------------------------------------ bookkeeping
