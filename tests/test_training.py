@@ -109,6 +109,9 @@ def test_unknown_config_key_names_the_key_and_the_closest(tmp_path: Path) -> Non
     path.write_text("data_dir: data\nlearning_rat: 0.001\n")
     with pytest.raises(InputError, match=r"unknown key 'learning_rat'.*did you mean 'learning_rate'"):
         load_config(path)
+    path.write_text("data_dir: data\nmax_steps: many\n")
+    with pytest.raises(InputError, match="'max_steps' must be of type int"):
+        load_config(path)
     path.write_text("data_dir: data\nmixed_precision: fp8\n")
     with pytest.raises(InputError, match="mixed_precision"):
         load_config(path)

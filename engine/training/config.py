@@ -118,6 +118,23 @@ class TrainConfig:
                 close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
                 raise InputError(f"{source}: unknown key '{key}'{hint}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            default = fields[key].default
+            if value is None or default is dataclasses.MISSING or default is None:
+                continue
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok and isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+                    ok = False
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                ok = True
+            if not ok:
+                raise InputError(f"{source}: '{key}' must be of type {type(default).__name__} (got {value!r})")
         cfg = cls(**data)
         cfg.validate()
         return cfg

@@ -236,9 +236,8 @@ class Trainer:
         with self.accelerator.autocast():
             out = self.model(noisy, timesteps, **cond)
             x0_hat = predicted_clean_latents(noisy, out.noise_pred, timesteps, self.alphas_cumprod)
-            decoded = decode_checkpointed(
-                core.decode_latents, x0_hat, c.vae_decode_chunk, checkpointing=c.gradient_checkpointing
-            )
+            # Always checkpointed (the issue and Sec. 3.1: the decoder's activations are the step's largest).
+            decoded = decode_checkpointed(core.decode_latents, x0_hat, c.vae_decode_chunk, checkpointing=True)
         return total_loss(
             noise_pred=out.noise_pred,
             noise=noise,
