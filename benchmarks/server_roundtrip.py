@@ -11,6 +11,7 @@ Three figures, measured in one run on the same frames (2K RGBA half EXRs by defa
    in-process on already decoded frames: the difference is the server's per-frame overhead.
 
     python benchmarks/server_roundtrip.py                       # 2048x1556, 12 frames, classical on 4
+    python benchmarks/server_roundtrip.py --frames 8 --classical-frames 3 --classical-size 512x389   # CPU
     python benchmarks/server_roundtrip.py --width 256 --height 194 --frames 4 --classical-frames 3   # quick
 """
 
@@ -146,7 +147,15 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=12, help="frames per round trip")
     ap.add_argument("--repeats", type=int, default=3, help="raw socket rounds (the best is kept)")
     ap.add_argument("--classical-frames", type=int, default=4, help="frames for the classical overhead")
+    ap.add_argument(
+        "--classical-size",
+        default=None,
+        metavar="WxH",
+        help="frame size for the classical overhead (default: --width x --height; the classical engine at 2K "
+        "takes minutes per frame on a busy 2-core CPU)",
+    )
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures appear as they are measured
 
     from frdm.engine.classical import ClassicalRestorer
     from frdm.engine.frames import MemorySource, decode_image, encode_image
@@ -178,7 +187,13 @@ def main() -> int:
             f"ratio {cached_fps / raw_fps:.3f}"
         )
 
-        few = {n: sources[n] for n in sorted(sources)[: args.classical_frames]}
+        if args.classical_size:
+            cw, ch = (int(v) for v in args.classical_size.lower().split("x"))
+            few = make_frames(args.classical_frames, cw, ch)
+        else:
+            cw, ch = args.width, args.height
+            few = {n: sources[n] for n in sorted(sources)[: args.classical_frames]}
+        print(f"classical engine on {len(few)} frames of {cw}x{ch}:", flush=True)
         params = {"colorspace": "srgb"}
         memory = MemorySource({n: decode_image(b, name=f"frame {n}") for n, b in few.items()}, "bench")
         for _ in restore_frames(memory, [1], dict(params, feather=1.0), ClassicalRestorer()):

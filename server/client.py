@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 
@@ -85,9 +86,10 @@ class FrdmClient:
             # An ephemeral identity: enough for a server that accepts any client holding its public key.
             client_public_key, client_secret_key = zmq.curve_keypair()
         self._client_keys = (client_public_key, client_secret_key)
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context = zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._closed = False
+        self._limits: dict[str, Any] = {}  # the server's, once hello() has been called
 
     # --- sockets ---------------------------------------------------------------------------------------
 
@@ -142,42 +144,54 @@ class FrdmClient:
             )
         return header, parts[1:]
 
-    def _request(self, header: dict[str, Any], sock: zmq.Socket | None = None) -> dict[str, Any]:
-        """One request, one reply, with Lazy Pirate retries. ``sock`` given: a private socket (cancel)."""
+    def _request(
+        self, header: dict[str, Any], *, private: bool = False, timeout: float | None = None, retries: int | None = None
+    ) -> dict[str, Any]:
+        """One request, one reply, with Lazy Pirate retries. ``private``: on a socket of its own, so that
+        another thread may call it while this client's socket is in use (cancel)."""
         parts = protocol.encode(header)
-        own = sock is None
-        for _attempt in range(self.retries + 1):
-            s = self._sock() if own else sock
-            assert s is not None
-            s.send_multipart(parts)
-            deadline = time.monotonic() + self.timeout
-            while (left := deadline - time.monotonic()) > 0:
-                if not s.poll(int(left * 1000) + 1, zmq.POLLIN):
-                    break
-                reply, _ = self._recv(s)
-                if reply.get("id") != header["id"] and not _unaddressed_error(reply):
-                    continue  # a late answer to an earlier, retried request
-                if reply.get("type") == "error":
-                    raise ServerError(str(reply.get("code", "internal")), str(reply.get("message", "")))
-                return reply
-            if own:
-                self._reconnect()
-            else:
+        sock: zmq.Socket | None = None
+        try:
+            timeout = self.timeout if timeout is None else timeout
+            retries = self.retries if retries is None else retries
+            for _attempt in range(retries + 1):
+                sock = self._new_socket() if private else self._sock()
+                sock.send_multipart(parts)
+                deadline = time.monotonic() + timeout
+                while (left := deadline - time.monotonic()) > 0:
+                    if not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                        break
+                    reply, _ = self._recv(sock)
+                    if reply.get("id") != header["id"] and not _unaddressed_error(reply):
+                        continue  # a late answer to an earlier, retried request
+                    if reply.get("type") == "error":
+                        raise ServerError(str(reply.get("code", "internal")), str(reply.get("message", "")))
+                    return reply
+                # Lazy Pirate: an exchange that timed out leaves unknown state; drop the socket entirely.
+                if private:
+                    sock.close(linger=0)
+                    sock = None
+                else:
+                    self._reconnect()
+        finally:
+            if private and sock is not None:
                 sock.close(linger=0)
-                sock = self._new_socket()
-        if not own:
-            sock.close(linger=0)
         raise ServerError(
             "server_unreachable",
-            f"no FRDM server answered at {self.address} within {self.timeout:g} s "
-            f"({self.retries + 1} tries); start it with 'frdm serve' or check the address and keys",
+            f"no FRDM server answered at {self.address} within {timeout:g} s ({retries + 1} tries); start it "
+            "with 'frdm serve' or check the address and keys",
         )
 
     # --- requests --------------------------------------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
-        """version, protocol, engine, engine_version, device, memory, limits."""
-        return _body(self._request(protocol.make_header("hello", _new_id())))
+        """version, protocol, engine, engine_version, device, memory, limits. The limits are remembered:
+        ``restore`` then refuses an oversized request locally (libzmq drops a connection that sends a part
+        over the server's size limit, which would otherwise look like a dead server)."""
+        info = _body(self._request(protocol.make_header("hello", _new_id())))
+        if isinstance(info.get("limits"), dict):
+            self._limits = info["limits"]
+        return info
 
     def status(self) -> dict[str, Any]:
         """queue (jobs waiting, in order), current (the running job), jobs (per-job progress)."""
@@ -185,14 +199,16 @@ class FrdmClient:
 
     def cancel(self, job_id: str) -> None:
         """Stop a job (queued or running) between steps. Safe from any thread; a finished job is a no-op."""
-        sock = self._new_socket()
+        self._cancel(job_id, self.timeout, self.retries)
+
+    def _cancel(self, job_id: str, timeout: float, retries: int) -> None:
         try:
-            self._request(protocol.make_header("cancel", _new_id(), job=job_id), sock=sock)
+            self._request(
+                protocol.make_header("cancel", _new_id(), job=job_id), private=True, timeout=timeout, retries=retries
+            )
         except ServerError as exc:
             if exc.code != "unknown_job":  # already finished or never started: nothing to stop
                 raise
-        finally:
-            sock.close(linger=0)
 
     def restore(
         self,
@@ -226,6 +242,22 @@ class FrdmClient:
             output_dir=output_dir,
             output_pattern=output_pattern,
         )
+        size = sum(len(b) for b in blobs)
+        limit = self._limits.get("max_message_bytes")
+        if isinstance(limit, int) and size > limit:
+            return iter(
+                [
+                    Event(
+                        "error",
+                        job_id,
+                        code="too_large",
+                        message=(
+                            f"the request carries {size} bytes of frames; the server at {self.address} accepts "
+                            f"{limit} per request: send fewer frames per job, or use path mode"
+                        ),
+                    )
+                ]
+            )
         return self._stream(protocol.encode(header, blobs), request_id, job_id)
 
     def _stream(self, parts: list[bytes], request_id: str, job_id: str) -> Iterator[Event]:
@@ -285,7 +317,7 @@ class FrdmClient:
         finally:
             if not finished and not self._closed:
                 with contextlib.suppress(FrdmError):  # the caller left the loop early: free the server
-                    self.cancel(job_id)
+                    self._cancel(job_id, min(self.timeout, 2.0), 0)  # best effort: never hang a host on a dead server
 
 
 def _new_id() -> str:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
+
 from frdm.engine.errors import FrdmError, InputError
 from frdm.engine.params import SCHEMA
 
@@ -292,7 +293,7 @@ def restore_header(
     blobs: list[bytes] = []
 
     def refs(items: Mapping[int, bytes | str]) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for frame, value in sorted(items.items()):
             if isinstance(value, (bytes, bytearray, memoryview)):
                 blobs.append(bytes(value) if not isinstance(value, bytes) else value)

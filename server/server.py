@@ -25,22 +25,23 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import zmq
+
+from frdm import __version__
 from frdm.engine.errors import CancelledError, FrdmError
 from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
-
-from frdm import __version__
 
 log = logging.getLogger("frdm.server")
 
@@ -117,7 +118,9 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{os.getpid()}-{threading.get_ident()}-{os.path.basename(path)}")
+    # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
+    owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
+    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -130,15 +133,31 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def remove_stale_partials(directory: str) -> None:
-    """Temporary files a killed server left behind (ours by their prefix): never show half a frame."""
+    """Temporary files a killed server on this host left behind: never leave half a frame lying around.
+    Files of a live process, or of another host (shared storage), are not touched."""
     try:
         names = os.listdir(directory)
     except OSError:
         return
+    host = socket.gethostname()
     for name in names:
-        if name.startswith(PARTIAL_PREFIX):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
+        if not name.startswith(PARTIAL_PREFIX):
+            continue
+        fields = name[len(PARTIAL_PREFIX) :].split("~")
+        if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- result cache ------------------------------------------------------------------------------------
@@ -416,7 +435,7 @@ class Server:
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.config.bind
         return sock
 
-    def _send(self, identity: bytes, header: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> bool:
+    def _send(self, identity: bytes, header: dict[str, Any], blobs: Sequence[Any] = ()) -> bool:
         assert self._router is not None
         try:
             self._router.send_multipart([identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False)
@@ -817,22 +836,23 @@ class Server:
                 [(n, self._hash(job, "sources", n)) for n in window],
                 [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
             )
-        todo = []
-        for f in targets:
-            data = self.cache.get(keys[f])
-            if data is None:
-                todo.append(f)
-            else:
-                self._deliver(job, f, keys[f], data, True, emit)
+        cached = {f: data for f in targets if (data := self.cache.get(keys[f])) is not None}
+        todo = [f for f in targets if f not in cached]
+
+        def deliver_cached(below: float) -> None:
+            # Frames leave in increasing order, cached or not.
+            for f in sorted(n for n in cached if n < below):
+                self._deliver(job, f, keys[f], cached.pop(f), True, emit)
+
         if not todo:
+            deliver_cached(float("inf"))
             return
-        start = job.finished_frames
+        base = job.finished_frames + len(cached)
 
         def progress(done: float, total: float, message: str) -> None:
             if job.cancel.is_set():
                 raise CancelledError(f"job {job.id} cancelled")
-            frac = protocol.progress_fraction(done, total)
-            job.done = min(start + frac * len(todo), job.total)
+            job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
         source = _make_wire_source(job, "sources", self.limits)
@@ -846,10 +866,16 @@ class Server:
             for frame, image in results:
                 data = encode_image(image, ".exr", compression=compression, pixel_type=pixel_type)
                 self.cache.put(keys[frame], data)
+                deliver_cached(frame)
                 self._deliver(job, frame, keys[frame], data, False, emit)
-                if self.stopping.is_set() and (job.remaining or frame != todo[-1]):
+                last = frame == todo[-1]
+                if last:
+                    deliver_cached(float("inf"))
+                more = bool(job.remaining) or not last
+                # SIGTERM: the frame in progress is finished and delivered; the rest stays for a restart.
+                if self.stopping.is_set() and more:
                     raise _Stop()
-                if job.cancel.is_set() and (job.remaining or frame != todo[-1]):
+                if job.cancel.is_set() and more:
                     raise CancelledError(f"job {job.id} cancelled")
         finally:
             close = getattr(results, "close", None)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
 FAIL_VALUE = 0.125  # a target whose first pixel has this red value makes the restorer raise

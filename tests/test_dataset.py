@@ -79,7 +79,7 @@ def test_random_positions_are_seeded_per_epoch(tmp_path) -> None:  # noqa: ANN00
 def test_broken_layouts_are_clear_errors(tmp_path) -> None:  # noqa: ANN001
     _shot(tmp_path)
     (tmp_path / "shot_a" / "mask" / "frame.0003.png").unlink()
-    with pytest.raises(InputError, match="mask/ has frames"):
+    with pytest.raises(InputError, match=r"mask/ does not match degraded/ \(missing frames 3, extra frames none\)"):
         list_shots(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         list_shots(tmp_path / "nothing")

@@ -18,11 +18,12 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError, load_curve_keys
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -137,9 +138,20 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fast_server(tmp_path_factory, root):
     tmp = tmp_path_factory.mktemp("fast")
-    server = ServerProcess(tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256))
+    server = ServerProcess(
+        tmp, "--allow-root", str(root), "--max-frames", "50", "--max-pixels", str(256 * 256), "--max-message-mb", "2"
+    )
     yield server.wait_ready()
     server.stop()
+
+
+def wait_until_gone(address: str, job_id: str, seconds: float = 15) -> None:
+    """The job leaves the server's table (it stops between steps, so allow it a moment)."""
+    with FrdmClient(address, timeout=5) as client:
+        deadline = time.monotonic() + seconds
+        while job_id in client.status()["jobs"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job_id not in client.status()["jobs"]
 
 
 def collect(events) -> list[Event]:
@@ -259,6 +271,25 @@ def test_resolve_under_roots(tmp_path):
 # --- the real server ---------------------------------------------------------------------------------
 
 
+def test_stale_partials_of_dead_writers_only_are_removed(tmp_path):
+    from frdm.server.server import PARTIAL_PREFIX, atomic_write_bytes, remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    names = {
+        "dead": f"{PARTIAL_PREFIX}{host}~{dead.pid}~1~frdm.0001.exr",
+        "alive": f"{PARTIAL_PREFIX}{host}~{os.getpid()}~1~frdm.0002.exr",  # a writer still at work
+        "other_host": f"{PARTIAL_PREFIX}elsewhere~{dead.pid}~1~frdm.0003.exr",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half a frame")
+    remove_stale_partials(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["other_host"]])
+    atomic_write_bytes(str(tmp_path / "sub" / "x.exr"), b"whole")
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.exr"]
+
+
 def test_hello_reports_version_engine_and_limits(fast_server):
     from frdm import __version__
 
@@ -294,6 +325,10 @@ def test_inline_range_with_context_then_cache(fast_server):
         sources2 = {**sources, 5: exr_bytes(0.9, seed=9)}
         third = {e.frame: e.cached for e in client.restore(RAW, [2, 3, 4], sources=sources2) if e.kind == "frame"}
         assert third == {2: True, 3: True, 4: False}
+        # Mixed cached and restored frames still arrive in increasing order.
+        sources3 = {**sources, 1: exr_bytes(0.8, seed=8)}
+        fourth = [(e.frame, e.cached) for e in client.restore(RAW, [2, 3, 4], sources=sources3) if e.kind == "frame"]
+        assert fourth == [(2, False), (3, True), (4, True)]
 
 
 def test_path_mode_reads_and_writes_under_root(fast_server, root):
@@ -356,9 +391,24 @@ def test_limits_and_bad_frames_get_clear_errors(fast_server):
         assert junk[0].code == "bad_input" and "frame 1" in junk[0].message
 
 
+def test_oversized_request_is_refused_before_it_is_sent(fast_server):
+    big = {n: exr_bytes(0.5, seed=n) + b"\0" * 1_200_000 for n in (1, 2)}  # 2.4 MB over a 2 MiB limit
+    with FrdmClient(fast_server.address, timeout=5) as client:
+        assert client.hello()["limits"]["max_message_bytes"] == 2 << 20
+        events = collect(client.restore(RAW, [1, 2], sources=big))
+        assert [e.kind for e in events] == ["error"] and events[0].code == "too_large"
+        assert "fewer frames" in events[0].message
+    # Two parts each under the limit but over it together: the server itself refuses, and goes on.
+    with FrdmClient(fast_server.address, timeout=5) as client:  # no hello: no local check
+        events = collect(client.restore(RAW, [1, 2], sources=big))
+        assert events[0].code == "too_large" and "exceeds the limit" in events[0].message
+        assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION
+
+
 def test_exception_in_a_job_is_an_error_reply_and_the_server_goes_on(fast_server):
-    from frdm.engine.frames import Frame, encode_image
     from server_restorers import FAIL_VALUE
+
+    from frdm.engine.frames import Frame, encode_image
 
     px = np.full((H, W, 3), FAIL_VALUE, np.float32)
     bad = encode_image(Frame(px, ("R", "G", "B"), ("float",) * 3, (0, 0, W, H), (0, 0, W, H)))
@@ -603,6 +653,11 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         with FrdmClient(server.address, timeout=5) as other:
             assert other.status()["jobs"] == {}
             assert collect(other.restore(RAW, [1], sources={1: sources[1]}))[-1].kind == "done"
+        # Leaving the loop early cancels the job (a Nuke user closing the progress dialog).
+        for e in client.restore(RAW, list(range(1, 21)), sources=sources, job_id="job-left"):
+            if e.kind == "frame":
+                break
+        wait_until_gone(server.address, "job-left")
         client.close()
         # A client that vanishes mid-job (its socket closed, no cancel sent): the server notices at its
         # next heartbeat and drops the job rather than restoring for nobody.
@@ -612,11 +667,7 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         sock.send_multipart(protocol.encode(header, blobs))
         assert sock.poll(5000) and protocol.unpack(sock.recv_multipart()[0])["type"] == "accepted"
         sock.close(0)
-        with FrdmClient(server.address, timeout=5) as other:
-            deadline = time.monotonic() + 15
-            while other.status()["jobs"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert other.status()["jobs"] == {}
+        wait_until_gone(server.address, "job-gone")
     finally:
         server.stop()
 

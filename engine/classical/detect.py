@@ -33,7 +33,6 @@ class SpikeDetector:
     threshold: float = 0.06  # model-space units
     max_area: int = 6000  # larger blobs are taken as real change (motion the flow missed)
     max_flow_gradient: float = 0.5  # px/px: motion boundaries, where compensation cannot be trusted
-    agreement: float = 2.0  # a spike must exceed this many times the references' own disagreement
 
     def __call__(
         self,
@@ -55,10 +54,6 @@ class SpikeDetector:
         bright = np.minimum(frame - hi_p, frame - hi_n)
         dark = np.minimum(lo_p - frame, lo_n - frame)
         spike = np.maximum(bright, dark)
-        # The two references must agree with each other where they judge a pixel: where they do not (texture
-        # the flow did not register, fast zooms), a difference from both proves nothing.
-        disagreement = cv2.dilate(np.abs(prev - nxt), box)
-        spike = np.where(spike > self.agreement * disagreement, spike, 0.0)
         seeds = (spike > self.threshold) & trusted
         # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
         # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.

@@ -81,7 +81,7 @@ class Shot:
 
 def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
     """Every shot folder under ``root``, checked: the three frame folders hold the same frame numbers."""
-    from frdm.engine.frames import SequencePattern, read_attributes  # noqa: F401 - OIIO loads lazily
+    from frdm.engine.frames import SequencePattern, format_frame_range, read_frame
 
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -99,17 +99,17 @@ def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
             raise InputError(f"{folder}/degraded: no frames (expected frame.0001.png ...)")
         for sub in ("gt", "mask"):
             if numbers[sub] != numbers["degraded"]:
+                missing = format_frame_range(sorted(set(numbers["degraded"]) - set(numbers[sub]))) or "none"
+                extra = format_frame_range(sorted(set(numbers[sub]) - set(numbers["degraded"]))) or "none"
                 raise InputError(
-                    f"{folder}: {sub}/ has frames {numbers[sub][:5]}... but degraded/ has "
-                    f"{numbers['degraded'][:5]}...; every frame needs a degraded, gt and mask image"
+                    f"{folder}: {sub}/ does not match degraded/ (missing frames {missing}, extra frames {extra}); "
+                    "every frame needs a degraded, gt and mask image"
                 )
         cap_path = os.path.join(folder, "caption.txt")
         caption = ""
         if os.path.exists(cap_path):
             with open(cap_path) as fh:
                 caption = fh.read().strip()
-        from frdm.engine.frames import read_frame
-
         first = read_frame(os.path.join(folder, "degraded", FRAME_NAME.format(numbers["degraded"][0])))
         shots.append(Shot(name, folder, numbers["degraded"], caption, (first.width, first.height)))
     if not shots:

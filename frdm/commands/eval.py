@@ -5,6 +5,8 @@
 Writes OUT/results.json, .csv, .md and .png. Rows (--row) and settings (--setting) accumulate across runs
 into the same OUT folder, so one call per (restorer, setting) builds the whole table.
 Metrics: MaskedPSNR (the paper's Eq. 7, needs --mask), PSNR, SSIM, LPIPS (AlexNet), BRISQUE, NIQE, WarpError.
+Pixel values are used as stored and clipped to [0, 1] (display-referred: PNG, DPX/EXR already in a display
+encoding); convert scene-linear EXRs to a display encoding first.
 """
 
 from __future__ import annotations
