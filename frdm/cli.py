@@ -18,13 +18,14 @@ from frdm.engine.errors import FrdmError
 # name -> (module, one-line help). Adding a command is one line here and one module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
-    "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
-    "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
-    "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
     "degrade": ("frdm.commands.degrade", "make a dataset shot: synthetic film defects with exact masks"),
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
     "bench-quality": ("frdm.commands.bench_quality", "build the three test settings and evaluate restorers"),
+    "train": ("frdm.commands.train", "train HaineiFRDM's guidance and preprocess networks (patch-based, Eq. 3-6)"),
+    "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
+    "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
+    "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
     "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 
