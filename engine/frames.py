@@ -251,6 +251,20 @@ def read_attributes(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         inp.close()
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) of an image's data window, from its header alone."""
+    oiio = _oiio()
+    path = os.fspath(path)
+    inp = oiio.ImageInput.open(path)
+    if inp is None:
+        raise InputError(f"{path}: not a readable image ({oiio.geterror() or 'unknown format'})")
+    try:
+        spec = inp.spec()
+        return int(spec.width), int(spec.height)
+    finally:
+        inp.close()
+
+
 # --- sequences -----------------------------------------------------------------------------------------
 
 _PRINTF = re.compile(r"%0?(\d*)d")

@@ -79,13 +79,16 @@ class Shot:
         return os.path.join(self.folder, kind, FRAME_NAME.format(frame))
 
 
-def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
-    """Every shot folder under ``root``, checked: the three frame folders hold the same frame numbers."""
-    from frdm.engine.frames import SequencePattern, format_frame_range, read_frame
+def list_shots(root: str | os.PathLike[str], *, strict: bool = False, what: str = "dataset") -> list[Shot]:
+    """Every shot folder under ``root``, checked: the three frame folders hold the same frame numbers.
+
+    ``strict`` adds what a training run must know before it starts (hours later is too late): every shot has
+    a non-empty caption and all its frames (degraded, gt, mask) have one size. Errors name the folder or file."""
+    from frdm.engine.frames import SequencePattern, format_frame_range, image_size
 
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise InputError(f"{root}: the dataset folder does not exist")
+        raise InputError(f"{what} folder {root} does not exist")
     shots = []
     for name in sorted(os.listdir(root)):
         folder = os.path.join(root, name)
@@ -93,6 +96,10 @@ def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
             continue
         numbers = {}
         for sub in SUBDIRS:
+            if strict and not os.path.isdir(os.path.join(folder, sub)):
+                raise InputError(
+                    f"{os.path.join(folder, sub)}: missing; every shot needs {sub}/ frames matching degraded/"
+                )
             pattern = SequencePattern.parse(os.path.join(folder, sub, "frame.####.png"))
             numbers[sub] = pattern.existing()
         if not numbers["degraded"]:
@@ -110,10 +117,25 @@ def list_shots(root: str | os.PathLike[str]) -> list[Shot]:
         if os.path.exists(cap_path):
             with open(cap_path) as fh:
                 caption = fh.read().strip()
-        first = read_frame(os.path.join(folder, "degraded", FRAME_NAME.format(numbers["degraded"][0])))
-        shots.append(Shot(name, folder, numbers["degraded"], caption, (first.width, first.height)))
+        if strict and not os.path.exists(cap_path):
+            raise InputError(f"{cap_path}: missing; write one line describing the shot (the global prompt)")
+        if strict and not caption:
+            raise InputError(f"{cap_path}: empty; write one line describing the shot (the global prompt)")
+        first_path = os.path.join(folder, "degraded", FRAME_NAME.format(numbers["degraded"][0]))
+        size = image_size(first_path)
+        if strict:
+            for sub in SUBDIRS:
+                for n in numbers["degraded"]:
+                    path = os.path.join(folder, sub, FRAME_NAME.format(n))
+                    this = image_size(path)
+                    if this != size:
+                        raise InputError(
+                            f"{path}: frame is {this[0]}x{this[1]} but {first_path} is {size[0]}x{size[1]}; "
+                            "all frames of a shot must have one size"
+                        )
+        shots.append(Shot(name, folder, numbers["degraded"], caption, size))
     if not shots:
-        raise InputError(f"{root}: no shot folders (each needs degraded/, gt/, mask/ and caption.txt)")
+        raise InputError(f"{what} folder {root} has no shot folders (each needs degraded/, gt/, mask/ and caption.txt)")
     return shots
 
 

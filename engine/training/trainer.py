@@ -165,10 +165,8 @@ class Trainer:
             state = load_checkpoint(
                 resume,
                 model=self.core,
-                optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
-                lr_scheduler=self.lr_scheduler.scheduler
-                if hasattr(self.lr_scheduler, "scheduler")
-                else self.lr_scheduler,
+                optimizer=_unwrapped(self.optimizer, "optimizer"),
+                lr_scheduler=_unwrapped(self.lr_scheduler, "scheduler"),
                 ema=self.ema,
                 scaler=acc.scaler,
             )
@@ -284,10 +282,8 @@ class Trainer:
             save_checkpoint(
                 folder,
                 model=self.core,
-                optimizer=self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
-                lr_scheduler=self.lr_scheduler.scheduler
-                if hasattr(self.lr_scheduler, "scheduler")
-                else self.lr_scheduler,
+                optimizer=_unwrapped(self.optimizer, "optimizer"),
+                lr_scheduler=_unwrapped(self.lr_scheduler, "scheduler"),
                 ema=self.ema,
                 scaler=acc.scaler,
                 state={
@@ -440,3 +436,9 @@ class _CsvLog:
             if new:
                 w.writeheader()
             w.writerow({k: row.get(k, "") for k in self.fields})
+
+
+def _unwrapped(obj: Any, attr: str) -> Any:
+    """The torch object inside accelerate's wrapper (AcceleratedOptimizer.optimizer, AcceleratedScheduler.scheduler):
+    checkpoints hold the plain objects' state."""
+    return getattr(obj, attr, obj)
