@@ -70,5 +70,8 @@ def write_contact_sheet(
         sheet = cv2.resize(sheet, (max_width, int(sheet.shape[0] * scale)), interpolation=cv2.INTER_AREA)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
-    cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1]))
+    if not cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1])):
+        from frdm.engine.errors import InputError
+
+        raise InputError(f"{path}: cannot write the contact sheet here (check the folder and the .png name)")
     os.replace(tmp, path)

@@ -27,7 +27,11 @@ IMAGE_EXTENSIONS = (".exr", ".dpx", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".
 MOVIE_EXTENSIONS = (".mov", ".mp4", ".mkv", ".avi", ".mxf", ".webm", ".m4v")
 
 # Attributes OpenImageIO computes itself on write; copying them would be wrong or pointless.
-_DERIVED_ATTRIBUTES = {"oiio:subimages", "oiio:RowsPerChunk", "oiio:ColorSpace", "oiio:UnassociatedAlpha"}
+_DERIVED_ATTRIBUTES = {"oiio:subimages", "oiio:RowsPerChunk", "oiio:ColorSpace"}
+
+# EXR compressions that lose information: re-encoding with them would change pixels outside the mask, so
+# "same as the input" writes these as zip (lossless) instead. An explicit --compression is obeyed.
+LOSSY_EXR_COMPRESSIONS = ("dwaa", "dwab", "b44", "b44a", "pxr24")
 
 
 def _oiio():
@@ -119,11 +123,20 @@ def read_frame(path: str | os.PathLike[str], *, check_finite: bool = True) -> Fr
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file does not exist")
-    inp = oiio.ImageInput.open(path)
+    # Keep unassociated alpha (PNG, TIFF) as stored: premultiplying on read would change colour values.
+    config = oiio.ImageSpec()
+    config.attribute("oiio:UnassociatedAlpha", 1)
+    inp = oiio.ImageInput.open(path, config)
     if inp is None:
         raise InputError(f"{path}: not a readable image ({oiio.geterror() or 'unknown format'})")
     try:
         spec = inp.spec()
+        if inp.seek_subimage(1, 0):
+            raise InputError(
+                f"{path}: a multi-part EXR; FRDM reads single-part files only (merge the parts into one, e.g. "
+                "Nuke's Shuffle/Copy into one layer set, or oiiotool --siappendall)"
+            )
+        inp.seek_subimage(0, 0)
         pixels = inp.read_image(0, 0, 0, spec.nchannels, "float")
         if pixels is None:
             raise InputError(
@@ -169,9 +182,10 @@ def _format_for_extension(ext: str, fmt: str) -> str:
     """The pixel type a format can hold: PNG has no half/float, DPX no float, EXR no 8/16-bit integer."""
     ext = ext.lower()
     if ext == ".exr":
-        return fmt if fmt in ("half", "float") else ("half" if fmt in ("uint8",) else "float")
-    if ext == ".png" or ext in (".jpg", ".jpeg"):
-        return fmt if fmt in ("uint8", "uint16") else "uint16" if ext == ".png" else "uint8"
+        # float holds every 8/16-bit code value exactly; half does not (k/255 moves by up to 2.4e-4).
+        return fmt if fmt in ("half", "float") else "float"
+    if ext == ".png":
+        return fmt if fmt in ("uint8", "uint16") else "uint16"
     if ext == ".dpx":
         return fmt if fmt in ("uint8", "uint16") else "uint16"
     return fmt
@@ -211,8 +225,11 @@ def write_frame(
             continue  # an attribute this format cannot carry; the pixels matter more
     if frame.bits_per_sample and formats[0] in ("uint16", "uint32"):
         spec.attribute("oiio:BitsPerSample", frame.bits_per_sample)
-    if compression not in (None, "same") and ext.lower() == ".exr":
-        spec.attribute("compression", compression)
+    if ext.lower() == ".exr":
+        if compression not in (None, "same"):
+            spec.attribute("compression", compression)
+        elif (frame.compression or "").lower() in LOSSY_EXR_COMPRESSIONS:
+            spec.attribute("compression", "zip")
     for name, value in (extra_attributes or {}).items():
         spec.attribute(name, value)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{ext}", dir=directory)
@@ -224,11 +241,20 @@ def write_frame(
         if not out.open(tmp, spec):
             err = out.geterror()
             raise InputError(f"{path}: cannot open for writing ({err})")
-        ok = out.write_image(np.ascontiguousarray(frame.pixels, dtype=np.float32))
-        err = out.geterror()
-        out.close()
+        try:
+            ok = out.write_image(np.ascontiguousarray(frame.pixels, dtype=np.float32))
+            err = out.geterror()
+        finally:
+            out.close()
         if not ok:
             raise InputError(f"{path}: write failed ({err})")
+        # mkstemp makes 0600 files: give the frame the permissions any other file of this user gets, so
+        # other artists, farm nodes and Nuke sessions can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb") as fh:  # on disk before the rename, so a power loss never shows a torn frame
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -374,6 +400,9 @@ class Source:
 
     def path(self, frame: int) -> str | None:
         return None
+
+    def close(self) -> None:
+        """Release open files (a movie's decoder); reading again re-opens."""
 
     def check_frames(self, frames: Sequence[int]) -> None:
         if not frames:

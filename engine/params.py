@@ -307,15 +307,6 @@ SCHEMA = Schema(
             maximum=50.0,
             engines=_CLASSICAL,
         ),
-        Param(
-            "deflicker",
-            "bool",
-            False,
-            "even out frame-to-frame brightness flicker (global gain/offset against the temporal neighbourhood)",
-            group="detect",
-            engines=_CLASSICAL,
-            stage="fill",
-        ),
         # --- diffusion (HaineiFRDM) ------------------------------------------------------------------
         Param(
             "steps",

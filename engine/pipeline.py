@@ -20,6 +20,7 @@ from frdm.engine.blend import blend, feather_mask
 from frdm.engine.color import check_colorspace, from_model, representable, to_model
 from frdm.engine.errors import InputError
 from frdm.engine.frames import (
+    MOVIE_EXTENSIONS,
     Frame,
     SequencePattern,
     Source,
@@ -38,6 +39,7 @@ ATTR_HASH = "frdm:params_hash"
 ATTR_ENGINE = "frdm:engine_version"
 ATTR_PARAMS = "frdm:params"
 ATTR_SOURCE = "frdm:source"
+ATTR_INPUT = "frdm:input"  # fingerprint of what the frame was made from (source, mask, weights)
 
 
 def output_hash(params: Mapping[str, Any], restorer: Restorer) -> str:
@@ -62,12 +64,13 @@ class _FrameCache:
         return frame
 
 
-def _check_geometry(frames: list[Frame], numbers: list[int], description: str) -> None:
-    first = frames[0]
-    for f, n in zip(frames[1:], numbers[1:]):
+def _check_geometry(frames: list[Frame], numbers: list[int], description: str, reference: tuple[int, Frame]) -> None:
+    """Every frame of a run has the reference frame's data window (the first frame read)."""
+    first_number, first = reference
+    for f, n in zip(frames, numbers):
         if f.data_window != first.data_window:
             raise InputError(
-                f"{description}: frame {n} has data window {f.data_window} but frame {numbers[0]} has "
+                f"{description}: frame {n} has data window {f.data_window} but frame {first_number} has "
                 f"{first.data_window}; give every frame the same size (e.g. a Crop to the format in Nuke)"
             )
 
@@ -117,6 +120,7 @@ def restore_frames(
     digest = output_hash(params, restorer)
     total = len(frames)
     done_before = 0
+    reference: tuple[int, Frame] | None = None
 
     for start in range(0, total, BLOCK_FRAMES):
         block = frames[start : start + BLOCK_FRAMES]
@@ -124,7 +128,8 @@ def restore_frames(
         hi = min(len(available) - 1, position[block[-1]] + after)
         numbers = available[lo : hi + 1]
         originals = [cache(n) for n in numbers]
-        _check_geometry(originals, numbers, source.description)
+        reference = reference or (numbers[0], originals[0])
+        _check_geometry(originals, numbers, source.description, reference)
         rgb_index = [f.rgb_indices() for f in originals]
         model = np.stack(
             [
@@ -154,8 +159,10 @@ def restore_frames(
                     _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number),
                     params["feather"],
                 )
-            # Values the model cannot hold (above 1, below 0 in model space) come from the original.
-            mask = mask * in_range[i]
+            # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
+            # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
+            changed = np.any(restored.image != clip.frames[i], axis=-1)
+            mask = mask * in_range[i] * changed
             back = from_model(restored.image, params["colorspace"], params["ocio_config"])
             pixels = original.pixels.copy()
             if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
@@ -210,6 +217,7 @@ class RestorePlan:
     params: dict[str, Any]
     digest: str
     context: tuple[int, int]
+    weights: str | None = None
 
     def describe(self) -> str:
         b, a = self.context
@@ -218,7 +226,8 @@ class RestorePlan:
             f"output   {self.out.pattern}",
             f"frames   {format_frame_range(self.frames)} ({len(self.frames)}), context {b} before / {a} after",
             f"restore  {format_frame_range(self.todo) or 'nothing'}",
-            f"skip     {format_frame_range(self.skip) or 'nothing'} (already written with these parameters)",
+            f"skip     {format_frame_range(self.skip) or 'nothing'} (already written from these inputs and parameters)"
+            + ("" if self.out.extension == ".exr" else "; resume needs EXR output (other formats drop metadata)"),
             f"engine   {self.params['engine']}  mask {self.params['mask']}  colorspace {self.params['colorspace']}",
             f"params   {self.digest}",
         ]
@@ -234,6 +243,7 @@ def plan_restore(
     restorer: Restorer,
     mask: str | None = None,
     resume: bool = True,
+    weights: str | None = None,
 ) -> RestorePlan:
     """Check everything that can be checked before any pixel is computed; decide what to skip."""
     params = P.validate(params)
@@ -241,8 +251,15 @@ def plan_restore(
     frames = sorted(set(frames)) if frames is not None else list(source.frame_numbers)
     source.check_frames(frames)
     pattern = SequencePattern.parse(out)
-    if pattern.extension in (".mov", ".mp4", ".mkv", ".avi", ".mxf", ".webm", ".m4v"):
+    if pattern.extension in MOVIE_EXTENSIONS:
         raise InputError(f"{out}: FRDM writes image sequences; give OUT like shot.####.exr")
+    if pattern.extension in (".jpg", ".jpeg"):
+        raise InputError(
+            f"{out}: JPEG is lossy everywhere, which breaks 'clean pixels untouched'; write EXR, DPX, TIFF or PNG"
+        )
+    if params["write_matte"] and pattern.extension != ".exr":
+        # Only EXR holds an extra channel of its own type next to the picture's.
+        params = P.validate({**params, "write_matte": False})
     if not pattern.is_sequence and len(frames) > 1:
         raise InputError(f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr")
     for n in frames:
@@ -262,10 +279,43 @@ def plan_restore(
     if resume:
         for n in frames:
             attrs = read_attributes(pattern.path(n))
-            if attrs is not None and attrs.get(ATTR_HASH) == digest:
+            if (
+                attrs is not None
+                and attrs.get(ATTR_HASH) == digest
+                and attrs.get(ATTR_INPUT) == input_fingerprint(source, mask_source, n, weights)
+            ):
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
-    return RestorePlan(source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params))
+    return RestorePlan(
+        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), weights
+    )
+
+
+def input_fingerprint(source: Source, mask_source: Source | None, frame: int, weights: str | None) -> str:
+    """What frame ``frame`` is made from: its source file, its mask file and the weights folder, by path, size
+    and modification time (cheap: no pixels are read). Resume skips a frame only when this matches too, so
+    re-pointing OUT at another shot, editing a mask or swapping weights re-renders."""
+    import hashlib
+
+    def stat(path: str | None) -> str:
+        if not path:
+            return "-"
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{path}:missing"
+        return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+    parts = [stat(source.path(frame) or source.description)]
+    parts.append(stat(mask_source.path(frame)) if mask_source is not None else "-")
+    if weights:
+        files = (
+            sorted(os.path.join(d, f) for d, _, fs in os.walk(weights) for f in fs)
+            if os.path.isdir(weights)
+            else [weights]
+        )
+        parts.extend(stat(f) for f in files)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 def restore_sequence(
@@ -285,7 +335,9 @@ def restore_sequence(
     params = P.validate(params or {})
     if restorer is None:
         restorer = create_restorer(params["engine"], weights=weights)
-    plan = plan_restore(src, out, frames=frames, params=params, restorer=restorer, mask=mask, resume=resume)
+    plan = plan_restore(
+        src, out, frames=frames, params=params, restorer=restorer, mask=mask, resume=resume, weights=weights
+    )
     report = RestoreReport(skipped=list(plan.skip))
     t0 = time.perf_counter()
     compression = None if plan.params["compression"] == "same" else plan.params["compression"]
@@ -295,11 +347,15 @@ def restore_sequence(
             plan.source, plan.todo, plan.params, restorer, mask_source=plan.mask_source, progress=progress
         ):
             path = plan.out.path(n)
+            frame.attributes[ATTR_INPUT] = ("string", input_fingerprint(plan.source, plan.mask_source, n, plan.weights))
             write_frame(path, frame, compression=compression, pixel_type=pixel_type)
             report.written.append(n)
             report.outputs[n] = path
             if MATTE_CHANNEL in frame.channels:
                 report.matte_coverage[n] = float((frame.pixels[..., frame.channels.index(MATTE_CHANNEL)] > 0.5).mean())
+    plan.source.close()
+    if plan.mask_source is not None:
+        plan.mask_source.close()
     report.seconds = time.perf_counter() - t0
     for n in plan.skip:
         report.outputs[n] = plan.out.path(n)

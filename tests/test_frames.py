@@ -216,3 +216,49 @@ def test_encode_decode_bytes(tmp_path):
     assert np.array_equal(decode_image(data).pixels, frame.pixels)
     with pytest.raises(InputError, match="frame 12 of job 3"):
         decode_image(data[:100], name="frame 12 of job 3")
+
+
+def test_written_frames_get_the_users_permissions_not_0600(tmp_path):
+    frame = Frame(np.zeros((4, 4, 3), np.float32), ("R", "G", "B"), ("half",) * 3, (0, 0, 4, 4), (0, 0, 4, 4))
+    old = os.umask(0o022)
+    try:
+        write_frame(tmp_path / "f.exr", frame)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.exr").stat().st_mode & 0o777 == 0o644
+
+
+def test_lossy_exr_compression_is_not_reapplied(tmp_path):
+    """A DWAA source written back with compression 'same' must keep its pixels: zip (lossless) is used."""
+    rng = np.random.default_rng(3)
+    pixels = rng.random((64, 64, 3)).astype(np.float16)
+    _write_raw_exr(tmp_path / "dwaa.exr", pixels, ("R", "G", "B"), compression="dwaa")
+    frame = read_frame(tmp_path / "dwaa.exr")
+    write_frame(tmp_path / "out.exr", frame)
+    assert read_frame(tmp_path / "out.exr").compression == "zip"
+    assert np.array_equal(_raw_pixels(tmp_path / "out.exr"), _raw_pixels(tmp_path / "dwaa.exr"))
+
+
+def test_unassociated_alpha_png_round_trips(tmp_path):
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (8, 8, 4)).astype(np.uint8)
+    spec = oiio.ImageSpec(8, 8, 4, "uint8")
+    out = oiio.ImageOutput.create(str(tmp_path / "a.png"))
+    out.open(str(tmp_path / "a.png"), spec)
+    out.write_image(codes)
+    out.close()
+    write_frame(tmp_path / "b.png", read_frame(tmp_path / "a.png"))
+    assert np.array_equal(_raw_pixels(tmp_path / "b.png"), _raw_pixels(tmp_path / "a.png"))
+
+
+def test_multi_part_exr_is_refused_by_name(tmp_path):
+    path = str(tmp_path / "multi.exr")
+    specs = [oiio.ImageSpec(4, 4, 3, "half"), oiio.ImageSpec(4, 4, 1, "half")]
+    out = oiio.ImageOutput.create(path)
+    assert out.open(path, specs)
+    out.write_image(np.zeros((4, 4, 3), np.float16))
+    out.open(path, specs[1], "AppendSubimage")
+    out.write_image(np.zeros((4, 4, 1), np.float16))
+    out.close()
+    with pytest.raises(InputError, match=r"multi\.exr: a multi-part EXR"):
+        read_frame(path)

@@ -137,3 +137,30 @@ def test_console_script_runs_with_a_progress_bar(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3/3" in proc.stderr and "restored 3 frame(s)" in proc.stderr
     assert sorted(p.name for p in tmp_path.glob("o.*")) == ["o.0001.exr", "o.0002.exr", "o.0003.exr"]
+
+
+def test_resume_does_not_skip_frames_made_from_another_source(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    _shot(a, count=3)
+    _shot(b, count=3)
+    for n in (1, 2, 3):  # shot B is a brighter grade of A
+        f = read_frame(b / f"sh.{n:04d}.exr")
+        f.pixels[...] += 0.05
+        write_frame(b / f"sh.{n:04d}.exr", f)
+    out = str(tmp_path / "out.####.exr")
+    assert main(["restore", str(a / "sh.####.exr"), out, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["restore", str(b / "sh.####.exr"), out, "--quiet", "--json"]) == 0
+    assert '"skipped": []' in capsys.readouterr().out, "frames from another source must be re-rendered"
+    got, want = read_frame(tmp_path / "out.0002.exr").pixels[..., :3], read_frame(b / "sh.0002.exr").pixels
+    assert np.median(np.abs(got - want)) == 0.0
+
+
+def test_dpx_output_works_without_the_matte_channel_and_jpeg_is_refused(tmp_path, capsys):
+    _shot(tmp_path, count=3)
+    assert main(["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "o.####.dpx"), "--quiet"]) == 0
+    out = read_frame(tmp_path / "o.0002.dpx")
+    assert out.channels == ("R", "G", "B") and out.formats[0] == "uint16"
+    assert main(["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "o.####.jpg"), "--quiet"]) == 2
+    assert "JPEG is lossy" in capsys.readouterr().err

@@ -101,7 +101,7 @@ class ClassicalRestorer:
                 trusted_fill[k] = local
                 if k in pair_set:
                     # Motion boundaries and samples from outside the picture cannot be compared.
-                    steep |= (flow_gradient(fixed) > 0.5) | _outside(fixed)
+                    steep |= (flow_gradient(fixed) > spikes.max_flow_gradient) | _outside(fixed)
             matte = np.zeros(grey[t].shape, dtype=bool)
             if pair is not None:
                 p, n = pair

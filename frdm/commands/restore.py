@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             restorer=restorer,
             mask=args.mask,
             resume=not args.no_resume,
+            weights=args.weights,
         )
         print(plan.describe())
         return 0
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             resume=not args.no_resume,
             contact_sheet=args.contact_sheet,
+            weights=args.weights,
         )
     finally:
         if bar is not None:
