@@ -65,6 +65,11 @@ class FarmJob:
         self.params = SCHEMA.validate(self.params)
         self.source = os.path.abspath(self.source)
         self.output = os.path.abspath(self.output)
+        # Render nodes start in another folder: every path the task reads must be absolute.
+        if self.mask not in (None, "", "auto", "none"):
+            self.mask = os.path.abspath(self.mask)
+        if self.weights:
+            self.weights = os.path.abspath(self.weights)
         if not SequencePattern.parse(self.output).is_sequence:
             raise InputError(f"output '{self.output}' must be a sequence such as name.####.exr")
         if not self.name:

@@ -92,7 +92,9 @@ def context_for(params: Mapping[str, Any]) -> tuple[int, int]:
     (engine/diffusion/windows.py). tests/test_node.py checks this against the classical restorer."""
     p = SCHEMA.validate(params)
     if p["engine"] == "diffusion":
-        return p["window"] - 1, p["window"] - 1
+        # DiffusionRestorer.context: whole windows, and the classical matte's own temporal radius.
+        n = max(p["window"] - 1, p["temporal_radius"])
+        return n, n
     return p["temporal_radius"], p["temporal_radius"]
 
 
@@ -473,6 +475,7 @@ class FrdmNode:
         staged: dict[int, str] = {}
         try:
             with self._client() as client:
+                client._limits = dict(info.get("limits") or {})  # so an oversized request is refused here, clearly
                 job._cancel_hook = lambda: client.cancel(job.job_id)
                 events = client.restore(
                     params, targets, sources=wire_sources, masks=wire_masks, job_id=job.job_id, **out_kw
@@ -528,7 +531,7 @@ class FrdmNode:
                 with open(tmp, "wb") as fh:
                     fh.write(event.data)
                 os.replace(tmp, path)
-            elif event.path is not None and os.path.abspath(event.path) != path:
+            elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
             if event.cached:

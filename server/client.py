@@ -81,6 +81,7 @@ class FrdmClient:
         self.address = address
         self.timeout = float(timeout)
         self.retries = int(retries)
+        self._owned: dict[str, str] = {}  # job id -> the restore request id that proves ownership
         self._server_key = server_public_key
         if server_public_key is not None and (client_secret_key is None or client_public_key is None):
             # An ephemeral identity: enough for a server that accepts any client holding its public key.
@@ -202,9 +203,14 @@ class FrdmClient:
         self._cancel(job_id, self.timeout, self.retries)
 
     def _cancel(self, job_id: str, timeout: float, retries: int) -> None:
+        # The restore's request id is the owner's proof: ids shown by `status` are not enough to cancel.
+        owner = self._owned.get(job_id, "")
         try:
             self._request(
-                protocol.make_header("cancel", _new_id(), job=job_id), private=True, timeout=timeout, retries=retries
+                protocol.make_header("cancel", _new_id(), job=job_id, owner=owner),
+                private=True,
+                timeout=timeout,
+                retries=retries,
             )
         except ServerError as exc:
             if exc.code != "unknown_job":  # already finished or never started: nothing to stop
@@ -232,6 +238,7 @@ class FrdmClient:
         loop early (break, exception) cancels the job."""
         job_id = job_id or _new_id()
         request_id = _new_id()
+        self._owned[job_id] = request_id
         header, blobs = protocol.restore_header(
             request_id,
             job_id,

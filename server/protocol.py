@@ -39,6 +39,7 @@ ERROR_CODES: dict[str, str] = {
     "too_large": "the request exceeds a server limit (message size, frames per job, pixels per frame)",
     "forbidden_path": "a path is outside the server's allowed roots, or path mode is off",
     "unknown_job": "no queued or running job has that id",
+    "not_owner": "only the client that sent a job may cancel it",
     "busy": "the server's queue is full; try again later",
     "cancelled": "the job was cancelled; nothing partial was written",
     "shutting_down": "the server is stopping; restart it and send the request again",
@@ -397,8 +398,10 @@ def exr_info(data: bytes, name: str = "<bytes>") -> ExrInfo:
         parts.append((window[0], window[1], channels))
         if not multipart:
             break
-    w, h, c = max(parts, key=lambda p: p[0] * p[1] * p[2])
-    return ExrInfo(w, h, c, len(parts))
+    # The limits hold for every part: the largest width x height and the most channels of any part (a part
+    # chosen by its product could hide a larger one behind fewer channels).
+    w, h = max(((p[0], p[1]) for p in parts), key=lambda wh: wh[0] * wh[1])
+    return ExrInfo(w, h, max(p[2] for p in parts), len(parts))
 
 
 def check_exr_size(info: ExrInfo, limits: Limits, name: str) -> None:

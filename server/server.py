@@ -483,12 +483,18 @@ class Server:
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + self.config.heartbeat
+                if not self.stopping.is_set() and not worker.is_alive():
+                    # The worker owns the model; without it queued jobs would wait forever on heartbeats.
+                    log.error("the worker thread died; stopping so jobs fail now instead of waiting")
+                    self.stopping.set()
                 if self.stopping.is_set() and not worker.is_alive():
                     self._forward(pull)
                     for job in self.queue.drain():
                         self._send(job.identity, self._stop_error(job))
                     break
         finally:
+            self.stopping.set()  # if this loop raised, the worker must still end before the context terminates
+            worker.join(timeout=5)
             pull.close(0)
             self._router.close(linger=1000)
             if self._auth is not None:
@@ -565,7 +571,8 @@ class Server:
             elif kind == "status":
                 self._send(identity, protocol.make_header("status", request_id, **self.status()))
             elif kind == "cancel":
-                self._cancel(identity, request_id, protocol._ident(header.get("job"), "job"))
+                owner = header.get("owner", "")
+                self._cancel(identity, request_id, protocol._ident(header.get("job"), "job"), owner)
             else:
                 self._submit(identity, header, body[1:])
         except ProtocolError as exc:
@@ -603,14 +610,17 @@ class Server:
             "stopping": self.stopping.is_set(),
         }
 
-    def _cancel(self, identity: bytes, request_id: str, job_id: str) -> None:
-        queued = self.queue.remove(job_id)
+    def _cancel(self, identity: bytes, request_id: str, job_id: str, owner: object = "") -> None:
         with self.lock:
             job = self.jobs.get(job_id)
-            if queued is not None:
-                self.jobs.pop(job_id, None)
         if job is None:
             raise ProtocolError("unknown_job", f"no queued or running job '{job_id}' (it may have finished)")
+        if owner != job.req.request_id:  # status lists every job id; only the sender knows its request id
+            raise ProtocolError("not_owner", f"job '{job_id}' belongs to another client; it was not cancelled")
+        queued = self.queue.remove(job_id)
+        if queued is not None:
+            with self.lock:
+                self.jobs.pop(job_id, None)
         job.cancel.set()
         if queued is not None:  # never started: answer for it now; a running job answers from the worker
             self._send(
@@ -707,6 +717,8 @@ class Server:
         if not pattern.lower().endswith(".exr"):
             raise ProtocolError("bad_request", f"output '{pattern}' must be an .exr sequence")
         seq = SequencePattern.parse(pattern)
+        if not seq.is_sequence:
+            raise ProtocolError("bad_request", f"output '{pattern}' is not a sequence pattern (use name.%04d.exr)")
         out = {}
         for frame in req.frames:
             real = resolve_under_roots(seq.path(frame), self.roots, what=f"output frame {frame}", must_exist=False)

@@ -146,6 +146,13 @@ def test_guidance_starts_as_a_copy_of_the_backbone_encoder(model: HaineiFRDM) ->
     assert torch.equal(
         g.down_blocks[0].motion_modules[0].proj_in.weight, u.down_blocks[0].motion_modules[0].proj_in.weight
     )
+    # Every parameter the two networks share by name was copied (resnet norm2, motion-module attn2/norm2
+    # included: only the spatial transformers' text cross-attention moves to global_prompt_fusion).
+    unet_state = u.state_dict()
+    shared = [k for k, v in g.state_dict().items() if k in unet_state and unet_state[k].shape == v.shape]
+    assert any(".motion_modules." in k and ".attn2." in k for k in shared)
+    differ = [k for k in shared if not torch.equal(g.state_dict()[k], unet_state[k])]
+    assert not differ, differ[:5]
     # Copies, not shared tensors: training the guidance must never touch the frozen UNet.
     assert g.conv_in.weight.data_ptr() != u.conv_in.weight.data_ptr()
 

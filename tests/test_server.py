@@ -378,6 +378,11 @@ def test_path_mode_refuses_escapes(fast_server, root, tmp_path):
             client.restore(RAW, [1], sources={1: str(root / "self.1.exr")}, output_pattern=str(root / "self.%d.exr"))
         )
         assert events[0].code == "forbidden_path" and "overwrite" in events[0].message
+        # An output "pattern" that is one file would put every frame into it: refused.
+        events = collect(
+            client.restore(RAW, [1], sources={1: str(inside)}, output_pattern=str(root / "take#2" / "one.exr"))
+        )
+        assert events[0].code == "bad_request" and "not a sequence pattern" in events[0].message
         assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION  # still serving
 
 
@@ -644,6 +649,10 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         with FrdmClient(server.address, timeout=5) as other:
             status = other.status()
         assert status["current"] == "job-to-cancel" and status["jobs"]["job-to-cancel"]["total"] == 20
+        # Knowing the id from status is not enough to cancel someone else's job.
+        with FrdmClient(server.address, timeout=5) as other, pytest.raises(ServerError) as refused:
+            other.cancel("job-to-cancel")
+        assert refused.value.code == "not_owner"
         client.cancel("job-to-cancel")  # from the test's thread while the worker thread iterates
         t.join(20)
         assert not t.is_alive()

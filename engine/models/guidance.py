@@ -242,8 +242,9 @@ class RestorationGuidanceNetwork(nn.Module):
         for key, value in unet.state_dict().items():
             if not key.startswith(("conv_in.", "time_embedding.", "down_blocks.", "mid_block.")):
                 continue
-            for old, new in self._RENAMES:
-                key = key.replace(old, new)
+            if ".attentions." in key:  # only the spatial transformers' text cross-attention is renamed;
+                for old, new in self._RENAMES:  # resnets and motion modules have norm2/attn2 of their own
+                    key = key.replace(old, new)
             if key in own and own[key].shape == value.shape:
                 copied[key] = value
         missing, unexpected = self.load_state_dict(copied, strict=False)
