@@ -271,3 +271,12 @@ def test_window_cache_reuses_a_window_shared_by_consecutive_calls(model):
     messages.clear()
     list(restorer.restore(Clip(changed, list(range(4)), [2, 3]), params, lambda d, t, m: messages.append(m)))
     assert not any("reused" in m for m in messages) and len(first) == 2
+
+
+def test_a_window_longer_than_the_motion_module_is_a_clear_parameter_error(restorer):
+    from frdm.engine.errors import ParamError
+
+    limit = restorer.model.config.motion_max_seq_length
+    frames = _frames(2, 64, 64)
+    with pytest.raises(ParamError, match=rf"'window' \({limit + 1}\) exceeds the {limit} frames"):
+        _run(restorer, frames, [0, 1], [0, 1], {**FAST, "window": limit + 1, "window_overlap": 0})

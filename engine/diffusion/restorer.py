@@ -51,6 +51,7 @@ from frdm.engine.diffusion.windows import (
     plan_windows,
     window_weight,
 )
+from frdm.engine.errors import ParamError
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
 # Frames are padded to a multiple of this many pixels: the latent then divides by 8, which every UNet level
@@ -139,6 +140,12 @@ class DiffusionRestorer:
         """Like ``restore`` but yields each target's final latent z_0 (4, hp/8, wp/8) of the padded frame,
         before decoding (where the patches are assembled: the seam measure looks here), and the plan used."""
         p = params_mod.validate(dict(params))
+        limit = self.model.config.motion_max_seq_length
+        if p["window"] > limit:
+            raise ParamError(
+                f"parameter 'window' ({p['window']}) exceeds the {limit} frames the motion module was trained on; "
+                f"use at most {limit}"
+            )
         dtype = self._dtype(p["precision"])
         height, width = clip.frames.shape[1:3]
         windows = plan_windows(clip.targets, clip.frame_numbers, p["window"], p["window_overlap"])

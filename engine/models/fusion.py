@@ -19,8 +19,9 @@ class FourierEmbedder(nn.Module):
 
     def __init__(self, num_freqs: int = 8, temperature: float = 100.0):
         super().__init__()
-        bands = temperature ** (torch.arange(num_freqs, dtype=torch.float32) / num_freqs)
-        self.register_buffer("freq_bands", bands, persistent=False)
+        # Not a buffer: model.to(fp16) would round the bands (31.62 -> 31.625), moving the box angles at
+        # inference away from training's. Computed in float32 on every call instead (a few numbers).
+        self.temperature = float(temperature)
         self.num_freqs = num_freqs
 
     @property
@@ -30,7 +31,9 @@ class FourierEmbedder(nn.Module):
     def forward(self, boxes: Tensor) -> Tensor:
         """boxes (B, 4) in [0, 1] -> (B, 4 * 2 * num_freqs)."""
         # Angles in float32 whatever the model dtype: high frequencies lose the box position in fp16.
-        x = boxes.float()[..., None] * self.freq_bands.float() * (2 * math.pi)  # (B, 4, K)
+        k = torch.arange(self.num_freqs, device=boxes.device, dtype=torch.float32)
+        bands = self.temperature ** (k / self.num_freqs)
+        x = boxes.float()[..., None] * bands * (2 * math.pi)  # (B, 4, K)
         emb = torch.cat([torch.sin(x), torch.cos(x)], dim=-1)  # (B, 4, 2K)
         return emb.flatten(1)
 

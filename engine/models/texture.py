@@ -33,6 +33,10 @@ def ifft3(x: Tensor) -> Tensor:
     return torch.fft.ifftn(torch.complex(re, im), dim=(1, 3, 4), norm="ortho").real
 
 
+def _per_pixel(spec: Tensor) -> Tensor:
+    return spec / float(spec.shape[-2] * spec.shape[-1]) ** 0.5
+
+
 class FrequencyReference(nn.Module):
     """Reference tokens for TextureReconstruction, from the degraded patch and the global frame latents.
 
@@ -67,11 +71,13 @@ class FrequencyReference(nn.Module):
     def forward(self, degraded_latents: Tensor, global_latents: Tensor) -> Tensor:
         """(B, F, 4, h, w), (B, F, 4, hg, wg) -> tokens (B, 2 * F * grid * grid, dim)."""
         dtype = self.patch_mlp[0].weight.dtype
-        spec = fft3(degraded_latents)
+        # The orthonormal FFT grows with sqrt(pixels): divide by sqrt(h * w) so the reference means the same
+        # whatever the latent's size (training patches and global frames are smaller than inference's).
+        spec = _per_pixel(fft3(degraded_latents))
         b, f, c = spec.shape[:3]
         spec = F.adaptive_avg_pool2d(spec.flatten(0, 1), self.grid).view(b, f, c, self.grid, self.grid)
         patch_tokens = self.patch_mlp(spec.permute(0, 1, 3, 4, 2).reshape(b, -1, c).to(dtype))
-        low = self._low_frequencies(fft3(global_latents))
+        low = self._low_frequencies(_per_pixel(fft3(global_latents)))
         global_tokens = self.global_mlp(low.permute(0, 1, 3, 4, 2).reshape(b, -1, c).to(dtype))
         return torch.cat([patch_tokens, global_tokens], dim=1)
 

@@ -16,12 +16,9 @@ import json
 import math
 import os
 import time
-from functools import partial
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from frdm.engine.errors import InputError
 
@@ -65,28 +62,6 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Any:
     return model
 
 
-def enable_gradient_checkpointing(model: Any) -> None:
-    """Activation checkpointing for the frozen UNet (diffusers' own switch) and the guidance network's blocks.
-
-    The guidance network (engine/models) has no switch of its own: each down/mid block's ``forward`` is
-    replaced on the instance by a checkpointed call of the class's forward, which keeps the module tree and
-    so the saved weights' names unchanged.
-    """
-    if hasattr(model.unet, "enable_gradient_checkpointing"):
-        model.unet.enable_gradient_checkpointing()
-    guidance = model.guidance
-    for i, block in enumerate(guidance.down_blocks):
-        guidance.down_blocks[i].forward = partial(_checkpointed_call, block)
-    guidance.mid_block.forward = partial(_checkpointed_call, guidance.mid_block)
-
-
-def _checkpointed_call(block: nn.Module, *args: Any) -> Any:
-    forward = type(block).forward.__get__(block)  # the class's forward: the instance attribute is this call
-    if torch.is_grad_enabled():
-        return checkpoint(forward, *args, use_reentrant=False)
-    return forward(*args)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, *, model: Any = None) -> None:
         from accelerate import Accelerator
@@ -128,7 +103,7 @@ class Trainer:
         for module in model.trainable_modules().values():
             module.to(self.device, dtype=torch.float32)
         if config.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
+            model.enable_gradient_checkpointing()  # the guidance blocks and the frozen UNet (engine/models)
         model.train()
 
         from diffusers import DDPMScheduler
@@ -147,8 +122,10 @@ class Trainer:
         lr_scheduler = get_scheduler(
             config.lr_scheduler,
             optimizer,
-            num_warmup_steps=config.lr_warmup_steps,
-            num_training_steps=config.max_steps,
+            # accelerate's AcceleratedScheduler steps the wrapped scheduler once per process on each call:
+            # count in those steps so warmup and decay last the configured number of optimizer steps.
+            num_warmup_steps=config.lr_warmup_steps * acc.num_processes,
+            num_training_steps=config.max_steps * acc.num_processes,
         )
         self.ema = None
         if config.ema:
