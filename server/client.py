@@ -100,6 +100,8 @@ class FrdmClient:
         if self._server_key is not None:
             sock.curve_serverkey = self._server_key
             sock.curve_publickey, sock.curve_secretkey = self._client_keys
+        if "[" in self.address:  # tcp://[::1]:5555
+            sock.ipv6 = True
         sock.connect(self.address)
         return sock
 

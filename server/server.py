@@ -423,10 +423,13 @@ class Server:
             if os.path.isdir(clients) and any(n.endswith(".key") for n in os.listdir(clients)):
                 self._auth.configure_curve(domain="*", location=clients)  # only the listed clients
             else:
+                log.warning("no client keys in %s: any client holding the server's public key is admitted", clients)
                 self._auth.configure_curve(domain="*", location=CURVE_ALLOW_ANY)
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             sock.curve_server = True
+        if "[" in self.config.bind:  # an IPv6 address such as tcp://[::1]:5555: libzmq needs IPv6 turned on
+            sock.ipv6 = True
         try:
             sock.bind(self.config.bind)
         except zmq.ZMQError as exc:

@@ -819,3 +819,26 @@ def test_curve_keys_authenticate_clients(tmp_path):
         assert isinstance(exc.value, FrdmError)
     finally:
         server.stop()
+
+
+def test_ipv6_loopback_bind_serves():
+    """tcp://[::1] is loopback too: the server must bind it (libzmq needs IPv6 switched on) and the client reach it."""
+    import socket
+
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+        s.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    address = f"tcp://[::1]:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frdm.cli", "serve", "--bind", address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        with FrdmClient(address, timeout=10, retries=3) as client:
+            assert client.hello()["protocol"] == protocol.PROTOCOL_VERSION
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
