@@ -9,6 +9,7 @@ from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
 from frdm.engine.frames import Frame, MemorySource
 from frdm.engine.pipeline import MATTE_CHANNEL, restore_frames
+from frdm.engine.restorer import Clip
 
 from synthetic import add_dust, add_moving_disc, add_scratch, detection_scores, masked_psnr, pan_clip, still_from_movie
 
@@ -99,3 +100,20 @@ def test_scratch_detector_ignores_moving_vertical_edges(shot):
     middle = FRAMES // 2
     assert cands[middle][:, 40 + 6 * middle].any(), "the pole should look like a line in one frame"
     assert not det(cands, middle)[:, 40 + 6 * middle].any(), "but not like a persistent scratch"
+
+
+@pytest.mark.slow
+def test_large_frames_take_their_flow_on_a_reduced_copy_and_still_detect(shared_data):
+    """Above 1280 px the flow runs at half size (the 2K speed path); detection must hold there too."""
+    from frdm.engine.classical import restorer as classical
+
+    still = still_from_movie(shared_data / "clean" / "bigbuckbunny.mp4", index=60, width=1600)
+    clean = pan_clip(still, 5, (1400, 800), speed=(5.0, 1.5))
+    assert int(np.ceil(1400 / classical.FLOW_MAX_SIDE)) == 2
+    clean, actor = add_moving_disc(clean, speed=20.0, radius=30)
+    degraded, truth = add_dust(clean, np.random.default_rng(5), per_frame=30)
+    out = list(ClassicalRestorer().restore(Clip(degraded, list(range(5)), [2]), P.validate({})))[0]
+    precision, recall = detection_scores(out.matte > 0.5, truth[2])
+    assert recall >= 0.9 and precision >= 0.8, (precision, recall)
+    assert masked_psnr(out.image, clean[2], truth[2]) > masked_psnr(degraded[2], clean[2], truth[2]) + 10
+    assert np.abs(out.image - degraded[2]).max(-1)[actor[2] & ~truth[2]].mean() < 0.02
