@@ -436,7 +436,7 @@ SCHEMA = Schema(
             "vram_budget_gb",
             "float",
             0.0,
-            "GPU memory the planner may use (0 = what is free)",
+            "GPU memory the planner may use (0 = 90% of the card; set it on mixed farms so every chunk plans alike)",
             group="diffusion",
             minimum=0.0,
             maximum=1024.0,

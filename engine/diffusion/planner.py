@@ -160,12 +160,16 @@ def make_plans(
 
 
 def budget_bytes(vram_budget_gb: float, device: torch.device) -> int | None:
-    """The budget: the parameter when set, else 90% of what CUDA says is free; None on CPU (no limit)."""
+    """The budget: the parameter when set, else 90% of the GPU's total memory; None on CPU (no limit).
+
+    Not the memory free at call time: the plan (VAE tile, patch batch) changes the result in the last bits, and
+    two farm chunks rendered while other work held different amounts of memory must still agree. A real
+    shortage is handled by the out-of-memory fallback."""
     if vram_budget_gb > 0:
         return int(vram_budget_gb * GIB)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.9)
+        _, total = torch.cuda.mem_get_info(device)
+        return int(total * 0.9)
     return None
 
 
