@@ -217,7 +217,7 @@ class RestorePlan:
     params: dict[str, Any]
     digest: str
     context: tuple[int, int]
-    weights: str | None = None
+    weights_id: str = "-"  # weights_stamp() of the weights the frames are made with
 
     def describe(self) -> str:
         b, a = self.context
@@ -275,6 +275,7 @@ def plan_restore(
         params = P.validate({**params, "mask": mask})
     check_colorspace(params["colorspace"], params["ocio_config"])
     digest = output_hash(params, restorer)
+    weights_id = weights_stamp(weights)
     skip = []
     if resume:
         for n in frames:
@@ -282,39 +283,47 @@ def plan_restore(
             if (
                 attrs is not None
                 and attrs.get(ATTR_HASH) == digest
-                and attrs.get(ATTR_INPUT) == input_fingerprint(source, mask_source, n, weights)
+                and attrs.get(ATTR_INPUT) == input_fingerprint(source, mask_source, n, weights_id)
             ):
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
     return RestorePlan(
-        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), weights
+        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), weights_id
     )
 
 
-def input_fingerprint(source: Source, mask_source: Source | None, frame: int, weights: str | None) -> str:
-    """What frame ``frame`` is made from: its source file, its mask file and the weights folder, by path, size
-    and modification time (cheap: no pixels are read). Resume skips a frame only when this matches too, so
-    re-pointing OUT at another shot, editing a mask or swapping weights re-renders."""
+def _file_stamp(path: str | None) -> str:
+    if not path:
+        return "-"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}:missing"
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def weights_stamp(weights: str | None) -> str:
+    """Path, size and modification time of every file of a weights folder (or file), in one string."""
+    if not weights:
+        return "-"
+    if os.path.isdir(weights):
+        files = sorted(os.path.join(d, f) for d, _, names in os.walk(weights) for f in names)
+    else:
+        files = [weights]
+    return "|".join(_file_stamp(f) for f in files)
+
+
+def input_fingerprint(source: Source, mask_source: Source | None, frame: int, weights_id: str) -> str:
+    """What frame ``frame`` is made from: its source file, its mask file and the weights (``weights_stamp``), by
+    path, size and modification time (cheap: no pixels are read). Resume skips a frame only when this matches
+    too, so re-pointing OUT at another shot, editing a mask or swapping weights re-renders."""
     import hashlib
 
-    def stat(path: str | None) -> str:
-        if not path:
-            return "-"
-        try:
-            st = os.stat(path)
-        except OSError:
-            return f"{path}:missing"
-        return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-    parts = [stat(source.path(frame) or source.description)]
-    parts.append(stat(mask_source.path(frame)) if mask_source is not None else "-")
-    if weights:
-        files = (
-            sorted(os.path.join(d, f) for d, _, fs in os.walk(weights) for f in fs)
-            if os.path.isdir(weights)
-            else [weights]
-        )
-        parts.extend(stat(f) for f in files)
+    parts = [
+        _file_stamp(source.path(frame) or source.description),
+        _file_stamp(mask_source.path(frame)) if mask_source is not None else "-",
+        weights_id,
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -347,7 +356,10 @@ def restore_sequence(
             plan.source, plan.todo, plan.params, restorer, mask_source=plan.mask_source, progress=progress
         ):
             path = plan.out.path(n)
-            frame.attributes[ATTR_INPUT] = ("string", input_fingerprint(plan.source, plan.mask_source, n, plan.weights))
+            frame.attributes[ATTR_INPUT] = (
+                "string",
+                input_fingerprint(plan.source, plan.mask_source, n, plan.weights_id),
+            )
             write_frame(path, frame, compression=compression, pixel_type=pixel_type)
             report.written.append(n)
             report.outputs[n] = path
