@@ -54,7 +54,9 @@ def test_template_is_valid_openjd_with_contiguous_chunks(tmp_path):
     assert values["Frames"] == "1001-1012" and values["ChunkSize"] == 4
     # the shot's preset and the command-line knob both reach the farm's parameter file
     params = json.loads((job_dir / farm.PARAMS_FILE).read_text())["params"]
-    assert params == {"colorspace": "linear", "feather": 3.0}
+    from frdm.engine.params import load_preset
+
+    assert params == {**load_preset(PRESET), "feather": 3.0}
 
     broken = {k: v for k, v in template.items() if k != "extensions"}  # CHUNK[INT] needs the extension
     with pytest.raises(InputError, match="TASK_CHUNKING"):
