@@ -44,6 +44,7 @@ class Event:
     job_id: str
     frame: int | None = None  # for "frame"
     data: bytes | None = None  # inline EXR bytes of a finished frame
+    image: protocol.RawImage | None = None  # or its raw pixels (``reply="raw"``), a view of the message
     path: str | None = None  # or the path the server wrote atomically (path mode)
     done: float = 0.0  # progress: units done / total
     total: float = 0.0
@@ -131,10 +132,11 @@ class FrdmClient:
         self.close()
 
     @staticmethod
-    def _recv(sock: zmq.Socket) -> tuple[dict[str, Any], list[bytes]]:
-        parts = sock.recv_multipart()
+    def _recv(sock: zmq.Socket) -> tuple[dict[str, Any], list[Any]]:
+        # copy=False: a frame's pixels stay in the buffer ZeroMQ received them into (raw replies view it).
+        parts = sock.recv_multipart(copy=False)
         try:
-            header = protocol.unpack(parts[0])
+            header = protocol.unpack(parts[0].bytes)
         except protocol.ProtocolError as exc:
             raise ServerError(
                 "protocol_mismatch", f"the server sent a message this client cannot read: {exc}"
@@ -145,7 +147,7 @@ class FrdmClient:
                 f"the server speaks protocol {header.get('v')!r}, this client {protocol.PROTOCOL_VERSION}; "
                 "install the same FRDM version on both sides",
             )
-        return header, parts[1:]
+        return header, [p.buffer for p in parts[1:]]
 
     def _request(
         self, header: dict[str, Any], *, private: bool = False, timeout: float | None = None, retries: int | None = None
@@ -223,21 +225,23 @@ class FrdmClient:
         params: Mapping[str, Any],
         frames: list[int],
         *,
-        sources: Mapping[int, bytes | str],
-        masks: Mapping[int, bytes | str] | None = None,
+        sources: Mapping[int, protocol.Inline],
+        masks: Mapping[int, protocol.Inline] | None = None,
         output_dir: str | None = None,
         output_pattern: str | None = None,
         job_id: str | None = None,
+        reply: str = "exr",
     ) -> Iterator[Event]:
         """Send a restore job and iterate its events: ``accepted``, ``progress`` heartbeats, one ``frame``
         per frame, then ``done`` or ``error`` (which ends the iterator).
 
-        Sources are EXR bytes (inline) or paths under the server's ``--allow-root``; context frames are
-        extra entries outside ``frames``. With ``output_dir``/``output_pattern`` the server writes the
-        frames and the events carry ``path``, else ``data``. The request is built now (a wrong argument
-        raises at once); nothing is sent until iteration starts. Transport failures arrive as an ``error``
-        event with code ``server_unreachable`` so a host handles every failure in one place. Leaving the
-        loop early (break, exception) cancels the job."""
+        Sources are raw pixels (``protocol.RawImage``, the fast form: sent without a copy), EXR bytes, or
+        paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``.
+        With ``output_dir``/``output_pattern`` the server writes the frames and the events carry ``path``;
+        else ``image`` (``reply="raw"``: pixels and their description, no codec) or ``data`` (EXR bytes).
+        The request is built now (a wrong argument raises at once); nothing is sent until iteration
+        starts. Transport failures arrive as an ``error`` event with code ``server_unreachable`` so a host
+        handles every failure in one place. Leaving the loop early (break, exception) cancels the job."""
         job_id = job_id or _new_id()
         request_id = _new_id()
         self._owned[job_id] = request_id
@@ -250,8 +254,9 @@ class FrdmClient:
             masks,
             output_dir=output_dir,
             output_pattern=output_pattern,
+            reply=reply,
         )
-        size = sum(len(b) for b in blobs)
+        size = sum(memoryview(b).nbytes for b in blobs)
         limit = self._limits.get("max_message_bytes")
         if isinstance(limit, int) and size > limit:
             return iter(
@@ -343,7 +348,7 @@ def _body(reply: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in reply.items() if k not in ("v", "type", "id")}
 
 
-def _event(h: dict[str, Any], blobs: list[bytes], job_id: str) -> Event | None:
+def _event(h: dict[str, Any], blobs: list[Any], job_id: str) -> Event | None:
     kind = h.get("type")
     num = lambda name: float(h[name]) if isinstance(h.get(name), (int, float)) else 0.0  # noqa: E731
     if kind == "accepted":
@@ -352,12 +357,21 @@ def _event(h: dict[str, Any], blobs: list[bytes], job_id: str) -> Event | None:
         return Event("progress", job_id, done=num("done"), total=num("total"), message=str(h.get("message", "")))
     if kind == "frame":
         blob = h.get("blob")
-        data = blobs[blob - 1] if isinstance(blob, int) and 1 <= blob <= len(blobs) else None
+        part = blobs[blob - 1] if isinstance(blob, int) and 1 <= blob <= len(blobs) else None
+        data, image = None, None
+        if part is not None and "image" in h:
+            try:
+                image = protocol.raw_image(h["image"], part, f"frame {h.get('frame')!r} reply")
+            except protocol.ProtocolError as exc:
+                return Event("error", job_id, code="protocol_mismatch", message=f"the server's frame reply: {exc}")
+        elif part is not None:
+            data = bytes(part)
         return Event(
             "frame",
             job_id,
             frame=int(h["frame"]) if isinstance(h.get("frame"), int) else None,
             data=data,
+            image=image,
             path=h.get("path") if isinstance(h.get("path"), str) else None,
             done=num("done"),
             total=num("total"),

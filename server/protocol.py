@@ -14,15 +14,16 @@ import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from frdm.engine.errors import FrdmError, InputError
 from frdm.engine.params import SCHEMA
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: raw pixel frames (``image`` on a source, mask or frame reply), ``reply``
 
 #: Requests a client sends.
 REQUEST_TYPES = ("hello", "restore", "cancel", "status")
@@ -178,13 +179,244 @@ def check_version(h: Mapping[str, Any]) -> None:
         )
 
 
+# --- raw pixel frames ----------------------------------------------------------------------------------
+#
+# An inline frame travels as one buffer of pixels plus a small description (``image``) in the header: no
+# file codec on either side and no copy (the buffer is the message part; numpy views it in place).
+# Layout: the data window's pixels row by row from the top, each pixel's samples in channel order, every
+# sample in its channel's type, little-endian, nothing between them (a packed numpy record per pixel).
+
+#: Sample types of a raw frame -> little-endian numpy type codes. EXR's half and float; an image read from
+#: an integer file (DPX, PNG, TIFF) travels as float, which holds every 8- and 16-bit code value exactly.
+RAW_TYPES: dict[str, str] = {"half": "<f2", "float": "<f4"}
+#: What a restore request may ask inline results to come back as (field ``reply``).
+REPLY_FORMATS = ("exr", "raw")
+MAX_NAME_LEN = 255  # channel and attribute names (EXR's long-name limit)
+MAX_ATTRIBUTES = 512
+MAX_ATTRIBUTE_LEN = 1 << 16  # characters of a string value, items of a list value
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    """What a raw pixel buffer holds: windows ``(x, y, width, height)``, channels and their sample types,
+    and the image's attributes (name -> (OpenImageIO type name, value))."""
+
+    data_window: tuple[int, int, int, int]
+    display_window: tuple[int, int, int, int]
+    channels: tuple[str, ...]
+    types: tuple[str, ...]
+    attributes: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return self.data_window[2]
+
+    @property
+    def height(self) -> int:
+        return self.data_window[3]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """One pixel: a plain type when every channel shares it (then the buffer is (H, W, C)), else a
+        packed record with one field per channel."""
+        if len(set(self.types)) == 1:
+            return np.dtype(RAW_TYPES[self.types[0]])
+        return np.dtype([(f"c{i}", RAW_TYPES[t]) for i, t in enumerate(self.types)])
+
+    @property
+    def nbytes(self) -> int:
+        return self.width * self.height * sum(np.dtype(RAW_TYPES[t]).itemsize for t in self.types)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "data_window": list(self.data_window),
+            "display_window": list(self.display_window),
+            "channels": list(self.channels),
+            "types": list(self.types),
+            "attributes": {k: [t, list(v) if isinstance(v, tuple) else v] for k, (t, v) in self.attributes.items()},
+        }
+
+
+def _window(value: Any, where: str) -> tuple[int, int, int, int]:
+    if not isinstance(value, list) or len(value) != 4:
+        raise ProtocolError("bad_request", f"{where} must be [x, y, width, height], got {value!r:.80}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or not _INT32[0] <= v <= _INT32[1]:
+            raise ProtocolError("bad_request", f"{where} must hold four 32-bit integers, got {value!r:.80}")
+    x, y, w, h = value
+    if w < 1 or h < 1:
+        raise ProtocolError("bad_request", f"{where} is empty ({w}x{h}); width and height must be at least 1")
+    if x + w - 1 > _INT32[1] or y + h - 1 > _INT32[1]:
+        raise ProtocolError("bad_request", f"{where} ends past the 32-bit coordinate range")
+    return x, y, w, h
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LEN or not value.isprintable():
+        raise ProtocolError("bad_request", f"{where} must be 1-{MAX_NAME_LEN} printable characters, got {value!r:.80}")
+    return value
+
+
+def _attribute(value: Any, where: str) -> tuple[str, Any]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise ProtocolError("bad_request", f"{where} must be [type, value], got {value!r:.80}")
+    kind, v = value
+    kind = _name(kind, f"{where} type")
+    if isinstance(v, str):
+        if len(v) > MAX_ATTRIBUTE_LEN:
+            raise ProtocolError("too_large", f"{where}: a string of {len(v)} characters (at most {MAX_ATTRIBUTE_LEN})")
+        return kind, v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return kind, v
+    if isinstance(v, list):
+        if len(v) > MAX_ATTRIBUTE_LEN:
+            raise ProtocolError("too_large", f"{where}: a list of {len(v)} items (at most {MAX_ATTRIBUTE_LEN})")
+        if all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v) or all(
+            isinstance(i, str) and len(i) <= MAX_ATTRIBUTE_LEN for i in v
+        ):
+            return kind, tuple(v)
+    raise ProtocolError(
+        "bad_request", f"{where}: a value is a string, a number or a list of either, got {type(v).__name__}"
+    )
+
+
+def parse_raw_spec(value: Any, where: str = "image") -> RawSpec:
+    """Validate a raw frame's description; every error names the field."""
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_request", f"{where} must be a map (data_window, display_window, channels, types)")
+    unknown = set(value) - {"data_window", "display_window", "channels", "types", "attributes"}
+    if unknown:
+        raise ProtocolError("bad_request", f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    for name in ("data_window", "display_window", "channels", "types"):
+        if name not in value:
+            raise ProtocolError("bad_request", f"{where}.{name} is missing")
+    data_window = _window(value["data_window"], f"{where}.data_window")
+    display_window = _window(value["display_window"], f"{where}.display_window")
+    channels, types = value["channels"], value["types"]
+    if not isinstance(channels, list) or not channels:
+        raise ProtocolError("bad_request", f"{where}.channels must be a non-empty list of channel names")
+    if not isinstance(types, list) or len(types) != len(channels):
+        raise ProtocolError(
+            "bad_request",
+            f"{where}.types must list one sample type per channel ({len(channels)} channels, got "
+            f"{len(types) if isinstance(types, list) else type(types).__name__})",
+        )
+    names = tuple(_name(c, f"{where}.channels[{i}]") for i, c in enumerate(channels))
+    if len(set(names)) != len(names):
+        raise ProtocolError("bad_request", f"{where}.channels names a channel twice")
+    for i, t in enumerate(types):
+        if t not in RAW_TYPES:
+            raise ProtocolError(
+                "bad_request", f"{where}.types[{i}] ({names[i]}) is {t!r:.40}; sample types are {', '.join(RAW_TYPES)}"
+            )
+    attrs = value.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise ProtocolError("bad_request", f"{where}.attributes must be a map of name -> [type, value]")
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise ProtocolError("too_large", f"{where}.attributes: {len(attrs)} attributes (at most {MAX_ATTRIBUTES})")
+    attributes = {
+        _name(k, f"{where}.attributes key"): _attribute(v, f"{where}.attributes[{k!r}]") for k, v in attrs.items()
+    }
+    return RawSpec(data_window, display_window, names, tuple(types), attributes)
+
+
+def check_raw_size(spec: RawSpec, limits: Limits, name: str) -> None:
+    """The server's pixel and channel limits, from the description alone (before any buffer is viewed)."""
+    pixels = spec.width * spec.height
+    if pixels > limits.max_pixels_per_frame:
+        raise ProtocolError(
+            "too_large",
+            f"{name}: {spec.width}x{spec.height} = {pixels} pixels exceeds this server's limit of "
+            f"{limits.max_pixels_per_frame} per frame",
+        )
+    if len(spec.channels) > limits.max_channels:
+        raise ProtocolError(
+            "too_large", f"{name}: {len(spec.channels)} channels exceeds this server's limit of {limits.max_channels}"
+        )
+
+
+class RawImage:
+    """Raw pixels and their description. ``buffer`` is any bytes-like object (a received ZeroMQ frame, a
+    numpy array, bytes) and is never copied: ``array()`` is a read-only view of it."""
+
+    __slots__ = ("spec", "buffer")
+
+    def __init__(self, spec: RawSpec, buffer: Any, name: str = "raw frame"):
+        size = memoryview(buffer).nbytes
+        if size != spec.nbytes:
+            per = spec.nbytes // (spec.width * spec.height)
+            raise ProtocolError(
+                "bad_input",
+                f"{name}: the pixel buffer holds {size} bytes but {spec.width}x{spec.height} pixels of "
+                f"{len(spec.channels)} channels ({', '.join(spec.types)}) need {spec.nbytes} ({per} per pixel)",
+            )
+        self.spec = spec
+        self.buffer = buffer
+
+    def array(self) -> np.ndarray:
+        """(H, W, C) when every channel has one type, else (H, W) records with fields c0, c1, ..."""
+        s = self.spec
+        flat = np.frombuffer(memoryview(self.buffer).cast("B"), dtype=s.dtype)
+        if flat.dtype.names is None:
+            return flat.reshape(s.height, s.width, len(s.channels))
+        return flat.reshape(s.height, s.width)
+
+    def to_float32(self) -> np.ndarray:
+        """(H, W, C) float32: the one conversion pass a reader needs (half and float are exact in it)."""
+        a = self.array()
+        if a.dtype.names is None:
+            return a.astype(np.float32)
+        out = np.empty((self.spec.height, self.spec.width, len(self.spec.channels)), np.float32)
+        for i, field_name in enumerate(a.dtype.names):
+            out[..., i] = a[field_name]
+        return out
+
+    @classmethod
+    def from_float32(
+        cls,
+        pixels: np.ndarray,
+        channels: Sequence[str],
+        types: Sequence[str],
+        data_window: Sequence[int],
+        display_window: Sequence[int],
+        attributes: Mapping[str, tuple[str, Any]] | None = None,
+    ) -> RawImage:
+        """Pixels (H, W, C) in the given sample types: one conversion pass into a fresh buffer."""
+        h, w, c = pixels.shape
+        x, y = int(data_window[0]), int(data_window[1])
+        spec = RawSpec(
+            (x, y, w, h), tuple(int(v) for v in display_window), tuple(channels), tuple(types), dict(attributes or {})
+        )  # type: ignore[arg-type]
+        if c != len(spec.channels) or len(spec.types) != c:
+            raise ValueError(f"{c} pixel channels but {len(spec.channels)} names and {len(spec.types)} types")
+        dtype = spec.dtype
+        if dtype.names is None:
+            buf = pixels.astype(dtype, order="C")
+        else:
+            buf = np.empty((h, w), dtype)
+            for i, field_name in enumerate(dtype.names):
+                buf[field_name] = pixels[..., i]
+        return cls(spec, buf)
+
+
+Inline = RawImage | bytes | bytearray | memoryview | str
+
+
+def raw_image(value: Any, blob: Any, where: str) -> RawImage:
+    """A received raw frame: its description from the header (validated) and its message part."""
+    return RawImage(parse_raw_spec(value, where), blob, where)
+
+
 @dataclass
 class ImageRef:
-    """One source or mask frame: inline EXR bytes (``blob`` is the message part index) or a path."""
+    """One source or mask frame: inline (``blob`` is the message part index) or a path. An inline frame
+    is raw pixels when ``image`` describes them, else EXR file bytes."""
 
     frame: int
     blob: int | None = None
     path: str | None = None
+    image: RawSpec | None = None
 
 
 @dataclass
@@ -197,6 +429,7 @@ class RestoreRequest:
     masks: dict[int, ImageRef]
     output_dir: str | None
     output_pattern: str | None
+    reply: str = "exr"  # how inline results come back: "exr" (file bytes) or "raw" (pixels + header)
 
 
 def _image_refs(value: Any, name: str, n_blobs: int, used: set[int], limit: int) -> dict[int, ImageRef]:
@@ -223,8 +456,11 @@ def _image_refs(value: Any, name: str, n_blobs: int, used: set[int], limit: int)
             if blob in used:
                 raise ProtocolError("bad_request", f"{where}: message part {blob} is used twice")
             used.add(blob)
-            out[frame] = ImageRef(frame, blob=blob)
+            image = parse_raw_spec(entry["image"], f"{where}.image") if "image" in entry else None
+            out[frame] = ImageRef(frame, blob=blob, image=image)
         else:
+            if "image" in entry:
+                raise ProtocolError("bad_request", f"{where}: 'image' describes inline pixels; a path has none")
             out[frame] = ImageRef(frame, path=_path(entry["path"], where))
     return out
 
@@ -276,7 +512,10 @@ def parse_restore(h: Mapping[str, Any], n_blobs: int, limits: Limits) -> Restore
             raise ProtocolError("bad_request", "output_pattern needs one frame number field (%04d or ####)")
     if output_dir is not None and output_pattern is not None:
         raise ProtocolError("bad_request", "give output_dir or output_pattern, not both")
-    return RestoreRequest(request_id, job_id, params, frames, sources, masks, output_dir, output_pattern)
+    reply = _field(h, "reply", str, required=False) or "exr"
+    if reply not in REPLY_FORMATS:
+        raise ProtocolError("bad_request", f"field 'reply' must be one of {', '.join(REPLY_FORMATS)}, got {reply!r}")
+    return RestoreRequest(request_id, job_id, params, frames, sources, masks, output_dir, output_pattern, reply)
 
 
 def restore_header(
@@ -284,25 +523,32 @@ def restore_header(
     job_id: str,
     params: Mapping[str, Any],
     frames: Sequence[int],
-    sources: Mapping[int, bytes | str],
-    masks: Mapping[int, bytes | str] | None = None,
+    sources: Mapping[int, Inline],
+    masks: Mapping[int, Inline] | None = None,
     *,
     output_dir: str | None = None,
     output_pattern: str | None = None,
-) -> tuple[dict[str, Any], list[bytes]]:
-    """Build a restore request: the header and its blobs (inline bytes become numbered message parts)."""
-    blobs: list[bytes] = []
+    reply: str = "exr",
+) -> tuple[dict[str, Any], list[Any]]:
+    """Build a restore request: the header and its blobs (inline frames become numbered message parts:
+    EXR bytes as they are, a RawImage as its pixel buffer, never copied)."""
+    blobs: list[Any] = []
 
-    def refs(items: Mapping[int, bytes | str]) -> list[dict[str, Any]]:
+    def refs(items: Mapping[int, Inline]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for frame, value in sorted(items.items()):
-            if isinstance(value, (bytes, bytearray, memoryview)):
+            if isinstance(value, RawImage):
+                blobs.append(value.buffer)
+                out.append({"frame": int(frame), "blob": len(blobs), "image": value.spec.to_wire()})
+            elif isinstance(value, (bytes, bytearray, memoryview)):
                 blobs.append(bytes(value) if not isinstance(value, bytes) else value)
                 out.append({"frame": int(frame), "blob": len(blobs)})
             elif isinstance(value, (str, os.PathLike)):
                 out.append({"frame": int(frame), "path": os.fspath(value)})
             else:
-                raise TypeError(f"frame {frame}: a source is EXR bytes or a path, not {type(value).__name__}")
+                raise TypeError(
+                    f"frame {frame}: a source is a RawImage, EXR bytes or a path, not {type(value).__name__}"
+                )
         return out
 
     h = make_header("restore", request_id, job=job_id, params=dict(params), frames=[int(f) for f in frames])
@@ -313,6 +559,8 @@ def restore_header(
         h["output_dir"] = output_dir
     if output_pattern is not None:
         h["output_pattern"] = output_pattern
+    if reply != "exr":
+        h["reply"] = reply
     return h, blobs
 
 
