@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from frdm.engine import params as P
-from frdm.engine.blend import blend, feather_mask
-from frdm.engine.color import check_colorspace, from_model, representable, to_model
+from frdm.engine.color import check_colorspace, to_model
 from frdm.engine.errors import InputError
+from frdm.engine.fill import FillResult, FillStore, finish_frame
 from frdm.engine.frames import (
     MOVIE_EXTENSIONS,
     Frame,
@@ -29,7 +29,7 @@ from frdm.engine.frames import (
     read_attributes,
     write_frame,
 )
-from frdm.engine.restorer import Clip, ProgressFn, Restorer, create_restorer, no_progress
+from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, Restorer, create_restorer, no_progress
 
 MATTE_CHANNEL = "frdm.matte"
 BLOCK_FRAMES = 8  # targets per restorer call: bounds memory at 2K (context + block frames in RAM)
@@ -75,26 +75,6 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
             )
 
 
-def _artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:
-    """(H, W) float mask in [0, 1] from a channel of the source or a separate mask frame."""
-    if mask_frame is None:
-        if not channel:
-            raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
-        return np.clip(frame.pixels[..., frame.channel_index(channel)], 0.0, 1.0)
-    if mask_frame.pixels.shape[:2] != frame.pixels.shape[:2]:
-        raise InputError(
-            f"{mask_frame.path}: mask for frame {number} is {mask_frame.width}x{mask_frame.height} but the "
-            f"source is {frame.width}x{frame.height}; render the mask at the source's resolution"
-        )
-    if channel:
-        idx = mask_frame.channel_index(channel)
-    elif "A" in mask_frame.channels:
-        idx = mask_frame.channels.index("A")
-    else:
-        idx = 0
-    return np.clip(mask_frame.pixels[..., idx], 0.0, 1.0)
-
-
 def restore_frames(
     source: Source,
     frames: list[int],
@@ -103,8 +83,13 @@ def restore_frames(
     *,
     mask_source: Source | None = None,
     progress: ProgressFn = no_progress,
+    fill_cache: FillStore | None = None,
 ) -> Iterator[tuple[int, Frame]]:
-    """Yield (frame number, restored Frame) for each of ``frames``, in order. Nothing is written here."""
+    """Yield (frame number, restored Frame) for each of ``frames``, in order. Nothing is written here.
+
+    ``fill_cache`` keeps each frame's restorer output (the fill stage): a frame found there is only
+    re-blended, which is what a change of a blend- or output-stage parameter costs. A frame nothing changed
+    in comes back sharing its original's pixel array."""
     params = P.validate(params)
     frames = sorted(set(frames))
     source.check_frames(frames)
@@ -124,66 +109,54 @@ def restore_frames(
 
     for start in range(0, total, BLOCK_FRAMES):
         block = frames[start : start + BLOCK_FRAMES]
-        lo = max(0, position[block[0]] - before)
-        hi = min(len(available) - 1, position[block[-1]] + after)
-        numbers = available[lo : hi + 1]
-        originals = [cache(n) for n in numbers]
-        reference = reference or (numbers[0], originals[0])
-        _check_geometry(originals, numbers, source.description, reference)
-        rgb_index = [f.rgb_indices() for f in originals]
-        model = np.stack(
-            [
-                to_model(f.pixels[..., idx], params["colorspace"], params["ocio_config"])
-                for f, idx in zip(originals, rgb_index)
-            ]
-        )
-        in_range = representable(model)
-        clip = Clip(np.clip(model, 0.0, 1.0), list(numbers), list(block))
+        # The stage cache: frames whose fill result is kept skip the restorer (and their context reads).
+        fills = {n: f for n in block if fill_cache is not None and (f := fill_cache.get(n)) is not None}
+        misses = [n for n in block if n not in fills]
+        restored_frames: Iterator[RestoredFrame] = iter(())
+        if misses:
+            lo = max(0, position[misses[0]] - before)
+            hi = min(len(available) - 1, position[misses[-1]] + after)
+            numbers = available[lo : hi + 1]
+            originals = [cache(n) for n in numbers]
+            reference = reference or (numbers[0], originals[0])
+            _check_geometry(originals, numbers, source.description, reference)
+            model = np.stack(
+                [
+                    to_model(f.pixels[..., f.rgb_indices()], params["colorspace"], params["ocio_config"])
+                    for f in originals
+                ]
+            )
+            clip = Clip(np.clip(model, 0.0, 1.0, out=model), list(numbers), list(misses))
 
-        def block_progress(
-            done: float, count: float, message: str, _base: int = done_before, _size: int = len(block)
-        ) -> None:
-            progress(_base + done * _size / max(count, 1), total, message)
+            def block_progress(
+                done: float, count: float, message: str, _base: int = done_before, _size: int = len(misses)
+            ) -> None:
+                progress(_base + done * _size / max(count, 1), total, message)
 
-        for restored in restorer.restore(clip, params, block_progress):
-            i = numbers.index(restored.frame_number)
-            original = originals[i]
-            idx = rgb_index[i]
-            if params["mask"] == "auto":
-                mask = feather_mask(restored.matte, params["feather"], params["matte_grow"])
-            elif params["mask"] == "none":
-                mask = np.ones(restored.matte.shape, np.float32)
+            restored_frames = iter(restorer.restore(clip, params, block_progress))
+
+        for n in block:
+            fill = fills.get(n)
+            if fill is None:
+                restored = next(restored_frames, None)
+                if restored is None or restored.frame_number != n:
+                    got = "nothing" if restored is None else f"frame {restored.frame_number}"
+                    raise RuntimeError(f"the restorer yielded {got} where frame {n} was due (targets in order)")
+                fill = FillResult.from_restored(restored, clip.frames[clip.index(n)])
+                if fill_cache is not None:
+                    fill_cache.put(n, fill)
             else:
-                mask_frame = mask_source.read(restored.frame_number) if mask_source is not None else None
-                mask = feather_mask(
-                    _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number),
-                    params["feather"],
-                )
-            # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
-            # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
-            changed = np.any(restored.image != clip.frames[i], axis=-1)
-            mask = mask * in_range[i] * changed
-            back = from_model(restored.image, params["colorspace"], params["ocio_config"])
-            pixels = original.pixels.copy()
-            if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
-                grey = back.mean(axis=-1, keepdims=True)
-                pixels[..., idx[:1]] = blend(original.pixels[..., idx[:1]], grey, mask)
-            else:
-                pixels[..., idx] = blend(original.pixels[..., idx], back, mask)
-            channels, formats = list(original.channels), list(original.formats)
-            if params["write_matte"]:
-                if MATTE_CHANNEL in channels:
-                    pixels[..., channels.index(MATTE_CHANNEL)] = restored.matte
-                else:
-                    pixels = np.concatenate([pixels, restored.matte[..., None]], axis=-1)
-                    channels.append(MATTE_CHANNEL)
-                    formats.append("half")
-            out = original.with_pixels(pixels, channels, formats)
+                progress(done_before + block.index(n) + 1, total, f"frame {n} (restorer output cached)")
+            original = cache(n)
+            reference = reference or (n, original)
+            _check_geometry([original], [n], source.description, reference)
+            mask_frame = mask_source.read(n) if params["mask"] == "artist" and mask_source is not None else None
+            out = finish_frame(original, fill, params, mask_frame, n, MATTE_CHANNEL)
             out.attributes[ATTR_HASH] = ("string", digest)
             out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
             out.attributes[ATTR_PARAMS] = ("string", _params_text(params))
             out.attributes[ATTR_SOURCE] = ("string", os.path.basename(original.path or ""))
-            yield restored.frame_number, out
+            yield n, out
         done_before += len(block)
 
 

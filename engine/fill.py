@@ -1,0 +1,241 @@
+"""The fill stage's result and what follows it: a restorer's output for one frame, kept only where it
+changed, and the blend and colour conversion that turn it into the output frame, run only inside the
+region that can change.
+
+This is what the stage cache keeps (server and ``frdm restore``): a knob of the blend or output stage
+(feather, matte grow, mask, matte channel, compression) re-blends from a ``FillResult`` without calling the
+restorer. ``finish_frame`` is the one blend: a fresh restore and a cached one go through it alike, so both
+give the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from frdm.engine.blend import blend, feather_mask
+from frdm.engine.color import from_model, representable, to_model
+from frdm.engine.errors import InputError
+from frdm.engine.frames import Frame
+from frdm.engine.restorer import RestoredFrame
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1, columns x0..x1-1
+FILL_FORMAT = "frdm-fill-1"  # bump when the stored layout changes: old entries then read as misses
+
+
+def nonzero_box(a: np.ndarray) -> Box | None:
+    """The bounding box of the non-zero (True) entries of a 2-D array; None if there are none."""
+    rows = np.flatnonzero(a.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(a[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def grow_box(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    y0, y1, x0, x1 = box
+    return max(0, y0 - margin), min(shape[0], y1 + margin), max(0, x0 - margin), min(shape[1], x1 + margin)
+
+
+def intersect(a: Box | None, b: Box | None) -> Box | None:
+    if a is None or b is None:
+        return None
+    y0, y1, x0, x1 = max(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), min(a[3], b[3])
+    return (y0, y1, x0, x1) if y0 < y1 and x0 < x1 else None
+
+
+def feather_margin(radius: float, grow: int) -> int:
+    """How far ``feather_mask`` can spread a mask: the grow disc, the 2-sigma widening and the Gaussian
+    kernel (OpenCV sizes a float kernel 4 sigma each side), plus a pixel for rounding. Feathering a crop
+    this much larger than the mask's box gives the full-frame values: beyond the box everything is 0."""
+    return int(grow) + (2 * math.ceil(2.0 * radius) + math.ceil(4.0 * radius) + 2 if radius > 0 else 0)
+
+
+def feather_in_box(
+    box: Box | None, values: np.ndarray, shape: tuple[int, int], radius: float, grow: int = 0
+) -> tuple[Box | None, np.ndarray]:
+    """``feather_mask`` of a (H, W) mask that is ``values`` inside ``box`` and 0 elsewhere, computed only
+    around the box: (the box the result lives in, the feathered mask inside it)."""
+    if box is None:
+        return None, np.zeros((0, 0), np.float32)
+    crop = grow_box(box, feather_margin(radius, grow), shape)
+    raw = np.zeros((crop[1] - crop[0], crop[3] - crop[2]), np.float32)
+    raw[box[0] - crop[0] : box[1] - crop[0], box[2] - crop[2] : box[3] - crop[2]] = values
+    return crop, feather_mask(raw, radius, grow)
+
+
+@dataclass
+class FillResult:
+    """What a restorer made of one frame, in model space, kept only where it differs from its input."""
+
+    shape: tuple[int, int]  # H, W of the frame
+    box: Box | None  # the pixels the restorer changed lie inside this box
+    image: np.ndarray  # (h, w, 3) float32: the restored pixels inside ``box``
+    changed: np.ndarray  # (h, w) bool: which of them changed
+    matte_box: Box | None  # the detected defects lie inside this box
+    matte: np.ndarray  # (h, w) float32 in [0, 1]: the matte inside ``matte_box``
+
+    @classmethod
+    def from_restored(cls, restored: RestoredFrame, model_input: np.ndarray) -> FillResult:
+        """Keep the changed pixels of ``restored`` (compared with the ``model_input`` it was given)."""
+        image = restored.image
+        if image.shape != model_input.shape:
+            raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        # array_equal first: a frame the restorer left alone costs one fast pass instead of a per-pixel map.
+        box = None if np.array_equal(image, model_input) else nonzero_box(np.any(image != model_input, axis=-1))
+        if box is None:
+            img, changed = np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool)
+        else:
+            y0, y1, x0, x1 = box
+            img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
+            changed = np.any(img != model_input[y0:y1, x0:x1], axis=-1)
+        matte = np.asarray(restored.matte, np.float32)
+        matte_box = nonzero_box(matte > 0)
+        if matte_box is None:
+            m = np.zeros((0, 0), np.float32)
+        else:
+            m = np.ascontiguousarray(matte[matte_box[0] : matte_box[1], matte_box[2] : matte_box[3]])
+        return cls(shape, box, img, changed, matte_box, m)
+
+    def full_matte(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.float32)
+        if self.matte_box is not None:
+            y0, y1, x0, x1 = self.matte_box
+            out[y0:y1, x0:x1] = self.matte
+        return out
+
+    # --- storage (safetensors: arrays and a small text header, never pickle) ---------------------------
+
+    def to_bytes(self) -> bytes:
+        from safetensors.numpy import save
+
+        meta = {"format": FILL_FORMAT, "shape": self.shape, "box": self.box, "matte_box": self.matte_box}
+        arrays = {"image": self.image, "changed": self.changed.astype(np.uint8), "matte": self.matte}
+        return save(arrays, metadata={"fill": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes | memoryview) -> FillResult | None:
+        """None for an entry of another format or a damaged one (a miss, never a wrong frame)."""
+        from safetensors.numpy import load
+
+        try:
+            data = bytes(data)
+            (n,) = struct.unpack_from("<Q", data, 0)
+            meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["fill"])
+            if meta.get("format") != FILL_FORMAT:
+                return None
+            arrays = load(data)
+            box = tuple(meta["box"]) if meta["box"] is not None else None
+            matte_box = tuple(meta["matte_box"]) if meta["matte_box"] is not None else None
+            return cls(
+                tuple(meta["shape"]),  # type: ignore[arg-type]
+                box,  # type: ignore[arg-type]
+                arrays["image"],
+                arrays["changed"].astype(bool),
+                matte_box,  # type: ignore[arg-type]
+                arrays["matte"],
+            )
+        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):
+            return None
+
+
+class FillStore(Protocol):
+    """Where ``restore_frames`` keeps fill results, by frame number (the owner knows the keys)."""
+
+    def get(self, frame: int) -> FillResult | None: ...
+
+    def put(self, frame: int, result: FillResult) -> None: ...
+
+
+def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:
+    """(H, W) float mask in [0, 1] from a channel of the source or a separate mask frame."""
+    if mask_frame is None:
+        if not channel:
+            raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
+        return np.clip(frame.pixels[..., frame.channel_index(channel)], 0.0, 1.0)
+    if mask_frame.pixels.shape[:2] != frame.pixels.shape[:2]:
+        raise InputError(
+            f"{mask_frame.path}: mask for frame {number} is {mask_frame.width}x{mask_frame.height} but the "
+            f"source is {frame.width}x{frame.height}; render the mask at the source's resolution"
+        )
+    if channel:
+        idx = mask_frame.channel_index(channel)
+    elif "A" in mask_frame.channels:
+        idx = mask_frame.channels.index("A")
+    else:
+        idx = 0
+    return np.clip(mask_frame.pixels[..., idx], 0.0, 1.0)
+
+
+def finish_frame(
+    original: Frame,
+    fill: FillResult,
+    params: Mapping[str, Any],
+    mask_frame: Frame | None,
+    number: int,
+    matte_channel: str,
+) -> Frame:
+    """Blend a fill result into its original: out = original + mask * (restored - original).
+
+    Only the box where the mask, the change and the representable range overlap is converted and blended;
+    every other pixel is the original's value. A frame nothing changes in shares the original's pixel
+    array (no copy), which tells a caller it may send the input's own bytes back."""
+    if fill.shape != (original.height, original.width):
+        raise InputError(
+            f"frame {number}: the cached fill result is {fill.shape[1]}x{fill.shape[0]} but the source is "
+            f"{original.width}x{original.height}"
+        )
+    idx = original.rgb_indices()
+    if params["mask"] == "none":
+        mask_box: Box | None = (0, fill.shape[0], 0, fill.shape[1])
+        mask = None
+    elif params["mask"] == "auto":
+        mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
+    else:
+        raw = artist_mask(original, mask_frame, params["mask_channel"], number)
+        box = nonzero_box(raw > 0)
+        values = raw[box[0] : box[1], box[2] : box[3]] if box is not None else raw[:0, :0]
+        mask_box, mask = feather_in_box(box, values, fill.shape, params["feather"])
+    region = intersect(mask_box, fill.box)
+    pixels = original.pixels
+    if region is not None:
+        y0, y1, x0, x1 = region
+        m = (
+            np.ones((y1 - y0, x1 - x0), np.float32)
+            if mask is None
+            else mask[y0 - mask_box[0] : y1 - mask_box[0], x0 - mask_box[2] : x1 - mask_box[2]]  # type: ignore[index]
+        )
+        fy, fx = y0 - fill.box[0], x0 - fill.box[2]  # type: ignore[index]
+        restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0]
+        changed = fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0]
+        crop = original.pixels[y0:y1, x0:x1]
+        # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
+        # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
+        in_range = representable(to_model(crop[..., idx], params["colorspace"], params["ocio_config"]))
+        m = m * in_range * changed
+        if m.any():
+            back = from_model(restored, params["colorspace"], params["ocio_config"])
+            pixels = original.pixels.copy()
+            if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
+                grey = back.mean(axis=-1, keepdims=True)
+                pixels[y0:y1, x0:x1, idx[:1]] = blend(crop[..., idx[:1]], grey, m)
+            else:
+                pixels[y0:y1, x0:x1, idx] = blend(crop[..., idx], back, m)
+    channels, formats = list(original.channels), list(original.formats)
+    if params["write_matte"]:
+        if pixels is original.pixels:
+            pixels = pixels.copy()
+        if matte_channel in channels:
+            pixels[..., channels.index(matte_channel)] = fill.full_matte()
+        else:
+            pixels = np.concatenate([pixels, fill.full_matte()[..., None]], axis=-1)
+            channels.append(matte_channel)
+            formats.append("half")
+    return original.with_pixels(pixels, channels, formats)
