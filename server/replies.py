@@ -12,7 +12,8 @@ Reply = tuple[dict[str, Any], tuple[Any, ...]]  # header, blobs
 
 
 def frame_reply(job: Job, frame: int, data: Any, *, cached: bool) -> Reply:
-    """One finished frame: the path it was written to (path mode) or its EXR bytes as message part 1."""
+    """One finished frame: the path it was written to (path mode), or as message part 1 its raw pixels
+    (``data`` a RawImage: its description goes in the header as ``image``) or its EXR bytes."""
     header = protocol.make_header(
         "frame",
         job.req.request_id,
@@ -24,6 +25,8 @@ def frame_reply(job: Job, frame: int, data: Any, *, cached: bool) -> Reply:
     )
     if job.output_paths:
         return dict(header, path=job.output_paths[frame]), ()
+    if isinstance(data, protocol.RawImage):
+        return dict(header, blob=1, image=data.spec.to_wire()), (data.buffer,)
     return dict(header, blob=1), (data,)
 
 

@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import zmq
 
 from frdm import __version__
@@ -51,7 +50,7 @@ from frdm.server.storage import (  # noqa: F401  (re-exported: the names callers
     resolve_outputs,
     resolve_under_roots,
 )
-from frdm.server.worker import WORKER_ENDPOINT, Worker
+from frdm.server.worker import WORKER_ENDPOINT, Worker, cached_output, deliver_payload
 
 log = logging.getLogger("frdm.server")
 
@@ -174,13 +173,17 @@ class Server:
         return sock
 
     def _send(self, identity: bytes, header: dict[str, Any], blobs: Sequence[Any] = ()) -> bool:
+        job_id = header.get("job")
+        return self._send_packed(identity, job_id if isinstance(job_id, str) else None, protocol.pack(header), blobs)
+
+    def _send_packed(self, identity: bytes, job_id: str | None, header: bytes, blobs: Sequence[Any] = ()) -> bool:
         assert self._router is not None
         try:
-            self._router.send_multipart([identity, protocol.pack(header), *blobs], flags=zmq.NOBLOCK, copy=False)
+            self._router.send_multipart([identity, header, *blobs], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client went away. EAGAIN: it stopped reading. Either way its job is orphaned.
-            job = self.board.get(header.get("job"))
+            job = self.board.get(job_id)
             if job is not None and job.identity == identity:
                 log.warning("client of job %s is gone (%s); cancelling it", job.id, exc)
                 job.cancel.set()
@@ -222,10 +225,11 @@ class Server:
                 if self._router in events:
                     for _ in range(64):  # bounded so a flood cannot starve the heartbeat
                         try:
-                            parts = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                            # copy=False: inline frames stay in the buffers ZeroMQ received them into.
+                            frames = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(parts)
+                        self._handle([frames[0].bytes, *(f.buffer for f in frames[1:])])
                 now = time.monotonic()
                 if now >= next_beat:
                     self._heartbeat()
@@ -255,9 +259,8 @@ class Server:
                 parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity = bytes(parts[0].buffer)
-            header = msgpack.unpackb(bytes(parts[1].buffer), raw=False)
-            self._send(identity, header, parts[2:])
+            # [identity, job id, packed header, blobs...]: the worker packed the header once; sent as it is.
+            self._send_packed(parts[0].bytes, parts[1].bytes.decode(), parts[2].bytes, parts[3:])
 
     def request_stop(self, *_: Any) -> None:
         if not self.stopping.is_set():
@@ -274,13 +277,13 @@ class Server:
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def _handle(self, parts: list[bytes]) -> None:
+    def _handle(self, parts: list[Any]) -> None:
         identity, body = parts[0], parts[1:]
         request_id = ""
         try:
             if not body:
                 raise ProtocolError("bad_request", "empty message: expected [msgpack header, blobs...]")
-            size = sum(len(p) for p in body)
+            size = sum(memoryview(p).nbytes for p in body)
             if size > self.limits.max_message_bytes:
                 raise ProtocolError(
                     "too_large",
@@ -362,18 +365,24 @@ class Server:
                 ),
             )
             for frame, key in list(existing.keys.items()):  # frames the old socket may have missed
-                data = None if existing.output_paths else self.cache.get(key)
-                if existing.output_paths or data is not None:
-                    self._send(identity, *frame_reply(existing, frame, data, cached=True))
+                if existing.output_paths:
+                    self._send(identity, *frame_reply(existing, frame, None, cached=True))
+                elif (raw := cached_output(self.cache, existing, frame, key)) is not None:
+                    payload = deliver_payload(existing, frame, raw)
+                    self._send(identity, *frame_reply(existing, frame, payload, cached=True))
             return
         queued = len(self.board.queue)
         if queued >= self.limits.max_queued_jobs:
             raise ProtocolError("busy", f"{queued} jobs are queued (the limit); try again later")
-        for refs in (req.sources, req.masks):
+        for what, refs in (("source", req.sources), ("mask", req.masks)):
             for ref in refs.values():
-                if ref.blob is not None:
-                    info = protocol.exr_info(blobs[ref.blob - 1], f"frame {ref.frame}")
-                    protocol.check_exr_size(info, self.limits, f"frame {ref.frame}")
+                name = f"{what} frame {ref.frame}"
+                if ref.image is not None:  # raw pixels: the description fits the limits and the buffer
+                    protocol.check_raw_size(ref.image, self.limits, name)
+                    protocol.RawImage(ref.image, blobs[ref.blob - 1], name)  # type: ignore[operator]
+                elif ref.blob is not None:
+                    info = protocol.exr_info(blobs[ref.blob - 1], name)
+                    protocol.check_exr_size(info, self.limits, name)
         real_sources = resolve_inputs(req.sources, "source", self.roots, self.limits)
         real_masks = resolve_inputs(req.masks, "mask", self.roots, self.limits)
         output_paths = resolve_outputs(req, set(real_sources.values()) | set(real_masks.values()), self.roots)

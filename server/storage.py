@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
@@ -93,7 +94,8 @@ def resolve_outputs(req: RestoreRequest, inputs: set[str], roots: list[str]) -> 
 # --- atomic writes -----------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: Any) -> None:
+    """Write ``data`` (bytes-like, or a sequence of bytes-like parts written one after another) atomically."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
@@ -101,7 +103,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -142,10 +145,14 @@ def _alive(pid: int) -> bool:
 
 
 class ResultCache:
-    """Finished frames as EXR bytes on disk, keyed by (input content hash, parameter hash, engine version).
+    """The stage cache on disk: per frame, the finished frame (kind ``frame``, keyed at the output stage)
+    and the restorer's output before blending (kind ``fill``, keyed at the fill stage), each keyed by
+    (input content hashes, parameter hash up to its stage, engine version).
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
-    entries go when the folder grows past ``max_bytes``."""
+    entries (of either kind) go when the folder grows past ``max_bytes``."""
+
+    KINDS = ("frame", "fill")
 
     def __init__(self, directory: str, max_bytes: int):
         self.directory = directory
@@ -154,11 +161,13 @@ class ResultCache:
         remove_stale_partials(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.directory, key + ".exr")
+    def _path(self, key: str, kind: str) -> str:
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown cache entry kind {kind!r}")
+        return os.path.join(self.directory, f"{key}.{kind}")
 
-    def get(self, key: str) -> bytes | None:
-        path = self._path(key)
+    def get(self, key: str, kind: str = "frame") -> bytes | None:
+        path = self._path(key, kind)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -167,15 +176,17 @@ class ResultCache:
         except OSError:
             return None
 
-    def put(self, key: str, data: bytes) -> None:
-        atomic_write_bytes(self._path(key), data)
-        self._size += len(data)
+    def put(self, key: str, data: Any, kind: str = "frame") -> None:
+        atomic_write_bytes(self._path(key, kind), data)
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        self._size += sum(memoryview(p).nbytes for p in parts)
         if self._size > self.max_bytes:
             self._prune()
 
     def _prune(self) -> None:
         entries = sorted(
-            (e for e in os.scandir(self.directory) if e.is_file() and e.name.endswith(".exr")),
+            # .exr: entries of the version before the stage cache, never read again
+            (e for e in os.scandir(self.directory) if e.is_file() and e.name.endswith((".frame", ".fill", ".exr"))),
             key=lambda e: e.stat().st_mtime,
         )
         total = sum(e.stat().st_size for e in entries)

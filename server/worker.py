@@ -9,17 +9,21 @@ import logging
 import os
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
+import numpy as np
 import zmq
 
 from frdm.engine.errors import CancelledError, FrdmError
+from frdm.engine.fill import FillResult
+from frdm.engine.frames import Source
 from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.jobs import Job, JobBoard
-from frdm.server.protocol import ImageRef, Limits, ProtocolError
+from frdm.server.pixels import entry_bytes, entry_image, frame_from_raw, raw_from_frame, wire_types, with_attributes
+from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
 from frdm.server.storage import ResultCache, atomic_write_bytes, cache_key, remove_stale_partials
 
@@ -34,33 +38,101 @@ class _Stop(Exception):
     """The server is stopping: leave the job after the current frame."""
 
 
-def make_wire_source(job: Job, kind: str, limits: Limits) -> Any:
-    """A ``frames.Source`` over a job's inline blobs and resolved paths, decoding only what is read."""
-    from frdm.engine.frames import Source, decode_image, read_frame
+class WireSource(Source):
+    """A ``frames.Source`` over a job's inline frames (raw pixels or EXR bytes) and resolved paths, decoding
+    only what is read. It remembers which pixel arrays it made from raw buffers (weakly: the pipeline's
+    frame cache decides how long they live), so a frame that comes back with those very pixels can be sent
+    as the source's own buffer."""
 
-    refs: dict[int, ImageRef] = job.req.sources if kind == "sources" else job.req.masks
-    real = job.real_sources if kind == "sources" else job.real_masks
+    def __init__(self, job: Job, kind: str, limits: Limits):
+        self.job, self.kind, self.limits = job, kind, limits
+        self.refs: dict[int, ImageRef] = job.req.sources if kind == "sources" else job.req.masks
+        self.real = job.real_sources if kind == "sources" else job.real_masks
+        self.description = f"job {job.id} {kind}"
+        self.frame_numbers = sorted(self.refs)
+        self._from_raw: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
-    class WireSource(Source):
-        def __init__(self) -> None:
-            self.description = f"job {job.id} {kind}"
-            self.frame_numbers = sorted(refs)
+    def path(self, frame: int) -> str | None:
+        return self.real.get(frame)
 
-        def path(self, frame: int) -> str | None:
-            return real.get(frame)
+    def raw(self, frame: int) -> RawImage | None:
+        """The frame's raw pixels as received, if it came as raw pixels."""
+        ref = self.refs.get(frame)
+        if ref is None or ref.blob is None or ref.image is None:
+            return None
+        return RawImage(ref.image, self.job.blobs[ref.blob - 1])
 
-        def read(self, frame: int) -> Any:
-            ref = refs[frame]
-            name = f"{kind[:-1]} frame {frame}"
-            if ref.blob is not None:
-                return decode_image(job.blobs[ref.blob - 1], ".exr", name=name)
-            image = read_frame(real[frame])
-            pixels = image.width * image.height
-            if pixels > limits.max_pixels_per_frame:
-                raise ProtocolError("too_large", f"{name}: {pixels} pixels exceeds the server's limit")
-            return image
+    def read(self, frame: int) -> Any:
+        from frdm.engine.frames import decode_image, read_frame
 
-    return WireSource()
+        ref = self.refs[frame]
+        name = f"{self.kind[:-1]} frame {frame}"
+        if ref.blob is not None:
+            raw = self.raw(frame)
+            if raw is not None:
+                image = frame_from_raw(raw, name)
+                self._from_raw[frame] = image.pixels
+                return image
+            return decode_image(self.job.blobs[ref.blob - 1], ".exr", name=name)
+        image = read_frame(self.real[frame])
+        pixels = image.width * image.height
+        if pixels > self.limits.max_pixels_per_frame:
+            raise ProtocolError("too_large", f"{name}: {pixels} pixels exceeds the server's limit")
+        return image
+
+    def output(self, frame: int, image: Any, pixel_type: str) -> tuple[RawImage, bool]:
+        """The finished frame as raw pixels, and whether they are the source's own buffer (the restorer
+        changed nothing, so nothing is converted or copied)."""
+        raw = self.raw(frame)
+        if (
+            raw is not None
+            and self._from_raw.get(frame) is image.pixels
+            and wire_types(image.formats, pixel_type) == raw.spec.types
+            and tuple(image.channels) == raw.spec.channels
+        ):
+            return with_attributes(raw, image), True
+        return raw_from_frame(image, pixel_type), False
+
+
+class FillCache:
+    """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours."""
+
+    def __init__(self, cache: ResultCache, keys: dict[int, str]):
+        self.cache, self.keys = cache, keys
+
+    def get(self, frame: int) -> FillResult | None:
+        data = self.cache.get(self.keys[frame], "fill")
+        return FillResult.from_bytes(data) if data is not None else None
+
+    def put(self, frame: int, result: FillResult) -> None:
+        self.cache.put(self.keys[frame], result.to_bytes(), "fill")
+
+
+def cached_output(cache: ResultCache, job: Job, frame: int, key: str) -> RawImage | None:
+    """A finished frame from the cache (its pixels may be the request's own source buffer)."""
+    data = cache.get(key, "frame")
+    if data is None:
+        return None
+    ref = job.req.sources.get(frame)
+    source = (
+        RawImage(ref.image, job.blobs[ref.blob - 1]) if ref is not None and ref.image is not None and ref.blob else None
+    )
+    return entry_image(data, source)
+
+
+def deliver_payload(job: Job, frame: int, raw: RawImage, image: Any = None) -> Any:
+    """What a frame reply carries: the raw pixels (``reply: raw``) or EXR bytes (written to the output
+    path in path mode). ``image``, the engine Frame if the caller has it, saves a conversion."""
+    if job.req.reply == "raw" and not job.output_paths:
+        return raw
+    from frdm.engine.frames import encode_image
+
+    params = job.req.params
+    frame_obj = image if image is not None else frame_from_raw(raw, f"frame {frame}")
+    data = encode_image(frame_obj, ".exr", compression=params["compression"], pixel_type=params["pixel_type"])
+    if job.output_paths:
+        atomic_write_bytes(job.output_paths[frame], data)
+    return data
 
 
 class Worker:
@@ -90,8 +162,9 @@ class Worker:
         push = self.context.socket(zmq.PUSH)
         push.connect(WORKER_ENDPOINT)
 
-        def emit(job: Job, header: dict[str, Any], blobs: tuple[bytes, ...] = ()) -> None:
-            push.send_multipart([job.identity, msgpack.packb(header, use_bin_type=True), *blobs], copy=False)
+        def emit(job: Job, header: dict[str, Any], blobs: tuple[Any, ...] = ()) -> None:
+            # Packed once, here: the socket loop forwards the header bytes as they are.
+            push.send_multipart([job.identity, job.id.encode(), protocol.pack(header), *blobs], copy=False)
 
         queue = self.board.queue
         try:
@@ -146,6 +219,8 @@ class Worker:
             refs = job.req.sources if kind == "sources" else job.req.masks
             ref = refs[frame]
             h = hashlib.sha256()
+            if ref.image is not None:  # raw pixels: the same bytes with another description are another image
+                h.update(protocol.pack(ref.image.to_wire()))
             if ref.blob is not None:
                 h.update(job.blobs[ref.blob - 1])
             else:
@@ -165,22 +240,21 @@ class Worker:
         for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
             remove_stale_partials(directory)
         before, after = self.restorer.context(params)
-        params_hash = stage_hash(params, "output", self.engine_version)
+        output_hash = stage_hash(params, "output", self.engine_version)
+        fill_hash = stage_hash(params, "fill", self.engine_version)
         targets = [job.remaining.popleft() for _ in range(min(self.chunk, len(job.remaining)))]
         # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
         available = sorted(job.req.sources)
         position = {n: i for i, n in enumerate(available)}
-        keys = {}
+        keys, fill_keys = {}, {}
         for f in targets:
             window = available[max(0, position[f] - before) : position[f] + after + 1]
-            keys[f] = cache_key(
-                f,
-                params_hash,
-                self.engine_version,
-                [(n, self._hash(job, "sources", n)) for n in window],
-                [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
-            )
-        cached = {f: data for f in targets if (data := self.cache.get(keys[f])) is not None}
+            sources = [(n, self._hash(job, "sources", n)) for n in window]
+            masks = [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks]
+            keys[f] = cache_key(f, output_hash, self.engine_version, sources, masks)
+            # The restorer never sees a mask (masks act in the blend): the fill stage depends on sources only.
+            fill_keys[f] = cache_key(f, fill_hash, self.engine_version, sources, [])
+        cached = {f: raw for f in targets if (raw := cached_output(self.cache, job, f, keys[f])) is not None}
         todo = [f for f in targets if f not in cached]
 
         def deliver_cached(below: float) -> None:
@@ -199,19 +273,24 @@ class Worker:
             job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
-        source = make_wire_source(job, "sources", self.limits)
-        masks = make_wire_source(job, "masks", self.limits) if job.req.masks else None
-        compression = params.get("compression", "same")
-        pixel_type = params.get("pixel_type", "same")
-        from frdm.engine.frames import encode_image
-
-        results = restore_frames(source, todo, params, self.restorer, mask_source=masks, progress=progress)
+        source = WireSource(job, "sources", self.limits)
+        masks = WireSource(job, "masks", self.limits) if job.req.masks else None
+        fills = FillCache(self.cache, fill_keys)
+        results = restore_frames(
+            source,
+            todo,
+            params,
+            self.restorer,
+            mask_source=masks,
+            progress=progress,
+            fill_cache=fills,
+        )
         try:
             for frame, image in results:
-                data = encode_image(image, ".exr", compression=compression, pixel_type=pixel_type)
-                self.cache.put(keys[frame], data)
+                raw, same = source.output(frame, image, params["pixel_type"])
+                self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")
                 deliver_cached(frame)
-                self._deliver(job, frame, keys[frame], data, False, emit)
+                self._deliver(job, frame, keys[frame], raw, False, emit, image)
                 last = frame == todo[-1]
                 if last:
                     deliver_cached(float("inf"))
@@ -226,11 +305,12 @@ class Worker:
             if close is not None:
                 close()
 
-    def _deliver(self, job: Job, frame: int, key: str, data: bytes, cached: bool, emit: Emit) -> None:
+    def _deliver(
+        self, job: Job, frame: int, key: str, raw: RawImage, cached: bool, emit: Emit, image: Any = None
+    ) -> None:
+        payload = deliver_payload(job, frame, raw, image)
         job.finished_frames += 1
         job.done = float(job.finished_frames)
         job.keys[frame] = key
-        if job.output_paths:
-            atomic_write_bytes(job.output_paths[frame], data)
-        header, blobs = frame_reply(job, frame, data, cached=cached)
+        header, blobs = frame_reply(job, frame, payload, cached=cached)
         emit(job, header, blobs)

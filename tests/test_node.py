@@ -222,7 +222,7 @@ def test_malformed_address(tmp_path, address):
 
 
 def test_server_of_another_protocol_version(tmp_path):
-    """A ROUTER that answers every request as protocol 2."""
+    """A ROUTER that answers every request as the next protocol version."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
@@ -233,7 +233,8 @@ def test_server_of_another_protocol_version(tmp_path):
             if sock.poll(100):
                 ident, header, *_ = sock.recv_multipart()
                 req = protocol.unpack(header)
-                reply = dict(protocol.make_header("hello", req.get("id", "")), v=2, protocol=2)
+                other = protocol.PROTOCOL_VERSION + 1
+                reply = dict(protocol.make_header("hello", req.get("id", "")), v=other, protocol=other)
                 sock.send_multipart([ident, protocol.pack(reply)])
 
     t = threading.Thread(target=serve, daemon=True)
@@ -245,7 +246,7 @@ def test_server_of_another_protocol_version(tmp_path):
         with pytest.raises(N.RenderError) as err:
             job.wait(20)
         assert err.value.code == "protocol_mismatch"
-        assert "protocol 2" in str(err.value) and "same FRDM version" in str(err.value)
+        assert f"protocol {protocol.PROTOCOL_VERSION + 1}" in str(err.value) and "same FRDM version" in str(err.value)
         _assert_nothing_written(tmp_path / "out")
     finally:
         stop.set()

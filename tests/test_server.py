@@ -463,7 +463,7 @@ def test_classical_engine_in_chunks_equals_the_in_process_pipeline(tmp_path):
 
 MALFORMED_CASES = {"n": 0}
 _VALID = {
-    "v": 1,
+    "v": protocol.PROTOCOL_VERSION,
     "type": "restore",
     "id": "r1",
     "job": "j1",

@@ -1,0 +1,128 @@
+"""Engine frames <-> raw pixel frames (``protocol.RawImage``), and the server's stored form of a finished
+frame. Server side only (it builds ``engine.frames.Frame``s); the wire format itself is in protocol.py.
+
+A stored frame is the wire's own form: a length-prefixed msgpack header (the frame's description) and its
+pixel buffer, or, for a frame the restorer left unchanged, the header alone with ``pixels: "source"``:
+its pixels are the bytes of the request's own source buffer (whose hash is part of the key).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from frdm.engine.errors import InputError
+from frdm.server import protocol
+from frdm.server.protocol import ProtocolError, RawImage, RawSpec
+
+_ENTRY_HEAD = struct.Struct("<I")
+ENTRY_FORMAT = 1
+
+
+def wire_types(formats: Sequence[str], pixel_type: str = "same") -> tuple[str, ...]:
+    """The raw sample type of each channel: ``pixel_type`` if given, else half stays half and everything
+    else travels as float (exact for float and for 8/16-bit integer code values, as in an EXR)."""
+    if pixel_type in protocol.RAW_TYPES:
+        return (pixel_type,) * len(formats)
+    return tuple("half" if f == "half" else "float" for f in formats)
+
+
+def _wire_attributes(attributes: dict[str, tuple[str, Any]]) -> dict[str, tuple[str, Any]]:
+    """The attributes the wire can carry (as a file format drops what it cannot hold: pixels matter more)."""
+    out = {}
+    for name, item in attributes.items():
+        try:
+            kind, value = item
+            value = list(value) if isinstance(value, tuple) else value
+            out[protocol._name(name, "attribute")] = protocol._attribute([str(kind), value], name)
+        except (ProtocolError, TypeError, ValueError):
+            continue
+    return out
+
+
+def raw_from_frame(frame: Any, pixel_type: str = "same") -> RawImage:
+    """A Frame's pixels in its wire types: one conversion pass into a fresh buffer."""
+    return RawImage.from_float32(
+        frame.pixels,
+        frame.channels,
+        wire_types(frame.formats, pixel_type),
+        frame.data_window,
+        frame.display_window,
+        _wire_attributes(frame.attributes),
+    )
+
+
+def frame_from_raw(raw: RawImage, name: str) -> Any:
+    """The engine's Frame of a raw frame (one conversion pass). NaN/Inf are refused as a file's would be."""
+    from frdm.engine.frames import Frame
+
+    pixels = raw.to_float32()
+    # One float64 sum finds any NaN/Inf; only then is the per-pixel search paid for the message.
+    if not math.isfinite(float(np.add.reduce(pixels, axis=None, dtype=np.float64))):
+        bad = ~np.isfinite(pixels)
+        ys, xs, cs = np.nonzero(bad)
+        if ys.size:
+            s = raw.spec
+            raise InputError(
+                f"{name}: {int(bad.sum())} NaN/Inf values (first at x={xs[0] + s.data_window[0]}, "
+                f"y={ys[0] + s.data_window[1]}, channel {s.channels[cs[0]]}); clamp or fix them upstream "
+                "(e.g. Nuke's Expression or Clamp node) before restoring"
+            )
+    s = raw.spec
+    return Frame(
+        pixels,
+        s.channels,
+        s.types,
+        s.data_window,
+        s.display_window,
+        {k: (t, v) for k, (t, v) in s.attributes.items()},
+        0,
+        name,
+    )
+
+
+def with_attributes(raw: RawImage, frame: Any) -> RawImage:
+    """``raw``'s pixels (the same buffer, not copied) described with ``frame``'s attributes."""
+    s = raw.spec
+    spec = RawSpec(s.data_window, s.display_window, s.channels, s.types, _wire_attributes(frame.attributes))
+    return RawImage(spec, raw.buffer)
+
+
+# --- stored frames -----------------------------------------------------------------------------------
+
+
+def entry_bytes(raw: RawImage, *, same_as_source: bool) -> list[Any]:
+    """A finished frame as the parts of one cache file (header, then the pixels unless they are the
+    source's)."""
+    head = msgpack.packb(
+        {"format": ENTRY_FORMAT, "image": raw.spec.to_wire(), "pixels": "source" if same_as_source else "inline"},
+        use_bin_type=True,
+    )
+    parts: list[Any] = [_ENTRY_HEAD.pack(len(head)), head]
+    if not same_as_source:
+        parts.append(raw.buffer)
+    return parts
+
+
+def entry_image(data: bytes, source: RawImage | None) -> RawImage | None:
+    """A stored frame back as a RawImage; None for an entry this version cannot use (a miss)."""
+    try:
+        mv = memoryview(data)
+        (n,) = _ENTRY_HEAD.unpack_from(mv, 0)
+        head = protocol.unpack(mv[4 : 4 + n])
+        if head.get("format") != ENTRY_FORMAT:
+            return None
+        spec = protocol.parse_raw_spec(head.get("image"), "cached frame")
+        if head.get("pixels") == "source":
+            same = (spec.data_window, spec.channels, spec.types)
+            if source is None or (source.spec.data_window, source.spec.channels, source.spec.types) != same:
+                return None
+            return RawImage(spec, source.buffer)
+        return RawImage(spec, mv[4 + n :])
+    except (ProtocolError, struct.error, ValueError):
+        return None
