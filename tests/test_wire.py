@@ -1,0 +1,279 @@
+"""Raw pixels on the wire and the stage cache.
+
+The protocol's raw frames round-trip bit-exactly and refuse malformed descriptions by field name; a server
+(in-process, with a restorer that counts its calls) re-blends from the fill stage when only a blend- or
+output-stage knob changes, restores again when a detection knob changes, and sends a frame the restorer
+left unchanged back as the source's own bytes."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
+from frdm.server import protocol
+from frdm.server.client import FrdmClient
+from frdm.server.protocol import Limits, ProtocolError, RawImage, RawSpec
+
+W, H = 48, 32
+BOX = (slice(10, 14), slice(20, 26))  # the defect the counting restorer finds (its matte)
+AROUND = (slice(6, 18), slice(16, 30))  # the pixels it repaints: how far the feather reaches into them shows
+
+
+def raw_frame(seed: int, types: tuple[str, ...] = ("half",) * 4, channels: tuple[str, ...] | None = None):
+    rng = np.random.default_rng(seed)
+    channels = channels or ("R", "G", "B", "A", "Z", "mask", "depth.Z")[: len(types)]
+    px = (0.2 + 0.6 * rng.random((H, W, len(types)))).astype(np.float32)
+    attrs = {"timecode": ("timecode", (1, 2)), "owner": ("string", "shot 10"), "frdm:n": ("int", seed)}
+    return RawImage.from_float32(px, channels, types, (0, 0, W, H), (0, 0, W, H), attrs)
+
+
+# --- the format ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "types",
+    [("half",) * 4, ("float",) * 3, ("half", "half", "half", "float", "half"), ("float", "half")],
+    ids=["half", "float", "mixed+extra", "float+half"],
+)
+def test_raw_frames_round_trip_bit_exactly(types):
+    rng = np.random.default_rng(1)
+    px = rng.standard_normal((7, 9, len(types))).astype(np.float32) * 1000  # beyond half's precision
+    names = tuple(f"layer.c{i}" for i in range(len(types)))
+    attrs = {
+        "comment": ("string", "é ünïcode"),
+        "matrix": ("matrix", tuple(float(i) for i in range(16))),
+        "n": ("int", -3),
+    }
+    sent = RawImage.from_float32(px, names, types, (-5, 12, 9, 7), (0, 0, 2048, 1556), attrs)
+    # Through the header's bytes, as on the wire: the same description and the same bits.
+    header, blobs = protocol.restore_header("r", "j", {}, [1], {1: sent}, reply="raw")
+    back = protocol.unpack(protocol.encode(header, blobs)[0])
+    got = protocol.raw_image(back["sources"][0]["image"], memoryview(blobs[0]), "source")
+    assert got.spec == sent.spec and got.spec.data_window == (-5, 12, 9, 7)
+    assert bytes(memoryview(got.buffer)) == bytes(memoryview(sent.buffer))
+    expect = np.stack([px[..., i].astype(np.float16 if t == "half" else np.float32) for i, t in enumerate(types)], -1)
+    np.testing.assert_array_equal(got.to_float32(), expect.astype(np.float32))
+    assert blobs[0] is sent.buffer  # the request refers to the pixels; it does not copy them
+
+
+GOOD = {"data_window": [0, 0, 4, 2], "display_window": [0, 0, 4, 2], "channels": ["R", "G"], "types": ["half", "half"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"data_window": [0, 0, 0, 2]}, "data_window"),
+        ({"data_window": [0, 0, 4]}, "data_window"),
+        ({"data_window": [0, 0, 4.0, 2]}, "data_window"),
+        ({"display_window": [0, 0, 4, -1]}, "display_window"),
+        ({"data_window": [2**31 - 2, 0, 4, 2]}, "data_window"),
+        ({"types": ["half"]}, "types"),
+        ({"types": ["half", "uint8"]}, "types[1]"),
+        ({"channels": []}, "channels"),
+        ({"channels": ["R", "R"]}, "channels"),
+        ({"channels": ["R", ""]}, "channels[1]"),
+        ({"attributes": {"x": ["string"]}}, "attributes['x']"),
+        ({"attributes": {"x": ["string", {"a": 1}]}}, "attributes['x']"),
+        ({"width": 4}, "unknown field"),
+    ],
+)
+def test_malformed_raw_descriptions_name_the_field(change, field):
+    with pytest.raises(ProtocolError) as err:
+        protocol.parse_raw_spec(dict(GOOD, **change), "sources[0].image")
+    assert "sources[0].image" in str(err.value) and field in str(err.value)
+
+
+def test_raw_buffer_size_and_limits_are_checked():
+    spec = protocol.parse_raw_spec(GOOD)
+    with pytest.raises(ProtocolError, match=r"holds 15 bytes but 4x2 pixels of 2 channels \(half, half\) need 32"):
+        RawImage(spec, b"\0" * 15, "source frame 3")
+    with pytest.raises(ProtocolError, match="source frame 3: 4x2 = 8 pixels exceeds"):
+        protocol.check_raw_size(spec, Limits(max_pixels_per_frame=7), "source frame 3")
+    h = protocol.restore_header("r", "j", {}, [1], {1: RawImage(spec, b"\0" * 32)})[0]
+    h["sources"][0]["path"] = "/x.exr"
+    with pytest.raises(ProtocolError, match="exactly one of 'blob'"):
+        protocol.parse_restore(h, 1, Limits())
+    h = protocol.restore_header("r", "j", {}, [1], {1: b"exr"})[0]
+    with pytest.raises(ProtocolError, match="field 'reply'"):
+        protocol.parse_restore(dict(h, reply="png"), 1, Limits())
+
+
+# --- the stage cache, through a server ------------------------------------------------------------------
+
+
+class CountingRestorer:
+    """Repaints a box of every target with 0.5, finds a smaller defect inside it (the matte) and counts the
+    frames it restored; frames whose first pixel is above 0.7 it leaves exactly as they were (matte 0)."""
+
+    engine_version = "test-count-1"
+
+    def __init__(self) -> None:
+        self.restored: list[int] = []
+
+    def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+        return (1, 1)
+
+    def restore(
+        self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
+    ) -> Iterator[RestoredFrame]:
+        for t in clip.targets:
+            self.restored.append(t)
+            image = clip.frames[clip.index(t)].copy()
+            matte = np.zeros(image.shape[:2], np.float32)
+            if image[0, 0, 0] <= 0.7:
+                image[AROUND] = 0.5
+                matte[BOX] = 1.0
+            yield RestoredFrame(t, image, matte)
+
+
+@pytest.fixture
+def server(tmp_path):
+    from frdm.server.server import Server, ServerConfig
+
+    restorer = CountingRestorer()
+    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "cache")), restorer=restorer)
+    ready = threading.Event()
+    thread = threading.Thread(target=srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield srv, restorer
+    srv.request_stop()
+    thread.join(30)
+
+
+def run(address: str, params: dict[str, Any], sources: dict[int, Any], frames=(2, 3), reply="raw") -> dict[int, Any]:
+    with FrdmClient(address, timeout=30) as client:
+        out = {}
+        for event in client.restore(dict(params, colorspace="raw"), list(frames), sources=sources, reply=reply):
+            assert event.kind != "error", event.message
+            if event.kind == "frame":
+                out[event.frame] = (event.image if reply == "raw" else event.data, event.cached)
+        return out
+
+
+def pixels(result) -> np.ndarray:
+    return result[0].to_float32()
+
+
+def test_blend_stage_change_re_blends_without_the_restorer_detection_change_restores(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    first = run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 3]
+    for change in (
+        {"feather": 3.0},
+        {"matte_grow": 0},
+        {"mask": "none"},
+        {"write_matte": False},
+        {"pixel_type": "float"},
+    ):
+        again = run(srv.endpoint, dict({"feather": 1.0}, **change), sources)
+        assert sorted(restorer.restored) == [2, 3], f"{change} called the restorer again"
+        assert not any(cached for _, cached in again.values())  # a new final frame, made from the fill stage
+    wider = run(srv.endpoint, {"feather": 3.0}, sources)
+    assert all(cached for _, cached in wider.values())  # the same knobs again: the finished frames
+    assert not np.array_equal(pixels(wider[2]), pixels(first[2]))  # the feather did change the result
+    run(srv.endpoint, {"feather": 1.0, "dust_threshold": 0.2}, sources)
+    assert sorted(restorer.restored) == [2, 2, 3, 3]  # a detection knob: the restorer runs again
+    # A changed context frame changes the fill key of its neighbour only.
+    run(srv.endpoint, {"feather": 1.0}, {**sources, 4: raw_frame(40)})
+    assert sorted(restorer.restored) == [2, 2, 3, 3, 3]
+
+
+def test_re_blended_frames_equal_a_fresh_restore(server, tmp_path):
+    from frdm.server.server import Server, ServerConfig
+
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    reblended = run(srv.endpoint, {"feather": 4.0, "matte_grow": 3}, sources)
+    assert sorted(restorer.restored) == [2, 3]
+    fresh_srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "fresh")), CountingRestorer())
+    ready = threading.Event()
+    thread = threading.Thread(target=fresh_srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        fresh = run(fresh_srv.endpoint, {"feather": 4.0, "matte_grow": 3}, sources)
+    finally:
+        fresh_srv.request_stop()
+        thread.join(30)
+    for n in (2, 3):
+        assert reblended[n][0].spec == fresh[n][0].spec
+        assert bytes(memoryview(reblended[n][0].buffer)) == bytes(memoryview(fresh[n][0].buffer))
+
+
+def test_raw_frames_through_the_server_keep_bits_channels_windows_attributes(server):
+    srv, _ = server
+    types = ("half", "half", "half", "half", "float")
+    src = {n: raw_frame(n, types) for n in (1, 2, 3)}
+    # Move the data window off the origin: it must come back where it was.
+    for n, r in src.items():
+        s = r.spec
+        src[n] = RawImage(RawSpec((7, -3, W, H), (0, 0, 64, 40), s.channels, s.types, s.attributes), r.buffer)
+    out = run(srv.endpoint, {"write_matte": False, "mask": "auto", "feather": 0.0, "matte_grow": 0}, src, frames=(2,))
+    got = out[2][0]
+    assert got.spec.channels == src[2].spec.channels and got.spec.types == types
+    assert got.spec.data_window == (7, -3, W, H) and got.spec.display_window == (0, 0, 64, 40)
+    assert got.spec.attributes["owner"] == ("string", "shot 10") and got.spec.attributes["timecode"][1] == (1, 2)
+    assert "frdm:params_hash" in got.spec.attributes
+    a, b = got.to_float32(), src[2].to_float32()
+    inside = np.zeros((H, W), bool)
+    inside[BOX] = True
+    np.testing.assert_array_equal(a[~inside], b[~inside])  # every pixel outside the repair: the same bits
+    np.testing.assert_array_equal(a[inside][:, :3], np.float16(0.5))  # the repair, in the source's half
+    np.testing.assert_array_equal(a[..., 4], b[..., 4])  # the extra float channel untouched
+
+
+def test_unchanged_frame_goes_back_as_the_source_bytes(server):
+    srv, _ = server
+    src = {n: raw_frame(n) for n in (1, 2, 3)}
+    buf = np.frombuffer(memoryview(src[2].buffer).cast("B"), np.float16).reshape(H, W, 4).copy()
+    buf[0, 0, 0] = 0.75  # the counting restorer leaves this frame alone
+    src[2] = RawImage(src[2].spec, buf)
+    for _ in range(2):  # restored, then from the cache (which stores no pixels for it)
+        out = run(srv.endpoint, {"write_matte": False}, src, frames=(2,))
+        assert bytes(memoryview(out[2][0].buffer)) == buf.tobytes()
+    cached = [e for e in os.scandir(srv.cache.directory) if e.name.endswith(".frame")]
+    assert cached and all(p.stat().st_size < 4096 for p in cached)
+
+
+def test_exr_sources_and_replies_still_work(server):
+    from frdm.engine.frames import Frame, decode_image, encode_image
+
+    srv, restorer = server
+    px = np.full((H, W, 3), 0.25, np.float32)
+    exr = {
+        n: encode_image(Frame(px + n / 100, ("R", "G", "B"), ("half",) * 3, (0, 0, W, H), (0, 0, W, H)))
+        for n in (1, 2, 3)
+    }
+    out = run(srv.endpoint, {"mask": "none", "write_matte": False}, exr, frames=(2,), reply="exr")
+    got = decode_image(out[2][0]).pixels
+    assert np.allclose(got[BOX], 0.5, atol=1e-3) and np.allclose(got[0, 0], np.float16(0.27), atol=1e-3)
+
+
+@pytest.mark.parametrize(("radius", "grow"), [(0.0, 0), (0.7, 0), (2.0, 2), (5.5, 3), (12.0, 0)])
+def test_feathering_inside_the_box_equals_the_full_frame(radius, grow):
+    from frdm.engine.blend import feather_mask
+    from frdm.engine.fill import feather_in_box, nonzero_box
+
+    rng = np.random.default_rng(int(radius * 10) + grow)
+    matte = np.zeros((120, 160), np.float32)
+    matte[40:44, 70:75] = 1.0
+    matte[50, 90] = rng.random()
+    matte[0:3, 150:160] = 0.6  # touching the frame's edge: the crop's border is the frame's there
+    box = nonzero_box(matte > 0)
+    crop, inside = feather_in_box(box, matte[box[0] : box[1], box[2] : box[3]], matte.shape, radius, grow)
+    full = np.zeros_like(matte)
+    full[crop[0] : crop[1], crop[2] : crop[3]] = inside
+    expect = feather_mask(matte, radius, grow)
+    # OpenCV's vector code may round a blur sum differently by position (an ulp, 3e-8): the same pixels are
+    # zero (untouched) either way, and every fresh or cached blend goes through the box path alike.
+    np.testing.assert_array_equal(full > 0, expect > 0)
+    np.testing.assert_allclose(full, expect, rtol=0, atol=1e-6)
