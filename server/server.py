@@ -21,7 +21,6 @@ import collections
 import contextlib
 import hashlib
 import importlib
-import json
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +37,8 @@ import msgpack
 import zmq
 
 from frdm import __version__
+from frdm.engine import depends
 from frdm.engine.errors import CancelledError, FrdmError
-from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
 
@@ -213,23 +212,6 @@ class ResultCache:
         self._size = total
 
 
-def cache_key(
-    frame: int,
-    params_hash: str,
-    engine_version: str,
-    source_hashes: Iterable[tuple[int, str]],
-    mask_hashes: Iterable[tuple[int, str]],
-) -> str:
-    """One target frame's key. Its inputs are the frames in its context window (the restorer's
-    ``context``), listed with their content hashes, so changing a neighbour invalidates the frame."""
-    blob = json.dumps(
-        {"f": frame, "p": params_hash, "e": engine_version, "s": list(source_hashes), "m": list(mask_hashes)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 # --- jobs and the fair queue -------------------------------------------------------------------------
 
 
@@ -371,6 +353,7 @@ class Server:
         check_bind(config.bind, config.curve_keys)
         self.restorer = restorer if restorer is not None else self._create_restorer()
         self.engine_version = str(getattr(self.restorer, "engine_version", "unknown"))
+        self.weights_id = depends.weights_id(config.weights)  # once: frames' keys and the hello carry it
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
@@ -590,6 +573,7 @@ class Server:
             "protocol": protocol.PROTOCOL_VERSION,
             "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
             "engine_version": self.engine_version,
+            "weights_id": self.weights_id,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
             "limits": self.limits.to_wire(),
@@ -835,21 +819,23 @@ class Server:
             raise CancelledError(f"job {job.id} cancelled")
         for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
             remove_stale_partials(directory)
-        before, after = self.restorer.context(params)
-        params_hash = stage_hash(params, "output", self.engine_version)
+        reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.config.chunk, len(job.remaining)))]
-        # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
+        # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ
+        # from the built-in ones), positional like the pipeline's.
         available = sorted(job.req.sources)
-        position = {n: i for i, n in enumerate(available)}
         keys = {}
         for f in targets:
-            window = available[max(0, position[f] - before) : position[f] + after + 1]
-            keys[f] = cache_key(
+            window = depends.window_at(f, reach, available)
+            keys[f] = depends.frame_key(
                 f,
-                params_hash,
-                self.engine_version,
-                [(n, self._hash(job, "sources", n)) for n in window],
-                [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
+                params,
+                "output",
+                window=window,
+                sources={n: self._hash(job, "sources", n) for n in window},
+                masks={f: self._hash(job, "masks", f)} if f in job.req.masks else None,
+                engine_version=self.engine_version,
+                weights_id=self.weights_id,
             )
         cached = {f: data for f in targets if (data := self.cache.get(keys[f])) is not None}
         todo = [f for f in targets if f not in cached]
