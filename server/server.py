@@ -37,6 +37,7 @@ import msgpack
 import zmq
 
 from frdm import __version__
+from frdm.engine import depends
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 from frdm.server.jobs import Job, JobBoard
@@ -109,6 +110,7 @@ class Server:
         check_bind(config.bind, config.curve_keys)
         self.restorer = restorer if restorer is not None else self._create_restorer()
         self.engine_version = str(getattr(self.restorer, "engine_version", "unknown"))
+        self.weights_id = depends.weights_id(config.weights)  # once: frames' keys and the hello carry it
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
@@ -198,6 +200,7 @@ class Server:
                 self.board,
                 self.restorer,
                 self.engine_version,
+                self.weights_id,
                 self.cache,
                 self.limits,
                 self.config.chunk,
@@ -321,6 +324,7 @@ class Server:
             "protocol": protocol.PROTOCOL_VERSION,
             "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
             "engine_version": self.engine_version,
+            "weights_id": self.weights_id,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
             "limits": self.limits.to_wire(),

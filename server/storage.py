@@ -8,12 +8,9 @@ allowed root, never an input overwritten) live in one room.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import socket
 import threading
-from collections.abc import Iterable
 
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
@@ -142,7 +139,7 @@ def _alive(pid: int) -> bool:
 
 
 class ResultCache:
-    """Finished frames as EXR bytes on disk, keyed by (input content hash, parameter hash, engine version).
+    """Finished frames as EXR bytes on disk, keyed by ``frdm.engine.depends.frame_key``.
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
     entries go when the folder grows past ``max_bytes``."""
@@ -189,20 +186,3 @@ class ResultCache:
             except OSError:
                 pass
         self._size = total
-
-
-def cache_key(
-    frame: int,
-    params_hash: str,
-    engine_version: str,
-    source_hashes: Iterable[tuple[int, str]],
-    mask_hashes: Iterable[tuple[int, str]],
-) -> str:
-    """One target frame's key. Its inputs are the frames in its context window (the restorer's
-    ``context``), listed with their content hashes, so changing a neighbour invalidates the frame."""
-    blob = json.dumps(
-        {"f": frame, "p": params_hash, "e": engine_version, "s": list(source_hashes), "m": list(mask_hashes)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()

@@ -15,13 +15,13 @@ from typing import Any
 import msgpack
 import zmq
 
+from frdm.engine import depends
 from frdm.engine.errors import CancelledError, FrdmError
-from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.jobs import Job, JobBoard
 from frdm.server.protocol import ImageRef, Limits, ProtocolError
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
-from frdm.server.storage import ResultCache, atomic_write_bytes, cache_key, remove_stale_partials
+from frdm.server.storage import ResultCache, atomic_write_bytes, remove_stale_partials
 
 log = logging.getLogger("frdm.server")
 
@@ -71,6 +71,7 @@ class Worker:
         board: JobBoard,
         restorer: Any,
         engine_version: str,
+        weights_id: str,
         cache: ResultCache,
         limits: Limits,
         chunk: int,
@@ -80,6 +81,7 @@ class Worker:
         self.board = board
         self.restorer = restorer
         self.engine_version = engine_version
+        self.weights_id = weights_id
         self.cache = cache
         self.limits = limits
         self.chunk = chunk
@@ -164,21 +166,23 @@ class Worker:
             raise CancelledError(f"job {job.id} cancelled")
         for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
             remove_stale_partials(directory)
-        before, after = self.restorer.context(params)
-        params_hash = stage_hash(params, "output", self.engine_version)
+        reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.chunk, len(job.remaining)))]
-        # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
+        # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ
+        # from the built-in ones), positional like the pipeline's.
         available = sorted(job.req.sources)
-        position = {n: i for i, n in enumerate(available)}
         keys = {}
         for f in targets:
-            window = available[max(0, position[f] - before) : position[f] + after + 1]
-            keys[f] = cache_key(
+            window = depends.window_at(f, reach, available)
+            keys[f] = depends.frame_key(
                 f,
-                params_hash,
-                self.engine_version,
-                [(n, self._hash(job, "sources", n)) for n in window],
-                [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
+                params,
+                "output",
+                window=window,
+                sources={n: self._hash(job, "sources", n) for n in window},
+                masks={f: self._hash(job, "masks", f)} if f in job.req.masks else None,
+                engine_version=self.engine_version,
+                weights_id=self.weights_id,
             )
         cached = {f: data for f in targets if (data := self.cache.get(keys[f])) is not None}
         todo = [f for f in targets if f not in cached]
