@@ -4,9 +4,7 @@ and pushes every reply to the socket loop over an inproc socket (ZeroMQ sockets 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,11 +15,17 @@ import zmq
 
 from frdm.engine import depends
 from frdm.engine.errors import CancelledError, FrdmError
-from frdm.server import protocol
+from frdm.server import protocol, sniff
 from frdm.server.jobs import Job, JobBoard
-from frdm.server.protocol import ImageRef, Limits, ProtocolError
+from frdm.server.protocol import ImageRef, Limits
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
-from frdm.server.storage import ResultCache, atomic_write_bytes, remove_stale_partials
+from frdm.server.storage import (
+    ResultCache,
+    check_ocio_config,
+    read_regular,
+    remove_stale_partials_under_root,
+    write_under_root,
+)
 
 log = logging.getLogger("frdm.server")
 
@@ -34,9 +38,21 @@ class _Stop(Exception):
     """The server is stopping: leave the job after the current frame."""
 
 
+def read_input(job: Job, kind: str, frame: int, limits: Limits) -> bytes:
+    """The bytes of one source or mask frame: its inline blob, or its file opened from the root without
+    following a symlink (whatever the path is by now, nothing outside the root is read)."""
+    ref = (job.req.sources if kind == "sources" else job.req.masks)[frame]
+    if ref.blob is not None:
+        return job.blobs[ref.blob - 1]
+    rp = (job.real_sources if kind == "sources" else job.real_masks)[frame]
+    return read_regular(rp, f"{kind[:-1]} frame {frame}", limits.max_message_bytes)
+
+
 def make_wire_source(job: Job, kind: str, limits: Limits) -> Any:
-    """A ``frames.Source`` over a job's inline blobs and resolved paths, decoding only what is read."""
-    from frdm.engine.frames import Source, decode_image, read_frame
+    """A ``frames.Source`` over a job's inputs, decoding only what is read. Every frame's header is
+    measured against the per-frame limits on the very bytes that are decoded, by content (an EXR named
+    .png is an EXR), so a file changed after acceptance is held to the same limits."""
+    from frdm.engine.frames import Source, decode_image
 
     refs: dict[int, ImageRef] = job.req.sources if kind == "sources" else job.req.masks
     real = job.real_sources if kind == "sources" else job.real_masks
@@ -47,18 +63,15 @@ def make_wire_source(job: Job, kind: str, limits: Limits) -> Any:
             self.frame_numbers = sorted(refs)
 
         def path(self, frame: int) -> str | None:
-            return real.get(frame)
+            rp = real.get(frame)
+            return rp.path if rp is not None else None
 
         def read(self, frame: int) -> Any:
-            ref = refs[frame]
             name = f"{kind[:-1]} frame {frame}"
-            if ref.blob is not None:
-                return decode_image(job.blobs[ref.blob - 1], ".exr", name=name)
-            image = read_frame(real[frame])
-            pixels = image.width * image.height
-            if pixels > limits.max_pixels_per_frame:
-                raise ProtocolError("too_large", f"{name}: {pixels} pixels exceeds the server's limit")
-            return image
+            data = read_input(job, kind, frame, limits)
+            header = sniff.sniff(sniff.reader_of(data), name)
+            sniff.check_frame_size(header, limits, name)
+            return decode_image(data, header.extension, name=name)
 
     return WireSource()
 
@@ -73,6 +86,7 @@ class Worker:
         engine_version: str,
         weights_id: str,
         cache: ResultCache,
+        roots: list[str],
         limits: Limits,
         chunk: int,
         stopping: threading.Event,
@@ -83,6 +97,7 @@ class Worker:
         self.engine_version = engine_version
         self.weights_id = weights_id
         self.cache = cache
+        self.roots = roots
         self.limits = limits
         self.chunk = chunk
         self.stopping = stopping
@@ -142,20 +157,10 @@ class Worker:
             push.close(linger=-1)
 
     def _hash(self, job: Job, kind: str, frame: int) -> str:
-        """Content hash of one input frame (computed once per job, in the worker)."""
+        """Content id of one input frame (computed once per job, in the worker)."""
         key = (kind, frame)
         if key not in job.hashes:
-            refs = job.req.sources if kind == "sources" else job.req.masks
-            ref = refs[frame]
-            h = hashlib.sha256()
-            if ref.blob is not None:
-                h.update(job.blobs[ref.blob - 1])
-            else:
-                real = (job.real_sources if kind == "sources" else job.real_masks)[frame]
-                with open(real, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(block)
-            job.hashes[key] = h.hexdigest()
+            job.hashes[key] = depends.content_id(read_input(job, kind, frame, self.limits))
         return job.hashes[key]
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
@@ -164,8 +169,13 @@ class Worker:
         params = job.req.params
         if job.cancel.is_set():
             raise CancelledError(f"job {job.id} cancelled")
-        for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
-            remove_stale_partials(directory)
+        for folder in {(rp.root, rp.parts[:-1]): rp for rp in job.output_paths.values()}.values():
+            remove_stale_partials_under_root(folder)
+        ocio_config = params.get("ocio_config", "")
+        if ocio_config:
+            # Checked again here, just before the engine may load it: the file may have changed since the
+            # socket loop accepted it, and OpenImageIO's loader blocks every thread on a FIFO.
+            check_ocio_config(ocio_config, self.roots)
         reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.chunk, len(job.remaining)))]
         # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ
@@ -213,7 +223,10 @@ class Worker:
         try:
             for frame, image in results:
                 data = encode_image(image, ".exr", compression=compression, pixel_type=pixel_type)
-                self.cache.put(keys[frame], data)
+                try:
+                    self.cache.put(keys[frame], data)
+                except OSError as exc:  # a full or failing cache disk costs the cache, not the frame
+                    log.warning("cache: frame %s of job %s not cached (%s); delivered uncached", frame, job.id, exc)
                 deliver_cached(frame)
                 self._deliver(job, frame, keys[frame], data, False, emit)
                 last = frame == todo[-1]
@@ -235,6 +248,6 @@ class Worker:
         job.done = float(job.finished_frames)
         job.keys[frame] = key
         if job.output_paths:
-            atomic_write_bytes(job.output_paths[frame], data)
+            write_under_root(job.output_paths[frame], data, f"output frame {frame}")
         header, blobs = frame_reply(job, frame, data, cached=cached)
         emit(job, header, blobs)
