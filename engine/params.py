@@ -7,14 +7,14 @@ Every parameter has a *stage*: the earliest step of the pipeline whose result it
 
     detect -> fill -> blend -> output
 
-A cache keyed by ``stage_hash(params, "fill")`` survives a change of ``feather`` (a ``blend`` parameter):
-changing one knob re-runs only what it affects.
+A cache keyed at the ``fill`` stage survives a change of ``feather`` (a ``blend`` parameter): changing one knob
+re-runs only what it affects. Which parameters a frame depends on, and its key, are said in
+``frdm.engine.depends``.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -143,17 +143,6 @@ class Schema:
         if not partial:
             _check_cross_field(out)
         return out
-
-    def stage_hash(self, values: Mapping[str, Any], stage: str, engine_version: str = "") -> str:
-        """Hash of the parameters whose stage is at or before ``stage`` (plus the engine version)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage}")
-        upto = STAGES.index(stage)
-        full = self.validate(values)
-        engine = full.get("engine", "")
-        key = {p.name: full[p.name] for p in self.params if STAGES.index(p.stage) <= upto and (engine in p.engines)}
-        blob = json.dumps({"v": engine_version, "p": key}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def for_engine(self, engine: str) -> list[Param]:
         return [p for p in self.params if engine in p.engines]
@@ -314,6 +303,7 @@ SCHEMA = Schema(
             20,
             "denoising steps",
             group="diffusion",
+            stage="fill",
             minimum=1,
             maximum=1000,
             engines=_DIFFUSION,
@@ -324,6 +314,7 @@ SCHEMA = Schema(
             1.0,
             "how far the degraded latent is noised before denoising (1 = from z_T, the paper's setting)",
             group="diffusion",
+            stage="fill",
             minimum=0.01,
             maximum=1.0,
             engines=_DIFFUSION,
@@ -335,6 +326,7 @@ SCHEMA = Schema(
             "noise seed; each frame's noise derives from (seed, frame number) so a "
             "chunked render equals a whole-range render",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=2**31 - 1,
             engines=_DIFFUSION,
@@ -345,6 +337,7 @@ SCHEMA = Schema(
             "an old film frame",
             "full-frame description (global prompt)",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -353,6 +346,7 @@ SCHEMA = Schema(
             512,
             "stage-2 patch size in pixels (multiple of 64)",
             group="diffusion",
+            stage="fill",
             minimum=64,
             maximum=4096,
             engines=_DIFFUSION,
@@ -363,6 +357,7 @@ SCHEMA = Schema(
             128,
             "overlap of neighbouring patches in pixels",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=2048,
             engines=_DIFFUSION,
@@ -373,6 +368,7 @@ SCHEMA = Schema(
             16,
             "frames per temporal window",
             group="diffusion",
+            stage="fill",
             minimum=1,
             maximum=64,
             engines=_DIFFUSION,
@@ -383,6 +379,7 @@ SCHEMA = Schema(
             4,
             "frames shared by consecutive temporal windows",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=63,
             engines=_DIFFUSION,
@@ -394,6 +391,7 @@ SCHEMA = Schema(
             "denoising sampler: 'ddim' (the paper's) or 'dpmsolver' (DPM-Solver++ 2M; each patch keeps its own "
             "solver history)",
             group="diffusion",
+            stage="fill",
             choices=("ddim", "dpmsolver"),
             engines=_DIFFUSION,
         ),
@@ -404,6 +402,7 @@ SCHEMA = Schema(
             "how overlapping stage-2 patches are assembled: 'cosine' blend weights, or 'uniform' averaging "
             "(shows seams; for comparison)",
             group="diffusion",
+            stage="fill",
             choices=("cosine", "uniform"),
             engines=_DIFFUSION,
         ),
@@ -413,6 +412,7 @@ SCHEMA = Schema(
             True,
             "stage 1 global residual (Eq. 1-2) against blocking",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -421,6 +421,7 @@ SCHEMA = Schema(
             True,
             "patches attend to cached keys/values of denoised neighbours",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -429,6 +430,7 @@ SCHEMA = Schema(
             "fp16",
             "network precision on the GPU (CPU runs fp32)",
             group="diffusion",
+            stage="fill",
             choices=("fp16", "bf16", "fp32"),
             engines=_DIFFUSION,
         ),
@@ -480,10 +482,6 @@ def defaults() -> dict[str, Any]:
 
 def validate(values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return SCHEMA.validate(values)
-
-
-def stage_hash(values: Mapping[str, Any], stage: str = "output", engine_version: str = "") -> str:
-    return SCHEMA.stage_hash(values, stage, engine_version)
 
 
 # --- presets -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from frdm.engine import depends
 from frdm.engine import params as P
 from frdm.engine.color import check_colorspace, to_model
 from frdm.engine.errors import InputError
@@ -39,11 +40,11 @@ ATTR_HASH = "frdm:params_hash"
 ATTR_ENGINE = "frdm:engine_version"
 ATTR_PARAMS = "frdm:params"
 ATTR_SOURCE = "frdm:source"
-ATTR_INPUT = "frdm:input"  # fingerprint of what the frame was made from (source, mask, weights)
+ATTR_KEY = "frdm:frame_key"  # frdm.engine.depends.frame_key: inputs, parameters, engine, weights
 
 
 def output_hash(params: Mapping[str, Any], restorer: Restorer) -> str:
-    return P.stage_hash(params, "output", restorer.engine_version)
+    return depends.params_hash(params, "output", restorer.engine_version)
 
 
 class _FrameCache:
@@ -190,7 +191,7 @@ class RestorePlan:
     params: dict[str, Any]
     digest: str
     context: tuple[int, int]
-    weights_id: str = "-"  # weights_stamp() of the weights the frames are made with
+    keys: dict[int, str] = field(default_factory=dict)  # frame -> depends.frame_key at the output stage
 
     def describe(self) -> str:
         b, a = self.context
@@ -248,56 +249,59 @@ def plan_restore(
         params = P.validate({**params, "mask": mask})
     check_colorspace(params["colorspace"], params["ocio_config"])
     digest = output_hash(params, restorer)
-    weights_id = weights_stamp(weights)
+    keys = frame_keys(source, mask_source, frames, params, restorer, depends.weights_id(weights))
     skip = []
     if resume:
         for n in frames:
             attrs = read_attributes(pattern.path(n))
-            if (
-                attrs is not None
-                and attrs.get(ATTR_HASH) == digest
-                and attrs.get(ATTR_INPUT) == input_fingerprint(source, mask_source, n, weights_id)
-            ):
+            if attrs is not None and attrs.get(ATTR_KEY) == keys[n]:
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
-    return RestorePlan(
-        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), weights_id
-    )
+    return RestorePlan(source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), keys)
 
 
-def _file_stamp(path: str | None) -> str:
-    if not path:
-        return "-"
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}:missing"
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+def frame_keys(
+    source: Source,
+    mask_source: Source | None,
+    frames: list[int],
+    params: Mapping[str, Any],
+    restorer: Restorer,
+    weights_id: str,
+) -> dict[int, str]:
+    """The output-stage key of each of ``frames`` (``frdm.engine.depends``): the bytes of every source frame in
+    its context window and of its mask, the parameters, the engine version and the weights. Each file is read
+    once, streamed. A movie's frames have no files of their own: the movie file's identity and the frame
+    number stand in."""
+    reach = restorer.context(params)
+    available = sorted(source.frame_numbers)
+    ids: dict[tuple[str, int], str] = {}
 
+    def content(src: Source, kind: str, n: int) -> str:
+        if (kind, n) not in ids:
+            path = src.path(n)
+            if path:
+                try:
+                    ids[(kind, n)] = depends.content_id(path)
+                except OSError as exc:
+                    raise InputError(f"{path}: cannot read frame {n} ({exc.strerror})") from None
+            else:
+                ids[(kind, n)] = f"{depends.stamp_id(src.description)}:{n}"
+        return ids[(kind, n)]
 
-def weights_stamp(weights: str | None) -> str:
-    """Path, size and modification time of every file of a weights folder (or file), in one string."""
-    if not weights:
-        return "-"
-    if os.path.isdir(weights):
-        files = sorted(os.path.join(d, f) for d, _, names in os.walk(weights) for f in names)
-    else:
-        files = [weights]
-    return "|".join(_file_stamp(f) for f in files)
-
-
-def input_fingerprint(source: Source, mask_source: Source | None, frame: int, weights_id: str) -> str:
-    """What frame ``frame`` is made from: its source file, its mask file and the weights (``weights_stamp``), by
-    path, size and modification time (cheap: no pixels are read). Resume skips a frame only when this matches
-    too, so re-pointing OUT at another shot, editing a mask or swapping weights re-renders."""
-    import hashlib
-
-    parts = [
-        _file_stamp(source.path(frame) or source.description),
-        _file_stamp(mask_source.path(frame)) if mask_source is not None else "-",
-        weights_id,
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    keys = {}
+    for f in frames:
+        window = depends.window_at(f, reach, available)
+        keys[f] = depends.frame_key(
+            f,
+            params,
+            "output",
+            window=window,
+            sources={n: content(source, "source", n) for n in window},
+            masks={f: content(mask_source, "mask", f)} if mask_source is not None else None,
+            engine_version=restorer.engine_version,
+            weights_id=weights_id,
+        )
+    return keys
 
 
 def restore_sequence(
@@ -329,10 +333,7 @@ def restore_sequence(
             plan.source, plan.todo, plan.params, restorer, mask_source=plan.mask_source, progress=progress
         ):
             path = plan.out.path(n)
-            frame.attributes[ATTR_INPUT] = (
-                "string",
-                input_fingerprint(plan.source, plan.mask_source, n, plan.weights_id),
-            )
+            frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
             write_frame(path, frame, compression=compression, pixel_type=pixel_type)
             report.written.append(n)
             report.outputs[n] = path

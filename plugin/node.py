@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frdm import __version__
+from frdm.engine import depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, Param
@@ -84,18 +85,8 @@ def describe() -> NodeDescriptor:
 
 
 def context_for(params: Mapping[str, Any]) -> tuple[int, int]:
-    """Frames a target reads before and after it, without importing the engine (torch).
-
-    Mirrors the engines' ``Restorer.context``: the classical engine detects and fills from
-    ``temporal_radius`` frames either side; the diffusion engine needs every temporal window that contains a
-    target to be complete, and a window reaches ``window - 1`` frames either side of any of its frames
-    (engine/diffusion/windows.py). tests/test_node.py checks this against the classical restorer."""
-    p = SCHEMA.validate(params)
-    if p["engine"] == "diffusion":
-        # DiffusionRestorer.context: whole windows, and the classical matte's own temporal radius.
-        n = max(p["window"] - 1, p["temporal_radius"])
-        return n, n
-    return p["temporal_radius"], p["temporal_radius"]
+    """Frames a target reads before and after it (``frdm.engine.depends.context``; no engine import)."""
+    return depends.context(SCHEMA.validate(params))
 
 
 def frames_needed(
@@ -105,17 +96,9 @@ def frames_needed(
     context is positional like the pipeline's: the ``before``/``after`` nearest frames that exist, clamped at
     the ends of the sequence. Without it: the frame numbers ``f - before .. f + after``."""
     targets = sorted({frames} if isinstance(frames, int) else set(frames))
-    before, after = context_for(params)
-    if available is None:
-        return sorted({n for f in targets for n in range(f - before, f + after + 1)})
-    avail = sorted(set(available))
-    position = {n: i for i, n in enumerate(avail)}
-    check_range(targets, avail)
-    out: set[int] = set()
-    for f in targets:
-        i = position[f]
-        out.update(avail[max(0, i - before) : i + after + 1])
-    return sorted(out)
+    if available is not None:
+        check_range(targets, available)
+    return depends.frames_needed(targets, SCHEMA.validate(params), available)
 
 
 def check_range(frames: Sequence[int], available: Sequence[int], clip: str = CLIP_SOURCE) -> None:
@@ -371,6 +354,16 @@ class FrdmNode:
         self._hello = info
         return info
 
+    def _engine_identity(self, params: Mapping[str, Any]) -> tuple[str, str]:
+        """(engine version, weights id) of what will make the frames. The classical engine loads no weights:
+        known without asking. Weights can be swapped between renders (a restarted server), so for an engine
+        that loads them the server is asked every time: a cheap hello, and stale frames never come back."""
+        engine = params["engine"]
+        if engine in depends.WEIGHTLESS_ENGINES:
+            return depends.ENGINE_VERSIONS[engine], depends.NO_WEIGHTS
+        info = self.hello(refresh=True)
+        return str(info.get("engine_version", "")), str(info.get("weights_id", ""))
+
     # --- rendering ----------------------------------------------------------------------------------
 
     def render(
@@ -442,7 +435,7 @@ class FrdmNode:
 
         out_dir = os.path.dirname(pattern.path(targets[0]))
         os.makedirs(out_dir, exist_ok=True)
-        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self.address)
+        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self._engine_identity(params))
         if use_cache and _manifest_hit(out_dir, pattern, keys):
             report(len(targets), len(targets), "unchanged: results from the last render")
             return RenderResult(
@@ -576,20 +569,26 @@ def _frame_keys(
     available: Sequence[int],
     sources: Mapping[int, Fingerprint],
     masks: Mapping[int, Fingerprint] | None,
-    address: str,
+    engine: tuple[str, str],
 ) -> dict[int, str]:
-    """Per target: the hash of its parameters and of the bytes of every input in its context window."""
+    """Per target: its output-stage key (``frdm.engine.depends.frame_key``). ``engine`` is the (engine
+    version, weights id) that makes the frames."""
     digest = {f: fp.digest for f, fp in sources.items()}
     mdigest = {f: fp.digest for f, fp in (masks or {}).items()}
-    base = SCHEMA.stage_hash(params, "output")
-    out = {}
-    for f in targets:
-        window = frames_needed([f], params, available)
-        blob = json.dumps(
-            [base, address, [(n, digest[n], mdigest.get(n)) for n in window]], separators=(",", ":")
-        ).encode()
-        out[f] = hashlib.sha256(blob).hexdigest()
-    return out
+    engine_version, weights = engine
+    return {
+        f: depends.frame_key(
+            f,
+            params,
+            "output",
+            window=depends.window(f, params, available),
+            sources=digest,
+            masks=mdigest,
+            engine_version=engine_version,
+            weights_id=weights,
+        )
+        for f in targets
+    }
 
 
 def _manifest_path(out_dir: str, pattern: SequencePattern) -> str:

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 
 from frdm.server.protocol import RestoreRequest
+from frdm.server.storage import RootedPath
 
 
 @dataclass
@@ -15,9 +16,9 @@ class Job:
     req: RestoreRequest
     identity: bytes
     blobs: list[bytes]
-    real_sources: dict[int, str]  # path mode: frame -> resolved path
-    real_masks: dict[int, str]
-    output_paths: dict[int, str]  # path mode output: frame -> resolved path
+    real_sources: dict[int, RootedPath]  # path mode: frame -> resolved path
+    real_masks: dict[int, RootedPath]
+    output_paths: dict[int, RootedPath]  # path mode output: frame -> resolved path
     remaining: collections.deque[int]
     state: str = "queued"  # queued | running
     done: float = 0.0
@@ -34,6 +35,10 @@ class Job:
     @property
     def total(self) -> int:
         return len(self.req.frames)
+
+    @property
+    def inline_bytes(self) -> int:
+        return sum(len(b) for b in self.blobs)
 
 
 class FairQueue:
@@ -140,6 +145,11 @@ class JobBoard:
         with self.lock:
             self.jobs.pop(job.id, None)
             self.current = None
+
+    def inline_bytes(self) -> int:
+        """Inline data the live jobs hold (until a job ends, its blobs stay in memory)."""
+        with self.lock:
+            return sum(j.inline_bytes for j in self.jobs.values())
 
     def live(self) -> list[Job]:
         with self.lock:

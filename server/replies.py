@@ -24,7 +24,7 @@ def frame_reply(job: Job, frame: int, data: Any, *, cached: bool) -> Reply:
         total=job.total,
     )
     if job.output_paths:
-        return dict(header, path=job.output_paths[frame]), ()
+        return dict(header, path=job.output_paths[frame].path), ()
     if isinstance(data, protocol.RawImage):
         return dict(header, blob=1, image=data.spec.to_wire()), (data.buffer,)
     return dict(header, blob=1), (data,)

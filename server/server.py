@@ -36,15 +36,18 @@ from typing import Any
 import zmq
 
 from frdm import __version__
+from frdm.engine import depends
 from frdm.engine.errors import FrdmError
 from frdm.server import protocol
 from frdm.server.jobs import Job, JobBoard
 from frdm.server.protocol import Limits, ProtocolError
 from frdm.server.replies import error_reply, frame_reply, progress_reply, stop_error
+from frdm.server.sniff import ImageHeader, check_frame_size, reader_of, sniff
 from frdm.server.storage import (  # noqa: F401  (re-exported: the names callers know from this module)
     PARTIAL_PREFIX,
     ResultCache,
     atomic_write_bytes,
+    check_ocio_config,
     remove_stale_partials,
     resolve_inputs,
     resolve_outputs,
@@ -83,6 +86,22 @@ def is_local_endpoint(endpoint: str) -> bool:
     return host in LOOPBACK_HOSTS
 
 
+def max_part_bytes(limits: Limits) -> int:
+    """The largest message part the socket takes: a header, or one frame's file (an uncompressed EXR is
+    its decoded size plus a small offset table and header; a sixteenth covers both)."""
+    frame_file = limits.max_frame_bytes + limits.max_frame_bytes // 16 + (1 << 20)
+    return min(limits.max_message_bytes, max(protocol.MAX_HEADER_BYTES, frame_file))
+
+
+def check_inline_frame(data: bytes, name: str, limits: Limits) -> ImageHeader:
+    """An inline frame is EXR bytes whose header declares a frame within the per-frame limits."""
+    header = sniff(reader_of(data), name)
+    if header.format != "exr":
+        raise ProtocolError("bad_input", f"{name}: inline frames are EXR bytes, this is {header.format.upper()}")
+    check_frame_size(header, limits, name)
+    return header
+
+
 def check_bind(endpoint: str, curve_keys: str | None) -> None:
     if not endpoint.startswith(("tcp://", "ipc://")):
         raise FrdmError(f"--bind {endpoint}: use tcp://HOST:PORT or ipc:///path/to/socket")
@@ -108,6 +127,7 @@ class Server:
         check_bind(config.bind, config.curve_keys)
         self.restorer = restorer if restorer is not None else self._create_restorer()
         self.engine_version = str(getattr(self.restorer, "engine_version", "unknown"))
+        self.weights_id = depends.weights_id(config.weights)  # once: frames' keys and the hello carry it
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
@@ -137,9 +157,9 @@ class Server:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we stop its job
-        # A peer sending one part larger than the whole-request limit is disconnected by libzmq itself,
-        # before the bytes are ever held in memory.
-        sock.setsockopt(zmq.MAXMSGSIZE, min(self.limits.max_message_bytes, 2**63 - 1))
+        # A peer sending one part larger than any part may be (a header, or one frame's file) is disconnected
+        # by libzmq itself, before that part is ever held in memory whole.
+        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes(self.limits))
         if self.config.curve_keys:
             from zmq.auth import CURVE_ALLOW_ANY, load_certificate
             from zmq.auth.thread import ThreadAuthenticator
@@ -201,7 +221,9 @@ class Server:
                 self.board,
                 self.restorer,
                 self.engine_version,
+                self.weights_id,
                 self.cache,
+                self.roots,
                 self.limits,
                 self.config.chunk,
                 self.stopping,
@@ -324,6 +346,7 @@ class Server:
             "protocol": protocol.PROTOCOL_VERSION,
             "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
             "engine_version": self.engine_version,
+            "weights_id": self.weights_id,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
             "limits": self.limits.to_wire(),
@@ -374,18 +397,27 @@ class Server:
         queued = len(self.board.queue)
         if queued >= self.limits.max_queued_jobs:
             raise ProtocolError("busy", f"{queued} jobs are queued (the limit); try again later")
-        for what, refs in (("source", req.sources), ("mask", req.masks)):
+        incoming = sum(memoryview(b).nbytes for b in blobs)
+        held = self.board.inline_bytes()
+        if held + incoming > self.limits.max_queued_bytes:
+            raise ProtocolError(
+                "busy",
+                f"the server holds {held} bytes of queued inline frames; {incoming} more would pass its budget of "
+                f"{self.limits.max_queued_bytes} (try again when a job has finished, or send paths)",
+            )
+        for kind, refs in (("source", req.sources), ("mask", req.masks)):
             for ref in refs.values():
-                name = f"{what} frame {ref.frame}"
+                name = f"{kind} frame {ref.frame}"
                 if ref.image is not None:  # raw pixels: the description fits the limits and the buffer
                     protocol.check_raw_size(ref.image, self.limits, name)
                     protocol.RawImage(ref.image, blobs[ref.blob - 1], name)  # type: ignore[operator]
                 elif ref.blob is not None:
-                    info = protocol.exr_info(blobs[ref.blob - 1], name)
-                    protocol.check_exr_size(info, self.limits, name)
+                    check_inline_frame(blobs[ref.blob - 1], name, self.limits)
+        check_ocio_config(req.params["ocio_config"], self.roots)
         real_sources = resolve_inputs(req.sources, "source", self.roots, self.limits)
         real_masks = resolve_inputs(req.masks, "mask", self.roots, self.limits)
-        output_paths = resolve_outputs(req, set(real_sources.values()) | set(real_masks.values()), self.roots)
+        inputs = {rp.path for rp in (*real_sources.values(), *real_masks.values())}
+        output_paths = resolve_outputs(req, inputs, self.roots)
         job = Job(req, identity, blobs, real_sources, real_masks, output_paths, collections.deque(req.frames))
         self.board.add(job)
         self._send(

@@ -2,25 +2,29 @@
 result cache.
 
 Every path a client names is resolved here and nowhere else, so the rules (absolute, no '..', under an
-allowed root, never an input overwritten) live in one room.
+allowed root, never an input overwritten) live in one room. A resolved path is kept as its root plus the
+components below it and is only ever opened from the root one component at a time, with no symlink followed
+(``os.open`` with ``dir_fd`` and ``O_NOFOLLOW``) and the opened file itself checked (``fstat``: a regular
+file): a folder or file swapped for a symlink after a request was accepted is refused, never followed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import errno
 import os
+import re
 import socket
+import stat
 import threading
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from frdm.server import protocol
+from frdm.server import sniff
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
+from frdm.server.sniff import ImageHeader
 
 PARTIAL_PREFIX = ".frdm-partial-"  # temporary files of atomic writes; stale ones are removed
-_EXR_HEADER_PEEK = 1 << 20  # bytes read from a path-mode file to check its declared size
 
 
 # --- allowed roots -----------------------------------------------------------------------------------
@@ -51,27 +55,130 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
     return real
 
 
-def resolve_inputs(refs: dict[int, ImageRef], what: str, roots: list[str], limits: Limits) -> dict[int, str]:
-    """Path-mode sources or masks: frame -> resolved path, each checked against the roots and the limits."""
+@dataclass(frozen=True)
+class RootedPath:
+    """A resolved path as (allowed root, components below it)."""
+
+    root: str
+    parts: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, *self.parts)
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+
+def rooted(real: str, roots: list[str]) -> RootedPath:
+    """``real`` (a resolved path under one of ``roots``) split at its root."""
+    for root in sorted(roots, key=len, reverse=True):  # the innermost root if roots nest
+        if real != root and os.path.commonpath([real, root]) == root:
+            return RootedPath(root, tuple(os.path.relpath(real, root).split(os.sep)))
+    raise ProtocolError("forbidden_path", f"'{real}' is not a file under the server's allowed roots")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _refused(rp: RootedPath, what: str, exc: OSError) -> ProtocolError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return ProtocolError(
+            "forbidden_path",
+            f"{what} '{rp.path}': a component is a symlink or not a folder (changed after the request was "
+            "accepted?); the server never follows it",
+        )
+    return ProtocolError("bad_input", f"{what} '{rp.path}': {exc.strerror or exc}")
+
+
+def _open_dir(rp: RootedPath, what: str, *, create: bool) -> int:
+    """A descriptor of ``rp``'s folder, reached from the root one component at a time without following
+    a symlink; missing folders are made when ``create``."""
+    fd = os.open(rp.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rp.parts[:-1]:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise ProtocolError("bad_input", f"{what} '{rp.path}': folder '{part}' does not exist") from None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        raise _refused(rp, what, exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(rp: RootedPath, what: str) -> int:
+    """A read descriptor of the regular file ``rp``: no symlink at any component, checked on the opened
+    file (fstat), and a FIFO or device refused without ever blocking on it (O_NONBLOCK)."""
+    dfd = _open_dir(rp, what, create=False)
+    try:
+        fd = os.open(rp.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except FileNotFoundError:
+        raise ProtocolError("bad_input", f"{what} '{rp.path}' does not exist on the server") from None
+    except OSError as exc:
+        raise _refused(rp, what, exc) from None
+    finally:
+        os.close(dfd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) | stat.S_ISBLK(mode) else "no file"
+        raise ProtocolError("forbidden_path", f"{what} '{rp.path}' is {kind}; only regular files are read")
+    return fd
+
+
+def read_regular(rp: RootedPath, what: str, max_bytes: int) -> bytes:
+    """The whole of a regular file under a root (see ``open_regular``), refused past ``max_bytes``."""
+    fd = open_regular(rp, what)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ProtocolError("too_large", f"{what} '{rp.path}' is larger than the server's limit of {max_bytes} bytes")
+    return data
+
+
+def sniff_regular(rp: RootedPath, what: str, limits: Limits) -> ImageHeader:
+    """A path-mode frame's format and declared size from its header alone, checked against the limits."""
+    fd = open_regular(rp, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limits.max_message_bytes:
+            raise ProtocolError("too_large", f"{what} '{rp.path}': {size} bytes exceeds the server's limit")
+        header = sniff.sniff(lambda offset, n: os.pread(fd, n, offset), f"{what} ({rp.path})")
+    finally:
+        os.close(fd)
+    sniff.check_frame_size(header, limits, what)
+    return header
+
+
+def resolve_inputs(refs: dict[int, ImageRef], what: str, roots: list[str], limits: Limits) -> dict[int, RootedPath]:
+    """Path-mode sources or masks: frame -> rooted path, each checked against the roots and the limits."""
     out = {}
     for frame, ref in refs.items():
         if ref.path is None:
             continue
-        real = resolve_under_roots(ref.path, roots, what=f"{what} frame {frame}", must_exist=True)
-        size = os.path.getsize(real)
-        if size > limits.max_message_bytes:
-            raise ProtocolError("too_large", f"{what} frame {frame}: {size} bytes exceeds the server's limit")
-        if real.lower().endswith(".exr"):
-            with open(real, "rb") as fh:
-                head = fh.read(_EXR_HEADER_PEEK)
-            info = protocol.exr_info(head, f"{what} frame {frame} ({ref.path})")
-            protocol.check_exr_size(info, limits, f"{what} frame {frame}")
-        out[frame] = real
+        label = f"{what} frame {frame}"
+        rp = rooted(resolve_under_roots(ref.path, roots, what=label, must_exist=False), roots)
+        sniff_regular(rp, label, limits)
+        out[frame] = rp
     return out
 
 
-def resolve_outputs(req: RestoreRequest, inputs: set[str], roots: list[str]) -> dict[int, str]:
-    """Path-mode outputs: frame -> resolved path under a root; none of them may be one of ``inputs``."""
+def resolve_outputs(req: RestoreRequest, inputs: set[str], roots: list[str]) -> dict[int, RootedPath]:
+    """Path-mode outputs: frame -> rooted path; none of them may be one of ``inputs`` (real paths)."""
     if req.output_dir is None and req.output_pattern is None:
         return {}
     from frdm.engine.frames import SequencePattern
@@ -87,35 +194,89 @@ def resolve_outputs(req: RestoreRequest, inputs: set[str], roots: list[str]) -> 
         real = resolve_under_roots(seq.path(frame), roots, what=f"output frame {frame}", must_exist=False)
         if real in inputs:
             raise ProtocolError("forbidden_path", f"output frame {frame} would overwrite its own input {real}")
-        out[frame] = real
+        out[frame] = rooted(real, roots)
     return out
+
+
+OCIO_BUILTIN = re.compile(r"ocio://[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_OCIO_CONFIG_BYTES = 16 << 20  # a config is YAML; the big ACES ones are well under 1 MB
+
+
+def check_ocio_config(value: str, roots: list[str]) -> None:
+    """Parameter 'ocio_config': an OCIO built-in name, or a regular file under an allowed root.
+
+    Checked in the socket loop with calls that cannot block (no symlink followed, a FIFO or device never
+    read), so a hostile value is refused at once instead of stalling OpenImageIO's loader, which holds the
+    GIL while it reads (and would stop every thread of the server, the socket loop included)."""
+    what = "parameter 'ocio_config'"
+    if value.startswith("ocio://"):
+        if not OCIO_BUILTIN.fullmatch(value):
+            raise ProtocolError("bad_param", f"{what}: '{value[:80]}' is not an OCIO built-in name")
+        return
+    if not os.path.isabs(value):
+        raise ProtocolError(
+            "forbidden_path", f"{what}: '{value[:200]}' is neither an ocio:// name nor an absolute path"
+        )
+    rp = rooted(resolve_under_roots(value, roots, what=what, must_exist=False), roots)
+    fd = open_regular(rp, what)
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size > MAX_OCIO_CONFIG_BYTES:
+        raise ProtocolError("too_large", f"{what} '{value}': {size} bytes is too large for an OCIO config")
 
 
 # --- atomic writes -----------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str, data: Any) -> None:
-    """Write ``data`` (bytes-like, or a sequence of bytes-like parts written one after another) atomically."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+def _atomic_write_at(dfd: int, name: str, data: Any) -> None:
+    """Write ``name`` in the folder ``dfd`` atomically: a temporary in the same folder, fsync, rename.
+    The rename replaces whatever ``name`` is (a symlink swapped in included) without following it.
+    ``data`` is bytes-like, or a sequence of bytes-like parts written one after another (no joining copy)."""
     # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
     owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
+    tmp = f"{PARTIAL_PREFIX}{owner}~{name}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dfd)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
                 fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
 
 
-def remove_stale_partials(directory: str) -> None:
+def atomic_write_bytes(path: str, data: Any) -> None:
+    """Atomic write of a file in a folder the server owns (the cache) or trusts."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _atomic_write_at(dfd, os.path.basename(path), data)
+    finally:
+        os.close(dfd)
+
+
+def write_under_root(rp: RootedPath, data: bytes, what: str) -> None:
+    """Atomic write of a path-mode output, its folders reached (or made) from the root without following
+    a symlink: an output folder swapped for a link after acceptance is refused, nothing written outside."""
+    dfd = _open_dir(rp, what, create=True)
+    try:
+        _atomic_write_at(dfd, rp.name, data)
+    except OSError as exc:
+        raise _refused(rp, what, exc) from None
+    finally:
+        os.close(dfd)
+
+
+def remove_stale_partials(directory: str | int) -> None:
     """Temporary files a killed server on this host left behind: never leave half a frame lying around.
-    Files of a live process, or of another host (shared storage), are not touched."""
+    Files of a live process, or of another host (shared storage), are not touched. ``directory`` is a
+    path or an open folder descriptor."""
     try:
         names = os.listdir(directory)
     except OSError:
@@ -128,7 +289,22 @@ def remove_stale_partials(directory: str) -> None:
         if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
             continue
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
+            if isinstance(directory, int):
+                os.unlink(name, dir_fd=directory)
+            else:
+                os.unlink(os.path.join(directory, name))
+
+
+def remove_stale_partials_under_root(rp: RootedPath) -> None:
+    """``remove_stale_partials`` in the folder of a path-mode output, reached without following links."""
+    try:
+        dfd = _open_dir(rp, "output", create=False)
+    except ProtocolError:
+        return  # not there yet, or not safe to look in: nothing of ours to clean
+    try:
+        remove_stale_partials(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _alive(pid: int) -> bool:
@@ -147,7 +323,7 @@ def _alive(pid: int) -> bool:
 class ResultCache:
     """The stage cache on disk: per frame, the finished frame (kind ``frame``, keyed at the output stage)
     and the restorer's output before blending (kind ``fill``, keyed at the fill stage), each keyed by
-    (input content hashes, parameter hash up to its stage, engine version).
+    ``frdm.engine.depends.frame_key`` at its stage.
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
     entries (of either kind) go when the folder grows past ``max_bytes``."""
@@ -200,20 +376,3 @@ class ResultCache:
             except OSError:
                 pass
         self._size = total
-
-
-def cache_key(
-    frame: int,
-    params_hash: str,
-    engine_version: str,
-    source_hashes: Iterable[tuple[int, str]],
-    mask_hashes: Iterable[tuple[int, str]],
-) -> str:
-    """One target frame's key. Its inputs are the frames in its context window (the restorer's
-    ``context``), listed with their content hashes, so changing a neighbour invalidates the frame."""
-    blob = json.dumps(
-        {"f": frame, "p": params_hash, "e": engine_version, "s": list(source_hashes), "m": list(mask_hashes)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()

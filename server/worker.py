@@ -1,12 +1,11 @@
 """The worker thread: it owns the restorer (the model on the GPU), takes chunks of jobs from the fair
-queue, serves frames from the result cache, restores the rest through ``engine.pipeline.restore_frames``
-and pushes every reply to the socket loop over an inproc socket (ZeroMQ sockets are not thread-safe)."""
+queue, serves frames from the stage cache, restores (or only re-blends) the rest through
+``engine.pipeline.restore_frames`` and pushes every reply to the socket loop over an inproc socket (ZeroMQ
+sockets are not thread-safe)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import traceback
 import weakref
@@ -16,16 +15,22 @@ from typing import Any
 import numpy as np
 import zmq
 
+from frdm.engine import depends
 from frdm.engine.errors import CancelledError, FrdmError
 from frdm.engine.fill import FillResult
 from frdm.engine.frames import Source
-from frdm.engine.params import stage_hash
-from frdm.server import protocol
+from frdm.server import protocol, sniff
 from frdm.server.jobs import Job, JobBoard
 from frdm.server.pixels import entry_bytes, entry_image, frame_from_raw, raw_from_frame, wire_types, with_attributes
-from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage
+from frdm.server.protocol import ImageRef, Limits, RawImage
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
-from frdm.server.storage import ResultCache, atomic_write_bytes, cache_key, remove_stale_partials
+from frdm.server.storage import (
+    ResultCache,
+    check_ocio_config,
+    read_regular,
+    remove_stale_partials_under_root,
+    write_under_root,
+)
 
 log = logging.getLogger("frdm.server")
 
@@ -38,11 +43,23 @@ class _Stop(Exception):
     """The server is stopping: leave the job after the current frame."""
 
 
+def read_input(job: Job, kind: str, frame: int, limits: Limits) -> Any:
+    """The bytes of one source or mask frame: its inline blob, or its file opened from the root without
+    following a symlink (whatever the path is by now, nothing outside the root is read)."""
+    ref = (job.req.sources if kind == "sources" else job.req.masks)[frame]
+    if ref.blob is not None:
+        return job.blobs[ref.blob - 1]
+    rp = (job.real_sources if kind == "sources" else job.real_masks)[frame]
+    return read_regular(rp, f"{kind[:-1]} frame {frame}", limits.max_message_bytes)
+
+
 class WireSource(Source):
-    """A ``frames.Source`` over a job's inline frames (raw pixels or EXR bytes) and resolved paths, decoding
-    only what is read. It remembers which pixel arrays it made from raw buffers (weakly: the pipeline's
-    frame cache decides how long they live), so a frame that comes back with those very pixels can be sent
-    as the source's own buffer."""
+    """A ``frames.Source`` over a job's inputs, decoding only what is read: raw pixels need no decoder;
+    every file's header is measured against the per-frame limits on the very bytes that are decoded, by
+    content (an EXR named .png is an EXR), so a file changed after acceptance is held to the same limits.
+    It remembers which pixel arrays it made from raw buffers (weakly: the pipeline's frame cache decides
+    how long they live), so a frame that comes back with those very pixels is sent as the source's own
+    buffer."""
 
     def __init__(self, job: Job, kind: str, limits: Limits):
         self.job, self.kind, self.limits = job, kind, limits
@@ -53,32 +70,26 @@ class WireSource(Source):
         self._from_raw: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
     def path(self, frame: int) -> str | None:
-        return self.real.get(frame)
+        rp = self.real.get(frame)
+        return rp.path if rp is not None else None
 
     def raw(self, frame: int) -> RawImage | None:
         """The frame's raw pixels as received, if it came as raw pixels."""
-        ref = self.refs.get(frame)
-        if ref is None or ref.blob is None or ref.image is None:
-            return None
-        return RawImage(ref.image, self.job.blobs[ref.blob - 1])
+        return job_raw(self.job, self.refs.get(frame))
 
     def read(self, frame: int) -> Any:
-        from frdm.engine.frames import decode_image, read_frame
+        from frdm.engine.frames import decode_image
 
-        ref = self.refs[frame]
         name = f"{self.kind[:-1]} frame {frame}"
-        if ref.blob is not None:
-            raw = self.raw(frame)
-            if raw is not None:
-                image = frame_from_raw(raw, name)
-                self._from_raw[frame] = image.pixels
-                return image
-            return decode_image(self.job.blobs[ref.blob - 1], ".exr", name=name)
-        image = read_frame(self.real[frame])
-        pixels = image.width * image.height
-        if pixels > self.limits.max_pixels_per_frame:
-            raise ProtocolError("too_large", f"{name}: {pixels} pixels exceeds the server's limit")
-        return image
+        raw = self.raw(frame)
+        if raw is not None:  # sized against the limits and its description when the job was accepted
+            image = frame_from_raw(raw, name)
+            self._from_raw[frame] = image.pixels
+            return image
+        data = read_input(self.job, self.kind, frame, self.limits)
+        header = sniff.sniff(sniff.reader_of(data), name)
+        sniff.check_frame_size(header, self.limits, name)
+        return decode_image(data, header.extension, name=name)
 
     def output(self, frame: int, image: Any, pixel_type: str) -> tuple[RawImage, bool]:
         """The finished frame as raw pixels, and whether they are the source's own buffer (the restorer
@@ -94,8 +105,15 @@ class WireSource(Source):
         return raw_from_frame(image, pixel_type), False
 
 
+def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
+    if ref is None or ref.blob is None or ref.image is None:
+        return None
+    return RawImage(ref.image, job.blobs[ref.blob - 1])
+
+
 class FillCache:
-    """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours."""
+    """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
+    failing cache disk costs the cache, never the frame."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
@@ -105,7 +123,10 @@ class FillCache:
         return FillResult.from_bytes(data) if data is not None else None
 
     def put(self, frame: int, result: FillResult) -> None:
-        self.cache.put(self.keys[frame], result.to_bytes(), "fill")
+        try:
+            self.cache.put(self.keys[frame], result.to_bytes(), "fill")
+        except OSError as exc:
+            log.warning("cache: fill result of frame %s not kept (%s)", frame, exc)
 
 
 def cached_output(cache: ResultCache, job: Job, frame: int, key: str) -> RawImage | None:
@@ -113,11 +134,7 @@ def cached_output(cache: ResultCache, job: Job, frame: int, key: str) -> RawImag
     data = cache.get(key, "frame")
     if data is None:
         return None
-    ref = job.req.sources.get(frame)
-    source = (
-        RawImage(ref.image, job.blobs[ref.blob - 1]) if ref is not None and ref.image is not None and ref.blob else None
-    )
-    return entry_image(data, source)
+    return entry_image(data, job_raw(job, job.req.sources.get(frame)))
 
 
 def deliver_payload(job: Job, frame: int, raw: RawImage, image: Any = None) -> Any:
@@ -131,7 +148,7 @@ def deliver_payload(job: Job, frame: int, raw: RawImage, image: Any = None) -> A
     frame_obj = image if image is not None else frame_from_raw(raw, f"frame {frame}")
     data = encode_image(frame_obj, ".exr", compression=params["compression"], pixel_type=params["pixel_type"])
     if job.output_paths:
-        atomic_write_bytes(job.output_paths[frame], data)
+        write_under_root(job.output_paths[frame], data, f"output frame {frame}")
     return data
 
 
@@ -143,7 +160,9 @@ class Worker:
         board: JobBoard,
         restorer: Any,
         engine_version: str,
+        weights_id: str,
         cache: ResultCache,
+        roots: list[str],
         limits: Limits,
         chunk: int,
         stopping: threading.Event,
@@ -152,7 +171,9 @@ class Worker:
         self.board = board
         self.restorer = restorer
         self.engine_version = engine_version
+        self.weights_id = weights_id
         self.cache = cache
+        self.roots = roots
         self.limits = limits
         self.chunk = chunk
         self.stopping = stopping
@@ -213,22 +234,15 @@ class Worker:
             push.close(linger=-1)
 
     def _hash(self, job: Job, kind: str, frame: int) -> str:
-        """Content hash of one input frame (computed once per job, in the worker)."""
+        """Content id of one input frame (computed once per job, in the worker). Raw pixels: of their
+        description too (the same bytes with another size or channel list are another image)."""
         key = (kind, frame)
         if key not in job.hashes:
-            refs = job.req.sources if kind == "sources" else job.req.masks
-            ref = refs[frame]
-            h = hashlib.sha256()
-            if ref.image is not None:  # raw pixels: the same bytes with another description are another image
-                h.update(protocol.pack(ref.image.to_wire()))
-            if ref.blob is not None:
-                h.update(job.blobs[ref.blob - 1])
-            else:
-                real = (job.real_sources if kind == "sources" else job.real_masks)[frame]
-                with open(real, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(block)
-            job.hashes[key] = h.hexdigest()
+            ref = (job.req.sources if kind == "sources" else job.req.masks)[frame]
+            cid = depends.content_id(read_input(job, kind, frame, self.limits))
+            if ref.image is not None:
+                cid = depends.content_id(protocol.pack(ref.image.to_wire())) + cid
+            job.hashes[key] = cid
         return job.hashes[key]
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
@@ -237,23 +251,37 @@ class Worker:
         params = job.req.params
         if job.cancel.is_set():
             raise CancelledError(f"job {job.id} cancelled")
-        for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
-            remove_stale_partials(directory)
-        before, after = self.restorer.context(params)
-        output_hash = stage_hash(params, "output", self.engine_version)
-        fill_hash = stage_hash(params, "fill", self.engine_version)
+        for folder in {(rp.root, rp.parts[:-1]): rp for rp in job.output_paths.values()}.values():
+            remove_stale_partials_under_root(folder)
+        ocio_config = params.get("ocio_config", "")
+        if ocio_config:
+            # Checked again here, just before the engine may load it: the file may have changed since the
+            # socket loop accepted it, and OpenImageIO's loader blocks every thread on a FIFO.
+            check_ocio_config(ocio_config, self.roots)
+        reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.chunk, len(job.remaining)))]
-        # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
+        # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ
+        # from the built-in ones), positional like the pipeline's. Two stages: the finished frame (output)
+        # and the restorer's output (fill), from which a blend- or output-stage change only re-blends.
         available = sorted(job.req.sources)
-        position = {n: i for i, n in enumerate(available)}
         keys, fill_keys = {}, {}
         for f in targets:
-            window = available[max(0, position[f] - before) : position[f] + after + 1]
-            sources = [(n, self._hash(job, "sources", n)) for n in window]
-            masks = [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks]
-            keys[f] = cache_key(f, output_hash, self.engine_version, sources, masks)
-            # The restorer never sees a mask (masks act in the blend): the fill stage depends on sources only.
-            fill_keys[f] = cache_key(f, fill_hash, self.engine_version, sources, [])
+            window = depends.window_at(f, reach, available)
+            sources = {n: self._hash(job, "sources", n) for n in window}
+            masks = {f: self._hash(job, "masks", f)} if f in job.req.masks else None
+            keys[f], fill_keys[f] = (
+                depends.frame_key(
+                    f,
+                    params,
+                    stage,
+                    window=window,
+                    sources=sources,
+                    masks=masks,
+                    engine_version=self.engine_version,
+                    weights_id=self.weights_id,
+                )
+                for stage in ("output", "fill")
+            )
         cached = {f: raw for f in targets if (raw := cached_output(self.cache, job, f, keys[f])) is not None}
         todo = [f for f in targets if f not in cached]
 
@@ -275,7 +303,6 @@ class Worker:
 
         source = WireSource(job, "sources", self.limits)
         masks = WireSource(job, "masks", self.limits) if job.req.masks else None
-        fills = FillCache(self.cache, fill_keys)
         results = restore_frames(
             source,
             todo,
@@ -283,12 +310,15 @@ class Worker:
             self.restorer,
             mask_source=masks,
             progress=progress,
-            fill_cache=fills,
+            fill_cache=FillCache(self.cache, fill_keys),
         )
         try:
             for frame, image in results:
                 raw, same = source.output(frame, image, params["pixel_type"])
-                self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")
+                try:
+                    self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")
+                except OSError as exc:  # a full or failing cache disk costs the cache, not the frame
+                    log.warning("cache: frame %s of job %s not cached (%s); delivered uncached", frame, job.id, exc)
                 deliver_cached(frame)
                 self._deliver(job, frame, keys[frame], raw, False, emit, image)
                 last = frame == todo[-1]

@@ -1,4 +1,4 @@
-"""The one parameter schema: validation, stage hashes (the cache key), presets, CLI flags."""
+"""The one parameter schema: validation, presets, CLI flags (stage hashes: tests/test_depends.py)."""
 
 from __future__ import annotations
 
@@ -39,18 +39,6 @@ def test_bad_values_name_the_field(values, message):
 def test_not_a_mapping_is_refused():
     with pytest.raises(ParamError, match="mapping"):
         P.validate(["feather", 2])  # type: ignore[arg-type]
-
-
-def test_stage_hash_changes_only_from_the_stage_a_knob_affects():
-    base = P.validate({})
-    feather = {**base, "feather": 5.0}
-    dust = {**base, "dust_threshold": 0.2}
-    steps = {**base, "steps": 50}  # a diffusion knob: irrelevant to the classical engine
-    assert P.stage_hash(feather, "fill") == P.stage_hash(base, "fill")
-    assert P.stage_hash(feather, "blend") != P.stage_hash(base, "blend")
-    assert P.stage_hash(dust, "detect") != P.stage_hash(base, "detect")
-    assert P.stage_hash(steps, "output") == P.stage_hash(base, "output")
-    assert P.stage_hash(base, "output", "classical-1") != P.stage_hash(base, "output", "classical-2")
 
 
 def test_preset_round_trip_keeps_only_changes(tmp_path):

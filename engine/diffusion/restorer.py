@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frdm.engine import depends
 from frdm.engine import params as params_mod
 from frdm.engine.diffusion import planner
 from frdm.engine.diffusion.kv_cache import PatchKVCache, installed
@@ -46,7 +47,6 @@ from frdm.engine.diffusion.windows import (
     STREAM_STAGE1,
     STREAM_STAGE2,
     TemporalWindow,
-    context_frames,
     frame_noise,
     plan_windows,
     window_weight,
@@ -78,7 +78,7 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class DiffusionRestorer:
     """The ``diffusion`` engine (see the module docstring)."""
 
-    engine_version = "diffusion-1"
+    engine_version = depends.ENGINE_VERSIONS["diffusion"]
 
     def __init__(
         self,
@@ -121,10 +121,7 @@ class DiffusionRestorer:
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         """Every window containing a target must be complete, and the defect matte needs the detector's
         ``temporal_radius`` neighbours."""
-        p = params_mod.validate(dict(params))
-        before, after = context_frames(p["window"], p["window_overlap"])
-        r = p["temporal_radius"]
-        return max(before, r), max(after, r)
+        return depends.context({**params_mod.validate(dict(params)), "engine": "diffusion"})
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
@@ -390,10 +387,11 @@ class DiffusionRestorer:
 
 
 def _window_key(p: Mapping[str, Any], window: TemporalWindow, pixels: np.ndarray) -> str:
-    """Everything a window's result depends on: the parameters that reach the sampler, its frames and pixels."""
-    used = {k: v for k, v in p.items() if k != "vram_budget_gb"}
+    """Everything a window's latents depend on: the parameters up to the fill stage (engine/depends.py), its
+    frames and their pixels. The weights are the restorer's own, so an instance's cache never mixes them."""
+    used = depends.params_hash({**p, "engine": "diffusion"}, "fill", DiffusionRestorer.engine_version)
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps([DiffusionRestorer.engine_version, used, window.frames], sort_keys=True).encode())
+    h.update(json.dumps([used, window.frames]).encode())
     h.update(str(pixels.shape).encode())
     h.update(pixels.tobytes())
     return h.hexdigest()
