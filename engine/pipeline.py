@@ -155,11 +155,10 @@ def restore_frames(
             elif params["mask"] == "none":
                 mask = np.ones(restored.matte.shape, np.float32)
             else:
+                # The artist's mask as given: its softness is the artist's, and outside it nothing may change
+                # (feather and grow would spread it outwards; they belong to the auto matte).
                 mask_frame = mask_source.read(restored.frame_number) if mask_source is not None else None
-                mask = feather_mask(
-                    _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number),
-                    params["feather"],
-                )
+                mask = _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number)
             # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
             # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
             changed = np.any(restored.image != clip.frames[i], axis=-1)
@@ -260,7 +259,7 @@ def plan_restore(
         )
     if params["write_matte"] and pattern.extension != ".exr":
         # Only EXR holds an extra channel of its own type next to the picture's.
-        params = P.validate({**params, "write_matte": False})
+        params = P.SCHEMA.update(params, {"write_matte": False})
     if not pattern.is_sequence and len(frames) > 1:
         raise InputError(f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr")
     for n in frames:
@@ -271,9 +270,9 @@ def plan_restore(
     if mask not in (None, "", "auto", "none"):
         mask_source = open_source(mask)
         mask_source.check_frames(frames)
-        params = P.validate({**params, "mask": "artist"})
+        params = P.SCHEMA.update(params, {"mask": "artist"})
     elif mask in ("auto", "none"):
-        params = P.validate({**params, "mask": mask})
+        params = P.SCHEMA.update(params, {"mask": mask})
     check_colorspace(params["colorspace"], params["ocio_config"])
     digest = output_hash(params, restorer)
     keys = frame_keys(source, mask_source, frames, params, restorer, depends.weights_id(weights))

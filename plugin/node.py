@@ -31,7 +31,7 @@ from frdm import __version__
 from frdm.engine import depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
-from frdm.engine.params import SCHEMA, Param
+from frdm.engine.params import SCHEMA, Param, Params
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError
 
@@ -293,7 +293,7 @@ class FrdmNode:
         self.timeout = timeout
         self.retries = retries
         self.client_kwargs = dict(client_kwargs or {})
-        self.params: dict[str, Any] = SCHEMA.validate(params or {})
+        self.params: Params = SCHEMA.validate(params or {})
         self._hello: dict[str, Any] | None = None
         self.job: RenderJob | None = None
 
@@ -301,7 +301,7 @@ class FrdmNode:
 
     def set_params(self, values: Mapping[str, Any]) -> None:
         """Overlay ``values`` on the current parameters (validated: a bad value raises ParamError)."""
-        self.params = SCHEMA.validate({**self.params, **dict(values)})
+        self.params = SCHEMA.update(self.params, values)
 
     def set_address(self, address: str) -> None:
         if address != self.address:
@@ -388,7 +388,7 @@ class FrdmNode:
         pattern = SequencePattern.parse(os.path.abspath(output))
         if not pattern.is_sequence or not pattern.suffix.lower().endswith(".exr"):
             raise InputError(f"output '{output}' must be an EXR sequence such as name.####.exr")
-        params = dict(self.params)
+        params = self.params  # validated and read-only: the job keeps the knobs of the moment it started
         if self.job is not None and self.job.running():
             raise RenderError("busy", "this node is already rendering; wait for it or press Cancel")
 
