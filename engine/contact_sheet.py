@@ -10,15 +10,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from frdm.engine.color import to_model
+from frdm.engine.color import resolve_colorspace, to_model
 from frdm.engine.frames import Frame, SequencePattern, Source, read_frame
 
 MATTE = "frdm.matte"
 
 
-def _display(frame: Frame, params: Mapping[str, Any]) -> np.ndarray:
+def _display(frame: Frame, params: Mapping[str, Any], colorspace: str) -> np.ndarray:
     rgb = frame.pixels[..., frame.rgb_indices()]
-    return np.clip(to_model(rgb, params["colorspace"], params["ocio_config"]), 0.0, 1.0)
+    return np.clip(to_model(rgb, colorspace, params["ocio_config"]), 0.0, 1.0)
 
 
 def _overlay(rgb: np.ndarray, matte: np.ndarray) -> np.ndarray:
@@ -47,9 +47,12 @@ def write_contact_sheet(
     pick = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, min(rows, len(frames)))]
     tiles = []
     for n in dict.fromkeys(pick):
-        before = _display(source.read(n), params)
+        original = source.read(n)
+        # the source decides 'auto' for both: the restored file may be of another type (a PNG scan -> EXR)
+        space = resolve_colorspace(params["colorspace"], original, params["ocio_config"])
+        before = _display(original, params, space)
         restored = read_frame(out.path(n))
-        after = _display(restored, params)
+        after = _display(restored, params, space)
         matte = (
             restored.pixels[..., restored.channels.index(MATTE)]
             if MATTE in restored.channels

@@ -52,6 +52,9 @@ class Frame:
     attributes: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (oiio type, value)
     bits_per_sample: int = 0  # e.g. 10 for DPX scans stored as uint16; 0 = the format's own
     path: str | None = None
+    # The colour space the file declares (OpenImageIO's oiio:ColorSpace), for colorspace 'auto'; not
+    # written back (the writer derives its own).
+    file_colorspace: str = ""
 
     @property
     def height(self) -> int:
@@ -163,6 +166,7 @@ def read_frame(path: str | os.PathLike[str], *, check_finite: bool = True) -> Fr
             attributes=attributes,
             bits_per_sample=bits,
             path=path,
+            file_colorspace=spec.get_string_attribute("oiio:ColorSpace", ""),
         )
     finally:
         inp.close()

@@ -28,7 +28,7 @@ STAGES = ("detect", "fill", "blend", "output", "run")
 PRESET_FORMAT = 1
 
 # Colour spaces the engine knows without OCIO. Any other name is looked up in ``ocio_config``.
-BUILTIN_COLORSPACES = ("srgb", "linear", "cineon", "rec709", "raw")
+BUILTIN_COLORSPACES = ("auto", "srgb", "linear", "cineon", "rec709", "raw")
 
 
 @dataclass(frozen=True)
@@ -220,10 +220,11 @@ SCHEMA = Schema(
         Param(
             "colorspace",
             "str",
-            "srgb",
-            "colour space of the source pixels: srgb, linear (scene-linear, "
-            "Rec.709 primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space "
-            "name of the OCIO config",
+            "auto",
+            "colour space of the source pixels: auto (by file: what it declares, else EXR/float data "
+            "scene-linear, DPX/Cineon log, 8/16-bit PNG/JPEG/TIFF sRGB), srgb, linear (scene-linear, Rec.709 "
+            "primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space name of "
+            "the OCIO config",
         ),
         Param(
             "ocio_config",

@@ -18,7 +18,7 @@ import numpy as np
 from frdm.engine import depends
 from frdm.engine import params as P
 from frdm.engine.blend import blend, feather_mask
-from frdm.engine.color import check_colorspace, from_model, representable, to_model
+from frdm.engine.color import check_colorspace, from_model, representable, resolve_colorspace, to_model
 from frdm.engine.errors import InputError
 from frdm.engine.frames import (
     MOVIE_EXTENSIONS,
@@ -40,6 +40,7 @@ ATTR_HASH = "frdm:params_hash"
 ATTR_ENGINE = "frdm:engine_version"
 ATTR_PARAMS = "frdm:params"
 ATTR_SOURCE = "frdm:source"
+ATTR_COLORSPACE = "frdm:colorspace"  # the colour space the frame was converted with ('auto' resolved)
 ATTR_KEY = "frdm:frame_key"  # frdm.engine.depends.frame_key: inputs, parameters, engine, weights
 
 
@@ -132,10 +133,11 @@ def restore_frames(
         reference = reference or (numbers[0], originals[0])
         _check_geometry(originals, numbers, source.description, reference)
         rgb_index = [f.rgb_indices() for f in originals]
+        spaces = [resolve_colorspace(params["colorspace"], f, params["ocio_config"]) for f in originals]
         model = np.stack(
             [
-                to_model(f.pixels[..., idx], params["colorspace"], params["ocio_config"])
-                for f, idx in zip(originals, rgb_index)
+                to_model(f.pixels[..., idx], space, params["ocio_config"])
+                for f, idx, space in zip(originals, rgb_index, spaces)
             ]
         )
         in_range = representable(model)
@@ -163,7 +165,7 @@ def restore_frames(
             # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
             changed = np.any(restored.image != clip.frames[i], axis=-1)
             mask = mask * in_range[i] * changed
-            back = from_model(restored.image, params["colorspace"], params["ocio_config"])
+            back = from_model(restored.image, spaces[i], params["ocio_config"])
             pixels = original.pixels.copy()
             if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                 grey = back.mean(axis=-1, keepdims=True)
@@ -181,6 +183,7 @@ def restore_frames(
             out = original.with_pixels(pixels, channels, formats)
             out.attributes[ATTR_HASH] = ("string", digest)
             out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
+            out.attributes[ATTR_COLORSPACE] = ("string", spaces[i])
             out.attributes[ATTR_PARAMS] = ("string", _params_text(params))
             out.attributes[ATTR_SOURCE] = ("string", os.path.basename(original.path or ""))
             yield restored.frame_number, out
