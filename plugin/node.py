@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frdm import __version__
-from frdm.engine import depends
+from frdm.engine import atomic, depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, Param, Params
@@ -520,10 +520,7 @@ class FrdmNode:
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
             if event.data is not None:
-                tmp = f"{path}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(event.data)
-                os.replace(tmp, path)
+                atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -622,10 +619,7 @@ def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, s
     entry = dict(_read_manifest(out_dir, pattern))
     entry.update({str(f): k for f, k in keys.items()})
     doc[os.path.basename(pattern.pattern)] = entry
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 __all__ = [
