@@ -178,6 +178,7 @@ def finish_frame(
     original: Frame,
     fill: FillResult,
     params: Mapping[str, Any],
+    colorspace: str,
     mask_frame: Frame | None,
     number: int,
     matte_channel: str,
@@ -186,7 +187,8 @@ def finish_frame(
 
     Only the box where the mask, the change and the representable range overlap is converted and blended;
     every other pixel is the original's value. A frame nothing changes in shares the original's pixel
-    array (no copy), which tells a caller it may send the input's own bytes back."""
+    array (no copy), which tells a caller it may send the input's own bytes back. ``colorspace`` is the
+    frame's own (``color.resolve_colorspace``: 'auto' resolved)."""
     if fill.shape != (original.height, original.width):
         raise InputError(
             f"frame {number}: the cached fill result is {fill.shape[1]}x{fill.shape[0]} but the source is "
@@ -199,10 +201,11 @@ def finish_frame(
     elif params["mask"] == "auto":
         mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
     else:
+        # The artist's mask as given: its softness is the artist's, and outside it nothing may change
+        # (feather and grow would spread it outwards; they belong to the auto matte).
         raw = artist_mask(original, mask_frame, params["mask_channel"], number)
-        box = nonzero_box(raw > 0)
-        values = raw[box[0] : box[1], box[2] : box[3]] if box is not None else raw[:0, :0]
-        mask_box, mask = feather_in_box(box, values, fill.shape, params["feather"])
+        mask_box = nonzero_box(raw > 0)
+        mask = raw[mask_box[0] : mask_box[1], mask_box[2] : mask_box[3]] if mask_box is not None else None
     region = intersect(mask_box, fill.box)
     pixels = original.pixels
     if region is not None:
@@ -218,10 +221,10 @@ def finish_frame(
         crop = original.pixels[y0:y1, x0:x1]
         # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
         # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
-        in_range = representable(to_model(crop[..., idx], params["colorspace"], params["ocio_config"]))
+        in_range = representable(to_model(crop[..., idx], colorspace, params["ocio_config"]))
         m = m * in_range * changed
         if m.any():
-            back = from_model(restored, params["colorspace"], params["ocio_config"])
+            back = from_model(restored, colorspace, params["ocio_config"])
             pixels = original.pixels.copy()
             if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                 grey = back.mean(axis=-1, keepdims=True)
