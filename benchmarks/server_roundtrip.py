@@ -1,18 +1,23 @@
-"""Inference-server round trip: what the wire and the server add around the restorer.
+"""Inference-server round trip: what the wire and the server add around the restorer (issue 13's figures).
 
-Three figures, measured in one run on the same frames (2K RGBA half EXRs by default):
+Measured in one run, so the ratios compare like with like on a busy machine:
 
-1. transport: frames/s of a full ``restore`` round trip through ``frdm serve`` with a pass-through restorer
-   (the server still decodes, colour-converts, blends, encodes, hashes and caches every frame) against the
-   same bytes pushed through a plain local DEALER/ROUTER socket pair and echoed back: the ratio is what
-   the protocol and server cost over bare ZeroMQ;
-2. cache: frames/s of the same request again (every frame from the result cache);
-3. overhead: per-frame wall time of the classical engine through the server against ``restore_frames``
-   in-process on already decoded frames: the difference is the server's per-frame overhead.
+1. transport: frames/s of a full ``restore`` round trip of raw pixel frames (2K RGBA half, ``reply: raw``)
+   through ``frdm serve`` with a pass-through restorer, against the same bytes pushed through a plain
+   local DEALER/ROUTER socket pair and echoed back; then the same request again (every frame from the
+   cache). ``--exr`` adds the same round trip with EXR bytes both ways (the old form);
+2. overhead: per-frame wall time of the classical engine through the server (raw frames) against
+   ``restore_frames`` in-process on already decoded frames: the difference is the server's overhead;
+3. feather: 8 classical frames at 1280x720 through the server, then the same request with only
+   ``feather`` changed (the stage cache re-blends from the restorer's output): its time as a share of the
+   first run's, and per frame;
+4. preview (``--preview``): the node's "Preview frame" (``FrdmNode.preview``, inputs as EXR files the
+   way the Nuke adapter renders them) on one frame after a blend-stage change and after a detection change.
 
-    python benchmarks/server_roundtrip.py                       # 2048x1556, 12 frames, classical on 4
-    python benchmarks/server_roundtrip.py --frames 8 --classical-frames 3 --classical-size 512x389   # CPU
-    python benchmarks/server_roundtrip.py --width 256 --height 194 --frames 4 --classical-frames 3   # quick
+    python benchmarks/server_roundtrip.py                                  # 2K, 12 frames, classical on 4
+    python benchmarks/server_roundtrip.py --classical-size 1024x778 --classical-frames 3 --preview
+    python benchmarks/server_roundtrip.py --width 256 --height 194 --frames 4 --classical-frames 3 \
+        --feather-size 320x180   # quick
 """
 
 from __future__ import annotations
@@ -57,10 +62,9 @@ def passthrough() -> PassThroughRestorer:
     return PassThroughRestorer()
 
 
-def make_frames(count: int, width: int, height: int) -> dict[int, bytes]:
-    """A graded, grainy scan-like image per frame (compresses like film, not like noise or flat grey)."""
-    from frdm.engine.frames import Frame, encode_image
-
+def make_pixels(count: int, width: int, height: int) -> dict[int, np.ndarray]:
+    """A graded, grainy scan-like RGBA image per frame (compresses like film, not like noise or flat grey),
+    with a few dust specks for the classical engine."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = 0.35 + 0.25 * np.sin(x / width * 6.0)[..., None] * np.cos(y / height * 4.0)[..., None]
@@ -71,9 +75,29 @@ def make_frames(count: int, width: int, height: int) -> dict[int, bytes]:
         if n % 3 == 0:  # a few dust specks for the classical engine
             px[height // 3 : height // 3 + 6, width // 2 : width // 2 + 6, :3] = 0.95
         px[..., 3] = 1.0
-        frame = Frame(px, ("R", "G", "B", "A"), ("half",) * 4, (0, 0, width, height), (0, 0, width, height))
-        out[n] = encode_image(frame)
+        out[n] = px
     return out
+
+
+def make_raw(count: int, width: int, height: int) -> dict[int, Any]:
+    from frdm.server.protocol import RawImage
+
+    win = (0, 0, width, height)
+    return {
+        n: RawImage.from_float32(px, ("R", "G", "B", "A"), ("half",) * 4, win, win)
+        for n, px in make_pixels(count, width, height).items()
+    }
+
+
+def make_frames(count: int, width: int, height: int) -> dict[int, bytes]:
+    """The same frames as EXR bytes."""
+    from frdm.engine.frames import Frame, encode_image
+
+    win = (0, 0, width, height)
+    return {
+        n: encode_image(Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win))
+        for n, px in make_pixels(count, width, height).items()
+    }
 
 
 def free_port() -> int:
@@ -127,13 +151,18 @@ class Server:
         self.proc.wait(30)
 
 
-def server_round(address: str, params: dict[str, Any], sources: dict[int, bytes]) -> tuple[float, int]:
+def server_round(
+    address: str, params: dict[str, Any], sources: dict[int, Any], frames: list[int] | None = None
+) -> tuple[float, int]:
+    """Seconds for one restore request (raw sources get raw replies) and how many frames came cached."""
     from frdm.server.client import FrdmClient
+    from frdm.server.protocol import RawImage
 
-    with FrdmClient(address, timeout=120) as client:
+    reply = "raw" if any(isinstance(v, RawImage) for v in sources.values()) else "exr"
+    with FrdmClient(address, timeout=600) as client:
         start = time.perf_counter()
         cached = 0
-        for event in client.restore(params, sorted(sources), sources=sources):
+        for event in client.restore(params, frames or sorted(sources), sources=sources, reply=reply):
             if event.kind == "error":
                 raise RuntimeError(f"{event.code}: {event.message}")
             cached += int(event.kind == "frame" and event.cached)
@@ -146,87 +175,150 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=1556)
     ap.add_argument("--frames", type=int, default=12, help="frames per round trip")
     ap.add_argument("--repeats", type=int, default=3, help="raw socket rounds (the best is kept)")
-    ap.add_argument("--classical-frames", type=int, default=4, help="frames for the classical overhead")
-    ap.add_argument(
-        "--classical-size",
-        default=None,
-        metavar="WxH",
-        help="frame size for the classical overhead (default: --width x --height; the classical engine at 2K "
-        "takes minutes per frame on a busy 2-core CPU)",
-    )
+    ap.add_argument("--exr", action="store_true", help="also time the round trip with EXR bytes both ways")
+    ap.add_argument("--classical-frames", type=int, default=4, help="frames for the classical overhead (0: skip)")
+    ap.add_argument("--classical-size", default=None, metavar="WxH", help="default: --width x --height")
+    ap.add_argument("--feather-frames", type=int, default=8, help="frames for the feather change (0: skip)")
+    ap.add_argument("--feather-size", default="1280x720", metavar="WxH")
+    ap.add_argument("--preview", action="store_true", help="time the node's Preview frame (classical)")
+    ap.add_argument("--preview-size", default=None, metavar="WxH", help="default: the classical size")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures appear as they are measured
 
-    from frdm.engine.classical import ClassicalRestorer
-    from frdm.engine.frames import MemorySource, decode_image, encode_image
-    from frdm.engine.pipeline import restore_frames
-
-    sources = make_frames(args.frames, args.width, args.height)
-    blobs = [sources[n] for n in sorted(sources)]
-    megabytes = sum(len(b) for b in blobs) / 1e6
-    print(f"frames: {args.frames} x {args.width}x{args.height} RGBA half EXR, {megabytes / args.frames:.1f} MB each")
+    size = lambda text, default: tuple(int(v) for v in text.lower().split("x")) if text else default  # noqa: E731
+    sources = make_raw(args.frames, args.width, args.height)
+    blobs = [sources[n].buffer for n in sorted(sources)]
+    megabytes = sum(b.nbytes for b in blobs) / 1e6
+    print(f"frames: {args.frames} x {args.width}x{args.height} RGBA half raw, {megabytes / args.frames:.1f} MB each")
 
     raw = min(raw_socket_pair(blobs, 1) for _ in range(args.repeats))
     raw_fps = args.frames / raw
+    print(f"plain zmq socket pair (send all, echo each): {raw_fps:8.2f} frames/s")
 
     with tempfile.TemporaryDirectory(prefix="frdm-bench-") as tmp:
         server = Server(os.path.join(tmp, "cache-pass"), "--restorer", "server_roundtrip:passthrough")
         try:
-            # Warm-up (imports, first allocations) on other parameters, so the timed round misses the cache.
-            server_round(server.address, dict(PASS, feather=1.0), {1: sources[1]})
+            # Warm-up (imports, first allocations) on other parameters and frames, so the timed round misses.
+            server_round(server.address, dict(PASS, feather=1.0), make_raw(1, args.width, args.height))
             seconds, _ = server_round(server.address, PASS, sources)
             cached_seconds, cached = server_round(server.address, PASS, sources)
+            assert cached == args.frames
+            fps, cached_fps = args.frames / seconds, args.frames / cached_seconds
+            print(f"frdm serve raw round trip, pass-through:    {fps:8.2f} frames/s   ratio {fps / raw_fps:.3f}")
+            print(
+                f"frdm serve raw round trip, all from cache:  {cached_fps:8.2f} frames/s   "
+                f"ratio {cached_fps / raw_fps:.3f}"
+            )
+            if args.exr:
+                exr = make_frames(args.frames, args.width, args.height)
+                seconds, _ = server_round(server.address, dict(PASS, feather=0.5), exr)
+                fps = args.frames / seconds
+                print(f"frdm serve EXR round trip, pass-through:    {fps:8.2f} frames/s   ratio {fps / raw_fps:.3f}")
         finally:
             server.stop()
-        assert cached == args.frames
-        fps, cached_fps = args.frames / seconds, args.frames / cached_seconds
-        print(f"plain zmq socket pair (send all, echo each): {raw_fps:8.2f} frames/s")
-        print(f"frdm serve round trip, pass-through engine:  {fps:8.2f} frames/s   ratio {fps / raw_fps:.3f}")
-        print(
-            f"frdm serve round trip, all from cache:       {cached_fps:8.2f} frames/s   "
-            f"ratio {cached_fps / raw_fps:.3f}"
-        )
+        del sources, blobs
 
-        if args.classical_size:
-            cw, ch = (int(v) for v in args.classical_size.lower().split("x"))
-            few = make_frames(args.classical_frames, cw, ch)
-        else:
-            cw, ch = args.width, args.height
-            few = {n: sources[n] for n in sorted(sources)[: args.classical_frames]}
-        print(f"classical engine on {len(few)} frames of {cw}x{ch}:", flush=True)
-        params = {"colorspace": "srgb"}
-        memory = MemorySource({n: decode_image(b, name=f"frame {n}") for n, b in few.items()}, "bench")
-        for _ in restore_frames(memory, [1], dict(params, feather=1.0), ClassicalRestorer()):
-            pass  # the same warm-up as the server's
-        start = time.perf_counter()
-        for _ in restore_frames(memory, sorted(few), params, ClassicalRestorer()):
-            pass
-        inproc = (time.perf_counter() - start) / len(few)
-        server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
-        try:
-            server_round(server.address, dict(params, feather=1.0), {1: few[1]})
-            seconds, _ = server_round(server.address, params, few)
-        finally:
-            server.stop()
-        per_frame = seconds / len(few)
-        # The EXR codec the protocol implies (the server decodes each source and encodes each result).
-        start = time.perf_counter()
-        decoded = [decode_image(b) for b in few.values()]
-        decode_s = (time.perf_counter() - start) / len(few)
-        start = time.perf_counter()
-        for frame in decoded:
-            encode_image(frame)
-        encode_s = (time.perf_counter() - start) / len(few)
-        print(f"classical engine in process (restore_frames): {inproc * 1000:8.1f} ms/frame")
-        print(f"classical engine through frdm serve:          {per_frame * 1000:8.1f} ms/frame")
-        print(
-            f"server overhead per frame:                    {(per_frame - inproc) * 1000:8.1f} ms "
-            f"({(per_frame - inproc) / inproc * 100:.1f}% of the engine's time)"
-        )
-        rest = per_frame - inproc - decode_s - encode_s
-        print(f"  of which EXR decode {decode_s * 1000:.1f} ms + encode {encode_s * 1000:.1f} ms (OpenImageIO);")
-        print(f"  the rest (wire, hashing, cache write, queue): {rest * 1000:.1f} ms/frame")
+        if args.classical_frames:
+            classical_overhead(tmp, args.classical_frames, size(args.classical_size, (args.width, args.height)))
+        if args.feather_frames:
+            feather_change(tmp, args.feather_frames, size(args.feather_size, (1280, 720)))
+        if args.preview:
+            preview(tmp, size(args.preview_size or args.classical_size, (args.width, args.height)))
     return 0
+
+
+CLASSICAL = {"colorspace": "srgb", "write_matte": False}
+
+
+def classical_overhead(tmp: str, count: int, wh: tuple[int, int]) -> None:
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.frames import Frame, MemorySource
+    from frdm.engine.pipeline import restore_frames
+
+    w, h = wh
+    print(f"classical engine on {count} frames of {w}x{h}:", flush=True)
+    pixels = make_pixels(count, w, h)
+    win = (0, 0, w, h)
+    memory = MemorySource(
+        {
+            n: Frame(px.astype(np.float16).astype(np.float32), ("R", "G", "B", "A"), ("half",) * 4, win, win)
+            for n, px in pixels.items()
+        },
+        "bench",
+    )
+    for _ in restore_frames(memory, [1], dict(CLASSICAL, feather=1.0), ClassicalRestorer()):
+        pass  # the same warm-up as the server's
+    start = time.perf_counter()
+    for _ in restore_frames(memory, sorted(pixels), CLASSICAL, ClassicalRestorer()):
+        pass
+    inproc = (time.perf_counter() - start) / count
+    few = make_raw(count, w, h)
+    server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
+    try:
+        server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
+        seconds, _ = server_round(server.address, CLASSICAL, few)
+    finally:
+        server.stop()
+    per_frame = seconds / count
+    print(f"classical engine in process (restore_frames): {inproc * 1000:8.1f} ms/frame")
+    print(f"classical engine through frdm serve (raw):    {per_frame * 1000:8.1f} ms/frame")
+    print(
+        f"server overhead per frame:                    {(per_frame - inproc) * 1000:8.1f} ms "
+        f"({(per_frame - inproc) / inproc * 100:.1f}% of the engine's time)"
+    )
+
+
+def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:
+    w, h = wh
+    print(f"feather change on {count} classical frames of {w}x{h} (raw):", flush=True)
+    frames = make_raw(count, w, h)
+    server = Server(os.path.join(tmp, "cache-feather"), "--engine", "classical")
+    try:
+        server_round(server.address, dict(CLASSICAL, dust_threshold=0.07), make_raw(3, w, h), [2])  # warm-up
+        first, _ = server_round(server.address, dict(CLASSICAL, feather=2.0), frames)
+        changed, cached = server_round(server.address, dict(CLASSICAL, feather=4.0), frames)
+    finally:
+        server.stop()
+    assert cached == 0
+    print(f"first run:          {first:8.2f} s  ({first / count * 1000:.0f} ms/frame)")
+    print(
+        f"feather 2 -> 4:     {changed:8.2f} s  ({changed / count * 1000:.0f} ms/frame), "
+        f"{changed / first * 100:.1f}% of the first run"
+    )
+
+
+def preview(tmp: str, wh: tuple[int, int]) -> None:
+    """The node's Preview frame (inputs rendered to EXR files, as the Nuke adapter does)."""
+    from frdm.engine.frames import Frame, write_frame
+    from frdm.plugin.node import FrdmNode, Inputs
+
+    w, h = wh
+    print(f"node Preview frame at {w}x{h} (classical):", flush=True)
+    win = (0, 0, w, h)
+    folder = os.path.join(tmp, "preview-in")
+    for n, px in make_pixels(5, w, h).items():
+        write_frame(os.path.join(folder, f"src.{n:04d}.exr"), Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win))
+    inputs = Inputs.from_sequence(os.path.join(folder, "src.####.exr"))
+    server = Server(os.path.join(tmp, "cache-preview"), "--engine", "classical")
+    try:
+        node = FrdmNode(server.address, timeout=600)
+        out = os.path.join(tmp, "preview-out", "p.####.exr")
+
+        def once(**knobs: Any) -> float:
+            node.set_params(knobs)
+            start = time.perf_counter()
+            node.preview(3, inputs, out, use_cache=False).wait(900)
+            return time.perf_counter() - start
+
+        once(**CLASSICAL, feather=1.0)  # warm-up and the first restore
+        fresh = once(dust_threshold=0.07)
+        blend = once(feather=3.0)
+        detect = once(dust_threshold=0.08)
+    finally:
+        server.stop()
+    print(f"preview, fresh restore:        {fresh:8.2f} s")
+    print(f"preview after a feather change: {blend:8.2f} s")
+    print(f"preview after a detection change: {detect:8.2f} s")
 
 
 if __name__ == "__main__":
