@@ -20,9 +20,11 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +34,7 @@ from frdm.engine import atomic, depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, Param, Params
-from frdm.server import protocol
+from frdm.server import exrfile, protocol
 from frdm.server.client import Event, FrdmClient, ServerError
 
 # OpenFX clip names (kOfxImageEffectSimpleSourceClipName is "Source"; the output clip is "Output").
@@ -146,6 +148,15 @@ def _read_bytes(value: bytes | str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise InputError(f"cannot read input frame {value}: {exc.strerror}") from None
+
+
+def _inline(data: bytes) -> protocol.Inline:
+    """An input frame as raw pixels if its EXR is one ``exrfile`` reads, else its bytes as they are."""
+    try:
+        raw = exrfile.decode(data)
+    except (ValueError, KeyError, IndexError, struct.error, zlib.error):
+        raw = None  # let the server's own reader judge (and name) a damaged file
+    return raw if raw is not None else data
 
 
 def _under_roots(path: str, roots: Sequence[str]) -> bool:
@@ -453,16 +464,22 @@ class FrdmNode:
         if path_mode is None:
             path_mode = bool(info.get("path_mode")) and _under_roots(staging, roots)
 
-        # Path mode: paths the server can read travel as paths, anything else as bytes. Inline: all bytes.
-        def wire(values: Mapping[int, bytes | str]) -> dict[int, bytes | str]:
+        # Path mode: paths the server can read travel as paths, anything else inline: as raw pixels (no
+        # codec on the server) when the host's EXR is one exrfile reads, else as its bytes.
+        def wire(values: Mapping[int, bytes | str]) -> dict[int, protocol.Inline]:
             return {
-                f: v if path_mode and isinstance(v, str) and _under_roots(v, roots) else _read_bytes(v)
+                f: v if path_mode and isinstance(v, str) and _under_roots(v, roots) else _inline(_read_bytes(v))
                 for f, v in values.items()
             }
 
         wire_sources = wire(sources)
         wire_masks = wire(masks) if masks is not None else None
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
+        # Inline results as raw pixels, written here as EXR with the compression asked for (Nuke's temporary
+        # Writes use ZIPS, so 'same' is ZIPS); a compression exrfile does not write comes as EXR bytes.
+        written = "zips" if params["compression"] == "same" else params["compression"]
+        if not path_mode and written in exrfile.COMPRESSIONS:
+            out_kw["reply"] = "raw"
 
         cached: list[int] = []
         staged: dict[int, str] = {}
@@ -479,7 +496,7 @@ class FrdmNode:
                         if close is not None:
                             close()  # leaving the stream early cancels the job on the server
                         raise RenderError("cancelled", "render cancelled; nothing was loaded")
-                    self._on_event(event, stage_pattern, staged, cached, report)
+                    self._on_event(event, stage_pattern, staged, cached, report, written)
                     if event.kind == "error":
                         code = event.code or "internal"
                         if job.cancelled or code == "cancelled":
@@ -512,6 +529,7 @@ class FrdmNode:
         staged: dict[int, str],
         cached: list[int],
         report: ProgressFn,
+        compression: str = "zips",
     ) -> None:
         if event.kind == "progress":
             report(event.done, event.total, event.message or "restoring")
@@ -519,7 +537,9 @@ class FrdmNode:
             report(0, event.total, event.message or "queued")
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
-            if event.data is not None:
+            if event.image is not None:
+                atomic.write_bytes(path, exrfile.encode(event.image, compression))
+            elif event.data is not None:
                 atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)

@@ -277,3 +277,39 @@ def test_feathering_inside_the_box_equals_the_full_frame(radius, grow):
     # zero (untouched) either way, and every fresh or cached blend goes through the box path alike.
     np.testing.assert_array_equal(full > 0, expect > 0)
     np.testing.assert_allclose(full, expect, rtol=0, atol=1e-6)
+
+
+# --- EXR files without OpenImageIO (the node's side) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["none", "zips", "zip"])
+def test_host_exr_codec_reads_and_writes_what_openimageio_does(compression):
+    from frdm.engine.frames import Frame, decode_image, encode_image
+    from frdm.server import exrfile
+
+    rng = np.random.default_rng(3)
+    h, w = 37, 53  # 37 lines: ZIP's 16-line blocks end with a short one
+    px = rng.random((h, w, 5)).astype(np.float32)
+    names, types = ("R", "G", "B", "A", "depth.Z"), ("half", "half", "half", "half", "float")
+    ours = RawImage.from_float32(px, names, types, (3, -2, w, h), (0, 0, 60, 40), {"frdm:n": ("string", "x")})
+    expect = ours.to_float32()
+    back = decode_image(exrfile.encode(ours, compression))  # ours -> OpenImageIO
+    assert back.data_window == (3, -2, w, h) and back.display_window == (0, 0, 60, 40)
+    assert back.attributes["frdm:n"] == ("string", "x") and back.attributes["compression"][1] == compression
+    np.testing.assert_array_equal(back.pixels[..., [back.channels.index(c) for c in names]], expect)
+    frame = Frame(expect, names, types, (3, -2, w, h), (0, 0, 60, 40), {"compression": ("string", compression)})
+    raw = exrfile.decode(encode_image(frame))  # OpenImageIO -> ours
+    assert raw is not None and raw.spec.data_window == (3, -2, w, h) and set(raw.spec.channels) == set(names)
+    got = raw.to_float32()
+    np.testing.assert_array_equal(got[..., [raw.spec.channels.index(c) for c in names]], expect)
+
+
+def test_host_exr_codec_leaves_other_files_to_the_server():
+    from frdm.engine.frames import Frame, encode_image
+    from frdm.server import exrfile
+
+    px = np.zeros((8, 8, 3), np.float32)
+    piz = encode_image(
+        Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, 8, 8), (0, 0, 8, 8), {"compression": ("string", "piz")})
+    )
+    assert exrfile.decode(piz) is None and exrfile.decode(b"not an exr") is None
