@@ -17,7 +17,7 @@ import numpy as np
 
 from frdm.engine import atomic, depends
 from frdm.engine import params as P
-from frdm.engine.color import check_colorspace, resolve_colorspace, to_model
+from frdm.engine.color import IDENTITY, check_colorspace, resolve_colorspace, to_model
 from frdm.engine.errors import InputError
 from frdm.engine.fill import FillResult, FillStore, finish_frame
 from frdm.engine.frames import (
@@ -77,6 +77,14 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
             )
 
 
+def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
+    """The restorer's view of a frame, clipped to [0, 1], written into ``out``: one pass for the colour
+    spaces that need no conversion (R, G, B side by side are read as a view, not gathered)."""
+    idx = frame.rgb_indices()
+    rgb = frame.pixels[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else frame.pixels[..., idx]
+    np.clip(rgb if space in IDENTITY else to_model(rgb, space, params["ocio_config"]), 0.0, 1.0, out=out)
+
+
 def restore_frames(
     source: Source,
     frames: list[int],
@@ -122,17 +130,10 @@ def restore_frames(
             originals = [cache(n) for n in numbers]
             reference = reference or (numbers[0], originals[0])
             _check_geometry(originals, numbers, source.description, reference)
-            model = np.stack(
-                [
-                    to_model(
-                        f.pixels[..., f.rgb_indices()],
-                        resolve_colorspace(params["colorspace"], f, params["ocio_config"]),
-                        params["ocio_config"],
-                    )
-                    for f in originals
-                ]
-            )
-            clip = Clip(np.clip(model, 0.0, 1.0, out=model), list(numbers), list(misses))
+            model = np.empty((len(originals), *originals[0].pixels.shape[:2], 3), np.float32)
+            for t, f in enumerate(originals):
+                _model_rgb(f, resolve_colorspace(params["colorspace"], f, params["ocio_config"]), params, model[t])
+            clip = Clip(model, list(numbers), list(misses))
 
             def block_progress(
                 done: float, count: float, message: str, _base: int = done_before, _size: int = len(misses)

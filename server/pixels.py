@@ -62,8 +62,9 @@ def frame_from_raw(raw: RawImage, name: str) -> Any:
     from frdm.engine.frames import Frame
 
     pixels = raw.to_float32()
-    # One float64 sum finds any NaN/Inf; only then is the per-pixel search paid for the message.
-    if not math.isfinite(float(np.add.reduce(pixels, axis=None, dtype=np.float64))):
+    # NaN carries through max and min, and an Inf is one of them: two vector reductions, no temporary;
+    # only a bad frame pays for the per-pixel search the message needs.
+    if not (math.isfinite(float(pixels.max())) and math.isfinite(float(pixels.min()))):
         bad = ~np.isfinite(pixels)
         ys, xs, cs = np.nonzero(bad)
         if ys.size:
