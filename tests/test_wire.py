@@ -313,3 +313,16 @@ def test_host_exr_codec_leaves_other_files_to_the_server():
         Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, 8, 8), (0, 0, 8, 8), {"compression": ("string", "piz")})
     )
     assert exrfile.decode(piz) is None and exrfile.decode(b"not an exr") is None
+
+
+def test_raw_source_with_nan_is_refused_by_frame(server):
+    srv, restorer = server
+    src = {n: raw_frame(n) for n in (1, 2, 3)}
+    bad = src[1].to_float32()
+    bad[5, 7, 2] = np.nan
+    src[1] = RawImage.from_float32(bad, src[1].spec.channels, src[1].spec.types, (0, 0, W, H), (0, 0, W, H))
+    with FrdmClient(srv.endpoint, timeout=30) as client:
+        events = list(client.restore({"colorspace": "raw"}, [2], sources=src, reply="raw"))
+    assert events[-1].kind == "error" and events[-1].code == "bad_input"
+    assert "source frame 1" in events[-1].message and "x=7, y=5, channel B" in events[-1].message
+    assert restorer.restored == []
