@@ -11,8 +11,9 @@ Measured in one run, so the ratios compare like with like on a busy machine:
 3. feather: 8 classical frames at 1280x720 through the server, then the same request with only
    ``feather`` changed (the stage cache re-blends from the restorer's output): its time as a share of the
    first run's, and per frame;
-4. preview (``--preview``): the node's "Preview frame" (``FrdmNode.preview``, inputs as EXR files the
-   way the Nuke adapter renders them) on one frame after a blend-stage change and after a detection change.
+4. preview (``--preview``): the node's "Preview frame" (``FrdmNode.preview``, inputs as uncompressed EXR
+   files the way the Nuke adapter renders them, results written with the input's compression) on one
+   frame after a blend-stage change and after a detection change.
 
     python benchmarks/server_roundtrip.py                                  # 2K, 12 frames, classical on 4
     python benchmarks/server_roundtrip.py --classical-size 1024x778 --classical-frames 3 --preview
@@ -297,7 +298,8 @@ def preview(tmp: str, wh: tuple[int, int]) -> None:
     win = (0, 0, w, h)
     folder = os.path.join(tmp, "preview-in")
     for n, px in make_pixels(5, w, h).items():
-        write_frame(os.path.join(folder, f"src.{n:04d}.exr"), Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win))
+        frame = Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win, {"compression": ("string", "none")})
+        write_frame(os.path.join(folder, f"src.{n:04d}.exr"), frame)  # uncompressed, as the Nuke adapter writes
     inputs = Inputs.from_sequence(os.path.join(folder, "src.####.exr"))
     server = Server(os.path.join(tmp, "cache-preview"), "--engine", "classical")
     try:

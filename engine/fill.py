@@ -154,6 +154,41 @@ class FillStore(Protocol):
     def put(self, frame: int, result: FillResult) -> None: ...
 
 
+class FolderFillStore:
+    """``frdm restore --keep-fill``: the fill results of a shot beside its output, one file per output frame
+    (``.frdm-fill/<frame>.fill``, the frame's fill-stage key inside), so the folder holds at most one entry
+    per frame: a later entry replaces the frame's earlier one. A wrong key or a damaged file is a miss."""
+
+    DIRECTORY = ".frdm-fill"
+
+    def __init__(self, output_folder: str, keys: Mapping[int, str]):
+        import os
+
+        self.directory = os.path.join(output_folder, self.DIRECTORY)
+        self.keys = dict(keys)
+
+    def _path(self, frame: int) -> str:
+        import os
+
+        return os.path.join(self.directory, f"{frame}.fill")
+
+    def get(self, frame: int) -> FillResult | None:
+        try:
+            with open(self._path(frame), "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return None
+        key = self.keys[frame].encode()
+        if not data.startswith(key + b"\n"):
+            return None
+        return FillResult.from_bytes(data[len(key) + 1 :])
+
+    def put(self, frame: int, result: FillResult) -> None:
+        from frdm.engine import atomic
+
+        atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
 def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:
     """(H, W) float mask in [0, 1] from a channel of the source or a separate mask frame."""
     if mask_frame is None:

@@ -19,7 +19,7 @@ from frdm.engine import atomic, depends
 from frdm.engine import params as P
 from frdm.engine.color import IDENTITY, check_colorspace, resolve_colorspace, to_model
 from frdm.engine.errors import InputError
-from frdm.engine.fill import FillResult, FillStore, finish_frame
+from frdm.engine.fill import FillResult, FillStore, FolderFillStore, finish_frame
 from frdm.engine.frames import (
     MOVIE_EXTENSIONS,
     Frame,
@@ -315,11 +315,12 @@ def frame_keys(
     params: Mapping[str, Any],
     restorer: Restorer,
     weights_id: str,
+    stage: str = "output",
 ) -> dict[int, str]:
-    """The output-stage key of each of ``frames`` (``frdm.engine.depends``): the bytes of every source frame in
-    its context window and of its mask, the parameters, the engine version and the weights. Each file is read
-    once, streamed. A movie's frames have no files of their own: the movie file's identity and the frame
-    number stand in."""
+    """The ``stage`` key (default: output) of each of ``frames`` (``frdm.engine.depends``): the bytes of every
+    source frame in its context window and of its mask, the parameters, the engine version and the weights.
+    Each file is read once, streamed. A movie's frames have no files of their own: the movie file's identity
+    and the frame number stand in."""
     reach = restorer.context(params)
     available = sorted(source.frame_numbers)
     ids: dict[tuple[str, int], str] = {}
@@ -342,7 +343,7 @@ def frame_keys(
         keys[f] = depends.frame_key(
             f,
             params,
-            "output",
+            stage,
             window=window,
             sources={n: content(source, "source", n) for n in window},
             masks={f: content(mask_source, "mask", f)} if mask_source is not None else None,
@@ -364,8 +365,12 @@ def restore_sequence(
     resume: bool = True,
     contact_sheet: str | None = None,
     weights: str | None = None,
+    keep_fill: bool = False,
 ) -> RestoreReport:
-    """`frdm restore`: restore ``frames`` of ``src`` into the sequence ``out`` (atomic, resumable)."""
+    """`frdm restore`: restore ``frames`` of ``src`` into the sequence ``out`` (atomic, resumable).
+
+    ``keep_fill``: keep each frame's restorer output beside the output (``fill.FolderFillStore``), so a
+    later run that changes only blend- or output-stage parameters re-blends instead of restoring."""
     params = P.validate(params or {})
     if restorer is None:
         restorer = create_restorer(params["engine"], weights=weights)
@@ -384,9 +389,21 @@ def restore_sequence(
     t0 = time.perf_counter()
     compression = None if plan.params["compression"] == "same" else plan.params["compression"]
     pixel_type = None if plan.params["pixel_type"] == "same" else plan.params["pixel_type"]
+    fill_store = None
+    if keep_fill and plan.todo:
+        fill_keys = frame_keys(
+            plan.source, None, plan.todo, plan.params, restorer, depends.weights_id(weights), stage="fill"
+        )
+        fill_store = FolderFillStore(os.path.dirname(os.path.abspath(plan.out.path(plan.todo[0]))), fill_keys)
     if plan.todo:
         for n, frame in restore_frames(
-            plan.source, plan.todo, plan.params, restorer, mask_source=plan.mask_source, progress=progress
+            plan.source,
+            plan.todo,
+            plan.params,
+            restorer,
+            mask_source=plan.mask_source,
+            progress=progress,
+            fill_cache=fill_store,
         ):
             path = plan.out.path(n)
             frame.attributes[ATTR_KEY] = ("string", plan.keys[n])

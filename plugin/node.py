@@ -475,10 +475,11 @@ class FrdmNode:
         wire_sources = wire(sources)
         wire_masks = wire(masks) if masks is not None else None
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
-        # Inline results as raw pixels, written here as EXR with the compression asked for (Nuke's temporary
-        # Writes use ZIPS, so 'same' is ZIPS); a compression exrfile does not write comes as EXR bytes.
-        written = "zips" if params["compression"] == "same" else params["compression"]
-        if not path_mode and written in exrfile.COMPRESSIONS:
+        # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
+        # input's, which a raw reply carries as its 'compression' attribute); a compression exrfile does not
+        # write comes as EXR bytes from the server.
+        written = params["compression"]
+        if not path_mode and (written == "same" or written in exrfile.COMPRESSIONS):
             out_kw["reply"] = "raw"
 
         cached: list[int] = []
@@ -538,6 +539,9 @@ class FrdmNode:
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
             if event.image is not None:
+                if compression == "same":
+                    own = event.image.spec.attributes.get("compression", ("string", ""))[1]
+                    compression = own if own in exrfile.COMPRESSIONS else "zips"
                 atomic.write_bytes(path, exrfile.encode(event.image, compression))
             elif event.data is not None:
                 atomic.write_bytes(path, event.data)

@@ -200,7 +200,8 @@ def decode(data: bytes | bytearray | memoryview) -> RawImage | None:
     w, h = x1 - x0 + 1, y1 - y0 + 1
     if not names or w < 1 or h < 1:
         raise ValueError("EXR header: no channels or an empty data window")
-    extra: dict[str, tuple[str, Any]] = {}
+    # As OpenImageIO reports it: a writer asked for the input's own compression ('same') finds it here.
+    extra: dict[str, tuple[str, Any]] = {"compression": ("string", {v: k for k, v in COMPRESSIONS.items()}[code])}
     for name, (kind, value) in attrs.items():
         if name in _OWN:
             continue

@@ -326,3 +326,37 @@ def test_raw_source_with_nan_is_refused_by_frame(server):
     assert events[-1].kind == "error" and events[-1].code == "bad_input"
     assert "source frame 1" in events[-1].message and "x=7, y=5, channel B" in events[-1].message
     assert restorer.restored == []
+
+
+def test_cli_keep_fill_re_blends_a_feather_change_without_the_restorer(tmp_path):
+    from frdm.engine.frames import Frame, read_frame, write_frame
+    from frdm.engine.pipeline import restore_sequence
+
+    for n in (1, 2, 3, 4):
+        px = raw_frame(n).to_float32()
+        write_frame(
+            tmp_path / "in" / f"s.{n:04d}.exr",
+            Frame(px, ("R", "G", "B", "A"), ("half",) * 4, (0, 0, W, H), (0, 0, W, H)),
+        )
+    src, out = str(tmp_path / "in" / "s.####.exr"), str(tmp_path / "out" / "r.####.exr")
+    base = {"colorspace": "raw", "feather": 1.0}
+    restorer = CountingRestorer()
+    restore_sequence(src, out, frames=[2, 3], params=base, restorer=restorer, keep_fill=True)
+    assert restorer.restored == [2, 3]
+    report = restore_sequence(
+        src, out, frames=[2, 3], params=dict(base, feather=3.0), restorer=restorer, keep_fill=True
+    )
+    assert report.written == [2, 3] and restorer.restored == [2, 3]  # re-blended, not restored
+    again = {n: read_frame(report.outputs[n]).pixels for n in (2, 3)}
+    fresh = restore_sequence(
+        src,
+        str(tmp_path / "fresh" / "r.####.exr"),
+        frames=[2, 3],
+        params=dict(base, feather=3.0),
+        restorer=CountingRestorer(),
+    )
+    for n in (2, 3):
+        np.testing.assert_array_equal(again[n], read_frame(fresh.outputs[n]).pixels)
+    restore_sequence(src, out, frames=[2, 3], params=dict(base, dust_threshold=0.2), restorer=restorer, keep_fill=True)
+    assert restorer.restored == [2, 3, 2, 3]  # a detection knob restores again
+    assert len(os.listdir(tmp_path / "out" / ".frdm-fill")) == 2  # one entry per frame, replaced

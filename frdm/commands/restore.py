@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="folder of local weights (diffusion engine)")
     parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
     parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
+    parser.add_argument(
+        "--keep-fill",
+        action="store_true",
+        help="keep each frame's restorer output in OUT's folder (.frdm-fill/): a later run that changes only "
+        "feather, matte grow, mask or output knobs re-blends from it instead of restoring",
+    )
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             contact_sheet=args.contact_sheet,
             weights=args.weights,
+            keep_fill=args.keep_fill,
         )
     finally:
         if bar is not None:
