@@ -19,7 +19,13 @@ HOST_MODULES = [
     "frdm.engine.errors",
     "frdm.cli",
 ]
-OPTIONAL_HOST_MODULES = ["frdm.server.protocol", "frdm.server.client", "frdm.plugin.node", "frdm.plugin.farm"]
+OPTIONAL_HOST_MODULES = [
+    "frdm.server.protocol",
+    "frdm.server.client",
+    "frdm.server.exrfile",
+    "frdm.plugin.node",
+    "frdm.plugin.farm",
+]
 # Nuke's own modules exist only inside Nuke: these import with tests/fake_nuke.py standing in for ``nuke``.
 NUKE_HOST_MODULES = [
     "frdm.plugin.nuke",
