@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frdm import __version__
-from frdm.engine import depends
+from frdm.engine import atomic, depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
-from frdm.engine.params import SCHEMA, Param
+from frdm.engine.params import SCHEMA, Param, Params
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError
 
@@ -293,7 +293,7 @@ class FrdmNode:
         self.timeout = timeout
         self.retries = retries
         self.client_kwargs = dict(client_kwargs or {})
-        self.params: dict[str, Any] = SCHEMA.validate(params or {})
+        self.params: Params = SCHEMA.validate(params or {})
         self._hello: dict[str, Any] | None = None
         self.job: RenderJob | None = None
 
@@ -301,7 +301,7 @@ class FrdmNode:
 
     def set_params(self, values: Mapping[str, Any]) -> None:
         """Overlay ``values`` on the current parameters (validated: a bad value raises ParamError)."""
-        self.params = SCHEMA.validate({**self.params, **dict(values)})
+        self.params = SCHEMA.update(self.params, values)
 
     def set_address(self, address: str) -> None:
         if address != self.address:
@@ -388,7 +388,7 @@ class FrdmNode:
         pattern = SequencePattern.parse(os.path.abspath(output))
         if not pattern.is_sequence or not pattern.suffix.lower().endswith(".exr"):
             raise InputError(f"output '{output}' must be an EXR sequence such as name.####.exr")
-        params = dict(self.params)
+        params = self.params  # validated and read-only: the job keeps the knobs of the moment it started
         if self.job is not None and self.job.running():
             raise RenderError("busy", "this node is already rendering; wait for it or press Cancel")
 
@@ -520,10 +520,7 @@ class FrdmNode:
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
             if event.data is not None:
-                tmp = f"{path}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(event.data)
-                os.replace(tmp, path)
+                atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -622,10 +619,7 @@ def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, s
     entry = dict(_read_manifest(out_dir, pattern))
     entry.update({str(f): k for f, k in keys.items()})
     doc[os.path.basename(pattern.pattern)] = entry
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 __all__ = [

@@ -121,13 +121,13 @@ class DiffusionRestorer:
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         """Every window containing a target must be complete, and the defect matte needs the detector's
         ``temporal_radius`` neighbours."""
-        return depends.context({**params_mod.validate(dict(params)), "engine": "diffusion"})
+        return depends.context({**params_mod.validate(params), "engine": "diffusion"})
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
     ) -> Iterator[RestoredFrame]:
         height, width = clip.frames.shape[1:3]
-        p = params_mod.validate(dict(params))
+        p = params_mod.validate(params)
         for frame, z0, plan in self.restore_latents(clip, p, progress):
             yield self._finish(clip, frame, z0, plan, height, width, p)
 
@@ -136,7 +136,7 @@ class DiffusionRestorer:
     ) -> Iterator[tuple[int, torch.Tensor, planner.Plan]]:
         """Like ``restore`` but yields each target's final latent z_0 (4, hp/8, wp/8) of the padded frame,
         before decoding (where the patches are assembled: the seam measure looks here), and the plan used."""
-        p = params_mod.validate(dict(params))
+        p = params_mod.validate(params)
         limit = self.model.config.motion_max_seq_length
         if p["window"] > limit:
             raise ParamError(
