@@ -43,12 +43,9 @@ from frdm.server.jobs import Job, JobBoard
 from frdm.server.protocol import Limits, ProtocolError
 from frdm.server.replies import error_reply, frame_reply, progress_reply, stop_error
 from frdm.server.sniff import ImageHeader, check_frame_size, reader_of, sniff
-from frdm.server.storage import (  # noqa: F401  (re-exported: the names callers know from this module)
-    PARTIAL_PREFIX,
+from frdm.server.storage import (  # noqa: F401  (resolve_under_roots: re-exported, callers know it from here)
     ResultCache,
-    atomic_write_bytes,
     check_ocio_config,
-    remove_stale_partials,
     resolve_inputs,
     resolve_outputs,
     resolve_under_roots,

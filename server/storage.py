@@ -1,5 +1,5 @@
-"""What the server reads and writes on disk: the allowed roots of path mode, atomic writes, and the
-result cache.
+"""What the server reads and writes on disk: the allowed roots of path mode, and the result cache
+(every write is ``frdm.engine.atomic``'s).
 
 Every path a client names is resolved here and nowhere else, so the rules (absolute, no '..', under an
 allowed root, never an input overwritten) live in one room. A resolved path is kept as its root plus the
@@ -14,18 +14,14 @@ import contextlib
 import errno
 import os
 import re
-import socket
 import stat
-import threading
 from dataclasses import dataclass
 from typing import Any
 
+from frdm.engine import atomic
 from frdm.server import sniff
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
 from frdm.server.sniff import ImageHeader
-
-PARTIAL_PREFIX = ".frdm-partial-"  # temporary files of atomic writes; stale ones are removed
-
 
 # --- allowed roots -----------------------------------------------------------------------------------
 
@@ -227,38 +223,7 @@ def check_ocio_config(value: str, roots: list[str]) -> None:
         raise ProtocolError("too_large", f"{what} '{value}': {size} bytes is too large for an OCIO config")
 
 
-# --- atomic writes -----------------------------------------------------------------------------------
-
-
-def _atomic_write_at(dfd: int, name: str, data: Any) -> None:
-    """Write ``name`` in the folder ``dfd`` atomically: a temporary in the same folder, fsync, rename.
-    The rename replaces whatever ``name`` is (a symlink swapped in included) without following it.
-    ``data`` is bytes-like, or a sequence of bytes-like parts written one after another (no joining copy)."""
-    # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
-    owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
-    tmp = f"{PARTIAL_PREFIX}{owner}~{name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dfd)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
-                fh.write(part)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dfd)
-
-
-def atomic_write_bytes(path: str, data: Any) -> None:
-    """Atomic write of a file in a folder the server owns (the cache) or trusts."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _atomic_write_at(dfd, os.path.basename(path), data)
-    finally:
-        os.close(dfd)
+# --- writes ------------------------------------------------------------------------------------------
 
 
 def write_under_root(rp: RootedPath, data: bytes, what: str) -> None:
@@ -266,55 +231,23 @@ def write_under_root(rp: RootedPath, data: bytes, what: str) -> None:
     a symlink: an output folder swapped for a link after acceptance is refused, nothing written outside."""
     dfd = _open_dir(rp, what, create=True)
     try:
-        _atomic_write_at(dfd, rp.name, data)
+        atomic.write_bytes_at(dfd, rp.name, data)
     except OSError as exc:
         raise _refused(rp, what, exc) from None
     finally:
         os.close(dfd)
 
 
-def remove_stale_partials(directory: str | int) -> None:
-    """Temporary files a killed server on this host left behind: never leave half a frame lying around.
-    Files of a live process, or of another host (shared storage), are not touched. ``directory`` is a
-    path or an open folder descriptor."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    host = socket.gethostname()
-    for name in names:
-        if not name.startswith(PARTIAL_PREFIX):
-            continue
-        fields = name[len(PARTIAL_PREFIX) :].split("~")
-        if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
-            continue
-        with contextlib.suppress(OSError):
-            if isinstance(directory, int):
-                os.unlink(name, dir_fd=directory)
-            else:
-                os.unlink(os.path.join(directory, name))
-
-
-def remove_stale_partials_under_root(rp: RootedPath) -> None:
-    """``remove_stale_partials`` in the folder of a path-mode output, reached without following links."""
+def remove_stale_under_root(rp: RootedPath) -> None:
+    """``engine.atomic.remove_stale`` in the folder of a path-mode output, reached without following links."""
     try:
         dfd = _open_dir(rp, "output", create=False)
     except ProtocolError:
         return  # not there yet, or not safe to look in: nothing of ours to clean
     try:
-        remove_stale_partials(dfd)
+        atomic.remove_stale(dfd)
     finally:
         os.close(dfd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- result cache ------------------------------------------------------------------------------------
@@ -334,7 +267,7 @@ class ResultCache:
         self.directory = directory
         self.max_bytes = max_bytes
         os.makedirs(directory, exist_ok=True)
-        remove_stale_partials(directory)
+        atomic.remove_stale(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
 
     def _path(self, key: str, kind: str) -> str:
@@ -353,9 +286,10 @@ class ResultCache:
             return None
 
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
-        atomic_write_bytes(self._path(key, kind), data)
-        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-        self._size += sum(memoryview(p).nbytes for p in parts)
+        """``data``: bytes-like, or a sequence of bytes-like parts (joined: one atomic write)."""
+        blob = data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+        atomic.write_bytes(self._path(key, kind), blob)
+        self._size += memoryview(blob).nbytes
         if self._size > self.max_bytes:
             self._prune()
 

@@ -28,7 +28,7 @@ from frdm.server.storage import (
     ResultCache,
     check_ocio_config,
     read_regular,
-    remove_stale_partials_under_root,
+    remove_stale_under_root,
     write_under_root,
 )
 
@@ -252,7 +252,7 @@ class Worker:
         if job.cancel.is_set():
             raise CancelledError(f"job {job.id} cancelled")
         for folder in {(rp.root, rp.parts[:-1]): rp for rp in job.output_paths.values()}.values():
-            remove_stale_partials_under_root(folder)
+            remove_stale_under_root(folder)
         ocio_config = params.get("ocio_config", "")
         if ocio_config:
             # Checked again here, just before the engine may load it: the file may have changed since the

@@ -151,6 +151,29 @@ def test_frame_memory_limit_counts_channels():
     sniff.check_frame_size(sniff.ImageHeader("exr", 8192, 4320, 3), limits, "8K RGB")  # a real 8K scan fits
 
 
+def test_rooted_files_never_follow_a_symlink(tmp_path):
+    from frdm.server import storage
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "shot").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.exr").write_bytes(b"outside")
+    (root / "shot" / "out.0001.exr").symlink_to(outside / "secret.exr")  # a link where the output goes
+    rp = storage.RootedPath(str(root), ("shot", "out.0001.exr"))
+    with pytest.raises(ProtocolError) as exc:  # read: the link is refused, not followed
+        storage.read_regular(rp, "source frame 1", 1 << 20)
+    assert exc.value.code == "forbidden_path" and "symlink" in str(exc.value)
+    storage.write_under_root(rp, b"frame", "output frame 1")  # write: the link itself is replaced
+    assert (outside / "secret.exr").read_bytes() == b"outside"
+    assert not (root / "shot" / "out.0001.exr").is_symlink()
+    assert (root / "shot" / "out.0001.exr").read_bytes() == b"frame"
+    assert storage.read_regular(rp, "source frame 1", 1 << 20) == b"frame"
+    with pytest.raises(ProtocolError) as exc:
+        storage.read_regular(rp, "source frame 1", 3)
+    assert exc.value.code == "too_large"
+    assert sorted(p.name for p in (root / "shot").iterdir()) == ["out.0001.exr"]  # no temporary left
+
+
 def test_msgpack_timestamps_are_refused():
     data = msgpack.packb({"v": 1, "type": "status", "id": "s", "when": [msgpack.Timestamp(1, 0)]})
     with pytest.raises(ProtocolError) as exc:
