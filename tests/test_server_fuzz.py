@@ -257,8 +257,8 @@ def case(draw, root: Path):
         return [draw(st.binary(max_size=64)) for _ in range(draw(st.integers(1, 3)))], [], ""
     if kind == "ext":  # extension types, timestamps included, anywhere in an otherwise valid header
         ext = draw(st.sampled_from([msgpack.Timestamp(draw(st.integers(0, 2**32 - 1)), 0), msgpack.ExtType(5, b"x")]))
-        return {"v": 1, "type": "status", "id": rid, "x": [ext]}, [], ""
-    header: dict = {"v": 1, "type": kind, "id": rid}
+        return {"v": protocol.PROTOCOL_VERSION, "type": "status", "id": rid, "x": [ext]}, [], ""
+    header: dict = {"v": protocol.PROTOCOL_VERSION, "type": kind, "id": rid}
     blobs: list[str] = []
     if kind == "restore":
         fields, blobs = draw(restore_case(root))
