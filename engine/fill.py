@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from frdm.engine import atomic
 from frdm.engine.blend import blend, feather_mask
 from frdm.engine.color import from_model, representable, to_model
 from frdm.engine.errors import InputError
@@ -162,14 +164,10 @@ class FolderFillStore:
     DIRECTORY = ".frdm-fill"
 
     def __init__(self, output_folder: str, keys: Mapping[int, str]):
-        import os
-
         self.directory = os.path.join(output_folder, self.DIRECTORY)
         self.keys = dict(keys)
 
     def _path(self, frame: int) -> str:
-        import os
-
         return os.path.join(self.directory, f"{frame}.fill")
 
     def get(self, frame: int) -> FillResult | None:
@@ -184,8 +182,6 @@ class FolderFillStore:
         return FillResult.from_bytes(data[len(key) + 1 :])
 
     def put(self, frame: int, result: FillResult) -> None:
-        from frdm.engine import atomic
-
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
 
 
@@ -268,9 +264,9 @@ def finish_frame(
                 pixels[y0:y1, x0:x1, idx] = blend(crop[..., idx], back, m)
     channels, formats = list(original.channels), list(original.formats)
     if params["write_matte"]:
-        if pixels is original.pixels:
-            pixels = pixels.copy()
         if matte_channel in channels:
+            if pixels is original.pixels:
+                pixels = pixels.copy()  # the original stays as it was: other frames read it as context
             pixels[..., channels.index(matte_channel)] = fill.full_matte()
         else:
             pixels = np.concatenate([pixels, fill.full_matte()[..., None]], axis=-1)
