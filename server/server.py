@@ -42,7 +42,7 @@ from frdm.server import protocol
 from frdm.server.jobs import Job, JobBoard
 from frdm.server.protocol import Limits, ProtocolError
 from frdm.server.replies import error_reply, frame_reply, progress_reply, stop_error
-from frdm.server.sniff import ImageHeader, check_frame_size, reader_of, sniff
+from frdm.server.sniff import ImageHeader, check_frame_size, max_file_bytes, reader_of, sniff
 from frdm.server.storage import (  # noqa: F401  (resolve_under_roots: re-exported, callers know it from here)
     ResultCache,
     check_ocio_config,
@@ -81,13 +81,6 @@ def is_local_endpoint(endpoint: str) -> bool:
         return False
     host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
     return host in LOOPBACK_HOSTS
-
-
-def max_part_bytes(limits: Limits) -> int:
-    """The largest message part the socket takes: a header, or one frame's file (an uncompressed EXR is
-    its decoded size plus a small offset table and header; a sixteenth covers both)."""
-    frame_file = limits.max_frame_bytes + limits.max_frame_bytes // 16 + (1 << 20)
-    return min(limits.max_message_bytes, max(protocol.MAX_HEADER_BYTES, frame_file))
 
 
 def check_inline_frame(data: bytes, name: str, limits: Limits) -> ImageHeader:
@@ -156,7 +149,7 @@ class Server:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished client raises: we stop its job
         # A peer sending one part larger than any part may be (a header, or one frame's file) is disconnected
         # by libzmq itself, before that part is ever held in memory whole.
-        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes(self.limits))
+        sock.setsockopt(zmq.MAXMSGSIZE, max(protocol.MAX_HEADER_BYTES, max_file_bytes(self.limits)))
         if self.config.curve_keys:
             from zmq.auth import CURVE_ALLOW_ANY, load_certificate
             from zmq.auth.thread import ThreadAuthenticator

@@ -66,6 +66,12 @@ def sniff(read_at: ReadAt, name: str) -> ImageHeader:
     raise _bad(name, f"not an image format the server reads ({FORMATS}), whatever its name says")
 
 
+def max_file_bytes(limits: Limits) -> int:
+    """The largest file (inline part or path-mode file) one frame may be: an uncompressed EXR is its decoded
+    size plus a small offset table and header, and a sixteenth plus 1 MiB covers both."""
+    return min(limits.max_message_bytes, limits.max_frame_bytes + limits.max_frame_bytes // 16 + (1 << 20))
+
+
 def check_frame_size(header: ImageHeader, limits: Limits, name: str) -> None:
     """Pixels, channels and decoded bytes against the server's per-frame limits: too_large naming ``name``."""
     protocol.check_exr_size(protocol.ExrInfo(header.width, header.height, header.channels, 1), limits, name)

@@ -151,8 +151,10 @@ def sniff_regular(rp: RootedPath, what: str, limits: Limits) -> ImageHeader:
     fd = open_regular(rp, what)
     try:
         size = os.fstat(fd).st_size
-        if size > limits.max_message_bytes:
-            raise ProtocolError("too_large", f"{what} '{rp.path}': {size} bytes exceeds the server's limit")
+        if size > sniff.max_file_bytes(limits):
+            raise ProtocolError(
+                "too_large", f"{what} '{rp.path}': a file of {size} bytes is larger than any frame the server takes"
+            )
         header = sniff.sniff(lambda offset, n: os.pread(fd, n, offset), f"{what} ({rp.path})")
     finally:
         os.close(fd)

@@ -50,7 +50,7 @@ def read_input(job: Job, kind: str, frame: int, limits: Limits) -> Any:
     if ref.blob is not None:
         return job.blobs[ref.blob - 1]
     rp = (job.real_sources if kind == "sources" else job.real_masks)[frame]
-    return read_regular(rp, f"{kind[:-1]} frame {frame}", limits.max_message_bytes)
+    return read_regular(rp, f"{kind[:-1]} frame {frame}", sniff.max_file_bytes(limits))
 
 
 class WireSource(Source):

@@ -293,7 +293,7 @@ def test_a_part_over_the_socket_bound_is_never_received(tmp_path):
     try:
         pipe = Pipe(proc.address)
         header, _ = protocol.restore_header("big", "big", RAW, [1], {1: b"x"})
-        pipe.send(header, [b"\0" * (8 << 20)])  # one 8 MiB part; a 1 MiB frame's file is ~1.1 MiB at most
+        pipe.send(header, [b"\0" * (8 << 20)])  # one 8 MiB part; a 1 MiB frame's file is at most ~2.1 MiB
         assert not pipe.sock.poll(1500), "the server took the part and answered"
         pipe.close()
         with FrdmClient(proc.address, timeout=5) as client:
