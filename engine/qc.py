@@ -65,6 +65,7 @@ class Region:
     area: int
     step: float | None  # 8-bit luma, output inside minus ring
     step_before: float | None  # the same on the source
+    change: float  # 8-bit luma, mean of output minus source inside: how much the restorer moved it
     grain: float | None  # high-pass spread inside / ring, on the output
     motion: float | None  # px/frame relative to the frame; None without neighbours
     moving: bool
@@ -95,7 +96,7 @@ class FrameQC:
 
 def _region_json(r: Region) -> dict[str, Any]:
     d = asdict(r)
-    for k in ("step", "step_before", "grain", "motion", "score"):
+    for k in ("step", "step_before", "change", "grain", "motion", "score"):
         if d[k] is not None:
             d[k] = round(float(d[k]), 4)
     return d
@@ -190,10 +191,13 @@ def motion_map(frame: np.ndarray, neighbours: Sequence[np.ndarray]) -> MotionMap
 def suspicion(r: Region) -> float:
     """How much a region deserves a look: a visible brightness step (per 2/255), missing grain (0 at the
     surrounding grain's 70%, 2 when smooth) and lying on moving content (1) add up; specks under 25 px count
-    in proportion to their area, since a 3-pixel fill is hard to see whatever its figures."""
+    in proportion to their area, since a 3-pixel fill is hard to see whatever its figures.
+
+    The step counts only as far as the restorer made it: a region on a bright object has the object's contrast
+    against its ring whatever was done to it, so the step is capped by how much the region changed."""
     s = 0.0
     if r.step is not None:
-        s += abs(r.step) / STEP_VISIBLE
+        s += min(abs(r.step), abs(r.change)) / STEP_VISIBLE
     if r.grain is not None:
         s += 2.0 * max(0.0, 1.0 - r.grain / 0.7)
     if r.moving:
@@ -288,6 +292,7 @@ def analyse_frame(
             area=area,
             step=step,
             step_before=step_before,
+            change=float((y_after[y0:y1, x0:x1][inside] - y_before[y0:y1, x0:x1][inside]).mean() * 255.0),
             grain=grain,
             motion=region_motion,
             moving=bool(moving),
@@ -304,17 +309,29 @@ def _disc(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+def made_step(r: Region) -> float | None:
+    """The part of a region's brightness step the restorer can have made: |step| capped by how much the region's
+    mean changed (a region on a bright object keeps the object's contrast to its ring whatever was done)."""
+    return None if r.step is None else min(abs(r.step), abs(r.change))
+
+
 def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:
-    """Clip-level figures: changed share (mean, max), region counts, the worst brightness steps, the share of
-    regions short of grain and on moving content. Shares of regions are over the regions where the figure
-    could be measured (``*_measured`` says how many)."""
+    """Clip-level figures: changed share (mean, max), region counts, brightness steps (as measured, and as made
+    by the restorer, ``made_step``; the worst ones by the latter), the share of regions short of grain and on
+    moving content. Shares of regions are over the regions where the figure could be measured
+    (``*_measured`` says how many)."""
     regions = [(f.frame, r) for f in frames for r in f.regions]
     steps = [(fr, r) for fr, r in regions if r.step is not None]
     grains = [r.grain for _, r in regions if r.grain is not None]
     motions = [r for _, r in regions if r.motion is not None]
     shares = [f.changed_share for f in frames]
-    by_step = sorted(steps, key=lambda item: -abs(item[1].step or 0.0))[:worst]
+    by_step = sorted(steps, key=lambda item: -(made_step(item[1]) or 0.0))[:worst]
     abs_steps = np.array([abs(r.step) for _, r in steps], np.float64)
+    made = np.array([made_step(r) for _, r in steps], np.float64)
+
+    def stat(values: np.ndarray, fn: Any) -> float | None:
+        return float(fn(values)) if len(values) else None
+
     out: dict[str, Any] = {
         "frames": len(frames),
         "mean_changed_share": float(np.mean(shares)) if shares else 0.0,
@@ -325,11 +342,20 @@ def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:
         "regions_per_frame": len(regions) / len(frames) if frames else 0.0,
         "changed_pixels": int(sum(f.changed_pixels for f in frames)),
         "steps_measured": len(steps),
-        "mean_abs_step": float(abs_steps.mean()) if len(abs_steps) else None,
-        "p90_abs_step": float(np.percentile(abs_steps, 90)) if len(abs_steps) else None,
-        "share_step_over_2": float((abs_steps > STEP_VISIBLE).mean()) if len(abs_steps) else None,
+        "mean_abs_step": stat(abs_steps, np.mean),
+        "p90_abs_step": stat(abs_steps, lambda v: np.percentile(v, 90)),
+        "mean_made_step": stat(made, np.mean),
+        "p90_made_step": stat(made, lambda v: np.percentile(v, 90)),
+        "share_made_step_over_2": stat(made, lambda v: (v > STEP_VISIBLE).mean()),
         "worst_steps": [
-            {"frame": fr, "region": r.id, "area": r.area, "step": round(float(r.step or 0.0), 2)} for fr, r in by_step
+            {
+                "frame": fr,
+                "region": r.id,
+                "area": r.area,
+                "step": round(float(r.step or 0.0), 2),
+                "change": round(r.change, 2),
+            }
+            for fr, r in by_step
         ],
         "grain_measured": len(grains),
         "share_grain_below_0.45": float(np.mean(np.array(grains) < GRAIN_LOW)) if grains else None,

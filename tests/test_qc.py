@@ -11,7 +11,7 @@ import pytest
 from frdm.cli import main
 from frdm.engine.color import from_model
 from frdm.engine.frames import Frame, write_frame
-from frdm.engine.qc import analyse_frame, motion_map, summarise
+from frdm.engine.qc import analyse_frame, made_step, motion_map, summarise
 
 H, W = 160, 240
 
@@ -35,10 +35,14 @@ def test_flat_fill_shows_its_step_and_no_grain_while_a_grainy_fill_passes():
     flat, grainy = _disc(60, 80, 14), _disc(170, 80, 14)
     out[flat] = 0.5 + 10.0 / 255.0  # a smooth disc 10/255 brighter than the grey it sits on
     out[grainy] = _grainy(rng)[grainy]  # other grain of the same strength: what a good temporal fill gives
+    src[20:40, 110:130] += 60.0 / 255.0  # a bright object the restorer touched by 1.5/255 only
+    out[20:40, 110:130] = src[20:40, 110:130] + 1.5 / 255.0
     qc = analyse_frame(src, out, 7)
-    assert len(qc.regions) == 2
-    by_x = sorted(qc.regions, key=lambda r: r.x)
-    r_flat, r_grainy = by_x
+    assert len(qc.regions) == 3
+    r_object = next(r for r in qc.regions if r.y < 50)
+    r_flat, r_grainy = sorted((r for r in qc.regions if r.y >= 50), key=lambda r: r.x)
+    assert r_object.step > 40 and made_step(r_object) == pytest.approx(1.5, abs=0.1)
+    assert r_flat.change == pytest.approx(10.0, abs=1.0) and made_step(r_flat) > 8.5
     # Pixels whose grain happens to lie within 0.5/255 of the new value are not changes, hence the tolerance.
     assert flat.sum() * 0.9 <= r_flat.area <= flat.sum()
     assert (r_flat.x, r_flat.y, r_flat.w, r_flat.h) == (46, 66, 29, 29)
@@ -46,9 +50,10 @@ def test_flat_fill_shows_its_step_and_no_grain_while_a_grainy_fill_passes():
     assert r_flat.grain is not None and r_flat.grain < 0.05
     assert abs(r_grainy.step) < 2.0 and 0.8 < r_grainy.grain < 1.25
     assert r_flat.score > 3 * r_grainy.score, "the visible disc must rank as the more suspicious"
-    assert qc.changed_share == pytest.approx((r_flat.area + r_grainy.area) / (H * W))
+    assert r_flat.score > 3 * r_object.score, "an object's own contrast is not the restorer's doing"
+    assert qc.changed_share == pytest.approx((r_flat.area + r_grainy.area + r_object.area) / (H * W))
     summary = summarise([qc])
-    assert summary["share_grain_below_0.45"] == 0.5
+    assert summary["share_grain_below_0.45"] == pytest.approx(1 / 3)
     assert summary["worst_steps"][0]["region"] == r_flat.id
 
 
