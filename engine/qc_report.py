@@ -201,10 +201,15 @@ def _html(meta: dict[str, Any], summary: dict[str, Any], frames: Sequence[FrameQ
             f"motion {_fmt(r.motion, 1)} px{' MOVING' if r.moving else ''}; score {r.score:.2f}"
             f"</figcaption></figure>"
         )
-    summ = "".join(
-        f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
-        for k, v in summary.items()
-    )
+
+    def shown(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, list):  # the worst steps: one line each
+            return "<br>".join(e(", ".join(f"{k} {x}" for k, x in item.items())) for item in v)
+        return e(str(v))
+
+    summ = "".join(f"<tr><th>{e(str(k))}</th><td>{shown(v)}</td></tr>" for k, v in summary.items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>FRDM QC: {e(meta.get("restored", ""))}</title>
 <style>
