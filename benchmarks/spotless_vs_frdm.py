@@ -10,7 +10,7 @@ ground truth); written as scene-linear half EXR (zip), which both tools read and
   frames/s from its own timing of the file-to-file loop (reading, colour, restoring, writing).
 - SpotLess: benchmarks/spotless_peer.py in the peer's venv (make it with benchmarks/spotless_setup.sh), in a
   subprocess: the same file-to-file loop, then the filter alone on frames already in memory.
-- Peak RSS of each subprocess (wait4). MaskedPSNR (the paper's Eq. 7, engine/metrics) and the change outside
+- Peak RSS of each subprocess (its own VmHWM). MaskedPSNR (the paper's Eq. 7, engine/metrics) and the change outside
   the defect masks are measured display-referred (sRGB-encoded), per frame, averaged over the frames.
 
     python benchmarks/spotless_vs_frdm.py [--frames 24] [--sizes 1280x720 2048x1536] [--json out.json]
@@ -61,20 +61,38 @@ def peer_python(venv: str) -> str:
     return python
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, float]:
-    """Run ``cmd``; (stdout, wall seconds, peak RSS in MB of that process alone)."""
-    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+# Runs a module (-m:NAME) or a script in the interpreter it is given to, then writes that process's VmHWM (peak
+# resident set) to a file. Not wait4's ru_maxrss: Linux carries the high-water mark across exec, so a child
+# forked from this process would report at least this process's own RSS (the ground truth it holds).
+_PEAK_WRAPPER = """
+import runpy, sys
+peak_file, target = sys.argv[1], sys.argv[2]
+sys.argv = [target] + sys.argv[3:]
+try:
+    if target.startswith("-m:"):
+        runpy.run_module(target[3:], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target, run_name="__main__")
+finally:
+    with open("/proc/self/status") as fh:
+        peak = next(line for line in fh if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as fh:
+        fh.write(peak.split()[1])
+"""
+
+
+def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float, float]:
+    """Run ``target`` (a script, or -m:MODULE) under ``python``; (stdout, wall seconds, its peak RSS in MB)."""
+    with tempfile.TemporaryDirectory(prefix="frdm-bench-") as tmp:
+        peak_file = os.path.join(tmp, "peak_kb")
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([python, "-c", _PEAK_WRAPPER, peak_file, target, *args], capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read(), err.read()
-    if proc.returncode != 0:
-        fail(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n{errors.strip()[-2000:]}")
-    return text, wall, usage.ru_maxrss / 1024.0
+        if proc.returncode != 0:
+            fail(f"{target} {' '.join(args[:3])} ... failed (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
+        with open(peak_file) as fh:
+            peak_mb = int(fh.read()) / 1024.0
+    return proc.stdout, wall, peak_mb
 
 
 def make_clip(clip: str, size: tuple[int, int], start: int, count: int, folder: str, seed: int) -> tuple:
@@ -158,17 +176,18 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
     threads = str(os.cpu_count() or 1)
 
     print(f"{w}x{h}: SpotLess file to file ...", file=sys.stderr)
-    peer_cmd = [peer, PEER_SCRIPT, "--src", src, "--count", str(args.frames), "--threads", threads]
-    text, wall, rss = run_measured(peer_cmd + ["--mode", "file", "--out", os.path.join(folder, "spotless.####.exr")])
+    peer_args = ["--src", src, "--count", str(args.frames), "--threads", threads]
+    spot_out = os.path.join(folder, "spotless.####.exr")
+    text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "file", "--out", spot_out])
     spot_file = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": rss}
     print(f"{w}x{h}: SpotLess filter alone ...", file=sys.stderr)
-    text, wall, rss = run_measured(peer_cmd + ["--mode", "filter"])
+    text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "filter"])
     spot_filter = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": rss}
 
     print(f"{w}x{h}: FRDM file to file ...", file=sys.stderr)
-    frdm_cmd = [sys.executable, "-m", "frdm.cli", "restore", src, os.path.join(folder, "frdm.####.exr")]
-    frdm_cmd += ["--colorspace", "linear", "--quiet", "--json", "--no-resume"]
-    text, wall, rss = run_measured(frdm_cmd)
+    frdm_args = ["restore", src, os.path.join(folder, "frdm.####.exr")]
+    frdm_args += ["--colorspace", "linear", "--quiet", "--json", "--no-resume"]
+    text, wall, rss = run_measured(sys.executable, "-m:frdm.cli", frdm_args)
     report = json.loads(text[text.index("{") :])
     frdm_file = {
         "frames": len(report["written"]),

@@ -29,7 +29,6 @@ frame; a region without ring pixels (a whole-frame change) has ``step``/``grain`
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -369,20 +368,14 @@ def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:
 # --- sequences on disk ----------------------------------------------------------------------------------
 
 
-def display_colorspace(path: str, colorspace: str = "auto") -> str:
-    """The colour space to read ``path`` in: 'auto' decides as a Read node does (EXR scene-linear, DPX/Cineon
-    log, everything else sRGB-encoded); any other name is used as given."""
-    if colorspace != "auto":
-        return colorspace
-    ext = os.path.splitext(path)[1].lower()
-    return {".exr": "linear", ".sxr": "linear", ".dpx": "cineon", ".cin": "cineon"}.get(ext, "srgb")
+def _display(frame: Any, colorspace: str, ocio_config: str) -> tuple[np.ndarray, str]:
+    """A frame's RGB display-referred in [0, 1], and the colour space it was read in ('auto' resolved per
+    file, as frdm restore resolves it)."""
+    from frdm.engine.color import resolve_colorspace, to_model
 
-
-def _display(frame: Any, colorspace: str, ocio_config: str) -> np.ndarray:
-    from frdm.engine.color import to_model
-
+    space = resolve_colorspace(colorspace, frame, ocio_config)
     rgb = frame.pixels[..., frame.rgb_indices()]
-    return np.clip(to_model(rgb, colorspace, ocio_config), 0.0, 1.0)
+    return np.clip(to_model(rgb, space, ocio_config), 0.0, 1.0), space
 
 
 class SequencePair:
@@ -412,10 +405,10 @@ class SequencePair:
                 f"{src}: no source frame(s) {format_frame_range(missing)} for the restored frames of {out}; "
                 "give the sequence the restoration was made from, or narrow --frames"
             )
-        self.colorspace_src = display_colorspace(src, colorspace)
-        self.colorspace_out = display_colorspace(out, colorspace)
-        for cs in {self.colorspace_src, self.colorspace_out}:
-            check_colorspace(cs, ocio_config)
+        if colorspace != "auto":
+            check_colorspace(colorspace, ocio_config)
+        self.colorspace = colorspace
+        self.spaces: set[str] = set()  # what 'auto' resolved to, over the frames read
         self.ocio_config = ocio_config
         self._cache: dict[int, np.ndarray] = {}
         self._windows: dict[int, tuple[int, int, int, int]] = {}
@@ -429,7 +422,8 @@ class SequencePair:
                 self._cache.pop(next(iter(self._cache)))
             frame = self.source.read(n)
             self._windows[n] = frame.data_window
-            self._cache[n] = _display(frame, self.colorspace_src, self.ocio_config)
+            self._cache[n], space = _display(frame, self.colorspace, self.ocio_config)
+            self.spaces.add(space)
         return self._cache[n]
 
     def pair(self, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -441,7 +435,9 @@ class SequencePair:
                 f"{self._name(self.restored, n)}: data window {after.data_window} but its source "
                 f"{self._name(self.source, n)} has {self._windows[n]}; compare a restoration with its own source"
             )
-        return before, _display(after, self.colorspace_out, self.ocio_config)
+        after_rgb, space = _display(after, self.colorspace, self.ocio_config)
+        self.spaces.add(space)
+        return before, after_rgb
 
     def neighbours(self, n: int) -> list[np.ndarray]:
         numbers = self.source.frame_numbers

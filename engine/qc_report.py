@@ -14,13 +14,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from frdm.engine.atomic import atomic_path, write_text
 from frdm.engine.errors import InputError
 from frdm.engine.qc import FrameQC, Region
 
@@ -95,28 +95,9 @@ def crop_image(
 def _write_png(path: str, rgb_u8: np.ndarray) -> None:
     import cv2
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qc.", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # the temporary keeps the .png name OpenCV picks the format by
         if not cv2.imwrite(tmp, np.ascontiguousarray(rgb_u8[..., ::-1])):
             raise InputError(f"{path}: cannot write this PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qc.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def plot_image(frames: Sequence[FrameQC], width: int = 960) -> np.ndarray:
@@ -284,8 +265,8 @@ def write_report(
     }
     json_path = os.path.join(directory, "qc.json")
     stale = _previous_crops(json_path) - {c.file for c in crops}
-    _write_text(json_path, json.dumps(record, indent=1))
-    _write_text(os.path.join(directory, "index.html"), _html(meta, summary, frames, crops))
+    write_text(json_path, json.dumps(record, indent=1))
+    write_text(os.path.join(directory, "index.html"), _html(meta, summary, frames, crops))
     for name in stale:
         path = os.path.join(directory, name)
         if os.path.isfile(path):

@@ -7,8 +7,8 @@ Per frame: the share of pixels changed; each changed region's area, brightness s
 (8-bit display units), grain ratio (high-pass spread inside over the ring's) and whether it lies on moving
 content in the source. DIR gets index.html (crops at 100% of the largest and the most suspicious regions, a
 per-frame plot of changed area and mean brightness), its PNG images and qc.json with every figure.
-Frames are compared display-referred: an EXR is read as scene-linear, a DPX as Cineon log, others as sRGB
-(--colorspace overrides, as on frdm restore).
+Frames are compared display-referred, each file's colour space decided as frdm restore decides it (a float
+EXR scene-linear, a DPX Cineon log, an 8/16-bit image sRGB, unless the file declares one; --colorspace overrides).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--colorspace",
         default="auto",
-        help="colour space of both sequences (auto: EXR scene-linear, DPX Cineon, others sRGB; or any name "
-        "frdm restore takes)",
+        help="colour space of both sequences (auto: per file, as frdm restore decides: what the file declares, "
+        "else float EXR scene-linear, DPX Cineon, integer images sRGB; or any name frdm restore takes)",
     )
     parser.add_argument("--ocio-config", default="ocio://studio-config-latest", help="OCIO config for --colorspace")
     parser.add_argument(
@@ -82,9 +82,7 @@ def run_qc(
         meta = {
             "source": src,
             "restored": out,
-            "colorspace": pair.colorspace_src
-            if pair.colorspace_src == pair.colorspace_out
-            else f"{pair.colorspace_src} / {pair.colorspace_out}",
+            "colorspace": " / ".join(sorted(pair.spaces)) or pair.colorspace,
             "threshold": threshold,
             "settings": settings.__dict__,
         }
