@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from frdm.engine import params as P
 from frdm.engine.errors import InputError
 
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec.709 weights on display-referred RGB
@@ -387,10 +388,10 @@ class SequencePair:
         out: str,
         frames: Sequence[int] | None = None,
         *,
-        colorspace: str = "auto",
-        ocio_config: str = "ocio://studio-config-latest",
+        colorspace: str = P.defaults()["colorspace"],
+        ocio_config: str = P.defaults()["ocio_config"],
     ):
-        from frdm.engine.color import check_colorspace
+        from frdm.engine.color import AUTO, check_colorspace
         from frdm.engine.frames import format_frame_range, open_source
 
         self.source = open_source(src)
@@ -405,7 +406,7 @@ class SequencePair:
                 f"{src}: no source frame(s) {format_frame_range(missing)} for the restored frames of {out}; "
                 "give the sequence the restoration was made from, or narrow --frames"
             )
-        if colorspace != "auto":
+        if colorspace != AUTO:
             check_colorspace(colorspace, ocio_config)
         self.colorspace = colorspace
         self.spaces: set[str] = set()  # what 'auto' resolved to, over the frames read

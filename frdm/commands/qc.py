@@ -20,6 +20,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from frdm.engine import params as P
+
+DEFAULTS = P.defaults()  # the same colour defaults as frdm restore
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="the original sequence (name.####.exr, name.%%04d.png, a movie)")
@@ -28,11 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", help="frames to check, e.g. 1-48 (default: every restored frame on disk)")
     parser.add_argument(
         "--colorspace",
-        default="auto",
+        default=DEFAULTS["colorspace"],
         help="colour space of both sequences (auto: per file, as frdm restore decides: what the file declares, "
         "else float EXR scene-linear, DPX Cineon, integer images sRGB; or any name frdm restore takes)",
     )
-    parser.add_argument("--ocio-config", default="ocio://studio-config-latest", help="OCIO config for --colorspace")
+    parser.add_argument("--ocio-config", default=DEFAULTS["ocio_config"], help="OCIO config for --colorspace")
     parser.add_argument(
         "--threshold",
         type=float,
@@ -51,8 +55,8 @@ def run_qc(
     directory: str,
     *,
     frames: Sequence[int] | None = None,
-    colorspace: str = "auto",
-    ocio_config: str = "ocio://studio-config-latest",
+    colorspace: str = DEFAULTS["colorspace"],
+    ocio_config: str = DEFAULTS["ocio_config"],
     threshold: float = 0.5,
     crops: int = 12,
     motion: bool = True,
