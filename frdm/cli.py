@@ -18,6 +18,7 @@ from frdm.engine.errors import FrdmError
 # name -> (module, one-line help). Adding a command is one line here and one module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
+    "qc": ("frdm.commands.qc", "where a restoration changed the picture: figures, crops and plot as an HTML page"),
     "degrade": ("frdm.commands.degrade", "make a dataset shot: synthetic film defects with exact masks"),
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
     parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
+    parser.add_argument("--qc", metavar="DIR", help="then check the result: `frdm qc SRC OUT --dir DIR`")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     P.add_cli_arguments(parser)  # --mask SEQ|auto|none|artist among them
@@ -94,6 +95,19 @@ def run(args: argparse.Namespace) -> int:
     if report.contact_sheet:
         summary += f"; contact sheet {report.contact_sheet}"
     print(summary, file=sys.stderr)
+    if args.qc:
+        from frdm.commands.qc import print_summary, run_qc
+
+        qc = run_qc(
+            args.src,
+            args.out,
+            args.qc,
+            frames=sorted(report.outputs),
+            colorspace=params["colorspace"],
+            ocio_config=params["ocio_config"],
+            quiet=args.quiet,
+        )
+        print_summary(qc, args.qc, as_json=False)
     if args.json:
         print(
             json.dumps(
