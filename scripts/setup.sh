@@ -11,6 +11,13 @@ quiet_pip() {
   "$VENV/bin/python" -m pip install -q "$@" 2>&1 | grep -v '^WARNING: Location' || true
   return "${PIPESTATUS[0]}"
 }
+# tests/test_gizmo_tcl.py evaluates the gizmo with Tcl: Debian's tcl package, installed when missing.
+if ! command -v tclsh >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq tcl >/dev/null \
+    || { echo "setup: install Tcl (apt-get install tcl): the gizmo test needs tclsh"; exit 1; }
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
