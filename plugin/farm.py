@@ -25,6 +25,7 @@ from typing import Any
 from frdm.engine.errors import InputError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, save_preset
+from frdm.plugin.node import write_text_atomic as _atomic_text
 
 STEP_NAME = "Restore"
 TASK_PARAM = "Frame"
@@ -234,13 +235,6 @@ def write_job(job: FarmJob, folder: str, *, validate: bool = True) -> WrittenJob
     _atomic_text(paths.job_info, job_info)
     _atomic_text(paths.plugin_info, plugin_info)
     return paths
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def chunks(frames: Sequence[int], size: int) -> list[tuple[int, int]]:

@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -610,22 +610,58 @@ def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str
     return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
 
 
+#: Read-modify-write of a manifest is one critical section per process (two nodes, one folder); across
+#: processes (two Nukes, a farm task) an advisory lock on the folder itself does the same where the OS has
+#: one (no lock file left behind; the manifest cannot be locked as it is replaced by a rename).
+_MANIFEST_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _manifest_locked(path: str) -> Iterator[None]:
+    with _MANIFEST_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the in-process lock and the unique temporary name still hold
+            yield
+            return
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
 def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
     path = _manifest_path(out_dir, pattern)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-        if not isinstance(doc, dict):
+    with _manifest_locked(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if not isinstance(doc, dict):
+                doc = {}
+        except (OSError, ValueError):
             doc = {}
-    except (OSError, ValueError):
-        doc = {}
-    entry = dict(_read_manifest(out_dir, pattern))
-    entry.update({str(f): k for f, k in keys.items()})
-    doc[os.path.basename(pattern.pattern)] = entry
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+        entry = doc.get(os.path.basename(pattern.pattern))
+        entry = dict(entry) if isinstance(entry, dict) else {}
+        entry.update({str(f): k for f, k in keys.items()})
+        doc[os.path.basename(pattern.pattern)] = entry
+        write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of a name no other writer uses (pid, thread and a
+    random part: two nodes of one Nuke, or two processes, never share it) and a rename: a reader sees the
+    old file or the new one, never a half-written one."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 __all__ = [
@@ -643,4 +679,5 @@ __all__ = [
     "context_for",
     "describe",
     "frames_needed",
+    "write_text_atomic",
 ]
