@@ -582,7 +582,7 @@ def _start(node: nuke.Node, targets: list[int], title: str) -> ViewJobs:
         inputs_dir = os.path.join(out_dir, f".frdm-inputs-{uuid.uuid4().hex[:12]}")
         try:
             set_status(node, "rendering the inputs on Nuke's main thread (Nuke waits until they are written)")
-            with full_resolution():
+            with full_resolution(), _unmodified():  # temporary nodes and the proxy switch are no edits
                 inputs = {
                     v: render_inputs(node, fns[v], targets, os.path.join(inputs_dir, v), v if stereo else "")
                     for v in names
