@@ -642,3 +642,30 @@ def test_creating_the_node_is_one_undo_step(monkeypatch):
     (command,) = [c[3] for c in fake_nuke.calls if c[0] == "addCommand"]
     node = command()
     assert node.Class() == "FRDM" and fake_nuke._undo == [("begin", "Create FRDM"), ("end", "")]
+
+
+def test_submit_to_farm_writes_the_bundle_frdm_submit_writes(nk, tmp_path):
+    """The node's button renders its inputs (range + context, full resolution) once and writes the same job
+    bundle as ``frdm submit`` given those files and the node's parameters."""
+    from frdm.cli import main
+    from frdm.plugin import farm
+
+    giz, _ = make_gizmo(tmp_path, "tcp://127.0.0.1:1", count=6)
+    giz.knob("frdm_first").setValue(2)
+    giz.knob("frdm_last").setValue(4)
+    giz.knob("frdm_feather").setValue(3.0)
+    written = nk.submit_to_farm(giz)
+    assert written is not None, status(giz)
+    assert status(giz) == f"farm job written: {written.folder}"
+    out = tmp_path / "frdm" / "sh010_comp_v001" / "FRDM1"
+    assert written.folder == str(out / "farm_job")
+    inputs = out / "farm_inputs"
+    assert sorted(os.listdir(inputs)) == [f"source.{f:04d}.exr" for f in range(1, 7)]  # 2-4 with radius 2
+
+    cli_dir = tmp_path / "cli_job"
+    argv = ["submit", str(inputs / "source.####.exr"), str(out / "FRDM1.####.exr"), "--frames", "2-4"]
+    argv += ["--job-dir", str(cli_dir), "--name", "FRDM1", "--feather", "3", "--colorspace", "linear"]
+    assert main(argv) == 0
+    for name in (farm.TEMPLATE_FILE, farm.CLOUD_VALUES_FILE, farm.ASSETS_FILE, farm.PARAMS_FILE, farm.JOB_INFO_FILE):
+        node_text = (Path(written.folder) / name).read_text().replace(written.folder, "JOB")
+        assert node_text == (cli_dir / name).read_text().replace(str(cli_dir), "JOB"), name
