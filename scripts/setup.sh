@@ -26,4 +26,10 @@ quiet_pip "${FRDM_TORCH:-torch==2.13.0}"
 quiet_pip -e ".[engine,farm,dev]"
 "$VENV/bin/python" -c "import frdm.engine.frames, torch, cv2, OpenImageIO, zmq, msgpack, diffusers, transformers" \
   || { echo "setup: the install is incomplete (see pip's messages above)"; exit 1; }
+# The host side in Nuke 14's Python 3.9 (tests/test_host_py39.py): the base install into a 3.9 venv, where
+# pyenv has one (pip install also checks that requires-python admits 3.9).
+PY39=$(ls -d "$HOME"/.pyenv/versions/3.9*/bin/python 2>/dev/null | tail -n 1 || true)
+if [ -n "$PY39" ] && [ ! -x .venv-py39/bin/python ]; then
+  "$PY39" -m venv .venv-py39 && .venv-py39/bin/python -m pip install -q -e . 2>&1 | grep -v '^WARNING: Location' || true
+fi
 touch "$VENV/.installed"
