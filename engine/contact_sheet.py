@@ -3,13 +3,13 @@ over the source (red), side by side in one PNG. A picture says more than a numbe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
+from frdm.engine.atomic import atomic_path
 from frdm.engine.color import resolve_colorspace, to_model
 from frdm.engine.frames import Frame, SequencePattern, Source, read_frame
 
@@ -71,10 +71,11 @@ def write_contact_sheet(
     if sheet.shape[1] > max_width:
         scale = max_width / sheet.shape[1]
         sheet = cv2.resize(sheet, (max_width, int(sheet.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1])):
-        from frdm.engine.errors import InputError
+    from frdm.engine.errors import InputError
 
-        raise InputError(f"{path}: cannot write the contact sheet here (check the folder and the .png name)")
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:  # the temporary keeps the .png name OpenCV picks the format by
+            if not cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1])):
+                raise InputError(f"{path}: cannot write the contact sheet here (check the folder and the .png name)")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the contact sheet here ({exc.strerror or exc})") from None

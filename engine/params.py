@@ -564,10 +564,12 @@ def save_preset(path: str | os.PathLike[str], values: Mapping[str, Any], *, only
     base = SCHEMA.defaults()
     kept = {k: v for k, v in full.items() if not only_changed or v != base[k]}
     text = json.dumps({"frdm_preset": PRESET_FORMAT, "params": kept}, indent=2, sort_keys=True) + "\n"
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from frdm.engine.atomic import write_text
+
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise ParamError(f"preset file {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 # --- command line --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from frdm.engine import depends
+from frdm.engine import atomic, depends
 from frdm.engine import params as P
 from frdm.engine.blend import blend, feather_mask
 from frdm.engine.color import check_colorspace, from_model, representable, resolve_colorspace, to_model
@@ -265,10 +265,6 @@ def plan_restore(
         params = P.SCHEMA.update(params, {"write_matte": False})
     if not pattern.is_sequence and len(frames) > 1:
         raise InputError(f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr")
-    for n in frames:
-        src_path = source.path(n)
-        if src_path and os.path.realpath(src_path) == os.path.realpath(pattern.path(n)):
-            raise InputError(f"{out}: OUT would overwrite the source frame {src_path}; write somewhere else")
     mask_source = None
     if mask not in (None, "", "auto", "none"):
         mask_source = open_source(mask)
@@ -276,6 +272,8 @@ def plan_restore(
         params = P.SCHEMA.update(params, {"mask": "artist"})
     elif mask in ("auto", "none"):
         params = P.SCHEMA.update(params, {"mask": mask})
+    _check_no_overlap(source, mask_source, pattern, frames)
+    _check_writable(os.path.dirname(os.path.abspath(pattern.path(frames[0]))))
     check_colorspace(params["colorspace"], params["ocio_config"])
     digest = output_hash(params, restorer)
     keys = frame_keys(source, mask_source, frames, params, restorer, depends.weights_id(weights))
@@ -287,6 +285,48 @@ def plan_restore(
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
     return RestorePlan(source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), keys)
+
+
+def _check_no_overlap(source: Source, mask_source: Source | None, out: SequencePattern, frames: list[int]) -> None:
+    """No frame written may be a file that the run reads (a source frame, context included, or a mask
+    frame): writing it would destroy the input, and later frames would read restored pixels as source."""
+    written = {os.path.realpath(out.path(n)): n for n in frames}
+    for what, src in (("source", source), ("mask", mask_source)):
+        if src is None:
+            continue
+        for m in src.frame_numbers:
+            path = src.path(m)
+            if path and os.path.realpath(path) in written:
+                raise InputError(
+                    f"{out.pattern}: OUT would overwrite the {what} frame {path} (output frame "
+                    f"{written[os.path.realpath(path)]}); write somewhere else"
+                )
+
+
+def _check_writable(folder: str) -> None:
+    """One clear line, before any pixel is computed, when OUT's folder cannot be made or written."""
+    probe = folder
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise InputError(f"{folder}: cannot make the output folder ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: the output folder is not writable (no permission on {probe})")
+
+
+def _prepare_output(folder: str) -> None:
+    """Make OUT's folder, prove it takes a file (read-only mounts, quotas), and clear the temporaries that
+    a killed earlier run left there (``engine/atomic.py``)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        atomic.write_bytes(os.path.join(folder, ".frdm-write-test"), b"")
+        os.unlink(os.path.join(folder, ".frdm-write-test"))
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write the output here ({exc.strerror or exc})") from None
+    atomic.remove_stale(folder)
 
 
 def frame_keys(
@@ -353,7 +393,15 @@ def restore_sequence(
     plan = plan_restore(
         src, out, frames=frames, params=params, restorer=restorer, mask=mask, resume=resume, weights=weights
     )
+    if contact_sheet:
+        sheet = os.path.realpath(contact_sheet)
+        for src_ in (plan.source, plan.mask_source):
+            for m in src_.frame_numbers if src_ is not None else ():
+                if (path := src_.path(m)) and os.path.realpath(path) == sheet:
+                    raise InputError(f"{contact_sheet}: the contact sheet would overwrite the input {path}")
     report = RestoreReport(skipped=list(plan.skip))
+    if plan.todo:
+        _prepare_output(os.path.dirname(os.path.abspath(plan.out.path(plan.todo[0]))))
     t0 = time.perf_counter()
     compression = None if plan.params["compression"] == "same" else plan.params["compression"]
     pixel_type = None if plan.params["pixel_type"] == "same" else plan.params["pixel_type"]

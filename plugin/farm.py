@@ -29,11 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from frdm.engine.atomic import write_text
 from frdm.engine.errors import InputError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import BUILTIN_COLORSPACES, SCHEMA, save_preset
 from frdm.plugin.node import frames_needed
-from frdm.plugin.node import write_text_atomic as _atomic_text
 
 STEP_NAME = "Restore"
 SERVER_ENVIRONMENT = "FrdmServer"
@@ -437,13 +437,13 @@ def write_job(job: FarmJob, folder: str, *, validate: bool = True) -> WrittenJob
     if job.ocio_file:
         params["ocio_config"] = SCHEMA["ocio_config"].default
     save_preset(params_file, params)
-    _atomic_text(paths.template, json.dumps(template, indent=2) + "\n")
-    _atomic_text(paths.values, json.dumps(values, indent=2) + "\n")
+    write_text(paths.template, json.dumps(template, indent=2) + "\n")
+    write_text(paths.values, json.dumps(values, indent=2) + "\n")
     cloud = {"parameterValues": [{"name": k, "value": str(v)} for k, v in values.items()]}
-    _atomic_text(paths.cloud_values, json.dumps(cloud, indent=2) + "\n")
-    _atomic_text(paths.assets, json.dumps(assets, indent=2) + "\n")
-    _atomic_text(paths.job_info, job_info)
-    _atomic_text(paths.plugin_info, plugin_info)
+    write_text(paths.cloud_values, json.dumps(cloud, indent=2) + "\n")
+    write_text(paths.assets, json.dumps(assets, indent=2) + "\n")
+    write_text(paths.job_info, job_info)
+    write_text(paths.plugin_info, plugin_info)
     return paths
 
 

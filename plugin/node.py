@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frdm import __version__
-from frdm.engine import depends
+from frdm.engine import atomic, depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, Param, Params
@@ -520,10 +520,7 @@ class FrdmNode:
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
             if event.data is not None:
-                tmp = f"{path}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(event.data)
-                os.replace(tmp, path)
+                atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -646,22 +643,7 @@ def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, s
         entry = dict(entry) if isinstance(entry, dict) else {}
         entry.update({str(f): k for f, k in keys.items()})
         doc[os.path.basename(pattern.pattern)] = entry
-        write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of a name no other writer uses (pid, thread and a
-    random part: two nodes of one Nuke, or two processes, never share it) and a rename: a reader sees the
-    old file or the new one, never a half-written one."""
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+        atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 __all__ = [
@@ -679,5 +661,4 @@ __all__ = [
     "context_for",
     "describe",
     "frames_needed",
-    "write_text_atomic",
 ]

@@ -24,7 +24,6 @@ import importlib
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -38,6 +37,8 @@ import zmq
 
 from frdm import __version__
 from frdm.engine import depends
+from frdm.engine.atomic import remove_stale
+from frdm.engine.atomic import write_bytes as atomic_write_bytes
 from frdm.engine.errors import CancelledError, FrdmError
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
@@ -45,7 +46,6 @@ from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
 log = logging.getLogger("frdm.server")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-PARTIAL_PREFIX = ".frdm-partial-"  # temporary files of atomic writes; stale ones are removed
 _EXR_HEADER_PEEK = 1 << 20  # bytes read from a path-mode file to check its declared size
 
 
@@ -114,51 +114,6 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
     return real
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
-    owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def remove_stale_partials(directory: str) -> None:
-    """Temporary files a killed server on this host left behind: never leave half a frame lying around.
-    Files of a live process, or of another host (shared storage), are not touched."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    host = socket.gethostname()
-    for name in names:
-        if not name.startswith(PARTIAL_PREFIX):
-            continue
-        fields = name[len(PARTIAL_PREFIX) :].split("~")
-        if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --- result cache ------------------------------------------------------------------------------------
 
 
@@ -172,7 +127,7 @@ class ResultCache:
         self.directory = directory
         self.max_bytes = max_bytes
         os.makedirs(directory, exist_ok=True)
-        remove_stale_partials(directory)
+        remove_stale(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
 
     def _path(self, key: str) -> str:
@@ -818,7 +773,7 @@ class Server:
         if job.cancel.is_set():
             raise CancelledError(f"job {job.id} cancelled")
         for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
-            remove_stale_partials(directory)
+            remove_stale(directory)
         reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.config.chunk, len(job.remaining)))]
         # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ

@@ -100,3 +100,27 @@ def test_parameters_are_validated_once_per_run(tmp_path, monkeypatch):
     assert main(["restore", src, out, "--quiet", "--feather", "3", "--colorspace", "raw", "--mask", "none"]) == 0
     assert len(os.listdir(tmp_path / "out")) == 3
     assert counts and max(counts.values()) == 1, counts
+
+
+def test_an_artist_mask_given_as_the_output_is_refused_and_kept(tmp_path, capsys):
+    """`frdm restore SRC OUT --mask OUT` would overwrite the artist's mask files: refused, nothing written."""
+    src = _clip(tmp_path / "in")
+    masks = _clip(tmp_path / "roto")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "roto").iterdir()}
+    assert main(["restore", src, masks, "--quiet", "--mask", masks]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the mask frame" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "roto").iterdir()} == before
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_unwritable_output_folder_is_one_clear_line(tmp_path, dry_run):
+    src = _clip(tmp_path / "in")
+    (tmp_path / "file").write_text("not a folder")
+    cmd = ["restore", src, str(tmp_path / "file" / "out" / "o.####.exr"), "--quiet", *(["--dry-run"] * dry_run)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "frdm.cli", *cmd], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "cannot make the output folder" in proc.stderr

@@ -62,3 +62,21 @@ def test_cli_flags_override_presets_which_override_defaults():
     v = P.from_cli_args(args, preset={"feather": 1.0, "dust_threshold": 0.1})
     assert v["feather"] == 7.0 and v["scratches"] is False and v["dust_threshold"] == 0.1
     assert v["temporal_radius"] == P.defaults()["temporal_radius"]
+
+
+def test_validated_params_are_read_only_and_pass_through_unchecked(monkeypatch):
+    import copy
+    import pickle
+
+    v = P.validate({"feather": 3})
+    assert P.validate(v) is v and P.SCHEMA.validate(v) is v
+    with pytest.raises(TypeError, match="read-only"):
+        v["feather"] = 9.0  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(v)) == v and copy.deepcopy(v) == v
+    seen: list[str] = []
+    real = P.Param.coerce
+    monkeypatch.setattr(P.Param, "coerce", lambda self, value: seen.append(self.name) or real(self, value))
+    changed = P.SCHEMA.update(v, {"mask": "none"})
+    assert seen == ["mask"] and changed["mask"] == "none" and changed["feather"] == 3.0 and v["mask"] == "auto"
+    with pytest.raises(ParamError, match="window_overlap"):
+        P.SCHEMA.update(v, {"window": 2, "window_overlap": 3})  # cross-field rules still hold

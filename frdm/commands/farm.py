@@ -57,8 +57,8 @@ def _free_port() -> int:
 
 
 def _server_start(args: argparse.Namespace) -> int:
+    from frdm.engine.atomic import write_text
     from frdm.engine.errors import InputError
-    from frdm.plugin.node import write_text_atomic
     from frdm.server.client import FrdmClient
 
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -95,7 +95,7 @@ def _server_start(args: argparse.Namespace) -> int:
                     f"frdm serve did not answer within {args.ready_timeout:.0f} s (log: {log_path})"
                 ) from None
             time.sleep(0.5)
-    write_text_atomic(args.state, json.dumps({"address": address, "pid": proc.pid, "log": log_path}))
+    write_text(args.state, json.dumps({"address": address, "pid": proc.pid, "log": log_path}))
     print(f"openjd_status: frdm serve ready at {address} (engine {info.get('engine')})", flush=True)
     return 0
 
