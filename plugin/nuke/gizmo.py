@@ -144,6 +144,8 @@ def gizmo_text() -> str:
     # node_id names the node's jobs: stable across renames, new for a new (or pasted) node.
     user += [
         f"addUserKnob {{{_STRING} {k}node_id l node_id +INVISIBLE}}",
+        # scratch for evaluating the output knob's TCL and $ENV with its #### and %V kept (adapter._evaluate)
+        f"addUserKnob {{{_FILE} {k}output_eval l output_eval +INVISIBLE}}",
         f"addUserKnob {{{_STRING} {k}result_file l result_file +INVISIBLE}}",
         f"addUserKnob {{{_BOOL} {k}loaded l loaded +INVISIBLE}}",
         f"addUserKnob {{{_INT} {k}result_first l result_first +INVISIBLE}}",
