@@ -281,3 +281,37 @@ def _openjd_run(job_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
         timeout=300,
         cwd=cwd,
     )
+
+
+@pytest.mark.slow
+def test_a_cancelled_chunk_task_stops_its_job_and_writes_nothing(tmp_path):
+    """The farm's cancel (SIGTERM, NOTIFY_THEN_TERMINATE) reaches `frdm farm task`: it cancels its job on
+    the resident server and exits non-zero; the chunk's frames are never handed over half-done."""
+    import signal
+
+    from test_node import write_clip
+    from test_server import ServerProcess
+
+    src = write_clip(tmp_path / "plates", count=6)
+    server = ServerProcess(tmp_path / "srv", restorer="server_restorers:slow", delay=0.5).wait_ready()
+    try:
+        state = tmp_path / "frdm-server.json"
+        state.write_text(json.dumps({"address": server.address, "pid": 0}))
+        out = tmp_path / "out"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "frdm.cli", "farm", "task", "--state", str(state), src, str(out / "o.####.exr")]
+            + ["--frames", "1-6", "--mask", "none", "--progress-lines"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the server is restoring
+            if line.startswith("openjd_progress:") and float(line.split()[1]) > 0:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 2 and "cancelled" in err, err
+    assert not list(out.glob("o.*.exr"))  # nothing partial in place
