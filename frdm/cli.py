@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
     "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
     "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
+    "farm": ("frdm.commands.farm", "render-farm task helpers (a resident server per worker session, chunk tasks)"),
     "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 
