@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import msgpack
 import numpy as np
@@ -434,7 +434,7 @@ class RawImage:
         return cls(spec, buf)
 
 
-Inline = RawImage | bytes | bytearray | memoryview | str
+Inline = Union[RawImage, bytes, bytearray, memoryview, str]  # Union: the host side runs Python 3.9
 
 
 def raw_image(value: Any, blob: Any, where: str) -> RawImage:
