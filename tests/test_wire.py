@@ -7,6 +7,7 @@ left unchanged back as the source's own bytes."""
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 from frdm.server import protocol
@@ -360,3 +362,44 @@ def test_cli_keep_fill_re_blends_a_feather_change_without_the_restorer(tmp_path)
     restore_sequence(src, out, frames=[2, 3], params=dict(base, dust_threshold=0.2), restorer=restorer, keep_fill=True)
     assert restorer.restored == [2, 3, 2, 3]  # a detection knob restores again
     assert len(os.listdir(tmp_path / "out" / ".frdm-fill")) == 2  # one entry per frame, replaced
+
+
+def test_server_refuses_malformed_raw_frames_by_field_and_goes_on(server):
+    srv, restorer = server
+    good = {n: raw_frame(n) for n in (1, 2, 3)}
+    header, blobs = protocol.restore_header("bad1", "bad1", {"colorspace": "raw"}, [2], good, reply="raw")
+    cases = [
+        (lambda h, b: b.__setitem__(0, b"\0" * 10), "bad_input", "source frame 1: the pixel buffer holds 10 bytes"),
+        (
+            lambda h, b: h["sources"][1]["image"].__setitem__("types", ["half"] * 3),
+            "bad_request",
+            "sources[1].image.types",
+        ),
+        (
+            lambda h, b: h["sources"][2]["image"].__setitem__("data_window", [0, 0, -4, 2]),
+            "bad_request",
+            "sources[2].image.data_window",
+        ),
+        (
+            lambda h, b: h["sources"][0]["image"].__setitem__("data_window", [0, 0, 9000, 9000]),
+            "too_large",
+            "source frame 1: 9000x9000",
+        ),
+    ]
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(srv.endpoint)
+    try:
+        for i, (spoil, code, text) in enumerate(cases):
+            h = copy.deepcopy(header)
+            h["id"] = h["job"] = f"bad{i}"
+            b = [bytes(memoryview(x).cast("B")) for x in blobs]
+            spoil(h, b)
+            sock.send_multipart(protocol.encode(h, b))
+            assert sock.poll(10000)
+            reply = protocol.unpack(sock.recv_multipart()[0])
+            assert reply["type"] == "error" and reply["code"] == code and text in reply["message"], reply
+    finally:
+        sock.close(0)
+    assert restorer.restored == []
+    assert run(srv.endpoint, {}, good, frames=(2,))  # the server goes on serving
