@@ -161,9 +161,13 @@ def restore_frames(
                 )
             # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
             # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
-            changed = np.any(restored.image != clip.frames[i], axis=-1)
+            image = restored.image
+            if restored.base is not None and params["mask"] == "auto":  # deflicker: defects filled over the base
+                image = restored.base + mask[..., None] * (restored.image - restored.base)
+                mask = np.ones(mask.shape, np.float32)
+            changed = np.any(image != clip.frames[i], axis=-1)
             mask = mask * in_range[i] * changed
-            back = from_model(restored.image, params["colorspace"], params["ocio_config"])
+            back = from_model(image, params["colorspace"], params["ocio_config"])
             pixels = original.pixels.copy()
             if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                 grey = back.mean(axis=-1, keepdims=True)
