@@ -6,7 +6,7 @@ The frames are real scanned film (the shared data's The Great Train Robbery, 480
 the detector sees real dust, grain and flicker. The benchmark stops with an error if that data is missing: a
 synthetic stand-in would measure something else (random noise makes half the frame a "defect").
 
-    python benchmarks/classical_speed.py [--frames 6] [--json out.json] [--rss]
+    python benchmarks/classical_speed.py [--frames 6] [--json out.json] [--rss] [--reference COMMIT]
     (FRDM_SHARED=/path/to/shared when the shared folder is not beside the checkout)
 
 Figures from one run; this machine is shared and noisy (compare sizes and engines within one run).
@@ -28,7 +28,6 @@ import numpy as np
 
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
-from frdm.engine.classical import flow as classical_flow
 from frdm.engine.restorer import Clip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,14 +55,41 @@ def real_film_clip(size: tuple[int, int], frames: int) -> np.ndarray:
     return np.stack(out).astype(np.float32) / 255.0
 
 
-def measure(size: tuple[int, int], frames: int) -> dict:
+def reference_engine(commit: str) -> type:
+    """The ClassicalRestorer of an earlier commit (``engine/classical`` from git, imported under another name),
+    so that before and after are measured in one run on the same loaded machine."""
+    import importlib
+    import tempfile
+
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True, capture_output=True, text=True)
+    repo = root.stdout.strip()
+    names = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit, "engine/classical/"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    folder = tempfile.mkdtemp(prefix="frdm_ref_")
+    package = "frdm_classical_" + commit[:8]
+    os.makedirs(os.path.join(folder, package))
+    for name in names:
+        text = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=repo, check=True, capture_output=True, text=True)
+        with open(os.path.join(folder, package, os.path.basename(name)), "w") as fh:
+            fh.write(text.stdout.replace("frdm.engine.classical", package))
+    sys.path.insert(0, folder)
+    return importlib.import_module(package).ClassicalRestorer
+
+
+def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer) -> dict:
     clip_frames = real_film_clip(size, frames + 4)
     params = P.validate({})
     targets = list(range(2, frames + 2))
     clip = Clip(clip_frames, list(range(len(clip_frames))), targets)
     flow_time = [0.0]
     flow_calls = [0]
-    real_call = classical_flow.FlowEstimator.__call__
+    flow_module = sys.modules[engine.__module__.rsplit(".", 1)[0] + ".flow"]
+    real_call = flow_module.FlowEstimator.__call__
 
     def timed(self, a, b):
         t0 = time.perf_counter()
@@ -72,14 +98,15 @@ def measure(size: tuple[int, int], frames: int) -> dict:
         flow_calls[0] += 1
         return out
 
-    classical_flow.FlowEstimator.__call__ = timed
+    flow_module.FlowEstimator.__call__ = timed
     try:
         t0 = time.perf_counter()
-        coverage = [float((r.matte > 0.5).mean()) for r in ClassicalRestorer().restore(clip, params)]
+        coverage = [float((r.matte > 0.5).mean()) for r in engine().restore(clip, params)]
         total = time.perf_counter() - t0
     finally:
-        classical_flow.FlowEstimator.__call__ = real_call
+        flow_module.FlowEstimator.__call__ = real_call
     return {
+        "engine": engine.engine_version if hasattr(engine, "engine_version") else engine.__module__,
         "size": f"{size[0]}x{size[1]}",
         "frames": frames,
         "seconds": round(total, 3),
@@ -125,14 +152,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=6, help="frames restored at 2K (x2 at 720p, x3 at 480x368)")
     ap.add_argument("--rss", action="store_true", help="also measure the peak RSS of 12- and 24-frame 2K runs")
+    ap.add_argument("--reference", help="also measure the classical engine of this git commit (before/after)")
     ap.add_argument("--json")
     args = ap.parse_args()
     cv2.setNumThreads(2)
-    per_size = {SIZES[0]: args.frames * 3, SIZES[1]: args.frames * 2, SIZES[2]: args.frames}
-    results = [measure(size, n) for size, n in per_size.items()]
-    summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2, "results": results}
-    if args.rss:
+    summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2}
+    if args.rss:  # first: a child's peak RSS starts from its parent's at the fork
         summary["peak_rss_2k"] = [pipeline_peak_rss(12), pipeline_peak_rss(24)]
+    engines = [ClassicalRestorer] + ([reference_engine(args.reference)] if args.reference else [])
+    per_size = {SIZES[0]: args.frames * 3, SIZES[1]: args.frames * 2, SIZES[2]: args.frames}
+    # Interleaved per size, so a change of the machine's load hits both engines alike.
+    summary["results"] = [measure(size, n, engine) for size, n in per_size.items() for engine in engines]
     summary["this_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -54,6 +54,15 @@ class SpikeDetector:
         dark = np.minimum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
         return np.maximum(bright, dark)
 
+    def suspects(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray, spike: np.ndarray) -> np.ndarray:
+        """Pixels outside the 3x3 range of *either* neighbour near a (half-threshold) spike: where a speck may
+        have pulled the flow along, so that one neighbour shows the speck's brightness too."""
+        box = np.ones((3, 3), np.uint8)
+        bright = np.maximum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+        dark = np.maximum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+        near = cv2.dilate((spike > 0.5 * self.threshold).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+        return (np.maximum(bright, dark) > self.threshold) & near
+
     def __call__(
         self,
         frame: np.ndarray,

@@ -47,15 +47,25 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return cv2.remap(image, xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def warp_points(image: np.ndarray, flow: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``warp(image, flow)`` at the pixels (ys, xs) only: (N, C). Fills need colour at a few thousand pixels,
-    not a whole warped RGB frame (at 2K that is 38 MB and ~30 ms per neighbour)."""
-    if len(ys) == 0:
-        return np.zeros((0,) + image.shape[2:], image.dtype)
-    fx = (xs.astype(np.float32) + flow[ys, xs, 0])[:, None]
-    fy = (ys.astype(np.float32) + flow[ys, xs, 1])[:, None]
-    out = cv2.remap(image, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape((len(ys),) + image.shape[2:])
+def remap_points(
+    image: np.ndarray, sx: np.ndarray, sy: np.ndarray, interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """``image`` sampled at the points (sx, sy): (N,) + image.shape[2:]. Fills need colour at a few thousand
+    pixels, not a whole warped RGB frame (at 2K that is 38 MB and ~30 ms per neighbour). The points go to
+    cv2.remap as rows of 1024 (it refuses maps longer than 32767 in either direction)."""
+    n = len(sx)
+    tail = image.shape[2:]
+    if n == 0:
+        return np.zeros((0,) + tail, image.dtype)
+    width = 1024
+    rows = -(-n // width)
+    mx = np.zeros(rows * width, np.float32)
+    my = np.zeros(rows * width, np.float32)
+    mx[:n], my[:n] = sx, sy
+    out = cv2.remap(
+        image, mx.reshape(rows, width), my.reshape(rows, width), interpolation, borderMode=cv2.BORDER_REPLICATE
+    )
+    return out.reshape((rows * width,) + tail)[:n]
 
 
 def magnitude(vectors: np.ndarray) -> np.ndarray:

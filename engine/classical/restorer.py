@@ -37,6 +37,7 @@ from frdm.engine.classical.flow import (
     flow_input,
     luminance,
     magnitude,
+    remap_points,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -45,7 +46,10 @@ from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 # not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
 # must stay valid when they change (engine/params.py).
 FILL_MARGIN = 6
-FLOW_MAX_SIDE = 1280  # px: larger frames get their flow on a reduced copy (2K: half size)
+# px: larger frames get their flow on a reduced copy (1280x720: half size, 2K: quarter size). The spike test
+# compares 3x3 ranges at full size and the fill follows smooth motion: neither needs flow finer than this, and
+# DIS plus its checks are most of the time per frame.
+FLOW_MAX_SIDE = 640
 TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this neighbourhood had reliable flow
 
 
@@ -130,10 +134,20 @@ class _Motion:
     def __init__(self, forward: np.ndarray, backward: np.ndarray, reliability: float, scale: int):
         self.scale = scale
         reliable = fb_error(forward, backward) < reliability / scale
+        self.forward, self.reliable_raw = forward, reliable
         self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
         window = max(3, (TRUST_WINDOW // scale) | 1)
         self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
         self._full: np.ndarray | None = None
+
+    def exclude(self, suspect: np.ndarray) -> None:
+        """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
+        blotch larger than the flow's median filter drags the flow with it (to some bright or dark patch of
+        the neighbour), and can pass the forward-backward check doing so."""
+        h, w = self.flow.shape[:2]
+        small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self._full = None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
@@ -158,9 +172,9 @@ class _Motion:
             return self.flow[ys, xs], self.trusted[ys, xs]
         s = float(self.scale)
         # Bilinear on the reduced grid, pixel centres aligned as cv2.resize aligns them.
-        fx = ((xs.astype(np.float32) + 0.5) / s - 0.5)[:, None]
-        fy = ((ys.astype(np.float32) + 0.5) / s - 0.5)[:, None]
-        vec = cv2.remap(self.flow, fx, fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1, 2) * s
+        fx = (xs.astype(np.float32) + 0.5) / s - 0.5
+        fy = (ys.astype(np.float32) + 0.5) / s - 0.5
+        vec = remap_points(self.flow, fx, fy) * s
         h, w = self.trusted.shape
         ty = np.minimum(ys // self.scale, h - 1)
         tx = np.minimum(xs // self.scale, w - 1)
@@ -184,8 +198,6 @@ class ClassicalRestorer:
         frames = clip.frames
         count, h, w = frames.shape[:3]
         shape = (h, w)
-        # Flow (and its checks and hole filling) at no more than FLOW_MAX_SIDE: at 2K DIS and the filling cost
-        # 4x more at full size for motion that a 3x3 rank-order test and a fill do not need finer.
         scale = max(1, int(np.ceil(max(h, w) / FLOW_MAX_SIDE)))
         # Room for every pair a window's frames share, as the window slides.
         self._flows.size = max(self._flows.size, 8 * radius + 8)
@@ -225,6 +237,15 @@ class ClassicalRestorer:
                 warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
                 warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
                 spike = spikes.spikes(grey, warped_p, warped_n)
+                suspect = spikes.suspects(grey, warped_p, warped_n, spike)
+                if suspect.any():
+                    # Second look with the flow inside every candidate speck taken from around it.
+                    suspect = cv2.dilate(suspect.astype(np.uint8), _disc(2)) > 0
+                    for k in {p, n}:
+                        motion[k].exclude(suspect)
+                    warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
+                    warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+                    spike = spikes.spikes(grey, warped_p, warped_n)
                 speed = magnitude(motion[p].full(shape))
                 matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable)
             if use_scratches:
@@ -233,7 +254,7 @@ class ClassicalRestorer:
                 if spike is not None and trusted is not None:
                     matte |= scratches.transient(data.candidates(t), spike, trusted)
 
-            restored = frames[t].copy()
+            restored = frames[t]  # never written to: a frame without defects is returned as it came
             if matte.any():
                 restored = self._fill(data, t, neighbours, motion, matte, use_scratches)
             base = None
@@ -266,12 +287,11 @@ class ClassicalRestorer:
             vec, ok = motion[k].at(ys, xs)
             sx, sy = xs + vec[:, 0], ys + vec[:, 1]
             ok = ok & (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
-            mx, my = sx.astype(np.float32)[:, None], sy.astype(np.float32)[:, None]
-            colours = cv2.remap(frames[k], mx, my, cv2.INTER_LINEAR).reshape(-1, 3)
+            colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
             if use_scratches:
                 # A neighbour's own scratch at this spot is no fill material.
-                own = cv2.remap(data.candidates(k).view(np.uint8) * np.uint8(255), mx, my, cv2.INTER_LINEAR)
-                ok &= own.reshape(-1) <= 25
+                own = remap_points(data.candidates(k).view(np.uint8) * np.uint8(255), sx, sy)
+                ok &= own <= 25
             return colours, ok
 
         values, ok = temporal_fill(frames[t], sample, neighbours, labels, ring, count)
@@ -281,7 +301,7 @@ class ClassicalRestorer:
         leftover = np.zeros_like(region)
         leftover[ys[~ok], xs[~ok]] = True
         if leftover.any():
-            restored = spatial_fill(restored, leftover, matte)
+            spatial_fill(restored, leftover, matte, out=restored)
         return restored
 
 
