@@ -61,7 +61,13 @@ class SpikeDetector:
         bright = np.maximum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
         dark = np.maximum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
         near = cv2.dilate((spike > 0.5 * self.threshold).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
-        return (np.maximum(bright, dark) > self.threshold) & near
+        found = (np.maximum(bright, dark) > self.threshold) & near
+        # Only small ones: taking the flow of a large region from its surroundings would make a moving object
+        # (whose own flow was right) look like a blotch over the background both neighbours show.
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] <= self.large_share * frame.size
+        small[0] = False
+        return small[labels]
 
     def __call__(
         self,
@@ -213,7 +219,7 @@ class ScratchDetector:
         ys, xs = np.nonzero(current)
         lab = labels[ys, xs]
         count = np.maximum(np.bincount(lab, minlength=n), 1)
-        absent = (spike[ys, xs] > 0.5 * self.threshold) & trusted[ys, xs]
+        absent = (spike[ys, xs] > self.threshold) & trusted[ys, xs]
         keep = np.bincount(lab, absent, minlength=n) / count >= 0.6
         keep[0] = False
         found = keep[labels]
