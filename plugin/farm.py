@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from frdm.engine.atomic import write_text
 from frdm.engine.errors import InputError
 from frdm.engine.frames import SequencePattern, format_frame_range
 from frdm.engine.params import SCHEMA, save_preset
@@ -227,20 +228,13 @@ def write_job(job: FarmJob, folder: str, *, validate: bool = True) -> WrittenJob
     )
     job_info, plugin_info = deadline_files(job, params_file)
     values = parameter_values(job, params_file)
-    _atomic_text(paths.template, json.dumps(template, indent=2) + "\n")
-    _atomic_text(paths.values, json.dumps(values, indent=2) + "\n")
+    write_text(paths.template, json.dumps(template, indent=2) + "\n")
+    write_text(paths.values, json.dumps(values, indent=2) + "\n")
     cloud = {"parameterValues": [{"name": k, "value": str(v)} for k, v in values.items()]}
-    _atomic_text(os.path.join(folder, CLOUD_VALUES_FILE), json.dumps(cloud, indent=2) + "\n")
-    _atomic_text(paths.job_info, job_info)
-    _atomic_text(paths.plugin_info, plugin_info)
+    write_text(os.path.join(folder, CLOUD_VALUES_FILE), json.dumps(cloud, indent=2) + "\n")
+    write_text(paths.job_info, job_info)
+    write_text(paths.plugin_info, plugin_info)
     return paths
-
-
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def chunks(frames: Sequence[int], size: int) -> list[tuple[int, int]]:

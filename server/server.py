@@ -21,16 +21,14 @@ import collections
 import contextlib
 import hashlib
 import importlib
-import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,15 +36,16 @@ import msgpack
 import zmq
 
 from frdm import __version__
+from frdm.engine import depends
+from frdm.engine.atomic import remove_stale
+from frdm.engine.atomic import write_bytes as atomic_write_bytes
 from frdm.engine.errors import CancelledError, FrdmError
-from frdm.engine.params import stage_hash
 from frdm.server import protocol
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
 
 log = logging.getLogger("frdm.server")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-PARTIAL_PREFIX = ".frdm-partial-"  # temporary files of atomic writes; stale ones are removed
 _EXR_HEADER_PEEK = 1 << 20  # bytes read from a path-mode file to check its declared size
 
 
@@ -115,51 +114,6 @@ def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: b
     return real
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    # host and pid in the name: on shared storage only a dead writer's leftovers are ever removed
-    owner = f"{socket.gethostname()}~{os.getpid()}~{threading.get_ident()}"
-    tmp = os.path.join(directory, f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def remove_stale_partials(directory: str) -> None:
-    """Temporary files a killed server on this host left behind: never leave half a frame lying around.
-    Files of a live process, or of another host (shared storage), are not touched."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    host = socket.gethostname()
-    for name in names:
-        if not name.startswith(PARTIAL_PREFIX):
-            continue
-        fields = name[len(PARTIAL_PREFIX) :].split("~")
-        if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(directory, name))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --- result cache ------------------------------------------------------------------------------------
 
 
@@ -173,7 +127,7 @@ class ResultCache:
         self.directory = directory
         self.max_bytes = max_bytes
         os.makedirs(directory, exist_ok=True)
-        remove_stale_partials(directory)
+        remove_stale(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
 
     def _path(self, key: str) -> str:
@@ -211,23 +165,6 @@ class ResultCache:
             except OSError:
                 pass
         self._size = total
-
-
-def cache_key(
-    frame: int,
-    params_hash: str,
-    engine_version: str,
-    source_hashes: Iterable[tuple[int, str]],
-    mask_hashes: Iterable[tuple[int, str]],
-) -> str:
-    """One target frame's key. Its inputs are the frames in its context window (the restorer's
-    ``context``), listed with their content hashes, so changing a neighbour invalidates the frame."""
-    blob = json.dumps(
-        {"f": frame, "p": params_hash, "e": engine_version, "s": list(source_hashes), "m": list(mask_hashes)},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # --- jobs and the fair queue -------------------------------------------------------------------------
@@ -371,6 +308,7 @@ class Server:
         check_bind(config.bind, config.curve_keys)
         self.restorer = restorer if restorer is not None else self._create_restorer()
         self.engine_version = str(getattr(self.restorer, "engine_version", "unknown"))
+        self.weights_id = depends.weights_id(config.weights)  # once: frames' keys and the hello carry it
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
@@ -590,6 +528,7 @@ class Server:
             "protocol": protocol.PROTOCOL_VERSION,
             "engine": self.config.engine if not self.config.restorer_factory else self.config.restorer_factory,
             "engine_version": self.engine_version,
+            "weights_id": self.weights_id,
             "device": _device_name(self.restorer, self.config.device),
             "memory": _memory(),
             "limits": self.limits.to_wire(),
@@ -834,22 +773,24 @@ class Server:
         if job.cancel.is_set():
             raise CancelledError(f"job {job.id} cancelled")
         for directory in {os.path.dirname(p) for p in job.output_paths.values()}:
-            remove_stale_partials(directory)
-        before, after = self.restorer.context(params)
-        params_hash = stage_hash(params, "output", self.engine_version)
+            remove_stale(directory)
+        reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.config.chunk, len(job.remaining)))]
-        # The pipeline's context is positional: the `before`/`after` nearest frames the source has.
+        # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ
+        # from the built-in ones), positional like the pipeline's.
         available = sorted(job.req.sources)
-        position = {n: i for i, n in enumerate(available)}
         keys = {}
         for f in targets:
-            window = available[max(0, position[f] - before) : position[f] + after + 1]
-            keys[f] = cache_key(
+            window = depends.window_at(f, reach, available)
+            keys[f] = depends.frame_key(
                 f,
-                params_hash,
-                self.engine_version,
-                [(n, self._hash(job, "sources", n)) for n in window],
-                [(n, self._hash(job, "masks", n)) for n in window if n in job.req.masks],
+                params,
+                "output",
+                window=window,
+                sources={n: self._hash(job, "sources", n) for n in window},
+                masks={f: self._hash(job, "masks", f)} if f in job.req.masks else None,
+                engine_version=self.engine_version,
+                weights_id=self.weights_id,
             )
         cached = {f: data for f in targets if (data := self.cache.get(keys[f])) is not None}
         todo = [f for f in targets if f not in cached]

@@ -176,8 +176,8 @@ def test_gizmo_file_is_generated_from_the_schema(nk):
     for p in SCHEMA:
         knob = giz.knob(G.knob_name(p.name))
         assert knob is not None, p.name
-        assert knob.value() == G.NUKE_DEFAULTS.get(p.name, p.default), p.name
-    assert nk.params_from_knobs(giz) == SCHEMA.validate(G.NUKE_DEFAULTS)
+        assert knob.value() == p.default, p.name  # every default is the schema's (colorspace 'auto' too)
+    assert nk.params_from_knobs(giz) == SCHEMA.validate({})
     for key in (
         "server",
         "first",
@@ -258,7 +258,7 @@ def test_restore_range_in_the_gui(nk, tmp_path, classical_server):
     assert giz.knob("frdm_loaded").value() is True
     assert ("execute_knob", "FRDM_Result", "reload") in fake_nuke.calls
     assert sorted(os.listdir(out)) == [".frdm-node.json", "FRDM1.0002.exr", "FRDM1.0003.exr"]  # inputs removed
-    expected = in_process(src, [2, 3], SCHEMA.validate(G.NUKE_DEFAULTS))
+    expected = in_process(src, [2, 3], SCHEMA.validate({}))
     np.testing.assert_array_equal(pixels(str(out / "FRDM1.0003.exr")), expected[3])
 
     # unchanged knobs and inputs: answered from the last render
@@ -364,16 +364,36 @@ def test_presets_next_to_the_script(nk, tmp_path):
     assert path == str(tmp_path / "sh010_comp_v001.FRDM1.frdm.json")
     from frdm.engine.params import load_preset
 
-    assert load_preset(path) == {"feather": 5.5, "colorspace": "linear"}  # only what differs from the defaults
+    assert load_preset(path) == {"feather": 5.5}  # only what differs from the defaults
     giz.knob("frdm_feather").setValue(1.0)
     giz.knob("frdm_dust_threshold").setValue(0.2)
-    assert nk.load_preset(giz) == {"feather": 5.5, "colorspace": "linear"}
+    assert nk.load_preset(giz) == {"feather": 5.5}
     assert giz.knob("frdm_feather").value() == 5.5 and giz.knob("frdm_dust_threshold").value() == 0.06
 
     fake_nuke.fake_reset(script="", gui=True)  # an unsaved script has no "next to"
     giz = fake_nuke.fake_load_gizmo(str(GIZMO))
     assert nk.save_preset(giz) == ""
     assert status(giz).startswith("error: cannot save the preset: save the script first")
+
+
+def test_a_preset_round_trips_between_the_cli_and_the_node_unchanged(nk, tmp_path):
+    """Every host default is the schema's: a CLI preset loaded into the node and saved again is the same file
+    (an sRGB shot stays sRGB, 'auto' stays 'auto'), and the other way round."""
+    from frdm.cli import main
+    from frdm.engine.params import load_preset
+
+    giz = fake_nuke.fake_load_gizmo(str(GIZMO))
+    src = write_clip(tmp_path / "in", count=2)
+    for given in ({"colorspace": "srgb", "feather": 3.0}, {"colorspace": "auto", "mask": "none"}, {}):
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in given.items()]
+        cli = tmp_path / "cli.json"
+        node = tmp_path / "node.json"
+        out = str(tmp_path / "o.####.exr")
+        assert main(["restore", src, out, *flags, "--save-preset", str(cli), "--dry-run"]) == 0
+        assert nk.load_preset(giz, str(cli)) == load_preset(cli)
+        assert nk.save_preset(giz, str(node)) == str(node)
+        assert node.read_text() == cli.read_text(), given
+        assert nk.params_from_knobs(giz) == SCHEMA.validate(load_preset(cli))
 
 
 def test_terminal_mode_runs_to_the_end(nk, tmp_path, classical_server):

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from frdm.engine import depends
 from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
 from frdm.engine.classical.fill import region_rings, spatial_fill, temporal_fill
@@ -182,14 +183,13 @@ class _Motion:
 
 
 class ClassicalRestorer:
-    engine_version = "classical-2"
+    engine_version = depends.ENGINE_VERSIONS["classical"]
 
     def __init__(self) -> None:
         self._flows = _FlowCache()
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
-        r = int(params["temporal_radius"])
-        return r, r
+        return depends.context({**params, "engine": "classical"})
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress

@@ -20,13 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="source: name.####.exr, name.%%04d.dpx, a single image or a movie")
     parser.add_argument("out", metavar="OUT", help="output sequence, e.g. restored.####.exr")
     parser.add_argument("--frames", help="frames to restore, e.g. 1-48, 1-48x2, 1,5,9-12 (default: all on disk)")
-    parser.add_argument(
-        "--mask",
-        default=None,
-        metavar="SEQ|auto|none",
-        help="which pixels may change: auto (detected defects), none (whole frame), or an artist "
-        "mask sequence (its alpha, or --mask-channel)",
-    )
     parser.add_argument("--preset", help="per-shot parameter file (JSON, see `frdm.engine.params.save_preset`)")
     parser.add_argument("--save-preset", metavar="FILE", help="write the effective parameters to FILE and go on")
     parser.add_argument("--weights", help="folder of local weights (diffusion engine)")
@@ -35,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    P.add_cli_arguments(parser, exclude=("mask",))
+    P.add_cli_arguments(parser)  # --mask SEQ|auto|none|artist among them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     preset = P.load_preset(args.preset) if args.preset else None
     params = P.from_cli_args(args, preset)
+    mask = P.cli_paths(args).get("mask")
     frames = parse_frame_range(args.frames) if args.frames is not None else None
     if args.save_preset:
         P.save_preset(args.save_preset, params)
@@ -56,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             frames=frames,
             params=params,
             restorer=restorer,
-            mask=args.mask,
+            mask=mask,
             resume=not args.no_resume,
             weights=args.weights,
         )
@@ -82,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             frames=frames,
             params=params,
-            mask=args.mask,
+            mask=mask,
             restorer=restorer,
             progress=progress,
             resume=not args.no_resume,

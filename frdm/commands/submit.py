@@ -28,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job-dir", required=True, help="folder for the job files (visible from the farm)")
     parser.add_argument("--name", default="", help="job name (default: from the output name)")
     parser.add_argument("--preset", help="per-shot parameter file (JSON)")
-    parser.add_argument("--mask", default=None, metavar="SEQ|auto|none", help="as for frdm restore")
     parser.add_argument("--weights", help="weights folder on the render nodes (diffusion engine)")
     parser.add_argument(
         "--frdm-command",
@@ -40,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deadline", action="store_true", help="also submit to Deadline now (needs deadlinecommand on PATH)"
     )
-    P.add_cli_arguments(parser, exclude=("mask",))
+    P.add_cli_arguments(parser)  # --mask SEQ|auto|none|artist among them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         params,
         chunk_size=args.chunk_size,
         name=args.name,
-        mask=args.mask,
+        mask=P.cli_paths(args).get("mask"),
         weights=args.weights,
         command=shlex.split(args.frdm_command),
         priority=args.priority,

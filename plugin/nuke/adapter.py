@@ -37,7 +37,7 @@ from frdm.engine.params import SCHEMA
 from frdm.engine.params import load_preset as _load_preset_file
 from frdm.engine.params import save_preset as _save_preset_file
 from frdm.plugin.node import FrdmNode, Inputs, RenderError, RenderJob, check_range, frames_needed
-from frdm.plugin.nuke.gizmo import DEFAULT_SERVER, KNOB_PREFIX, NUKE_DEFAULTS, knob_name
+from frdm.plugin.nuke.gizmo import DEFAULT_SERVER, KNOB_PREFIX, knob_name
 
 RESULT_READ = "FRDM_Result"
 SOURCE_INPUT = "Source"
@@ -90,7 +90,6 @@ def on_create(node: nuke.Node) -> None:
     for p in SCHEMA:
         if node.knob(knob_name(p.name)) is not None:
             continue
-        default = NUKE_DEFAULTS.get(p.name, p.default)
         knob: nuke.Knob
         if p.kind == "bool":
             knob = nuke.Boolean_Knob(knob_name(p.name), p.knob_label)
@@ -104,7 +103,7 @@ def on_create(node: nuke.Node) -> None:
             knob = nuke.String_Knob(knob_name(p.name), p.knob_label)
         knob.setTooltip(p.help)
         node.addKnob(knob)
-        knob.setValue(default)
+        knob.setValue(p.default)
 
 
 def frdm_node(node: nuke.Node) -> FrdmNode:
@@ -416,7 +415,7 @@ def load_preset(node: nuke.Node, path: str | None = None) -> dict[str, Any]:
     try:
         target = path or preset_path(node)
         values = _load_preset_file(target)
-        full = {**SCHEMA.defaults(), **NUKE_DEFAULTS, **values}
+        full = {**SCHEMA.defaults(), **values}
         set_knobs(node, full)
     except (FrdmError, OSError) as exc:
         _report(node, f"cannot load the preset: {exc}")

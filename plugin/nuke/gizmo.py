@@ -20,8 +20,6 @@ from frdm.engine.params import SCHEMA, Param
 
 KNOB_PREFIX = "frdm_"
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
-#: Nuke works in scene-linear light: the node's default colour space differs from the CLI's (sRGB files).
-NUKE_DEFAULTS = {"colorspace": "linear"}
 
 # Nuke's addUserKnob type numbers.
 _STRING, _FILE, _INT, _ENUM, _BOOL, _DOUBLE, _TAB, _PYSCRIPT, _TEXT = 1, 2, 3, 4, 6, 7, 20, 22, 26
@@ -77,8 +75,7 @@ def param_knob_lines(p: Param) -> list[str]:
         head = f"addUserKnob {{{_ENUM} {name} l {label} t {tip} M {{{' '.join(p.choices)}}}}}"
     else:
         head = f"addUserKnob {{{_STRING} {name} l {label} t {tip}}}"
-    default = NUKE_DEFAULTS.get(p.name, p.default)
-    return [head, f"{name} {_value(p, default)}"]
+    return [head, f"{name} {_value(p, p.default)}"]  # the schema's default: no host has its own
 
 
 def _button(key: str, label: str, func: str, startline: bool) -> str:
