@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-STATS_SIDE = 256  # px: the statistics are smooth, so they are computed on a copy about this size
+STATS_SIDE = 128  # px: the statistics are smooth (sigma ~5 px here), so they are computed on a copy about this size
 WINDOW = 1.0 / 24.0  # Gaussian sigma of the local statistics, as a fraction of the frame's larger side
 MIN_STD = 0.01  # std floor (0-1 units): in flat areas the gain is undetermined and must stay near 1
 GAIN_RANGE = (0.5, 2.0)
