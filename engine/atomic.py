@@ -28,11 +28,16 @@ from collections.abc import Iterator
 PARTIAL_PREFIX = ".frdm-partial-"
 
 
-def temp_path(path: str | os.PathLike[str]) -> str:
-    """A fresh temporary name beside ``path`` (see the module docstring for the form)."""
-    path = os.path.abspath(os.fspath(path))
+def temp_name(name: str) -> str:
+    """A fresh temporary file name for a destination called ``name`` (see the module docstring)."""
     owner = f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:12]}"
-    return os.path.join(os.path.dirname(path), f"{PARTIAL_PREFIX}{owner}~{os.path.basename(path)}")
+    return f"{PARTIAL_PREFIX}{owner}~{name}"
+
+
+def temp_path(path: str | os.PathLike[str]) -> str:
+    """A fresh temporary name beside ``path``."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.dirname(path), temp_name(os.path.basename(path)))
 
 
 @contextlib.contextmanager
@@ -68,6 +73,26 @@ def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryvi
         fh.write(data)
 
 
+def write_bytes_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview) -> None:
+    """``write_bytes`` into the open folder ``dir_fd``: the temporary is made there (O_EXCL, O_NOFOLLOW) and
+    renamed over ``name`` relative to the descriptor, so no path is looked up again on the way: a folder
+    swapped for a symlink meanwhile is never followed, and a symlink at ``name`` is replaced, not written
+    through. The server writes path-mode outputs this way (folders reached from its allowed root)."""
+    tmp = temp_name(name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))
@@ -78,8 +103,9 @@ def is_partial(name: str) -> bool:
     return os.path.basename(name).startswith(PARTIAL_PREFIX)
 
 
-def remove_stale(directory: str | os.PathLike[str]) -> list[str]:
-    """Remove the temporaries that dead writers on this host left in ``directory``; return their names."""
+def remove_stale(directory: str | os.PathLike[str] | int) -> list[str]:
+    """Remove the temporaries that dead writers on this host left in ``directory`` (a path, or an open
+    folder descriptor: then nothing is looked up by path); return their names."""
     try:
         names = os.listdir(directory)
     except OSError:
@@ -93,7 +119,10 @@ def remove_stale(directory: str | os.PathLike[str]) -> list[str]:
         if len(fields) < 4 or fields[0] != host or not fields[1].isdigit() or _alive(int(fields[1])):
             continue
         with contextlib.suppress(OSError):
-            _remove(os.path.join(os.fspath(directory), name))
+            if isinstance(directory, int):
+                os.unlink(name, dir_fd=directory)  # a file: a folder temporary of ours is never made in one
+            else:
+                _remove(os.path.join(os.fspath(directory), name))
             removed.append(name)
     return removed
 
@@ -148,4 +177,14 @@ def _sync_dir(directory: str) -> None:
         os.close(fd)
 
 
-__all__ = ["PARTIAL_PREFIX", "atomic_path", "is_partial", "remove_stale", "temp_path", "write_bytes", "write_text"]
+__all__ = [
+    "PARTIAL_PREFIX",
+    "atomic_path",
+    "is_partial",
+    "remove_stale",
+    "temp_name",
+    "temp_path",
+    "write_bytes",
+    "write_bytes_at",
+    "write_text",
+]

@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -607,19 +607,43 @@ def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str
     return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
 
 
+#: Read-modify-write of a manifest is one critical section per process (two nodes, one folder); across
+#: processes (two Nukes, a farm task) an advisory lock on the folder itself does the same where the OS has
+#: one (no lock file left behind; the manifest cannot be locked as it is replaced by a rename).
+_MANIFEST_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _manifest_locked(path: str) -> Iterator[None]:
+    with _MANIFEST_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the in-process lock and the unique temporary name still hold
+            yield
+            return
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
 def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
     path = _manifest_path(out_dir, pattern)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-        if not isinstance(doc, dict):
+    with _manifest_locked(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if not isinstance(doc, dict):
+                doc = {}
+        except (OSError, ValueError):
             doc = {}
-    except (OSError, ValueError):
-        doc = {}
-    entry = dict(_read_manifest(out_dir, pattern))
-    entry.update({str(f): k for f, k in keys.items()})
-    doc[os.path.basename(pattern.pattern)] = entry
-    atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
+        entry = doc.get(os.path.basename(pattern.pattern))
+        entry = dict(entry) if isinstance(entry, dict) else {}
+        entry.update({str(f): k for f, k in keys.items()})
+        doc[os.path.basename(pattern.pattern)] = entry
+        atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 __all__ = [

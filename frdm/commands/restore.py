@@ -26,8 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
     parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
+    parser.add_argument("--qc", metavar="DIR", help="then check the result: `frdm qc SRC OUT --dir DIR`")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--progress-lines",
+        action="store_true",
+        help="print progress as lines for render farms ('openjd_progress: N', 'Progress: N%%') instead of a bar",
+    )
     P.add_cli_arguments(parser)  # --mask SEQ|auto|none|artist among them
 
 
@@ -58,12 +64,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     bar = None
-    if not args.quiet:
+    if not args.quiet and not args.progress_lines:
         from tqdm import tqdm
 
         bar = tqdm(total=1, unit="frame", dynamic_ncols=True, file=sys.stderr)
+    last_line = [""]
 
     def progress(done: float, total: float, message: str) -> None:
+        if args.progress_lines:  # a farm task: lines OpenJD and Deadline parse, each printed once
+            from frdm.plugin.farm import progress_lines
+
+            line = progress_lines(done, total)
+            if line != last_line[0]:
+                print(line, flush=True)
+                last_line[0] = line
         if bar is not None:
             bar.total = int(total) if float(total).is_integer() else total
             bar.n = int(done) if float(done).is_integer() else round(done, 2)
@@ -94,6 +108,19 @@ def run(args: argparse.Namespace) -> int:
     if report.contact_sheet:
         summary += f"; contact sheet {report.contact_sheet}"
     print(summary, file=sys.stderr)
+    if args.qc:
+        from frdm.commands.qc import print_summary, run_qc
+
+        qc = run_qc(
+            args.src,
+            args.out,
+            args.qc,
+            frames=sorted(report.outputs),
+            colorspace=params["colorspace"],
+            ocio_config=params["ocio_config"],
+            quiet=args.quiet,
+        )
+        print_summary(qc, args.qc, as_json=False)
     if args.json:
         print(
             json.dumps(
