@@ -1,13 +1,26 @@
-"""Classical restorer throughput at 2048x1536 and 480x368, and the share of its time spent in optical flow
-(DIS medium: the floor of this design). Ratios from one run; this machine is shared and noisy.
+"""Classical restorer throughput at 480x368, 1280x720 and 2048x1536 (engine only: frames already in memory, in
+model space), the share of its time spent in optical flow, and the peak memory of a 24-frame 2K run through the
+pipeline (blocks, context, blending), which must stay flat in the clip length.
 
-    python benchmarks/classical_speed.py [--frames 6] [--json out.json]
+The frames are real scanned film (the shared data's The Great Train Robbery, 480x368, resized to each size), so
+the detector sees real dust, grain and flicker. The benchmark stops with an error if that data is missing: a
+synthetic stand-in would measure something else (random noise makes half the frame a "defect").
+
+    python benchmarks/classical_speed.py [--frames 6] [--json out.json] [--rss] [--reference COMMIT]
+    (FRDM_SHARED=/path/to/shared when the shared folder is not beside the checkout)
+
+Figures from one run; this machine is shared and noisy (compare sizes and engines within one run).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 import cv2
@@ -15,68 +28,142 @@ import numpy as np
 
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
-from frdm.engine.classical import restorer as classical_restorer
 from frdm.engine.restorer import Clip
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FILM = "the_great_train_robbery"
+FILM_DIR = os.path.join(
+    os.environ.get("FRDM_SHARED", os.path.join(HERE, "..", "..", "shared")), "data", "real_film", FILM
+)
+SIZES = ((480, 368), (1280, 720), (2048, 1536))
+
+
+def real_film_files(frames: int) -> list[str]:
+    """``frames`` consecutive real scanned frames of the shared data (cycled if the film is shorter)."""
+    files = sorted(glob.glob(os.path.join(FILM_DIR, "*.png")))
+    if len(files) < 8:
+        raise SystemExit(
+            f"classical_speed: needs the real film frames in {FILM_DIR} (shared data), found {len(files)}; "
+            "set FRDM_SHARED to the shared folder"
+        )
+    return [files[i % len(files)] for i in range(frames)]
 
 
 def real_film_clip(size: tuple[int, int], frames: int) -> np.ndarray:
-    """Real scanned frames (shared data) resized to ``size``; a synthetic texture if they are absent."""
-    import glob
-    import os
-
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real_film", "the_great_train_robbery")
-    files = sorted(glob.glob(os.path.join(root, "*.png")))[:frames]
-    if len(files) < frames:
-        rng = np.random.default_rng(0)
-        return rng.random((frames, size[1], size[0], 3), dtype=np.float32)
-    out = [cv2.resize(cv2.imread(f)[..., ::-1], size, interpolation=cv2.INTER_CUBIC) for f in files]
+    """``frames`` real scanned frames resized to ``size``, (T, H, W, 3) float32 in [0, 1]."""
+    out = [cv2.resize(cv2.imread(f)[..., ::-1], size, interpolation=cv2.INTER_CUBIC) for f in real_film_files(frames)]
     return np.stack(out).astype(np.float32) / 255.0
 
 
-def measure(size: tuple[int, int], frames: int) -> dict:
+def reference_engine(commit: str) -> type:
+    """The ClassicalRestorer of an earlier commit (``engine/classical`` from git, imported under another name),
+    so that before and after are measured in one run on the same loaded machine."""
+    import importlib
+    import tempfile
+
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, check=True, capture_output=True, text=True)
+    repo = root.stdout.strip()
+    names = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit, "engine/classical/"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    folder = tempfile.mkdtemp(prefix="frdm_ref_")
+    package = "frdm_classical_" + commit[:8]
+    os.makedirs(os.path.join(folder, package))
+    for name in names:
+        text = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=repo, check=True, capture_output=True, text=True)
+        with open(os.path.join(folder, package, os.path.basename(name)), "w") as fh:
+            fh.write(text.stdout.replace("frdm.engine.classical", package))
+    sys.path.insert(0, folder)
+    return importlib.import_module(package).ClassicalRestorer
+
+
+def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer) -> dict:
     clip_frames = real_film_clip(size, frames + 4)
     params = P.validate({})
     targets = list(range(2, frames + 2))
     clip = Clip(clip_frames, list(range(len(clip_frames))), targets)
     flow_time = [0.0]
-    real_call = classical_restorer.FlowEstimator.__call__
+    flow_calls = [0]
+    flow_module = sys.modules[engine.__module__.rsplit(".", 1)[0] + ".flow"]
+    real_call = flow_module.FlowEstimator.__call__
 
     def timed(self, a, b):
         t0 = time.perf_counter()
         out = real_call(self, a, b)
         flow_time[0] += time.perf_counter() - t0
+        flow_calls[0] += 1
         return out
 
-    classical_restorer.FlowEstimator.__call__ = timed
+    flow_module.FlowEstimator.__call__ = timed
     try:
         t0 = time.perf_counter()
-        for _ in ClassicalRestorer().restore(clip, params):
-            pass
+        coverage = [float((r.matte > 0.5).mean()) for r in engine().restore(clip, params)]
         total = time.perf_counter() - t0
     finally:
-        classical_restorer.FlowEstimator.__call__ = real_call
+        flow_module.FlowEstimator.__call__ = real_call
     return {
+        "engine": engine.engine_version if hasattr(engine, "engine_version") else engine.__module__,
         "size": f"{size[0]}x{size[1]}",
         "frames": frames,
         "seconds": round(total, 3),
         "frames_per_second": round(frames / total, 3),
+        "flow_calls": flow_calls[0],
         "flow_seconds": round(flow_time[0], 3),
         "flow_share": round(flow_time[0] / total, 3),
+        "matte_coverage_max": round(max(coverage), 5),
     }
+
+
+def pipeline_peak_rss(frames: int, size: tuple[int, int] = (2048, 1536)) -> dict:
+    """Peak RSS of ``restore_frames`` over ``frames`` 2K frames read one by one from a lazy source (in a fresh
+    process, so earlier measurements do not count)."""
+    code = f"""
+import resource, sys, cv2, numpy as np
+sys.path.insert(0, {HERE!r})
+from classical_speed import FILM_DIR, real_film_files
+from frdm.engine import params as P
+from frdm.engine.classical import ClassicalRestorer
+from frdm.engine.frames import Frame, Source
+from frdm.engine.pipeline import restore_frames
+files = real_film_files({frames})
+class Lazy(Source):
+    # Decodes and resizes each frame when the pipeline reads it, as a file sequence would.
+    description = 'real film at 2K, read lazily'
+    frame_numbers = list(range({frames}))
+    def read(self, n):
+        rgb = cv2.resize(cv2.imread(files[n])[..., ::-1], {size!r}, interpolation=cv2.INTER_CUBIC)
+        h, w = rgb.shape[:2]
+        px = rgb.astype(np.float32) / 255.0
+        return Frame(px, ('R','G','B'), ('half',)*3, (0,0,w,h), (0,0,w,h), {{}}, 0, files[n])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for _ in restore_frames(Lazy(), list(range({frames})), P.validate({{'colorspace': 'raw'}}), ClassicalRestorer()):
+    pass
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    return {"frames": frames, "peak_rss_mb": round(int(out[-1]) / 1024, 1), "before_run_mb": round(int(out[-2]) / 1024)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--frames", type=int, default=6)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=6, help="frames restored at 2K (x2 at 720p, x3 at 480x368)")
+    ap.add_argument("--rss", action="store_true", help="also measure the peak RSS of 12- and 24-frame 2K runs")
+    ap.add_argument("--reference", help="also measure the classical engine of this git commit (before/after)")
     ap.add_argument("--json")
     args = ap.parse_args()
     cv2.setNumThreads(2)
-    results = [measure((480, 368), args.frames * 3), measure((2048, 1536), args.frames)]
-    small, big = results
-    summary = {
-        "results": results,
-        "ratio_small_over_2k_fps": round(small["frames_per_second"] / big["frames_per_second"], 2),
-    }
+    summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2}
+    if args.rss:  # first: a child's peak RSS starts from its parent's at the fork
+        summary["peak_rss_2k"] = [pipeline_peak_rss(12), pipeline_peak_rss(24)]
+    engines = [ClassicalRestorer] + ([reference_engine(args.reference)] if args.reference else [])
+    per_size = {SIZES[0]: args.frames * 3, SIZES[1]: args.frames * 2, SIZES[2]: args.frames}
+    # Interleaved per size, so a change of the machine's load hits both engines alike.
+    summary["results"] = [measure(size, n, engine) for size, n in per_size.items() for engine in engines]
+    summary["this_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as fh:

@@ -54,7 +54,7 @@ from typing import Any
 
 from frdm.engine.params import SCHEMA, STAGES
 
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-1", "diffusion": "diffusion-1"}
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-2", "diffusion": "diffusion-1"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).

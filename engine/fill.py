@@ -82,6 +82,9 @@ class FillResult:
     changed: np.ndarray  # (h, w) bool: which of them changed
     matte_box: Box | None  # the detected defects lie inside this box
     matte: np.ndarray  # (h, w) float32 in [0, 1]: the matte inside ``matte_box``
+    # (H, W, 3) float32 when the engine changed every pixel on purpose (classical deflicker): the stabilised
+    # frame the auto matte blends ``image`` into instead of the source (``RestoredFrame.base``).
+    base: np.ndarray | None = None
 
     @classmethod
     def from_restored(cls, restored: RestoredFrame, model_input: np.ndarray) -> FillResult:
@@ -104,7 +107,8 @@ class FillResult:
             m = np.zeros((0, 0), np.float32)
         else:
             m = np.ascontiguousarray(matte[matte_box[0] : matte_box[1], matte_box[2] : matte_box[3]])
-        return cls(shape, box, img, changed, matte_box, m)
+        base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
+        return cls(shape, box, img, changed, matte_box, m, base)
 
     def full_matte(self) -> np.ndarray:
         out = np.zeros(self.shape, np.float32)
@@ -120,6 +124,8 @@ class FillResult:
 
         meta = {"format": FILL_FORMAT, "shape": self.shape, "box": self.box, "matte_box": self.matte_box}
         arrays = {"image": self.image, "changed": self.changed.astype(np.uint8), "matte": self.matte}
+        if self.base is not None:
+            arrays["base"] = self.base
         return save(arrays, metadata={"fill": json.dumps(meta)})
 
     @classmethod
@@ -143,6 +149,7 @@ class FillResult:
                 arrays["changed"].astype(bool),
                 matte_box,  # type: ignore[arg-type]
                 arrays["matte"],
+                arrays.get("base"),
             )
         except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):
             return None
@@ -225,6 +232,10 @@ def finish_frame(
             f"frame {number}: the cached fill result is {fill.shape[1]}x{fill.shape[0]} but the source is "
             f"{original.width}x{original.height}"
         )
+    if fill.base is not None and params["mask"] == "auto":
+        return finish_frame(
+            original, _over_base(fill, params), {**params, "mask": "none"}, colorspace, None, number, matte_channel
+        )
     idx = original.rgb_indices()
     if params["mask"] == "none":
         mask_box: Box | None = (0, fill.shape[0], 0, fill.shape[1])
@@ -273,3 +284,19 @@ def finish_frame(
             channels.append(matte_channel)
             formats.append("half")
     return original.with_pixels(pixels, channels, formats)
+
+
+def _over_base(fill: FillResult, params: Mapping[str, Any]) -> FillResult:
+    """A deflickered frame: the fills, under the feathered auto matte, over the stabilised base; every pixel
+    of the result is the restorer's (the whole frame changes on purpose, so it blends with mask 'none')."""
+    h, w = fill.shape
+    restored = fill.base.copy()  # type: ignore[union-attr]
+    if fill.box is not None:
+        y0, y1, x0, x1 = fill.box
+        restored[y0:y1, x0:x1] = np.where(fill.changed[..., None], fill.image, restored[y0:y1, x0:x1])
+    mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
+    composed = fill.base.copy()  # type: ignore[union-attr]
+    if mask_box is not None:
+        y0, y1, x0, x1 = mask_box
+        composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored[y0:y1, x0:x1], mask)
+    return FillResult(fill.shape, (0, h, 0, w), composed, np.ones((h, w), bool), fill.matte_box, fill.matte)

@@ -345,6 +345,19 @@ SCHEMA = Schema(
             maximum=50.0,
             engines=_CLASSICAL,
         ),
+        Param(
+            "deflicker",
+            "float",
+            0.0,
+            "temporal brightness stabilisation: 0 = off (detection is flicker-robust without it and only "
+            "defects change), 1 = each frame's local brightness moved all the way to the mean of its "
+            "motion-compensated neighbours' within temporal_radius; any value above 0 changes every pixel",
+            group="detect",
+            stage="fill",
+            minimum=0.0,
+            maximum=1.0,
+            engines=_CLASSICAL,
+        ),
         # --- diffusion (HaineiFRDM) ------------------------------------------------------------------
         Param(
             "steps",

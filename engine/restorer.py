@@ -49,6 +49,9 @@ class RestoredFrame:
     frame_number: int
     image: np.ndarray  # (H, W, 3) float32, model space
     matte: np.ndarray  # (H, W) float32 in [0, 1]: the detected defects (the "auto" mask)
+    # (H, W, 3) when the engine changed every pixel on purpose (classical deflicker): the frame the auto mask
+    # blends ``image`` into instead of the source. None: outside the mask the source stays as it was.
+    base: np.ndarray | None = None
 
 
 class Restorer(Protocol):

@@ -106,3 +106,35 @@ def masked_psnr(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, peak: float 
         m = np.broadcast_to(m[..., None], pred.shape)
     mse = (((pred.astype(np.float64) - gt) * m) ** 2).sum() / m.sum()
     return float(-10 * np.log10(mse / peak**2 + 0.1**8))
+
+
+def add_flicker(
+    frames: np.ndarray, rng: np.random.Generator, swing: float = 0.3, local: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
+    """Strong flicker: a global gain that jumps by up to +-``swing`` from frame to frame (alternating brighter
+    and darker) times a smooth random gain field of +-``local`` (uneven exposure). Returns (frames, gains)."""
+    t_count, h, w = frames.shape[:3]
+    out = np.empty_like(frames)
+    gains = np.empty(t_count, np.float32)
+    for t in range(t_count):
+        gains[t] = 1.0 + (1 if t % 2 else -1) * rng.uniform(0.5, 1.0) * swing / 2
+        grid = rng.uniform(-local, local, (3, 4)).astype(np.float32)
+        field = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        out[t] = frames[t] * (gains[t] + field)[..., None]
+    return np.clip(out, 0.0, 1.0).astype(np.float32), gains
+
+
+def add_grain(frames: np.ndarray, rng: np.random.Generator, strength: float = 0.03, size: float = 0.8) -> np.ndarray:
+    """Film grain, new on every frame: Gaussian noise blurred to ``size`` px clumps, mostly shared by the
+    three channels."""
+    out = frames.copy()
+    for t in range(frames.shape[0]):
+        noise = cv2.GaussianBlur(rng.standard_normal(frames.shape[1:3] + (2,)).astype(np.float32), (0, 0), size)
+        noise /= noise.std() + 1e-8
+        out[t] += strength * (0.8 * noise[..., :1] + 0.2 * noise[..., 1:])
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def highpass(image: np.ndarray) -> np.ndarray:
+    """Grain and fine detail of an (H, W[, C]) image: itself minus a Gaussian blur of 1.5 px."""
+    return image - cv2.GaussianBlur(image, (0, 0), 1.5)

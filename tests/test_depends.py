@@ -93,7 +93,8 @@ def test_restorers_take_their_context_and_version_from_here():
     from frdm.engine.classical import ClassicalRestorer
 
     p = P.validate({"temporal_radius": 3})
-    assert ClassicalRestorer().context(p) == D.context(p) and ClassicalRestorer.engine_version == "classical-1"
+    assert ClassicalRestorer().context(p) == D.context(p)
+    assert ClassicalRestorer.engine_version == D.ENGINE_VERSIONS["classical"]
 
 
 def test_weights_id_follows_files(tmp_path):
@@ -186,7 +187,7 @@ def test_node_keys_carry_the_servers_weights(monkeypatch):
     # the classical engine loads no weights: no server contact
     classical = N.FrdmNode("tcp://127.0.0.1:1", {})
     monkeypatch.setattr(classical, "hello", lambda refresh=False: pytest.fail("asked the server"))
-    assert classical._engine_identity(classical.params) == ("classical-1", D.NO_WEIGHTS)
+    assert classical._engine_identity(classical.params) == (D.ENGINE_VERSIONS["classical"], D.NO_WEIGHTS)
 
 
 # --- the server's cache ---------------------------------------------------------------------------------

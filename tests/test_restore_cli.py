@@ -34,7 +34,9 @@ def test_restore_resume_and_parameter_change(tmp_path, capsys):
     assert _outputs(tmp_path) == [f"out.{n:04d}.exr" for n in range(1, 7)]
     first = {n: os.stat(tmp_path / f"out.{n:04d}.exr").st_mtime_ns for n in range(1, 7)}
     attrs = read_attributes(tmp_path / "out.0003.exr")
-    assert attrs["frdm:engine_version"] == "classical-1" and len(attrs["frdm:params_hash"]) == 32
+    from frdm.engine.classical import ClassicalRestorer
+
+    assert attrs["frdm:engine_version"] == ClassicalRestorer.engine_version and len(attrs["frdm:params_hash"]) == 32
     capsys.readouterr()
     assert main(["restore", src, out, "--quiet", "--json"]) == 0
     report = capsys.readouterr().out

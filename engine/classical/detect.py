@@ -28,11 +28,46 @@ def _components_touching(weak: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarra
 
 @dataclass
 class SpikeDetector:
-    """Dust and dirt: pixels that differ from both motion-compensated neighbours with the same sign."""
+    """Dust and dirt: pixels that differ from both motion-compensated neighbours with the same sign, where
+    both neighbours agree with each other and the motion there was followed."""
 
     threshold: float = 0.06  # model-space units
     max_area: int = 6000  # larger blobs are taken as real change (motion the flow missed)
     max_flow_gradient: float = 0.5  # px/px: motion boundaries, where compensation cannot be trusted
+    # A defect hides what both neighbours show: they agree there. Where they disagree by more than this share
+    # of the spike, the "spike" is motion the compensation missed (occlusion, fast or non-rigid motion).
+    max_disagreement: float = 0.5
+    # Regions larger than this share of the frame over moving content (> moving_px per frame) need twice the
+    # evidence: a large wrong fill over an actor is the worst artifact this engine can make.
+    large_share: float = 0.002
+    moving_px: float = 1.5
+
+    def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
+
+        Rank-ordered, like Kokaram's ROD detector: a pixel is a bright spike only if it is brighter than the
+        *brightest* pixel of the 3x3 neighbourhood in both warped neighbours (dark: darker than the darkest).
+        Sub-pixel misregistration and small changes of sharpness (motion blur, focus, resampling) move a
+        textured pixel within its neighbourhood's range; dust lies outside it."""
+        box = np.ones((3, 3), np.uint8)
+        bright = np.minimum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+        dark = np.minimum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+        return np.maximum(bright, dark)
+
+    def suspects(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray, spike: np.ndarray) -> np.ndarray:
+        """Pixels outside the 3x3 range of *either* neighbour near a (half-threshold) spike: where a speck may
+        have pulled the flow along, so that one neighbour shows the speck's brightness too."""
+        box = np.ones((3, 3), np.uint8)
+        bright = np.maximum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+        dark = np.maximum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+        near = cv2.dilate((spike > 0.5 * self.threshold).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+        found = (np.maximum(bright, dark) > self.threshold) & near
+        # Only small ones: taking the flow of a large region from its surroundings would make a moving object
+        # (whose own flow was right) look like a blotch over the background both neighbours show.
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] <= self.large_share * frame.size
+        small[0] = False
+        return small[labels]
 
     def __call__(
         self,
@@ -40,27 +75,53 @@ class SpikeDetector:
         prev: np.ndarray,
         nxt: np.ndarray,
         trusted: np.ndarray,
+        motion: np.ndarray | None = None,
+        spike: np.ndarray | None = None,
+        reliable: np.ndarray | None = None,
     ) -> np.ndarray:
-        """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid.
-        trusted: (H, W) bool, where motion compensation can be trusted. Returns a bool (H, W) matte.
+        """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
+        its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
+        boundaries, not from outside the picture). motion: (H, W) px per frame. reliable: (H, W) bool, where
+        the flow passed its forward-backward check around. spike: ``self.spikes(frame, prev, nxt)`` if the
+        caller has it. Returns a bool matte.
 
-        Rank-ordered, like Kokaram's ROD detector: a pixel is a bright spike only if it is brighter than the
-        *brightest* pixel of the 3x3 neighbourhood in both warped neighbours (dark: darker than the darkest).
-        Sub-pixel misregistration and small changes of sharpness (motion blur, focus, resampling) move a
-        textured pixel within its neighbourhood's range; dust lies outside it."""
-        box = np.ones((3, 3), np.uint8)
-        hi_p, hi_n = cv2.dilate(prev, box), cv2.dilate(nxt, box)
-        lo_p, lo_n = cv2.erode(prev, box), cv2.erode(nxt, box)
-        bright = np.minimum(frame - hi_p, frame - hi_n)
-        dark = np.minimum(lo_p - frame, lo_n - frame)
-        spike = np.maximum(bright, dark)
-        seeds = (spike > self.threshold) & trusted
+        Untrusted or unreliable flow is not a veto: in flat sky DIS wanders by tens of pixels and the
+        compensated neighbours are still right (flat is flat), and a speck disturbs the flow around itself.
+        The neighbours' agreement with each other is the direct test that compensation worked (an occlusion
+        or a missed motion shows different things in the two). Where the flow is in doubt over most of a
+        region the neighbours must agree twice as closely; large regions over moving content must also be
+        twice as strong."""
+        if spike is None:
+            spike = self.spikes(frame, prev, nxt)
+        seeds = spike > self.threshold
+        if not seeds.any():
+            return seeds
         # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
         # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.
         near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        weak = (spike > 0.5 * self.threshold) & trusted & near
+        weak = (spike > 0.5 * self.threshold) & near
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
+        # Evidence per component, from its own pixels only (a few thousand, not the frame).
+        ys, xs = np.nonzero(weak)
+        lab = labels[ys, xs]
+        n = len(keep)
+
+        def mean(values: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+            w = np.ones(len(lab)) if where is None else where.astype(np.float64)
+            return np.bincount(lab, values * w, minlength=n) / np.maximum(np.bincount(lab, w, minlength=n), 1)
+
+        s = spike[ys, xs]
+        strength = mean(s)
+        peak = mean(s, s > self.threshold)  # the seeds' mean: the core of the speck, not its rim
+        disagree = mean(np.abs(prev[ys, xs] - nxt[ys, xs]))
+        keep &= disagree <= self.max_disagreement * strength
+        agree = disagree <= 0.5 * self.max_disagreement * strength
+        ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
+        keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
+        if motion is not None:
+            large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
+            keep &= ~large_moving | (agree & (peak > 2.0 * self.threshold))
         return keep[labels]
 
 
@@ -90,6 +151,17 @@ class ScratchDetector:
         A pixel is on a line when, along its column (allowing a 1-px wander), the ridge is present in at least
         85% of a window of the minimum length and strong on average there. Texture has ridges too, but
         short ones: the coverage test is what separates a scratch from grain and detail."""
+        h, w = grey.shape
+        # Scratches are vertical: averaging a few rows keeps them and their contrast (and averages grain
+        # away), so tall frames are searched on a copy at most ~400 rows high (2K: 4x fewer pixels).
+        rows = max(1, h // 384)
+        if rows > 1:
+            small = cv2.resize(grey, (w, h // rows), interpolation=cv2.INTER_AREA)
+            found = np.repeat(self._candidates(small), rows, axis=0)
+            return np.concatenate([found, np.repeat(found[-1:], h - found.shape[0], axis=0)])
+        return self._candidates(grey)
+
+    def _candidates(self, grey: np.ndarray) -> np.ndarray:
         h, w = grey.shape
         ridge = self.ridges(grey)
         min_len = max(8, int(self.min_length * h))
@@ -135,6 +207,23 @@ class ScratchDetector:
         out = np.zeros_like(line)
         out[ys[keep], xs[keep]] = True
         return out
+
+    def transient(self, current: np.ndarray, spike: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+        """Candidate lines of one frame that are absent from both compensated neighbours: scratches that last
+        one or two frames, too short for the persistence test. ``spike``: the spike detector's strength (the
+        neighbours matched to this frame's brightness). A line of the picture moves with it and is in the
+        neighbours; a line scratch that stays put across frames is left to the persistence test."""
+        if not current.any():
+            return current
+        n, labels = cv2.connectedComponents(current.astype(np.uint8), connectivity=8)
+        ys, xs = np.nonzero(current)
+        lab = labels[ys, xs]
+        count = np.maximum(np.bincount(lab, minlength=n), 1)
+        absent = (spike[ys, xs] > self.threshold) & trusted[ys, xs]
+        keep = np.bincount(lab, absent, minlength=n) / count >= 0.6
+        keep[0] = False
+        found = keep[labels]
+        return cv2.dilate(found.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0
 
     def __call__(self, candidates: list[np.ndarray], index: int) -> np.ndarray:
         """Keep the candidate lines of frame ``index`` that recur at the same x in enough window frames."""

@@ -1,16 +1,25 @@
 """The classical restorer: detect-then-restore (Kokaram-style), no weights needed.
 
 For each target frame t and its neighbours t-r..t+r:
-  1. dense optical flow t<->k with a forward-backward check; unreliable flow is filled from its surroundings,
-  2. dust/dirt: spike detection against the motion-compensated t-1 and t+1, grown into blobs,
-  3. line scratches: thin vertical ridges that persist at the same x across the window,
-  4. fill: motion-compensated temporal median where the neighbours agree, spatial inpainting elsewhere.
-Only pixels inside the (slightly grown) defect matte change. Each frame depends only on its own window, so
-restoring a chunk with its context gives exactly the frames of a whole-range run.
+  1. dense optical flow t<->k with a forward-backward check; unreliable flow is filled from its surroundings.
+     Each flow is computed once per frame pair and kept across blocks and server chunks (keyed by the frames'
+     content, so a chunked run computes exactly what a whole-range run does);
+  2. the compensated neighbours t-1 and t+1 are matched to t's local brightness and contrast (a smooth
+     gain/offset field: flicker), then dust/dirt is what lies outside both, where both agree with each other
+     and the motion was followed; large regions over moving content need twice the evidence;
+  3. line scratches: thin vertical ridges that persist at the same x across the window, or that are absent
+     from both compensated neighbours (scratches of one frame);
+  4. fill: motion-compensated, brightness-matched temporal fill from one agreeing neighbour per region where
+     the neighbours agree, spatial inpainting with the frame's own grain elsewhere;
+  5. optionally (``deflicker`` > 0) the whole frame's local brightness is moved towards its neighbours'.
+Only pixels inside the (slightly grown) defect matte change, unless deflicker is on. Each frame depends only on
+its own window, so restoring a chunk with its context gives exactly the frames of a whole-range run.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,8 +27,9 @@ import cv2
 import numpy as np
 
 from frdm.engine import depends
+from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
-from frdm.engine.classical.fill import spatial_fill, temporal_fill
+from frdm.engine.classical.fill import region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
     FlowEstimator,
     fb_error,
@@ -27,6 +37,8 @@ from frdm.engine.classical.flow import (
     flow_gradient,
     flow_input,
     luminance,
+    magnitude,
+    remap_points,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -35,7 +47,11 @@ from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 # not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
 # must stay valid when they change (engine/params.py).
 FILL_MARGIN = 6
-FLOW_MAX_SIDE = 1280  # px: larger frames get their flow on a reduced copy (2K: half size)
+# px: larger frames get their flow on a reduced copy (1280x720: half size, 2K: quarter size). The spike test
+# compares 3x3 ranges at full size and the fill follows smooth motion: neither needs flow finer than this, and
+# DIS plus its checks are most of the time per frame.
+FLOW_MAX_SIDE = 640
+TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this neighbourhood had reliable flow
 
 
 def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
@@ -45,36 +61,132 @@ def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(grey, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
 
 
-def _enlarge_flow(
-    flow: np.ndarray, reliable: np.ndarray, shape: tuple[int, ...], scale: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A reduced-size flow and its reliability mask, back at full size (flow vectors scaled too)."""
+def _enlarge(image: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:
     h, w = shape[:2]
-    big = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) * float(scale)
-    ok = cv2.resize(reliable.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-    return big, ok
+    if image.shape[:2] == (h, w):
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 
 class _FlowCache:
-    """Flows between clip positions, computed once per ordered pair (a chunk's frames share neighbours)."""
+    """Raw DIS flows by the content of the two frames they join, most recent kept. Blocks of a run and chunks
+    sent to a server share frames at their edges; keying by content (not by clip position) lets them share the
+    flows, and since DIS is deterministic the result is the one a whole-range run computes."""
 
-    def __init__(self, images: list[np.ndarray]):
-        self.images = images
+    def __init__(self, size: int = 24):
+        self.size = size
         self.estimator = FlowEstimator()
-        self.cache: dict[tuple[int, int], np.ndarray] = {}
+        self.items: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()
 
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        if (a, b) not in self.cache:
-            self.cache[(a, b)] = self.estimator(self.images[a], self.images[b])
-        return self.cache[(a, b)]
+    def __call__(self, key_a: bytes, key_b: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        key = (key_a, key_b)
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        flow = self.estimator(a, b)
+        self.items[key] = flow
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return flow
 
-    def forget_before(self, position: int) -> None:
-        for key in [k for k in self.cache if min(k) < position]:
-            del self.cache[key]
+
+class _Frames:
+    """What the engine derives from each clip frame, computed when first needed."""
+
+    def __init__(self, frames: np.ndarray, scale: int, scratches: ScratchDetector | None):
+        self.frames, self.scale, self.scratch_detector = frames, scale, scratches
+        self._grey: dict[int, np.ndarray] = {}
+        self._small: dict[int, np.ndarray] = {}
+        self._flow_in: dict[int, tuple[bytes, np.ndarray]] = {}
+        self._cand: dict[int, np.ndarray] = {}
+
+    def grey(self, i: int) -> np.ndarray:
+        if i not in self._grey:
+            self._grey[i] = luminance(self.frames[i])
+        return self._grey[i]
+
+    def small(self, i: int) -> np.ndarray:
+        """Luminance on the flow's grid."""
+        if i not in self._small:
+            self._small[i] = _reduce(self.grey(i), self.scale)
+        return self._small[i]
+
+    def flow_in(self, i: int) -> tuple[bytes, np.ndarray]:
+        if i not in self._flow_in:
+            image = flow_input(self.small(i))
+            self._flow_in[i] = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image)
+        return self._flow_in[i]
+
+    def candidates(self, i: int) -> np.ndarray:
+        if i not in self._cand:
+            assert self.scratch_detector is not None
+            self._cand[i] = self.scratch_detector.candidates(self.grey(i))
+        return self._cand[i]
+
+    def forget_before(self, i: int) -> None:
+        for store in (self._grey, self._small, self._flow_in, self._cand):
+            for k in [k for k in store if k < i]:
+                del store[k]
+
+
+class _Motion:
+    """Motion from frame t to neighbour k on the flow's (possibly reduced) grid, and what is known of it."""
+
+    def __init__(self, forward: np.ndarray, backward: np.ndarray, reliability: float, scale: int):
+        self.scale = scale
+        reliable = fb_error(forward, backward) < reliability / scale
+        self.forward, self.reliable_raw = forward, reliable
+        self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
+        window = max(3, (TRUST_WINDOW // scale) | 1)
+        self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+        self._full: np.ndarray | None = None
+
+    def exclude(self, suspect: np.ndarray) -> None:
+        """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
+        blotch larger than the flow's median filter drags the flow with it (to some bright or dark patch of
+        the neighbour), and can pass the forward-backward check doing so."""
+        h, w = self.flow.shape[:2]
+        small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self._full = None
+
+    def full(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The flow at full size, in full-size px."""
+        if self._full is None:
+            self._full = self.flow if self.scale == 1 else _enlarge(self.flow, shape) * float(self.scale)
+        return self._full
+
+    def comparable(self, shape: tuple[int, ...], max_gradient: float) -> np.ndarray:
+        """(H, W) bool at full size: where the compensated neighbour can be compared with the frame at all. Not
+        at motion boundaries (the gradient in px per px is the same on the reduced grid), not where the sample
+        comes from outside the picture."""
+        good = (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
+        return _enlarge(good.astype(np.uint8), shape, nearest=True) > 0
+
+    def reliable(self, shape: tuple[int, ...]) -> np.ndarray:
+        """(H, W) bool at full size: the flow passed its forward-backward check in most of the neighbourhood."""
+        return _enlarge(self.trusted.astype(np.uint8), shape, nearest=True) > 0
+
+    def at(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Full-size flow vectors (N, 2) and trust (N,) at full-size pixels."""
+        if self.scale == 1:
+            return self.flow[ys, xs], self.trusted[ys, xs]
+        s = float(self.scale)
+        # Bilinear on the reduced grid, pixel centres aligned as cv2.resize aligns them.
+        fx = (xs.astype(np.float32) + 0.5) / s - 0.5
+        fy = (ys.astype(np.float32) + 0.5) / s - 0.5
+        vec = remap_points(self.flow, fx, fy) * s
+        h, w = self.trusted.shape
+        ty = np.minimum(ys // self.scale, h - 1)
+        tx = np.minimum(xs // self.scale, w - 1)
+        return vec, self.trusted[ty, tx]
 
 
 class ClassicalRestorer:
     engine_version = depends.ENGINE_VERSIONS["classical"]
+
+    def __init__(self) -> None:
+        self._flows = _FlowCache()
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})
@@ -84,78 +196,113 @@ class ClassicalRestorer:
     ) -> Iterator[RestoredFrame]:
         radius = int(params["temporal_radius"])
         frames = clip.frames
-        count = frames.shape[0]
-        grey = [luminance(f) for f in frames]
-        # Flow (and its checks and hole filling) at no more than FLOW_MAX_SIDE: at 2K DIS and the filling cost
-        # 4x more at full size for motion that a 3x3 rank-order test and a median fill do not need finer.
-        scale = max(1, int(np.ceil(max(grey[0].shape) / FLOW_MAX_SIDE)))
-        flows = _FlowCache([flow_input(_reduce(g, scale)) for g in grey])
+        count, h, w = frames.shape[:3]
+        shape = (h, w)
+        scale = max(1, int(np.ceil(max(h, w) / FLOW_MAX_SIDE)))
+        # Room for every pair a window's frames share, as the window slides.
+        self._flows.size = max(self._flows.size, 8 * radius + 8)
         spikes = SpikeDetector(threshold=float(params["dust_threshold"]), max_area=int(params["dust_max_area"]))
+        use_scratches = bool(params["scratches"])
         scratches = ScratchDetector(
             threshold=float(params["scratch_threshold"]), min_length=float(params["scratch_min_length"])
         )
         reliability = float(params["flow_reliability"])
-        use_scratches = bool(params["scratches"])
-        candidates = [scratches.candidates(g) for g in grey] if use_scratches else []
-        margin = FILL_MARGIN
+        strength = float(params["deflicker"])
+        data = _Frames(frames, scale, scratches if use_scratches else None)
 
         targets = [clip.index(n) for n in clip.targets]
         for done, t in enumerate(targets):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
+            grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
             # neither a reference for the spike test nor fill material.
-            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey[t], grey[k])]
-            warped: dict[int, np.ndarray] = {}
-            fixed_flow: dict[int, np.ndarray] = {}
-            trusted_fill: dict[int, np.ndarray] = {}
-            steep = np.zeros(grey[t].shape, dtype=bool)
-            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
-            pair_set = set(pair or ())
+            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey, data.grey(k))]
+            motion: dict[int, _Motion] = {}
+            key_t, in_t = data.flow_in(t)
             for k in neighbours:
-                forward, backward = flows(t, k), flows(k, t)
-                reliable = fb_error(forward, backward) < reliability / scale
-                fixed = fill_unreliable(forward, reliable)
-                if scale > 1:
-                    fixed, reliable = _enlarge_flow(fixed, reliable, grey[t].shape, scale)
-                warped[k] = warp(frames[k], fixed)
-                fixed_flow[k] = fixed
-                # The filled flow is trusted where most of the neighbourhood had reliable flow.
-                local = cv2.blur(reliable.astype(np.float32), (15, 15)) > 0.5
-                trusted_fill[k] = local
-                if k in pair_set:
-                    # Motion boundaries and samples from outside the picture cannot be compared.
-                    steep |= (flow_gradient(fixed) > spikes.max_flow_gradient) | _outside(fixed)
-            matte = np.zeros(grey[t].shape, dtype=bool)
+                key_k, in_k = data.flow_in(k)
+                forward = self._flows(key_t, key_k, in_t, in_k)
+                backward = self._flows(key_k, key_t, in_k, in_t)
+                motion[k] = _Motion(forward, backward, reliability, scale)
+
+            matte = np.zeros(shape, dtype=bool)
+            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
+            spike = trusted = None
             if pair is not None:
                 p, n = pair
-                matte |= spikes(grey[t], luminance(warped[p]), luminance(warped[n]), ~steep)
-            scratch = np.zeros_like(matte)
+                trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
+                trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
+                reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
+                # Flicker: each neighbour brought to this frame's local brightness before any comparison.
+                warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
+                warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+                spike = spikes.spikes(grey, warped_p, warped_n)
+                suspect = spikes.suspects(grey, warped_p, warped_n, spike)
+                if suspect.any():
+                    # Second look with the flow inside every candidate speck taken from around it.
+                    suspect = cv2.dilate(suspect.astype(np.uint8), _disc(2)) > 0
+                    for k in {p, n}:
+                        motion[k].exclude(suspect)
+                    warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
+                    warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+                    spike = spikes.spikes(grey, warped_p, warped_n)
+                speed = magnitude(motion[p].full(shape))
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable)
             if use_scratches:
                 window = list(range(lo, hi + 1))
-                scratch = scratches([candidates[k] for k in window], window.index(t))
-                matte |= scratch
-            restored = frames[t].copy()
+                matte |= scratches([data.candidates(k) for k in window], window.index(t))
+                if spike is not None and trusted is not None:
+                    matte |= scratches.transient(data.candidates(t), spike, trusted)
+
+            restored = frames[t]  # never written to: a frame without defects is returned as it came
             if matte.any():
-                region = matte
-                if margin:
-                    region = cv2.dilate(matte.astype(np.uint8), _disc(margin)) > 0
-                valid = []
-                for k in neighbours:
-                    v = trusted_fill[k]
-                    if use_scratches:
-                        # A neighbour's own scratch at this spot is no fill material.
-                        v = v & ~(warp(candidates[k].astype(np.float32), fixed_flow[k]) > 0.1)
-                    valid.append(v)
-                values, ok = temporal_fill([warped[k] for k in neighbours], valid, region)
-                ys, xs = np.nonzero(region)
-                restored[ys[ok], xs[ok]] = values[ok]
-                leftover = np.zeros_like(region)
-                leftover[ys[~ok], xs[~ok]] = True
-                if leftover.any():
-                    restored = spatial_fill(restored, leftover)
-            flows.forget_before(max(0, t + 1 - radius))
+                restored = self._fill(data, t, neighbours, motion, matte, use_scratches)
+            base = None
+            if strength > 0.0 and neighbours:
+                # Deflicker on the flow's grid (the brightness fields are smooth). The fill above matched the
+                # frame as it was, so one per-pixel map takes both the frame and its restored copy.
+                small = [warp(data.small(k), motion[k].flow) for k in neighbours]
+                gain, offset = deflicker_fields(data.small(t), small, strength, spikes.threshold, shape)
+                base = apply_fields(frames[t], gain, offset)
+                restored = apply_fields(restored, gain, offset)
+            data.forget_before(max(0, t + 1 - radius))
             progress(done + 1, len(targets), f"classical: frame {clip.frame_numbers[t]}")
-            yield RestoredFrame(clip.frame_numbers[t], restored, matte.astype(np.float32))
+            yield RestoredFrame(clip.frame_numbers[t], restored, matte.astype(np.float32), base)
+
+    def _fill(
+        self,
+        data: _Frames,
+        t: int,
+        neighbours: list[int],
+        motion: dict[int, _Motion],
+        matte: np.ndarray,
+        use_scratches: bool,
+    ) -> np.ndarray:
+        frames = data.frames
+        h, w = matte.shape
+        region = cv2.dilate(matte.astype(np.uint8), _disc(FILL_MARGIN)) > 0 if FILL_MARGIN else matte
+        labels, ring, count = region_rings(region, matte)
+
+        def sample(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            vec, ok = motion[k].at(ys, xs)
+            sx, sy = xs + vec[:, 0], ys + vec[:, 1]
+            ok = ok & (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
+            colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
+            if use_scratches:
+                # A neighbour's own scratch at this spot is no fill material.
+                own = remap_points(data.candidates(k).view(np.uint8) * np.uint8(255), sx, sy)
+                ok &= own <= 25
+            return colours, ok
+
+        values, ok = temporal_fill(frames[t], sample, neighbours, labels, ring, count)
+        restored = frames[t].copy()
+        ys, xs = np.nonzero(labels)
+        restored[ys[ok], xs[ok]] = values[ok]
+        leftover = np.zeros_like(region)
+        leftover[ys[~ok], xs[~ok]] = True
+        if leftover.any():
+            spatial_fill(restored, leftover, matte, out=restored)
+        return restored
 
 
 def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, int] | None:
