@@ -41,7 +41,6 @@ def toy_config(toy: dict[str, Path], out: Path, **kw) -> TrainConfig:
         patch_size=32,
         patch_overlap=0,
         frame_overlap=0,
-        global_size=(32, 32),
         num_workers=0,
         model="tiny",
         model_overrides=TOY_MODEL,

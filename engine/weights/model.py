@@ -118,8 +118,8 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
     config.motion_max_seq_length = adapter.config.motion_max_seq_length
     unet = assemble_unet_motion(unet2d, adapter)
     del unet2d, adapter
-    text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype)
-    image_encoder = load_clip_vision(layout.clip, dtype=dtype)
+    text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype, expected=config.text_config())
+    image_encoder = load_clip_vision(layout.clip, dtype=dtype, expected=config.vision_config())
     trainable = {}
     if layout.frdm is not None:
         # Trained weights replace every trainable tensor: skip the random init + backbone copy (600M parameters).
