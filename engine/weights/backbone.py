@@ -248,6 +248,15 @@ def _clip_config(cls, folder: Path, what: str, tower: str, expected: dict[str, A
     return config
 
 
+def check_clip_configs(text_folder: Path, vision_folder: Path, text: dict[str, Any], vision: dict[str, Any]) -> None:
+    """Compare both CLIP folders' config.json with the model's before anything is loaded (a refusal after
+    minutes of loading the UNet would come too late)."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    _clip_config(CLIPTextConfig, Path(text_folder), "CLIP text encoder", "text", text)
+    _clip_config(CLIPVisionConfig, Path(vision_folder), "CLIP vision encoder", "vision", vision)
+
+
 def _clip_tower(model_cls, config_cls, folder: Path, what: str, tower: str, *, device, dtype, expected):
     """One CLIP tower from a CLIPModel folder (keys ``text_model.*`` / ``vision_model.*``) or its own folder,
     strictly: missing, unexpected and mis-shaped tensors are named, nothing is left random."""
