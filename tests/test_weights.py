@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from frdm.engine.weights import (  # noqa: E402
     save_frdm_weights,
 )
 from frdm.engine.weights.backbone import CLIP_CONFIG_DIR, MOTION_CONFIG_DIR, SD15_CONFIG_DIR  # noqa: E402
-from frdm.engine.weights.ldm_layout import unet_to_ldm, vae_to_ldm  # noqa: E402
+from frdm.engine.weights.ldm_layout import motion_to_original, unet_to_ldm, vae_to_ldm  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- helpers: write weight folders
@@ -48,26 +47,6 @@ def _components(seed: int = 0, config: FRDMConfig | None = None) -> dict:
     }
 
 
-def _original_motion_layout(state: dict, max_len: int) -> dict:
-    """diffusers MotionAdapter keys -> the AnimateDiff release layout (temporal_transformer, ...)."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith(".pos_embed.pe"):  # release files carry pos_encoder.pe instead (added below)
-            continue
-        new = (
-            key.replace(".attn1.", ".attention_blocks.0.")
-            .replace(".attn2.", ".attention_blocks.1.")
-            .replace(".norm1.", ".norms.0.")
-            .replace(".norm2.", ".norms.1.")
-            .replace(".norm3.", ".ff_norm.")
-        )
-        new = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", new)
-        out[new] = value
-        if new.endswith(("attention_blocks.0.to_q.weight", "attention_blocks.1.to_q.weight")):
-            out[new.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, max_len, value.shape[1])
-    return out
-
-
 def _write_weights(root: Path, comps: dict, *, sd15: str = "folder", motion: str = "original") -> Path:
     cfg: FRDMConfig = comps["config"]
     root.mkdir(parents=True, exist_ok=True)
@@ -83,7 +62,7 @@ def _write_weights(root: Path, comps: dict, *, sd15: str = "folder", motion: str
         save_file({k: v.contiguous() for k, v in state.items()}, root / "sd15.safetensors")
     adapter_state = comps["adapter"].state_dict()
     if motion == "original":
-        mm = _original_motion_layout(adapter_state, cfg.motion_max_seq_length)
+        mm = motion_to_original(adapter_state, cfg.motion_max_seq_length)
         save_file(mm, root / "motion_module.safetensors")
     elif motion == "diffusers":
         save_file(adapter_state, root / "motion_module.safetensors")
@@ -229,7 +208,7 @@ def test_motion_module_v2_and_v3_layouts(tmp_path: Path) -> None:
         torch.manual_seed(0)
         adapter = MotionAdapter(**cfg.motion_adapter_config())
         path = tmp_path / f"{version}.safetensors"
-        save_file(_original_motion_layout(adapter.state_dict(), cfg.motion_max_seq_length), path)
+        save_file(motion_to_original(adapter.state_dict(), cfg.motion_max_seq_length), path)
         loaded, found = load_motion_adapter(path, config=cfg.motion_adapter_config())
         assert found == version and loaded.config.use_motion_mid_block == mid
         _assert_same_params(loaded, adapter)

@@ -41,17 +41,23 @@ VAL_FIELDS = ("step", "masked_psnr", "psnr", "defect_l1", "masked_psnr_input", "
 
 
 def model_config(config: TrainConfig) -> Any:
-    """The FRDMConfig a run trains: the trained file's own (``weights_dir``'s frdm.safetensors), the sd15
-    preset for pretrained backbones without one, or the random-weight preset with ``model_overrides``.
+    """The FRDMConfig a run trains: the trained file's own (``weights_dir``'s frdm.safetensors), else the
+    preset (sd15 for pretrained backbones, ``model`` for random weights) with ``model_overrides``.
     Known before any network is built, so the dataset can resize its global frames to the model's size."""
     from frdm.engine.models import FRDMConfig
 
+    preset = FRDMConfig.tiny() if config.model == "tiny" else FRDMConfig.sd15()
     if config.weights_dir:
         from frdm.engine.weights import find_weights, read_frdm_header
 
         layout = find_weights(config.weights_dir)
-        return read_frdm_header(layout.frdm)[0] if layout.frdm is not None else FRDMConfig.sd15()
-    preset = FRDMConfig.tiny() if config.model == "tiny" else FRDMConfig.sd15()
+        if layout.frdm is not None:
+            if config.model_overrides:
+                raise InputError(
+                    f"config: model_overrides cannot change the configuration {layout.frdm} was trained with"
+                )
+            return read_frdm_header(layout.frdm)[0]
+        preset = FRDMConfig.sd15()
     data = preset.to_dict()
     for key in config.model_overrides:
         if key not in data:
