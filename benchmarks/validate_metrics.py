@@ -77,7 +77,10 @@ def images(shared: str) -> dict[str, np.ndarray]:
     from frdm.engine.frames import open_source, read_frame
 
     out = {}
-    for film in sorted(glob.glob(os.path.join(shared, "real_film", "*", ""))):
+    films = sorted(glob.glob(os.path.join(shared, "real_film", "*", "")))
+    if not films:  # the cross-check is only meaningful on the images it was run on: never a stand-in
+        raise SystemExit(f"validate_metrics: no real films under {os.path.abspath(shared)}/real_film (give --shared)")
+    for film in films:
         out[os.path.basename(film.rstrip("/"))[:14]] = read_frame(sorted(glob.glob(film + "*.png"))[5]).pixels[..., :3]
     out["bikes@10"] = open_source(os.path.join(shared, "clean", "bikes.mp4")).read(10).pixels
     bunny = open_source(os.path.join(shared, "clean", "bigbuckbunny.mp4")).read(30).pixels

@@ -10,17 +10,48 @@ primaries -> sRGB encoding), ``cineon`` (Kodak Cineon log, 95/685 black/white co
 value, 0.6 negative gamma -> linear -> sRGB encoding), ``rec709`` (BT.709 video encoding: display-referred as is),
 ``raw`` (no conversion). Any other name is a colour space of ``ocio_config`` (OpenImageIO's built-in
 ``ocio://`` configs work offline), converted to that config's sRGB-encoded Rec.709 space.
+
+``auto`` (the default) decides per file, as Nuke's Read does: a colour space the file declares
+(OpenImageIO's ``oiio:ColorSpace``, a DPX header's transfer characteristic) wins; otherwise a DPX/Cineon
+scan is ``cineon``, floating-point data (EXR, float TIFF) is scene-``linear`` and integer data (8/16-bit PNG,
+JPEG, TIFF, movies) is ``srgb``. ``resolve_colorspace`` says which.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from frdm.engine.errors import ParamError
+from frdm.engine.params import BUILTIN_COLORSPACES
 
 IDENTITY = ("srgb", "rec709", "raw")
+AUTO = "auto"
+
+# Names files declare (OpenImageIO's canonical ones and common aliases) -> the built-in space they are.
+_DECLARED = {
+    "srgb": "srgb",
+    "srgb_rec709_scene": "srgb",
+    "srgb_rec709_display": "srgb",
+    "srgb_tx": "srgb",
+    "srgb - texture": "srgb",
+    "linear": "linear",
+    "scene_linear": "linear",
+    "lin_srgb": "linear",
+    "lin_rec709": "linear",
+    "lin_rec709_scene": "linear",
+    "linear rec.709 (srgb)": "linear",
+    "cineon": "cineon",
+    "kodaklog": "cineon",
+    "log": "cineon",
+    "rec709": "rec709",
+    "bt709": "rec709",
+}
+# DPX transfer characteristic (header field, OpenImageIO's dpx:Transfer) -> built-in space.
+_DPX_TRANSFER = {"linear": "linear", "logarithmic": "cineon", "printing density": "cineon", "itu-r 709-4": "rec709"}
+_SCANS = (".dpx", ".cin")
 
 # Cineon (Kodak 95/685). code is the 10-bit code value / 1023.
 _CIN_BLACK, _CIN_WHITE, _CIN_DENSITY, _CIN_GAMMA = 95.0, 685.0, 0.002, 0.6
@@ -89,21 +120,49 @@ def _ocio_convert(rgb: np.ndarray, src: str, dst: str, config: str) -> np.ndarra
     return out.get_pixels(oiio.FLOAT).reshape(rgb.shape)
 
 
+def resolve_colorspace(colorspace: str, frame: Any, ocio_config: str = "ocio://default") -> str:
+    """The colour space to convert ``frame`` (an ``engine.frames.Frame``) with: ``colorspace`` itself, or
+    for ``auto`` what the file says or its type implies (module docstring)."""
+    if colorspace != AUTO:
+        return colorspace
+    declared = (getattr(frame, "file_colorspace", "") or "").strip()
+    if declared.lower() in _DECLARED:
+        return _DECLARED[declared.lower()]
+    if declared:
+        try:
+            if declared in _ocio(ocio_config)[1]:
+                return declared
+        except ParamError:
+            pass  # a config that does not load is reported where it is used; the file type decides here
+    path = getattr(frame, "path", None) or ""
+    if path.lower().endswith(_SCANS):
+        attrs = getattr(frame, "attributes", {}) or {}
+        transfer = str(attrs.get("dpx:Transfer", ("", ""))[1]).lower()
+        return _DPX_TRANSFER.get(transfer, "cineon")
+    formats = list(getattr(frame, "formats", ()) or ())
+    if formats and hasattr(frame, "rgb_indices"):
+        formats = [formats[i] for i in frame.rgb_indices()]  # an integer ID channel says nothing of colour
+    if formats and all(f in ("half", "float", "double") for f in formats):
+        return "linear"
+    return "srgb"
+
+
 def check_colorspace(colorspace: str, ocio_config: str) -> None:
     """Raise ParamError with the valid names if ``colorspace`` is unknown."""
-    if colorspace in IDENTITY or colorspace in ("linear", "cineon"):
+    if colorspace in BUILTIN_COLORSPACES:
         return
     _, names, _ = _ocio(ocio_config)
     if colorspace not in names:
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         raise ParamError(
-            f"parameter 'colorspace': '{colorspace}' is neither built in (srgb, linear, cineon, rec709, raw) "
+            f"parameter 'colorspace': '{colorspace}' is neither built in ({', '.join(BUILTIN_COLORSPACES)}) "
             f"nor a colour space of {ocio_config} ({shown})"
         )
 
 
 def to_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:
     """(..., 3) source-encoded values -> model space (display-referred; in range means within [0, 1])."""
+    _resolved(colorspace)
     if colorspace in IDENTITY:
         return rgb.astype(np.float32, copy=True)
     if colorspace == "linear":
@@ -117,6 +176,7 @@ def to_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://defaul
 
 def from_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:
     """Inverse of ``to_model``."""
+    _resolved(colorspace)
     if colorspace in IDENTITY:
         return rgb.astype(np.float32, copy=True)
     if colorspace == "linear":
@@ -126,6 +186,11 @@ def from_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://defa
     _, _, target = _ocio(ocio_config)
     check_colorspace(colorspace, ocio_config)
     return _ocio_convert(rgb, target, colorspace, ocio_config)
+
+
+def _resolved(colorspace: str) -> None:
+    if colorspace == AUTO:  # a programming error: 'auto' names no conversion until a frame decides it
+        raise ValueError("colour space 'auto' must be resolved per frame first (resolve_colorspace)")
 
 
 def representable(model_rgb: np.ndarray, tol: float = 1e-6) -> np.ndarray:

@@ -3,22 +3,22 @@ over the source (red), side by side in one PNG. A picture says more than a numbe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 
-from frdm.engine.color import to_model
+from frdm.engine.atomic import atomic_path
+from frdm.engine.color import resolve_colorspace, to_model
 from frdm.engine.frames import Frame, SequencePattern, Source, read_frame
 
 MATTE = "frdm.matte"
 
 
-def _display(frame: Frame, params: Mapping[str, Any]) -> np.ndarray:
+def _display(frame: Frame, params: Mapping[str, Any], colorspace: str) -> np.ndarray:
     rgb = frame.pixels[..., frame.rgb_indices()]
-    return np.clip(to_model(rgb, params["colorspace"], params["ocio_config"]), 0.0, 1.0)
+    return np.clip(to_model(rgb, colorspace, params["ocio_config"]), 0.0, 1.0)
 
 
 def _overlay(rgb: np.ndarray, matte: np.ndarray) -> np.ndarray:
@@ -47,9 +47,12 @@ def write_contact_sheet(
     pick = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, min(rows, len(frames)))]
     tiles = []
     for n in dict.fromkeys(pick):
-        before = _display(source.read(n), params)
+        original = source.read(n)
+        # the source decides 'auto' for both: the restored file may be of another type (a PNG scan -> EXR)
+        space = resolve_colorspace(params["colorspace"], original, params["ocio_config"])
+        before = _display(original, params, space)
         restored = read_frame(out.path(n))
-        after = _display(restored, params)
+        after = _display(restored, params, space)
         matte = (
             restored.pixels[..., restored.channels.index(MATTE)]
             if MATTE in restored.channels
@@ -68,10 +71,11 @@ def write_contact_sheet(
     if sheet.shape[1] > max_width:
         scale = max_width / sheet.shape[1]
         sheet = cv2.resize(sheet, (max_width, int(sheet.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1])):
-        from frdm.engine.errors import InputError
+    from frdm.engine.errors import InputError
 
-        raise InputError(f"{path}: cannot write the contact sheet here (check the folder and the .png name)")
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:  # the temporary keeps the .png name OpenCV picks the format by
+            if not cv2.imwrite(tmp, np.ascontiguousarray(sheet[..., ::-1])):
+                raise InputError(f"{path}: cannot write the contact sheet here (check the folder and the .png name)")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the contact sheet here ({exc.strerror or exc})") from None

@@ -5,8 +5,8 @@ Pixels are held as float32 (H, W, C) over the *data window*. Every native type r
 float32 (half, float, 8/10/12/16-bit integers), so a frame read and written back with the same per-channel
 formats is bit-identical: that is what makes "outside the mask nothing changes" hold in the file.
 
-Every write is atomic: the file is written beside its destination under a temporary name with the same
-extension (OpenImageIO picks the format by extension) and renamed over it.
+Every write is atomic (``engine/atomic.py``): the file is written beside its destination under a temporary
+name with the same extension (OpenImageIO picks the format by extension), synced and renamed over it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from frdm.engine.atomic import atomic_path
 from frdm.engine.errors import InputError
 
 IMAGE_EXTENSIONS = (".exr", ".dpx", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".cin", ".sxr")
@@ -52,6 +53,9 @@ class Frame:
     attributes: dict[str, tuple[str, Any]] = field(default_factory=dict)  # name -> (oiio type, value)
     bits_per_sample: int = 0  # e.g. 10 for DPX scans stored as uint16; 0 = the format's own
     path: str | None = None
+    # The colour space the file declares (OpenImageIO's oiio:ColorSpace), for colorspace 'auto'; not
+    # written back (the writer derives its own).
+    file_colorspace: str = ""
 
     @property
     def height(self) -> int:
@@ -163,6 +167,7 @@ def read_frame(path: str | os.PathLike[str], *, check_finite: bool = True) -> Fr
             attributes=attributes,
             bits_per_sample=bits,
             path=path,
+            file_colorspace=spec.get_string_attribute("oiio:ColorSpace", ""),
         )
     finally:
         inp.close()
@@ -202,8 +207,6 @@ def write_frame(
     """Write atomically. ``compression``/``pixel_type`` None keep the frame's own (the input's)."""
     oiio = _oiio()
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     ext = os.path.splitext(path)[1]
     formats = [pixel_type if pixel_type not in (None, "same") else f for f in frame.formats]
     formats = [_format_for_extension(ext, f) for f in formats]
@@ -232,9 +235,16 @@ def write_frame(
             spec.attribute("compression", "zip")
     for name, value in (extra_attributes or {}).items():
         spec.attribute(name, value)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{ext}", dir=directory)
-    os.close(fd)
     try:
+        _write_image(oiio, path, spec, frame.pixels)
+    except OSError as exc:  # a folder that cannot be made or written: one clear line, not a traceback
+        raise InputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+
+
+def _write_image(oiio: Any, path: str, spec: Any, pixels: np.ndarray) -> None:
+    # The temporary keeps the extension (OpenImageIO picks the format by it) and is made by OpenImageIO
+    # itself, so it has the user's normal permissions: other artists, farm nodes and Nuke can read it.
+    with atomic_path(path) as tmp:
         out = oiio.ImageOutput.create(tmp)
         if out is None:
             raise InputError(f"{path}: cannot write this format ({oiio.geterror()})")
@@ -242,23 +252,12 @@ def write_frame(
             err = out.geterror()
             raise InputError(f"{path}: cannot open for writing ({err})")
         try:
-            ok = out.write_image(np.ascontiguousarray(frame.pixels, dtype=np.float32))
+            ok = out.write_image(np.ascontiguousarray(pixels, dtype=np.float32))
             err = out.geterror()
         finally:
             out.close()
         if not ok:
             raise InputError(f"{path}: write failed ({err})")
-        # mkstemp makes 0600 files: give the frame the permissions any other file of this user gets, so
-        # other artists, farm nodes and Nuke sessions can read it.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as fh:  # on disk before the rename, so a power loss never shows a torn frame
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_attributes(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -7,15 +7,16 @@ Every parameter has a *stage*: the earliest step of the pipeline whose result it
 
     detect -> fill -> blend -> output
 
-A cache keyed by ``stage_hash(params, "fill")`` survives a change of ``feather`` (a ``blend`` parameter):
-changing one knob re-runs only what it affects.
+A cache keyed at the ``fill`` stage survives a change of ``feather`` (a ``blend`` parameter): changing one knob
+re-runs only what it affects. Which parameters a frame depends on, and its key, are said in
+``frdm.engine.depends``.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ STAGES = ("detect", "fill", "blend", "output", "run")
 PRESET_FORMAT = 1
 
 # Colour spaces the engine knows without OCIO. Any other name is looked up in ``ocio_config``.
-BUILTIN_COLORSPACES = ("srgb", "linear", "cineon", "rec709", "raw")
+BUILTIN_COLORSPACES = ("auto", "srgb", "linear", "cineon", "rec709", "raw")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class Param:
     choices: tuple[str, ...] = ()
     engines: tuple[str, ...] = ("classical", "diffusion")
     label: str = ""
+    #: On the command line a value that is none of ``choices`` is a file path meaning this choice
+    #: (``--mask shot_roto.####.exr`` is ``mask='artist'`` with that sequence); ``cli_paths`` returns it.
+    path_choice: str = ""
+    metavar: str = ""
 
     @property
     def flag(self) -> str:
@@ -75,21 +80,27 @@ class Param:
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ParamError(f"{where} must be an integer, got {value!r}")
-            try:
-                number = float(value)
-            except ValueError:
-                raise ParamError(f"{where} must be an integer, got {value!r}") from None
-            if number != int(number):
-                raise ParamError(f"{where} must be an integer, got {value!r}")
-            out: Any = int(number)
+            if isinstance(value, int):
+                out: Any = value  # exact, however large: the range check below bounds it
+            else:
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise ParamError(f"{where} must be an integer, got {value!r}") from None
+                # inf, nan and '1e999' (inf once parsed) are no integers: int() of them would overflow
+                if not math.isfinite(number):
+                    raise ParamError(f"{where} must be a finite integer, got {value!r}")
+                if number != int(number):
+                    raise ParamError(f"{where} must be an integer, got {value!r}")
+                out = int(number)
         elif self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ParamError(f"{where} must be a number, got {value!r}")
             try:
                 out = float(value)
-            except ValueError:
-                raise ParamError(f"{where} must be a number, got {value!r}") from None
-            if out != out or out in (float("inf"), float("-inf")):
+            except (ValueError, OverflowError):  # OverflowError: an integer beyond any float
+                raise ParamError(f"{where} must be a finite number, got {value!r}") from None
+            if not math.isfinite(out):
                 raise ParamError(f"{where} must be a finite number, got {value!r}")
         elif self.kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
@@ -110,6 +121,23 @@ class Param:
         return out
 
 
+class Params(dict):
+    """Validated parameters: every name of the schema, every value checked (what ``Schema.validate``
+    returns). Read-only, so holding one means it is still valid: ``validate`` hands it back as it is and
+    parameters are checked once where they enter (CLI, wire, knobs), not again by every function they pass.
+    ``SCHEMA.update(params, changes)`` makes a changed copy, checking only the changes."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("validated parameters are read-only; use SCHEMA.update(params, {name: value})")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Params, (dict(self),))
+
+
 @dataclass(frozen=True)
 class Schema:
     params: tuple[Param, ...]
@@ -128,32 +156,36 @@ class Schema:
         return {p.name: p.default for p in self.params}
 
     def validate(self, values: Mapping[str, Any] | None = None, *, partial: bool = False) -> dict[str, Any]:
-        """Defaults overlaid with ``values``, every value checked. Unknown names are errors (typos are
-        common in presets and farm scripts); the message suggests the closest known name."""
+        """Defaults overlaid with ``values``, every value checked: a ``Params`` (``partial``: only the given
+        names, as a plain dict). Unknown names are errors (typos are common in presets and farm scripts);
+        the message suggests the closest known name. ``Params`` are returned as they are (already checked)."""
+        if isinstance(values, Params) and not partial:
+            return values
         if values is not None and not isinstance(values, Mapping):
             raise ParamError("parameters must be a mapping of name to value")
-        values = dict(values or {})
         out: dict[str, Any] = {} if partial else self.defaults()
+        out.update(self._coerce(values or {}))
+        if partial:
+            return out
+        _check_cross_field(out)
+        return Params(out)
+
+    def update(self, params: Mapping[str, Any], changes: Mapping[str, Any]) -> Params:
+        """``params`` (validated) with ``changes``; only the changes are checked (and the cross-field rules)."""
+        out = dict(self.validate(params))
+        out.update(self._coerce(changes))
+        _check_cross_field(out)
+        return Params(out)
+
+    def _coerce(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
         for name, value in values.items():
             if not isinstance(name, str) or name not in self.by_name:
                 close = difflib.get_close_matches(str(name), list(self.by_name), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ParamError(f"unknown parameter '{name}'{hint}")
             out[name] = self.by_name[name].coerce(value)
-        if not partial:
-            _check_cross_field(out)
         return out
-
-    def stage_hash(self, values: Mapping[str, Any], stage: str, engine_version: str = "") -> str:
-        """Hash of the parameters whose stage is at or before ``stage`` (plus the engine version)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage}")
-        upto = STAGES.index(stage)
-        full = self.validate(values)
-        engine = full.get("engine", "")
-        key = {p.name: full[p.name] for p in self.params if STAGES.index(p.stage) <= upto and (engine in p.engines)}
-        blob = json.dumps({"v": engine_version, "p": key}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def for_engine(self, engine: str) -> list[Param]:
         return [p for p in self.params if engine in p.engines]
@@ -188,10 +220,11 @@ SCHEMA = Schema(
         Param(
             "colorspace",
             "str",
-            "srgb",
-            "colour space of the source pixels: srgb, linear (scene-linear, "
-            "Rec.709 primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space "
-            "name of the OCIO config",
+            "auto",
+            "colour space of the source pixels: auto (by file: what it declares, else EXR/float data "
+            "scene-linear, DPX/Cineon log, 8/16-bit PNG/JPEG/TIFF sRGB), srgb, linear (scene-linear, Rec.709 "
+            "primaries), cineon (Kodak 95/685 log), rec709, raw (no conversion), or any colour space name of "
+            "the OCIO config",
         ),
         Param(
             "ocio_config",
@@ -206,9 +239,12 @@ SCHEMA = Schema(
             "auto",
             "which pixels may change: 'auto' = only the detected defects "
             "(restore defects only), 'none' = the whole frame, 'artist' = an artist mask (a separate "
-            "sequence or 'mask_channel')",
+            "sequence or 'mask_channel'), used as given: nothing outside it changes; on the command line a "
+            "mask sequence (e.g. roto.####.exr) means 'artist' with that mask",
             choices=("auto", "none", "artist"),
             stage="blend",
+            path_choice="artist",
+            metavar="SEQ|auto|none|artist",
         ),
         Param(
             "mask_channel",
@@ -222,7 +258,8 @@ SCHEMA = Schema(
             "feather",
             "float",
             2.0,
-            "soft edge of the mask in pixels (Gaussian sigma)",
+            "soft edge of the auto defect matte in pixels (Gaussian sigma, outwards); an artist mask is used "
+            "as given (its softness is the artist's)",
             stage="blend",
             minimum=0.0,
             maximum=200.0,
@@ -231,7 +268,8 @@ SCHEMA = Schema(
             "matte_grow",
             "int",
             2,
-            "grow the auto defect matte by this many pixels before feathering, so defect halos are covered",
+            "grow the auto defect matte by this many pixels before feathering, so defect halos are covered "
+            "(an artist mask is never grown)",
             stage="blend",
             minimum=0,
             maximum=64,
@@ -314,6 +352,7 @@ SCHEMA = Schema(
             20,
             "denoising steps",
             group="diffusion",
+            stage="fill",
             minimum=1,
             maximum=1000,
             engines=_DIFFUSION,
@@ -324,6 +363,7 @@ SCHEMA = Schema(
             1.0,
             "how far the degraded latent is noised before denoising (1 = from z_T, the paper's setting)",
             group="diffusion",
+            stage="fill",
             minimum=0.01,
             maximum=1.0,
             engines=_DIFFUSION,
@@ -335,6 +375,7 @@ SCHEMA = Schema(
             "noise seed; each frame's noise derives from (seed, frame number) so a "
             "chunked render equals a whole-range render",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=2**31 - 1,
             engines=_DIFFUSION,
@@ -345,6 +386,7 @@ SCHEMA = Schema(
             "an old film frame",
             "full-frame description (global prompt)",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -353,6 +395,7 @@ SCHEMA = Schema(
             512,
             "stage-2 patch size in pixels (multiple of 64)",
             group="diffusion",
+            stage="fill",
             minimum=64,
             maximum=4096,
             engines=_DIFFUSION,
@@ -363,6 +406,7 @@ SCHEMA = Schema(
             128,
             "overlap of neighbouring patches in pixels",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=2048,
             engines=_DIFFUSION,
@@ -373,6 +417,7 @@ SCHEMA = Schema(
             16,
             "frames per temporal window",
             group="diffusion",
+            stage="fill",
             minimum=1,
             maximum=64,
             engines=_DIFFUSION,
@@ -383,6 +428,7 @@ SCHEMA = Schema(
             4,
             "frames shared by consecutive temporal windows",
             group="diffusion",
+            stage="fill",
             minimum=0,
             maximum=63,
             engines=_DIFFUSION,
@@ -394,6 +440,7 @@ SCHEMA = Schema(
             "denoising sampler: 'ddim' (the paper's) or 'dpmsolver' (DPM-Solver++ 2M; each patch keeps its own "
             "solver history)",
             group="diffusion",
+            stage="fill",
             choices=("ddim", "dpmsolver"),
             engines=_DIFFUSION,
         ),
@@ -404,6 +451,7 @@ SCHEMA = Schema(
             "how overlapping stage-2 patches are assembled: 'cosine' blend weights, or 'uniform' averaging "
             "(shows seams; for comparison)",
             group="diffusion",
+            stage="fill",
             choices=("cosine", "uniform"),
             engines=_DIFFUSION,
         ),
@@ -413,6 +461,7 @@ SCHEMA = Schema(
             True,
             "stage 1 global residual (Eq. 1-2) against blocking",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -421,6 +470,7 @@ SCHEMA = Schema(
             True,
             "patches attend to cached keys/values of denoised neighbours",
             group="diffusion",
+            stage="fill",
             engines=_DIFFUSION,
         ),
         Param(
@@ -429,6 +479,7 @@ SCHEMA = Schema(
             "fp16",
             "network precision on the GPU (CPU runs fp32)",
             group="diffusion",
+            stage="fill",
             choices=("fp16", "bf16", "fp32"),
             engines=_DIFFUSION,
         ),
@@ -482,10 +533,6 @@ def validate(values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return SCHEMA.validate(values)
 
 
-def stage_hash(values: Mapping[str, Any], stage: str = "output", engine_version: str = "") -> str:
-    return SCHEMA.stage_hash(values, stage, engine_version)
-
-
 # --- presets -------------------------------------------------------------------------------------------
 
 
@@ -517,47 +564,63 @@ def save_preset(path: str | os.PathLike[str], values: Mapping[str, Any], *, only
     base = SCHEMA.defaults()
     kept = {k: v for k, v in full.items() if not only_changed or v != base[k]}
     text = json.dumps({"frdm_preset": PRESET_FORMAT, "params": kept}, indent=2, sort_keys=True) + "\n"
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from frdm.engine.atomic import write_text
+
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise ParamError(f"preset file {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 # --- command line --------------------------------------------------------------------------------------
 
 
-def add_cli_arguments(parser: Any, groups: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> None:
-    """Add one ``--flag`` per parameter (default None so that presets can fill what the user left out).
-    ``exclude`` names parameters the command exposes its own way (``frdm restore --mask SEQ|auto|none``)."""
+def add_cli_arguments(parser: Any, groups: Iterable[str] | None = None) -> None:
+    """Add one ``--flag`` per parameter (default None so that presets can fill what the user left out). A
+    parameter with a ``path_choice`` also takes a file path (``--mask SEQ``; see ``cli_paths``)."""
     wanted = set(groups) if groups is not None else None
-    skip = set(exclude)
     for group in dict.fromkeys(p.group for p in SCHEMA):
         if wanted is not None and group not in wanted:
             continue
         g = parser.add_argument_group(f"{group} parameters")
         for p in SCHEMA:
-            if p.group != group or p.name in skip:
+            if p.group != group:
                 continue
+            # argparse %-formats help text: a literal '%' (e.g. "90% of the card") must be doubled
             kw: dict[str, Any] = {
                 "dest": f"param_{p.name}",
                 "default": None,
-                "help": f"{p.help} (default: {p.default!r})",
+                "help": f"{p.help} (default: {p.default!r})".replace("%", "%%"),
             }
             if p.kind == "bool":
                 g.add_argument(p.flag, action="store_true", **kw)
                 kw2 = dict(kw, help=f"turn '{p.name}' off")
                 g.add_argument("--no-" + p.name.replace("_", "-"), action="store_false", **kw2)
                 continue
-            if p.kind == "choice":
+            kw["metavar"] = p.metavar or p.name.upper()
+            if p.kind == "choice" and not p.path_choice:
                 kw["choices"] = p.choices
+                kw["metavar"] = "{" + ",".join(p.choices) + "}"
             g.add_argument(p.flag, **kw)
 
 
-def from_cli_args(args: Any, preset: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults < preset < explicit flags, validated."""
+def cli_paths(args: Any) -> dict[str, str]:
+    """The file paths given for parameters with a ``path_choice`` (``{'mask': 'roto.####.exr'}``)."""
+    out = {}
+    for p in SCHEMA:
+        v = getattr(args, f"param_{p.name}", None)
+        if p.path_choice and v is not None and v not in p.choices:
+            out[p.name] = str(v)
+    return out
+
+
+def from_cli_args(args: Any, preset: Mapping[str, Any] | None = None) -> Params:
+    """Defaults < preset < explicit flags, validated (a path for a ``path_choice`` parameter means that
+    choice: ``--mask roto.####.exr`` is ``mask='artist'``)."""
     values: dict[str, Any] = dict(preset or {})
+    paths = cli_paths(args)
     for p in SCHEMA:
         v = getattr(args, f"param_{p.name}", None)
         if v is not None:
-            values[p.name] = v
+            values[p.name] = p.path_choice if p.name in paths else v
     return SCHEMA.validate(values)

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from frdm.engine import atomic, depends
 from frdm.engine import params as P
 from frdm.engine.blend import blend, feather_mask
-from frdm.engine.color import check_colorspace, from_model, representable, to_model
+from frdm.engine.color import check_colorspace, from_model, representable, resolve_colorspace, to_model
 from frdm.engine.errors import InputError
 from frdm.engine.frames import (
     MOVIE_EXTENSIONS,
@@ -39,11 +40,12 @@ ATTR_HASH = "frdm:params_hash"
 ATTR_ENGINE = "frdm:engine_version"
 ATTR_PARAMS = "frdm:params"
 ATTR_SOURCE = "frdm:source"
-ATTR_INPUT = "frdm:input"  # fingerprint of what the frame was made from (source, mask, weights)
+ATTR_COLORSPACE = "frdm:colorspace"  # the colour space the frame was converted with ('auto' resolved)
+ATTR_KEY = "frdm:frame_key"  # frdm.engine.depends.frame_key: inputs, parameters, engine, weights
 
 
 def output_hash(params: Mapping[str, Any], restorer: Restorer) -> str:
-    return P.stage_hash(params, "output", restorer.engine_version)
+    return depends.params_hash(params, "output", restorer.engine_version)
 
 
 class _FrameCache:
@@ -131,10 +133,11 @@ def restore_frames(
         reference = reference or (numbers[0], originals[0])
         _check_geometry(originals, numbers, source.description, reference)
         rgb_index = [f.rgb_indices() for f in originals]
+        spaces = [resolve_colorspace(params["colorspace"], f, params["ocio_config"]) for f in originals]
         model = np.stack(
             [
-                to_model(f.pixels[..., idx], params["colorspace"], params["ocio_config"])
-                for f, idx in zip(originals, rgb_index)
+                to_model(f.pixels[..., idx], space, params["ocio_config"])
+                for f, idx, space in zip(originals, rgb_index, spaces)
             ]
         )
         in_range = representable(model)
@@ -154,16 +157,15 @@ def restore_frames(
             elif params["mask"] == "none":
                 mask = np.ones(restored.matte.shape, np.float32)
             else:
+                # The artist's mask as given: its softness is the artist's, and outside it nothing may change
+                # (feather and grow would spread it outwards; they belong to the auto matte).
                 mask_frame = mask_source.read(restored.frame_number) if mask_source is not None else None
-                mask = feather_mask(
-                    _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number),
-                    params["feather"],
-                )
+                mask = _artist_mask(original, mask_frame, params["mask_channel"], restored.frame_number)
             # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
             # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
             changed = np.any(restored.image != clip.frames[i], axis=-1)
             mask = mask * in_range[i] * changed
-            back = from_model(restored.image, params["colorspace"], params["ocio_config"])
+            back = from_model(restored.image, spaces[i], params["ocio_config"])
             pixels = original.pixels.copy()
             if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                 grey = back.mean(axis=-1, keepdims=True)
@@ -181,6 +183,7 @@ def restore_frames(
             out = original.with_pixels(pixels, channels, formats)
             out.attributes[ATTR_HASH] = ("string", digest)
             out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
+            out.attributes[ATTR_COLORSPACE] = ("string", spaces[i])
             out.attributes[ATTR_PARAMS] = ("string", _params_text(params))
             out.attributes[ATTR_SOURCE] = ("string", os.path.basename(original.path or ""))
             yield restored.frame_number, out
@@ -217,7 +220,7 @@ class RestorePlan:
     params: dict[str, Any]
     digest: str
     context: tuple[int, int]
-    weights_id: str = "-"  # weights_stamp() of the weights the frames are made with
+    keys: dict[int, str] = field(default_factory=dict)  # frame -> depends.frame_key at the output stage
 
     def describe(self) -> str:
         b, a = self.context
@@ -259,72 +262,115 @@ def plan_restore(
         )
     if params["write_matte"] and pattern.extension != ".exr":
         # Only EXR holds an extra channel of its own type next to the picture's.
-        params = P.validate({**params, "write_matte": False})
+        params = P.SCHEMA.update(params, {"write_matte": False})
     if not pattern.is_sequence and len(frames) > 1:
         raise InputError(f"{out}: several frames need a sequence pattern for OUT, e.g. out.####.exr or out.%04d.exr")
-    for n in frames:
-        src_path = source.path(n)
-        if src_path and os.path.realpath(src_path) == os.path.realpath(pattern.path(n)):
-            raise InputError(f"{out}: OUT would overwrite the source frame {src_path}; write somewhere else")
     mask_source = None
     if mask not in (None, "", "auto", "none"):
         mask_source = open_source(mask)
         mask_source.check_frames(frames)
-        params = P.validate({**params, "mask": "artist"})
+        params = P.SCHEMA.update(params, {"mask": "artist"})
     elif mask in ("auto", "none"):
-        params = P.validate({**params, "mask": mask})
+        params = P.SCHEMA.update(params, {"mask": mask})
+    _check_no_overlap(source, mask_source, pattern, frames)
+    _check_writable(os.path.dirname(os.path.abspath(pattern.path(frames[0]))))
     check_colorspace(params["colorspace"], params["ocio_config"])
     digest = output_hash(params, restorer)
-    weights_id = weights_stamp(weights)
+    keys = frame_keys(source, mask_source, frames, params, restorer, depends.weights_id(weights))
     skip = []
     if resume:
         for n in frames:
             attrs = read_attributes(pattern.path(n))
-            if (
-                attrs is not None
-                and attrs.get(ATTR_HASH) == digest
-                and attrs.get(ATTR_INPUT) == input_fingerprint(source, mask_source, n, weights_id)
-            ):
+            if attrs is not None and attrs.get(ATTR_KEY) == keys[n]:
                 skip.append(n)
     todo = [n for n in frames if n not in set(skip)]
-    return RestorePlan(
-        source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), weights_id
-    )
+    return RestorePlan(source, pattern, frames, todo, skip, mask_source, params, digest, restorer.context(params), keys)
 
 
-def _file_stamp(path: str | None) -> str:
-    if not path:
-        return "-"
+def _check_no_overlap(source: Source, mask_source: Source | None, out: SequencePattern, frames: list[int]) -> None:
+    """No frame written may be a file that the run reads (a source frame, context included, or a mask
+    frame): writing it would destroy the input, and later frames would read restored pixels as source."""
+    written = {os.path.realpath(out.path(n)): n for n in frames}
+    for what, src in (("source", source), ("mask", mask_source)):
+        if src is None:
+            continue
+        for m in src.frame_numbers:
+            path = src.path(m)
+            if path and os.path.realpath(path) in written:
+                raise InputError(
+                    f"{out.pattern}: OUT would overwrite the {what} frame {path} (output frame "
+                    f"{written[os.path.realpath(path)]}); write somewhere else"
+                )
+
+
+def _check_writable(folder: str) -> None:
+    """One clear line, before any pixel is computed, when OUT's folder cannot be made or written."""
+    probe = folder
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise InputError(f"{folder}: cannot make the output folder ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: the output folder is not writable (no permission on {probe})")
+
+
+def _prepare_output(folder: str) -> None:
+    """Make OUT's folder, prove it takes a file (read-only mounts, quotas), and clear the temporaries that
+    a killed earlier run left there (``engine/atomic.py``)."""
     try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}:missing"
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+        os.makedirs(folder, exist_ok=True)
+        atomic.write_bytes(os.path.join(folder, ".frdm-write-test"), b"")
+        os.unlink(os.path.join(folder, ".frdm-write-test"))
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write the output here ({exc.strerror or exc})") from None
+    atomic.remove_stale(folder)
 
 
-def weights_stamp(weights: str | None) -> str:
-    """Path, size and modification time of every file of a weights folder (or file), in one string."""
-    if not weights:
-        return "-"
-    if os.path.isdir(weights):
-        files = sorted(os.path.join(d, f) for d, _, names in os.walk(weights) for f in names)
-    else:
-        files = [weights]
-    return "|".join(_file_stamp(f) for f in files)
+def frame_keys(
+    source: Source,
+    mask_source: Source | None,
+    frames: list[int],
+    params: Mapping[str, Any],
+    restorer: Restorer,
+    weights_id: str,
+) -> dict[int, str]:
+    """The output-stage key of each of ``frames`` (``frdm.engine.depends``): the bytes of every source frame in
+    its context window and of its mask, the parameters, the engine version and the weights. Each file is read
+    once, streamed. A movie's frames have no files of their own: the movie file's identity and the frame
+    number stand in."""
+    reach = restorer.context(params)
+    available = sorted(source.frame_numbers)
+    ids: dict[tuple[str, int], str] = {}
 
+    def content(src: Source, kind: str, n: int) -> str:
+        if (kind, n) not in ids:
+            path = src.path(n)
+            if path:
+                try:
+                    ids[(kind, n)] = depends.content_id(path)
+                except OSError as exc:
+                    raise InputError(f"{path}: cannot read frame {n} ({exc.strerror})") from None
+            else:
+                ids[(kind, n)] = f"{depends.stamp_id(src.description)}:{n}"
+        return ids[(kind, n)]
 
-def input_fingerprint(source: Source, mask_source: Source | None, frame: int, weights_id: str) -> str:
-    """What frame ``frame`` is made from: its source file, its mask file and the weights (``weights_stamp``), by
-    path, size and modification time (cheap: no pixels are read). Resume skips a frame only when this matches
-    too, so re-pointing OUT at another shot, editing a mask or swapping weights re-renders."""
-    import hashlib
-
-    parts = [
-        _file_stamp(source.path(frame) or source.description),
-        _file_stamp(mask_source.path(frame)) if mask_source is not None else "-",
-        weights_id,
-    ]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+    keys = {}
+    for f in frames:
+        window = depends.window_at(f, reach, available)
+        keys[f] = depends.frame_key(
+            f,
+            params,
+            "output",
+            window=window,
+            sources={n: content(source, "source", n) for n in window},
+            masks={f: content(mask_source, "mask", f)} if mask_source is not None else None,
+            engine_version=restorer.engine_version,
+            weights_id=weights_id,
+        )
+    return keys
 
 
 def restore_sequence(
@@ -347,7 +393,15 @@ def restore_sequence(
     plan = plan_restore(
         src, out, frames=frames, params=params, restorer=restorer, mask=mask, resume=resume, weights=weights
     )
+    if contact_sheet:
+        sheet = os.path.realpath(contact_sheet)
+        for src_ in (plan.source, plan.mask_source):
+            for m in src_.frame_numbers if src_ is not None else ():
+                if (path := src_.path(m)) and os.path.realpath(path) == sheet:
+                    raise InputError(f"{contact_sheet}: the contact sheet would overwrite the input {path}")
     report = RestoreReport(skipped=list(plan.skip))
+    if plan.todo:
+        _prepare_output(os.path.dirname(os.path.abspath(plan.out.path(plan.todo[0]))))
     t0 = time.perf_counter()
     compression = None if plan.params["compression"] == "same" else plan.params["compression"]
     pixel_type = None if plan.params["pixel_type"] == "same" else plan.params["pixel_type"]
@@ -356,10 +410,7 @@ def restore_sequence(
             plan.source, plan.todo, plan.params, restorer, mask_source=plan.mask_source, progress=progress
         ):
             path = plan.out.path(n)
-            frame.attributes[ATTR_INPUT] = (
-                "string",
-                input_fingerprint(plan.source, plan.mask_source, n, plan.weights_id),
-            )
+            frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
             write_frame(path, frame, compression=compression, pixel_type=pixel_type)
             report.written.append(n)
             report.outputs[n] = path

@@ -18,6 +18,7 @@ from frdm.engine.errors import FrdmError
 # name -> (module, one-line help). Adding a command is one line here and one module.
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("frdm.commands.restore", "restore an image sequence or movie (classical or diffusion)"),
+    "qc": ("frdm.commands.qc", "where a restoration changed the picture: figures, crops and plot as an HTML page"),
     "degrade": ("frdm.commands.degrade", "make a dataset shot: synthetic film defects with exact masks"),
     "pairs": ("frdm.commands.pairs", "defect masks from (degraded, restored) frame pairs"),
     "eval": ("frdm.commands.eval", "metrics of a restoration against ground truth (Table-1 layout)"),
@@ -26,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("frdm.commands.serve", "run the inference server (ZeroMQ; keeps the restorer resident)"),
     "keygen": ("frdm.commands.keygen", "make CURVE keys for 'frdm serve --curve-keys'"),
     "submit": ("frdm.commands.submit", "write a render-farm job (Open Job Description, Deadline) for a shot"),
+    "farm": ("frdm.commands.farm", "render-farm task helpers (a resident server per worker session, chunk tasks)"),
     "info": ("frdm.commands.info", "describe a weights folder: components, parameter counts, memory"),
 }
 

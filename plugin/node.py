@@ -23,14 +23,15 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from frdm import __version__
+from frdm.engine import atomic, depends
 from frdm.engine.errors import FrdmError, InputError, ParamError
 from frdm.engine.frames import SequencePattern, format_frame_range
-from frdm.engine.params import SCHEMA, Param
+from frdm.engine.params import SCHEMA, Param, Params
 from frdm.server import protocol
 from frdm.server.client import Event, FrdmClient, ServerError
 
@@ -84,18 +85,8 @@ def describe() -> NodeDescriptor:
 
 
 def context_for(params: Mapping[str, Any]) -> tuple[int, int]:
-    """Frames a target reads before and after it, without importing the engine (torch).
-
-    Mirrors the engines' ``Restorer.context``: the classical engine detects and fills from
-    ``temporal_radius`` frames either side; the diffusion engine needs every temporal window that contains a
-    target to be complete, and a window reaches ``window - 1`` frames either side of any of its frames
-    (engine/diffusion/windows.py). tests/test_node.py checks this against the classical restorer."""
-    p = SCHEMA.validate(params)
-    if p["engine"] == "diffusion":
-        # DiffusionRestorer.context: whole windows, and the classical matte's own temporal radius.
-        n = max(p["window"] - 1, p["temporal_radius"])
-        return n, n
-    return p["temporal_radius"], p["temporal_radius"]
+    """Frames a target reads before and after it (``frdm.engine.depends.context``; no engine import)."""
+    return depends.context(SCHEMA.validate(params))
 
 
 def frames_needed(
@@ -105,17 +96,9 @@ def frames_needed(
     context is positional like the pipeline's: the ``before``/``after`` nearest frames that exist, clamped at
     the ends of the sequence. Without it: the frame numbers ``f - before .. f + after``."""
     targets = sorted({frames} if isinstance(frames, int) else set(frames))
-    before, after = context_for(params)
-    if available is None:
-        return sorted({n for f in targets for n in range(f - before, f + after + 1)})
-    avail = sorted(set(available))
-    position = {n: i for i, n in enumerate(avail)}
-    check_range(targets, avail)
-    out: set[int] = set()
-    for f in targets:
-        i = position[f]
-        out.update(avail[max(0, i - before) : i + after + 1])
-    return sorted(out)
+    if available is not None:
+        check_range(targets, available)
+    return depends.frames_needed(targets, SCHEMA.validate(params), available)
 
 
 def check_range(frames: Sequence[int], available: Sequence[int], clip: str = CLIP_SOURCE) -> None:
@@ -310,7 +293,7 @@ class FrdmNode:
         self.timeout = timeout
         self.retries = retries
         self.client_kwargs = dict(client_kwargs or {})
-        self.params: dict[str, Any] = SCHEMA.validate(params or {})
+        self.params: Params = SCHEMA.validate(params or {})
         self._hello: dict[str, Any] | None = None
         self.job: RenderJob | None = None
 
@@ -318,7 +301,7 @@ class FrdmNode:
 
     def set_params(self, values: Mapping[str, Any]) -> None:
         """Overlay ``values`` on the current parameters (validated: a bad value raises ParamError)."""
-        self.params = SCHEMA.validate({**self.params, **dict(values)})
+        self.params = SCHEMA.update(self.params, values)
 
     def set_address(self, address: str) -> None:
         if address != self.address:
@@ -371,6 +354,16 @@ class FrdmNode:
         self._hello = info
         return info
 
+    def _engine_identity(self, params: Mapping[str, Any]) -> tuple[str, str]:
+        """(engine version, weights id) of what will make the frames. The classical engine loads no weights:
+        known without asking. Weights can be swapped between renders (a restarted server), so for an engine
+        that loads them the server is asked every time: a cheap hello, and stale frames never come back."""
+        engine = params["engine"]
+        if engine in depends.WEIGHTLESS_ENGINES:
+            return depends.ENGINE_VERSIONS[engine], depends.NO_WEIGHTS
+        info = self.hello(refresh=True)
+        return str(info.get("engine_version", "")), str(info.get("weights_id", ""))
+
     # --- rendering ----------------------------------------------------------------------------------
 
     def render(
@@ -395,7 +388,7 @@ class FrdmNode:
         pattern = SequencePattern.parse(os.path.abspath(output))
         if not pattern.is_sequence or not pattern.suffix.lower().endswith(".exr"):
             raise InputError(f"output '{output}' must be an EXR sequence such as name.####.exr")
-        params = dict(self.params)
+        params = self.params  # validated and read-only: the job keeps the knobs of the moment it started
         if self.job is not None and self.job.running():
             raise RenderError("busy", "this node is already rendering; wait for it or press Cancel")
 
@@ -442,7 +435,7 @@ class FrdmNode:
 
         out_dir = os.path.dirname(pattern.path(targets[0]))
         os.makedirs(out_dir, exist_ok=True)
-        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self.address)
+        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self._engine_identity(params))
         if use_cache and _manifest_hit(out_dir, pattern, keys):
             report(len(targets), len(targets), "unchanged: results from the last render")
             return RenderResult(
@@ -527,10 +520,7 @@ class FrdmNode:
         elif event.kind == "frame" and event.frame is not None:
             path = stage.path(event.frame)
             if event.data is not None:
-                tmp = f"{path}.tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(event.data)
-                os.replace(tmp, path)
+                atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -576,20 +566,26 @@ def _frame_keys(
     available: Sequence[int],
     sources: Mapping[int, Fingerprint],
     masks: Mapping[int, Fingerprint] | None,
-    address: str,
+    engine: tuple[str, str],
 ) -> dict[int, str]:
-    """Per target: the hash of its parameters and of the bytes of every input in its context window."""
+    """Per target: its output-stage key (``frdm.engine.depends.frame_key``). ``engine`` is the (engine
+    version, weights id) that makes the frames."""
     digest = {f: fp.digest for f, fp in sources.items()}
     mdigest = {f: fp.digest for f, fp in (masks or {}).items()}
-    base = SCHEMA.stage_hash(params, "output")
-    out = {}
-    for f in targets:
-        window = frames_needed([f], params, available)
-        blob = json.dumps(
-            [base, address, [(n, digest[n], mdigest.get(n)) for n in window]], separators=(",", ":")
-        ).encode()
-        out[f] = hashlib.sha256(blob).hexdigest()
-    return out
+    engine_version, weights = engine
+    return {
+        f: depends.frame_key(
+            f,
+            params,
+            "output",
+            window=depends.window(f, params, available),
+            sources=digest,
+            masks=mdigest,
+            engine_version=engine_version,
+            weights_id=weights,
+        )
+        for f in targets
+    }
 
 
 def _manifest_path(out_dir: str, pattern: SequencePattern) -> str:
@@ -611,22 +607,43 @@ def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str
     return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
 
 
+#: Read-modify-write of a manifest is one critical section per process (two nodes, one folder); across
+#: processes (two Nukes, a farm task) an advisory lock on the folder itself does the same where the OS has
+#: one (no lock file left behind; the manifest cannot be locked as it is replaced by a rename).
+_MANIFEST_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _manifest_locked(path: str) -> Iterator[None]:
+    with _MANIFEST_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the in-process lock and the unique temporary name still hold
+            yield
+            return
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
 def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
     path = _manifest_path(out_dir, pattern)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-        if not isinstance(doc, dict):
+    with _manifest_locked(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            if not isinstance(doc, dict):
+                doc = {}
+        except (OSError, ValueError):
             doc = {}
-    except (OSError, ValueError):
-        doc = {}
-    entry = dict(_read_manifest(out_dir, pattern))
-    entry.update({str(f): k for f, k in keys.items()})
-    doc[os.path.basename(pattern.pattern)] = entry
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+        entry = doc.get(os.path.basename(pattern.pattern))
+        entry = dict(entry) if isinstance(entry, dict) else {}
+        entry.update({str(f): k for f, k in keys.items()})
+        doc[os.path.basename(pattern.pattern)] = entry
+        atomic.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 __all__ = [

@@ -11,6 +11,13 @@ quiet_pip() {
   "$VENV/bin/python" -m pip install -q "$@" 2>&1 | grep -v '^WARNING: Location' || true
   return "${PIPESTATUS[0]}"
 }
+# tests/test_gizmo_tcl.py evaluates the gizmo with Tcl: Debian's tcl package, installed when missing.
+if ! command -v tclsh >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq tcl >/dev/null \
+    || { echo "setup: install Tcl (apt-get install tcl): the gizmo test needs tclsh"; exit 1; }
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
@@ -19,4 +26,10 @@ quiet_pip "${FRDM_TORCH:-torch==2.13.0}"
 quiet_pip -e ".[engine,farm,dev]"
 "$VENV/bin/python" -c "import frdm.engine.frames, torch, cv2, OpenImageIO, zmq, msgpack, diffusers, transformers" \
   || { echo "setup: the install is incomplete (see pip's messages above)"; exit 1; }
+# The host side in Nuke 14's Python 3.9 (tests/test_host_py39.py): the base install into a 3.9 venv, where
+# pyenv has one (pip install also checks that requires-python admits 3.9).
+PY39=$(ls -d "$HOME"/.pyenv/versions/3.9*/bin/python 2>/dev/null | tail -n 1 || true)
+if [ -n "$PY39" ] && [ ! -x .venv-py39/bin/python ]; then
+  "$PY39" -m venv .venv-py39 && .venv-py39/bin/python -m pip install -q -e . 2>&1 | grep -v '^WARNING: Location' || true
+fi
 touch "$VENV/.installed"

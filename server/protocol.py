@@ -64,7 +64,11 @@ class Limits:
     max_sources_per_job: int = 2100  # sources including context frames outside ``frames``
     max_pixels_per_frame: int = 8192 * 8192
     max_channels: int = 64
+    # width x height x channels x 4 (float32, what every frame is decoded to), checked from the file's header
+    # before decoding: 8K RGB fits; a 2K frame declaring 64 channels (a decompression bomb) does not
+    max_frame_bytes: int = 512 << 20
     max_queued_jobs: int = 64
+    max_queued_bytes: int = 8 << 30  # inline data all live jobs together hold, server-wide
 
     def to_wire(self) -> dict[str, int]:
         return asdict(self)
@@ -109,7 +113,30 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise ProtocolError("bad_request", f"the header is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", f"the header must be a msgpack map, got {type(obj).__name__}")
+    _refuse_timestamps(obj)
     return obj
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _refuse_timestamps(obj: Any) -> None:
+    # msgpack decodes its one predefined extension (-1, timestamps) itself, without asking ext_hook; the
+    # protocol has no extension types, so a Timestamp anywhere is refused. Iterative: nesting is deep enough.
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif not isinstance(value, _PLAIN):
+            raise ProtocolError(
+                "bad_request",
+                f"the header holds a msgpack {type(value).__name__}; extension "
+                "types (timestamps included) are not part of the protocol",
+            )
 
 
 def encode(header: Mapping[str, Any], blobs: Sequence[bytes] = ()) -> list[bytes]:

@@ -22,10 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 calls: list[tuple[Any, ...]] = []
+EXE_PATH = "/opt/Nuke15.1v1/Nuke15.1"  # Nuke's executable; its bundled OCIO configs lie beside it
 env: dict[str, Any] = {"gui": False}
 _queue: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
 _lock = threading.Lock()
 _frame = [1]
+_views: list[str] = ["main"]
+_modified = [False]
+_undo: list[tuple[str, str]] = []
 _context: list[Group] = []
 _progress_cancel = threading.Event()
 knob_writes_off_main: list[str] = []
@@ -38,9 +42,16 @@ class Knob:
     def __init__(self, name: str = "", label: str = "", value: Any = None):
         self._name, self._label, self._value, self._tooltip = name, label or name, value, ""
         self._node: Node | None = None
+        self._animated = False  # fake_animate: keys or an expression
 
     def name(self) -> str:
         return self._name
+
+    def isAnimated(self, channel: int = 0) -> bool:
+        return self._animated
+
+    def hasExpression(self, index: int = 0) -> bool:
+        return self._animated
 
     def label(self) -> str:
         return self._label
@@ -54,12 +65,18 @@ class Knob:
     def setValue(self, val: Any, chan: int = 0) -> bool:
         if threading.current_thread() is not threading.main_thread():
             knob_writes_off_main.append(self._name)
+        if self._node is not None:
+            self._node._check_alive()
         self._value = val
+        _modified[0] = True  # as in Nuke: any knob change marks the script modified
         calls.append(("setValue", self._node.name() if self._node else None, self._name, val))
         return True
 
     def setTooltip(self, tooltip: str) -> None:
         self._tooltip = tooltip
+
+    def setVisible(self, visible: bool) -> None:
+        self._visible = bool(visible)
 
     def tooltip(self) -> str:
         return self._tooltip
@@ -112,7 +129,14 @@ class String_Knob(Knob):
 
 
 class EvalString_Knob(String_Knob):
-    pass
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """As Nuke: TCL ``[value root.name]``, environment variables, and the current frame and view for
+        ``####``/``%04d``/``%V``/``%v``."""
+        text = os.path.expandvars(self.value())
+        text = text.replace("[value root.name]", _root.name())
+        text = re.sub(r"#+", lambda m: f"{_frame[0]:0{len(m.group(0))}d}", text)
+        text = re.sub(r"%0?(\d*)d", lambda m: f"{_frame[0]:0{int(m.group(1) or 1)}d}", text)
+        return text.replace("%V", _views[0]).replace("%v", _views[0][:1])
 
 
 class File_Knob(EvalString_Knob):
@@ -157,8 +181,16 @@ class Node:
         self._inputs: dict[int, Node] = {}
         self._first, self._last = 1, 1
         self._format = Format()
+        self._deleted = False
         for k, v in knobs.items():
             self.addKnob(Knob(k, k, v))
+
+    def _check_alive(self) -> None:
+        if self._deleted:  # Nuke's message for a Python object whose node was deleted
+            raise ValueError("A PythonObject is not attached to a node")
+
+    def setName(self, name: str, uncollide: bool = True, updateExpressions: bool = False) -> None:
+        self._name = name
 
     def Class(self) -> str:
         return self._class
@@ -174,6 +206,7 @@ class Node:
         )
 
     def knob(self, p: str | int, follow_link: bool = True) -> Knob | None:
+        self._check_alive()
         return self._knobs.get(str(p))
 
     def knobs(self) -> dict[str, Knob]:
@@ -236,9 +269,23 @@ class Root(Group):
     def __init__(self) -> None:
         super().__init__("Root", "root")
         self._script = ""
+        self._proxy = False
 
     def name(self) -> str:
         return self._script or "Root"
+
+    def proxy(self) -> bool:
+        return self._proxy
+
+    def setProxy(self, proxy: bool) -> None:
+        calls.append(("setProxy", bool(proxy)))
+        self._proxy = bool(proxy)
+
+    def modified(self) -> bool:
+        return _modified[0]
+
+    def setModified(self, modified: bool) -> None:
+        _modified[0] = bool(modified)
 
 
 _root = Root()
@@ -298,7 +345,48 @@ def root() -> Root:
 def delete(n: Node | None) -> None:
     if n is not None and n._parent is not None and n in n._parent._children:
         n._parent._children.remove(n)
+        n._deleted = True
         calls.append(("delete", n.Class(), n.name()))
+
+
+def allNodes(filter: str | None = None, group: Group | None = None, recurseGroups: bool = False) -> list[Node]:
+    out: list[Node] = []
+    todo = list((group or _here())._children)
+    while todo:
+        n = todo.pop(0)
+        if filter is None or n.Class() == filter:
+            out.append(n)
+        if recurseGroups and isinstance(n, Group):
+            todo += n._children
+    return out
+
+
+def views() -> list[str]:
+    return list(_views)
+
+
+def tprint(*args: Any, sep: str = " ", end: str = "\n", file: Any = None) -> None:
+    calls.append(("tprint", sep.join(str(a) for a in args)))
+
+
+class Undo:
+    """Records begin/end so a test can see what an undo group wraps."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def begin(self, name: str = "") -> None:
+        _undo.append(("begin", name))
+
+    def end(self) -> None:
+        _undo.append(("end", ""))
+
+    def __enter__(self) -> Undo:
+        self.begin()
+        return self
+
+    def __exit__(self, type: Any, value: Any, traceback: Any) -> None:
+        self.end()
 
 
 def frame(f: int | None = None) -> int:
@@ -329,9 +417,15 @@ def execute(
     assert node is not None and node.Class() == "Write", "only Write nodes are executed"
     pattern, source_name = _upstream_file(node.input(0))  # type: ignore[arg-type]
     out = str(node.knob("file").value())  # type: ignore[union-attr]
+    if len(_views) > 1 and (not views or len(views) != 1):
+        raise RuntimeError("the fake renders one view at a time: pass views=[name]")
+    view = views[0] if views else _views[0]
     calls.append(("execute", out, start, end, node.knob("channels").value(), source_name))  # type: ignore[union-attr]
+    if _root._proxy:
+        calls.append(("execute_in_proxy", out))  # a real Nuke would render proxy-sized (or fail)
     for f in range(start, end + 1, incr):
-        src, dst = _frame_path(pattern, f), _frame_path(out, f)
+        src = _frame_path(pattern.replace("%V", view).replace("%v", view[:1]), f)
+        dst = _frame_path(out.replace("%V", view).replace("%v", view[:1]), f)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copyfile(src, dst)
 
@@ -398,6 +492,20 @@ def pluginAddPath(args: str, addToSysPath: bool = True) -> None:
     calls.append(("pluginAddPath", args))
 
 
+_gizmo_paths: dict[str, str] = {}
+
+
+def createNode(typ: str, knobs: str = "", inpanel: bool = True) -> Node:
+    """A gizmo registered with fake_gizmo_path (as on NUKE_PATH), created in the current group."""
+    node = fake_load_gizmo(_gizmo_paths[typ], f"{typ}{sum(n.Class() == typ for n in _root._children) + 1}")
+    calls.append(("createNode", typ))
+    return node
+
+
+def fake_gizmo_path(cls: str, path: str) -> None:
+    _gizmo_paths[cls] = path
+
+
 def thisNode() -> Node:
     raise RuntimeError("thisNode() has no meaning outside a knob callback in this fake")
 
@@ -412,9 +520,14 @@ def fake_reset(script: str = "", gui: bool = False) -> None:
     _progress_cancel.clear()
     _context.clear()
     _root._children.clear()
+    _root._knobs.clear()
     _root._script = script
+    _root._proxy = False
     env["gui"] = gui
     _frame[0] = 1
+    _views[:] = ["main"]
+    _modified[0] = False
+    _undo.clear()
 
 
 def fake_pump(until: Callable[[], bool] | None = None, timeout: float = 30.0) -> None:
@@ -437,6 +550,16 @@ def fake_pump(until: Callable[[], bool] | None = None, timeout: float = 30.0) ->
 def fake_cancel_progress() -> None:
     """The artist presses the ProgressTask's cancel button."""
     _progress_cancel.set()
+
+
+def fake_views(*names: str) -> None:
+    """The script's views (Project Settings > Views), e.g. ``fake_views("left", "right")``."""
+    _views[:] = list(names)
+
+
+def fake_animate(knob: Knob) -> None:
+    """Give a knob keys (or an expression), as the artist does with the animation menu."""
+    knob._animated = True
 
 
 def fake_read(name: str, pattern: str, first: int, last: int, fmt: tuple[int, int] = (64, 48)) -> Node:
@@ -486,6 +609,8 @@ def fake_load_gizmo(path: str, name: str = "FRDM1") -> Gizmo:
         line = raw.strip()
         if line == "end_group":
             break
+        if depth == 0 and (line.startswith("set ") or line.startswith("push ") or line.startswith("add_layer")):
+            continue  # node-stack commands: the wiring is checked with Tcl (tests/test_gizmo_tcl.py)
         if depth == 0 and line.endswith("{"):
             block, block_knobs, depth = line[:-1].strip(), {}, 1
             continue

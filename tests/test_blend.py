@@ -102,9 +102,57 @@ def test_written_pixels_are_bit_identical_outside_the_mask(tmp_path, fmt, mask_m
             allowed = feather_mask(matte, 1.5, P.defaults()["matte_grow"]) > 0
         else:
             allowed = np.zeros((h, w), bool)
-            allowed[:, : 33 + 3] = True  # the artist's half plus the feather
+            allowed[:, :32] = True  # the artist's half, nothing beyond (their mask is used as given)
         # Highlights above 1 (scene-linear) are not representable in model space: they must stay too.
         assert np.array_equal(src[..., :4][~allowed], out[..., :4][~allowed]), f"frame {t}: pixels changed outside"
         assert src[..., :4].dtype == out[..., :4].dtype
         changed_somewhere |= not np.array_equal(src[..., :3], out[..., :3])
     assert changed_somewhere, "the dust was not touched at all"
+
+
+class _EverythingRestorer:
+    """Changes every pixel (as a whole-frame restorer may): only the mask can keep pixels as they were."""
+
+    engine_version = "everything-1"
+
+    def context(self, params):
+        return (0, 0)
+
+    def restore(self, clip, params, progress=None):
+        from frdm.engine.restorer import RestoredFrame
+
+        for t in clip.targets:
+            image = np.clip(clip.frames[clip.index(t)] * 0.5 + 0.1, 0, 1).astype(np.float32)
+            yield RestoredFrame(t, image, np.ones(image.shape[:2], np.float32))
+
+
+@pytest.mark.parametrize("fmt", ["half", "float"])
+def test_an_artist_mask_is_used_as_given_with_the_default_feather(tmp_path, fmt):
+    """Outside the artist's (soft-edged) mask not one written value changes, with the default feather and
+    grow; inside, the restorer's result is blended by the mask's own values."""
+    rng = np.random.default_rng(2)
+    h, w = 40, 48
+    dtype = np.float16 if fmt == "half" else np.float32
+    src = rng.uniform(0.05, 1.4, (3, h, w, 4)).astype(dtype)
+    yy, xx = np.mgrid[0:h, 0:w]
+    alpha = np.clip(8.0 - np.hypot(yy - 20, xx - 24), 0.0, 1.0)  # a roto disc with a 1 px soft edge
+    for t in range(3):
+        _write_source(tmp_path / f"src.{t + 1:04d}.exr", src[t], fmt)
+        _write_source(tmp_path / f"roto.{t + 1:04d}.exr", np.repeat(alpha[..., None], 4, axis=2).astype(dtype), fmt)
+    assert P.defaults()["feather"] > 0 and P.defaults()["matte_grow"] > 0
+    restore_sequence(
+        str(tmp_path / "src.####.exr"),
+        str(tmp_path / "out.####.exr"),
+        params={"colorspace": "linear"},
+        mask=str(tmp_path / "roto.####.exr"),
+        restorer=_EverythingRestorer(),
+    )
+    written_alpha, _ = _native(tmp_path / "roto.0001.exr")
+    outside = written_alpha[..., 3] == 0
+    assert outside.sum() > 0.8 * h * w
+    for t in range(1, 4):
+        before, _ = _native(tmp_path / f"src.{t:04d}.exr")
+        after, _ = _native(tmp_path / f"out.{t:04d}.exr")
+        changed = before[..., :4] != after[..., :4]
+        assert changed[outside].sum() == 0, f"frame {t}: {int(changed[outside].sum())} values changed outside"
+        assert changed[..., :3][written_alpha[..., 3] == 1].mean() > 0.2  # (values above 1 are kept)

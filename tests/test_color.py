@@ -48,3 +48,75 @@ def test_unknown_colourspace_names_the_choices():
 def test_representable_flags_out_of_range():
     model = to_model(np.float32([[0.5, 0.5, 0.5], [2.0, 0.5, 0.5], [-0.1, 0.2, 0.2]]), "linear")
     assert representable(model).tolist() == [True, False, False]
+
+
+# --- colorspace 'auto' -----------------------------------------------------------------------------------
+
+
+def _write(path, fmt, declared=""):
+    import OpenImageIO as oiio
+
+    spec = oiio.ImageSpec(8, 6, 3, fmt)
+    if declared:
+        spec.attribute("oiio:ColorSpace", declared)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec)
+    out.write_image(np.full((6, 8, 3), 0.25, np.float32))
+    out.close()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "declared", "expected"),
+    [
+        ("a.exr", "half", "", "linear"),
+        ("a.exr", "float", "", "linear"),
+        ("a.tif", "float", "", "linear"),
+        ("a.tif", "uint8", "", "srgb"),
+        ("a.tif", "uint16", "", "srgb"),
+        ("a.png", "uint8", "", "srgb"),
+        ("a.jpg", "uint8", "", "srgb"),
+        ("a.dpx", "uint16", "", "cineon"),
+        ("a.exr", "half", "srgb_rec709_scene", "srgb"),  # what the file says wins
+        ("a.png", "uint16", "lin_rec709_scene", "linear"),
+    ],
+)
+def test_auto_decides_by_what_the_file_says_or_its_type(tmp_path, name, fmt, declared, expected):
+    from frdm.engine.color import resolve_colorspace
+    from frdm.engine.frames import read_frame
+
+    frame = read_frame(_write(tmp_path / name, fmt, declared))
+    assert resolve_colorspace("auto", frame) == expected
+    assert resolve_colorspace("cineon", frame) == "cineon"  # an explicit choice is obeyed
+
+
+def test_auto_is_the_default_and_must_be_resolved_before_converting():
+    from frdm.engine.params import SCHEMA
+
+    assert SCHEMA["colorspace"].default == "auto"
+    with pytest.raises(ValueError, match="resolved per frame"):
+        to_model(np.zeros((2, 3), np.float32), "auto")
+
+
+def test_restore_without_colorspace_treats_a_scene_linear_exr_as_linear(tmp_path):
+    from frdm.cli import main
+    from frdm.engine.frames import Frame, read_attributes, read_frame, write_frame
+
+    rng = np.random.default_rng(4)
+    for n in range(1, 4):
+        px = rng.uniform(0.0, 0.6, (24, 32, 3)).astype(np.float32)
+        px[10:13, 10:13] = 0.0 if n == 2 else px[10:13, 10:13]  # a dark speck on frame 2
+        write_frame(
+            tmp_path / f"s.{n:04d}.exr", Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, 32, 24), (0, 0, 32, 24))
+        )
+    src = str(tmp_path / "s.####.exr")
+    results = {}
+    for name, flags in {"auto": [], "linear": ["--colorspace", "linear"], "srgb": ["--colorspace", "srgb"]}.items():
+        out = str(tmp_path / name / "o.####.exr")
+        assert main(["restore", src, out, "--quiet", "--mask", "none", *flags]) == 0
+        results[name] = read_frame(out.replace("####", "0002")).pixels
+        assert read_attributes(out.replace("####", "0002"))["frdm:colorspace"] == (
+            "srgb" if name == "srgb" else "linear"
+        )
+    np.testing.assert_array_equal(results["auto"], results["linear"])
+    assert not np.array_equal(results["auto"], results["srgb"])

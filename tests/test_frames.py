@@ -138,7 +138,7 @@ def test_atomic_write_never_leaves_partial_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"f\.exr: cannot write here \(disk full\)"):  # one clear line
         write_frame(dst, frame.with_pixels(np.ones((4, 4, 3), np.float32)))
     assert dst.read_bytes() == before, "the old frame must survive a failed write"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.exr"], "no temporary file may be left behind"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-HOST_MODULES = ["frdm", "frdm.plugin", "frdm.engine.params", "frdm.engine.errors", "frdm.cli"]
+HOST_MODULES = [
+    "frdm",
+    "frdm.plugin",
+    "frdm.engine.params",
+    "frdm.engine.depends",
+    "frdm.engine.atomic",
+    "frdm.engine.errors",
+    "frdm.cli",
+]
 OPTIONAL_HOST_MODULES = ["frdm.server.protocol", "frdm.server.client", "frdm.plugin.node", "frdm.plugin.farm"]
 # Nuke's own modules exist only inside Nuke: these import with tests/fake_nuke.py standing in for ``nuke``.
 NUKE_HOST_MODULES = [

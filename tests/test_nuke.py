@@ -176,8 +176,8 @@ def test_gizmo_file_is_generated_from_the_schema(nk):
     for p in SCHEMA:
         knob = giz.knob(G.knob_name(p.name))
         assert knob is not None, p.name
-        assert knob.value() == G.NUKE_DEFAULTS.get(p.name, p.default), p.name
-    assert nk.params_from_knobs(giz) == SCHEMA.validate(G.NUKE_DEFAULTS)
+        assert knob.value() == p.default, p.name  # every default is the schema's (colorspace 'auto' too)
+    assert nk.params_from_knobs(giz) == SCHEMA.validate({})
     for key in (
         "server",
         "first",
@@ -196,6 +196,7 @@ def test_gizmo_file_is_generated_from_the_schema(nk):
         "Source": "Input",
         "Mask": "Input",
         "FRDM_Result": "Read",
+        "FRDM_Copy": "Copy",
         "FRDM_Switch": "Switch",
         "Output1": "Output",
     }
@@ -228,7 +229,7 @@ def test_menu_and_init(tmp_path, monkeypatch):
         exec(compile(code, str(REPO / "gizmos" / name), "exec"), {"__file__": str(REPO / "gizmos" / name)})
     assert str(extra) in sys.path
     assert ("pluginAddPath", str(REPO / "gizmos" / "icons")) in fake_nuke.calls
-    assert ("addCommand", "FRDM", "FRDM", "nuke.createNode('FRDM')", "frdm.png") in fake_nuke.calls
+    assert any(c[:3] == ("addCommand", "FRDM", "FRDM") and c[4] == "frdm.png" for c in fake_nuke.calls)
     png = (REPO / "gizmos" / "icons" / "frdm.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (24, 24)
     assert zlib.decompress(png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8])  # a real image stream
@@ -258,7 +259,7 @@ def test_restore_range_in_the_gui(nk, tmp_path, classical_server):
     assert giz.knob("frdm_loaded").value() is True
     assert ("execute_knob", "FRDM_Result", "reload") in fake_nuke.calls
     assert sorted(os.listdir(out)) == [".frdm-node.json", "FRDM1.0002.exr", "FRDM1.0003.exr"]  # inputs removed
-    expected = in_process(src, [2, 3], SCHEMA.validate(G.NUKE_DEFAULTS))
+    expected = in_process(src, [2, 3], SCHEMA.validate({}))
     np.testing.assert_array_equal(pixels(str(out / "FRDM1.0003.exr")), expected[3])
 
     # unchanged knobs and inputs: answered from the last render
@@ -361,19 +362,39 @@ def test_presets_next_to_the_script(nk, tmp_path):
     giz.knob("frdm_feather").setValue(5.5)
     giz.knob("frdm_engine").setValue("classical")
     path = nk.save_preset(giz)
-    assert path == str(tmp_path / "sh010_comp_v001.FRDM1.frdm.json")
+    assert path == str(tmp_path / "sh010_comp.FRDM1.frdm.json")  # no script version in the name
     from frdm.engine.params import load_preset
 
-    assert load_preset(path) == {"feather": 5.5, "colorspace": "linear"}  # only what differs from the defaults
+    assert load_preset(path) == {"feather": 5.5}  # only what differs from the defaults
     giz.knob("frdm_feather").setValue(1.0)
     giz.knob("frdm_dust_threshold").setValue(0.2)
-    assert nk.load_preset(giz) == {"feather": 5.5, "colorspace": "linear"}
+    assert nk.load_preset(giz) == {"feather": 5.5}
     assert giz.knob("frdm_feather").value() == 5.5 and giz.knob("frdm_dust_threshold").value() == 0.06
 
     fake_nuke.fake_reset(script="", gui=True)  # an unsaved script has no "next to"
     giz = fake_nuke.fake_load_gizmo(str(GIZMO))
     assert nk.save_preset(giz) == ""
     assert status(giz).startswith("error: cannot save the preset: save the script first")
+
+
+def test_a_preset_round_trips_between_the_cli_and_the_node_unchanged(nk, tmp_path):
+    """Every host default is the schema's: a CLI preset loaded into the node and saved again is the same file
+    (an sRGB shot stays sRGB, 'auto' stays 'auto'), and the other way round."""
+    from frdm.cli import main
+    from frdm.engine.params import load_preset
+
+    giz = fake_nuke.fake_load_gizmo(str(GIZMO))
+    src = write_clip(tmp_path / "in", count=2)
+    for given in ({"colorspace": "srgb", "feather": 3.0}, {"colorspace": "auto", "mask": "none"}, {}):
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in given.items()]
+        cli = tmp_path / "cli.json"
+        node = tmp_path / "node.json"
+        out = str(tmp_path / "o.####.exr")
+        assert main(["restore", src, out, *flags, "--save-preset", str(cli), "--dry-run"]) == 0
+        assert nk.load_preset(giz, str(cli)) == load_preset(cli)
+        assert nk.save_preset(giz, str(node)) == str(node)
+        assert node.read_text() == cli.read_text(), given
+        assert nk.params_from_knobs(giz) == SCHEMA.validate(load_preset(cli))
 
 
 def test_terminal_mode_runs_to_the_end(nk, tmp_path, classical_server):
@@ -408,3 +429,243 @@ def test_a_failing_input_render_is_reported(nk, tmp_path):
     assert status(giz).startswith("error: FRDM1: rendering the Source input (1-4) failed: Read1:")
     assert [n for n in giz.nodes() if n.Class() in ("Write", "Crop")] == []
     _nothing_loaded(giz)
+
+
+# --- issue 14: the node as a pipeline TD expects it ----------------------------------------------------------------
+
+
+def test_status_reaches_the_node_from_inside_its_group(nk, tmp_path, classical_server):
+    """The buttons run with the gizmo's group as the current context, where the node's own name does not
+    resolve: status and results still arrive (the node object travels, not its name)."""
+    giz, _ = make_gizmo(tmp_path, classical_server.address)
+    with giz:
+        assert fake_nuke.toNode(giz.fullName()) is None  # what the old name lookup met
+        nk.preview_frame(giz, 2)
+        assert settle(giz).startswith("restored 2-2"), status(giz)
+    assert giz.knob("frdm_loaded").value() is True
+
+
+def test_renaming_the_node_mid_render_keeps_its_results(nk, tmp_path, slow_server):
+    giz, _ = make_gizmo(tmp_path, slow_server.address, count=4)
+    giz.knob("frdm_mask").setValue("none")
+    job = nk.restore_range(giz)
+    fake_nuke.fake_pump(lambda: job.progress[0] > 0, timeout=30)
+    giz.setName("Cleanup")
+    assert settle(giz).startswith("restored 1-4"), status(giz)
+    assert giz.knob("frdm_loaded").value() is True
+    assert giz.knob("frdm_result_file").value().endswith("FRDM1/FRDM1.####.exr")  # the path it started with
+
+
+def test_jobs_belong_to_the_node_not_its_name(nk, tmp_path, slow_server):
+    """A new script's FRDM1 is another node: it does not see (or cancel) the old FRDM1's job; a pasted copy
+    (same knob values, same id) gets an id of its own."""
+    old, _ = make_gizmo(tmp_path, slow_server.address, count=4)
+    old.knob("frdm_mask").setValue("none")
+    job = nk.restore_range(old)
+    assert job is not None and job.running()
+    fake_nuke.delete(old)
+    fresh = fake_nuke.fake_load_gizmo(str(GIZMO))  # "FRDM1" again, in a new script
+    nk.cancel(fresh)
+    assert status(fresh) == "nothing to cancel" and job.running()
+    job.cancel()
+    with contextlib.suppress(Exception):
+        job.wait(20)
+    fake_nuke.fake_pump()  # the old node's finish: deleted, ignored
+
+    pasted = fake_nuke.fake_load_gizmo(str(GIZMO), "FRDM2")
+    pasted.knob("frdm_node_id").setValue(nk.node_id(fresh))
+    nk.on_create(pasted)
+    assert nk.node_id(pasted) not in ("", nk.node_id(fresh))
+    nk.on_create(fresh)  # its own id is unique: kept (a reopened script keeps its ids)
+    assert nk.node_id(fresh) == fresh.knob("frdm_node_id").value()
+
+
+def test_two_nodes_writing_one_folder_keep_every_manifest_entry(tmp_path):
+    """Two nodes of one Nuke (threads) writing manifests into one folder: no temp-file collision (the old
+    pid-only temp name failed with FileNotFoundError) and no lost update."""
+    import threading
+
+    from frdm.engine.frames import SequencePattern
+    from frdm.plugin import node as N
+
+    errors: list[BaseException] = []
+    patterns = [SequencePattern.parse(str(tmp_path / f"node{i}.####.exr")) for i in range(2)]
+
+    def writer(i: int) -> None:
+        try:
+            for f in range(300):
+                N._write_manifest(str(tmp_path), patterns[i], {f: f"key{i}-{f}"})
+        except BaseException as exc:  # collected: a thread's exception does not fail the test by itself
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for i, pattern in enumerate(patterns):
+        assert N._read_manifest(str(tmp_path), pattern) == {str(f): f"key{i}-{f}" for f in range(300)}
+    assert sorted(os.listdir(tmp_path)) == [N.MANIFEST]  # no temporary or lock file left behind
+
+
+def test_the_preset_survives_versioning_up_the_script(nk, tmp_path):
+    giz = fake_nuke.fake_load_gizmo(str(GIZMO))
+    giz.knob("frdm_feather").setValue(4.5)
+    saved = nk.save_preset(giz)
+    fake_nuke.root()._script = str(tmp_path / "sh010_comp_v002.nk")  # File > Save New Comp Version
+    giz.knob("frdm_feather").setValue(1.0)
+    assert nk.preset_path(giz) == saved
+    assert nk.load_preset(giz) == {"feather": 4.5} and giz.knob("frdm_feather").value() == 4.5
+
+    legacy = tmp_path / "sh010_comp_v002.FRDM1.frdm.json"  # a preset saved by an older FRDM
+    os.replace(saved, legacy)
+    giz.knob("frdm_feather").setValue(1.0)
+    assert nk.load_preset(giz) == {"feather": 4.5}
+
+
+def _ocio_root(config: str, working: str) -> None:
+    root = fake_nuke.root()
+    root.addKnob(fake_nuke.Enumeration_Knob("colorManagement", "color management", ["Nuke", "OCIO"]))
+    root.knob("colorManagement").setValue("OCIO")
+    root.addKnob(fake_nuke.String_Knob("OCIO_config", "OCIO config", config))
+    root.addKnob(fake_nuke.File_Knob("customOCIOConfigPath", "custom OCIO config", ""))
+    root.addKnob(fake_nuke.String_Knob("workingSpaceLUT", "working space", working))
+
+
+def test_the_script_colour_management_is_used_unless_a_knob_overrides(nk, tmp_path, classical_server, monkeypatch):
+    monkeypatch.delenv("OCIO", raising=False)
+    giz, src = make_gizmo(tmp_path, classical_server.address)
+    assert nk.resolved_params(giz)["colorspace"] == "linear"  # Nuke's own colour management: scene-linear 709
+
+    _ocio_root("ocio://studio-config-latest", "ACEScg")  # an ACEScg script
+    params = nk.resolved_params(giz)
+    assert (params["colorspace"], params["ocio_config"]) == ("ACEScg", "ocio://studio-config-latest")
+    nk.preview_frame(giz, 3)
+    assert settle(giz).startswith("restored 3-3"), status(giz)
+    out = giz.knob("frdm_result_file").value().replace("####", "0003")
+    acescg = in_process(src, [3], {"colorspace": "ACEScg", "ocio_config": "ocio://studio-config-latest"})[3]
+    linear = in_process(src, [3], {"colorspace": "linear"})[3]
+    np.testing.assert_array_equal(pixels(out), acescg)  # the engine saw ACEScg primaries
+    assert not np.array_equal(acescg, linear)
+
+    giz.knob("frdm_colorspace").setValue("srgb")  # the knob overrides the script
+    assert nk.resolved_params(giz)["colorspace"] == "srgb"
+    giz.knob("frdm_colorspace").setValue("auto")
+    fake_nuke.root().knob("OCIO_config").setValue("aces_1.2")  # a config bundled with Nuke, not installed here
+    with pytest.raises(nk.InputError, match="cannot find the script's OCIO config 'aces_1.2'"):
+        nk.resolved_params(giz)
+    fake_nuke.root().knob("OCIO_config").setValue("custom")
+    fake_nuke.root().knob("customOCIOConfigPath").setValue(str(tmp_path / "show" / "config.ocio"))
+    assert nk.resolved_params(giz)["ocio_config"] == str(tmp_path / "show" / "config.ocio")
+
+
+def test_stereo_restores_each_view_into_its_own_files(nk, tmp_path, classical_server):
+    fake_nuke.fake_views("left", "right")
+    for seed, view in enumerate(("left", "right")):
+        write_clip(tmp_path / "plates" / view, count=4, seed=seed)
+    giz = fake_nuke.fake_load_gizmo(str(GIZMO))
+    giz.setInput(0, fake_nuke.fake_read("Read1", str(tmp_path / "plates" / "%V" / "clip.####.exr"), 1, 4))
+    giz.knob("frdm_server").setValue(classical_server.address)
+    nk.preview_frame(giz, 2)
+    assert settle(giz).startswith("restored 2-2 (1 frames, 2 views"), status(giz)
+    result = giz.knob("frdm_result_file").value()
+    assert result.endswith("FRDM1/FRDM1.%V.####.exr")  # Nuke's Read picks each view's file
+    executes = [c for c in fake_nuke.calls if c[0] == "execute"]
+    assert len(executes) == 2  # one input render per view
+    for view in ("left", "right"):
+        restored = nk.view_path(result, view).replace("####", "0002")
+        expected = in_process(str(tmp_path / "plates" / view / "clip.####.exr"), [2], {})[2]
+        np.testing.assert_array_equal(pixels(restored), expected)
+
+    giz.knob("frdm_output").setValue(str(tmp_path / "out" / "shot.####.exr"))  # both views into one name
+    assert nk.preview_frame(giz, 2) is None
+    assert "has no %V" in status(giz)
+
+
+def test_proxy_mode_renders_the_inputs_at_full_resolution(nk, tmp_path, monkeypatch):
+    monkeypatch.setattr(nk, "TIMEOUT", 0.3)
+    giz, _ = make_gizmo(tmp_path, f"tcp://127.0.0.1:{free_port()}")
+    fake_nuke.root().setProxy(True)
+    nk.preview_frame(giz, 2)
+    settle(giz)
+    assert [c for c in fake_nuke.calls if c[0] == "execute"]
+    assert not [c for c in fake_nuke.calls if c[0] == "execute_in_proxy"]  # proxy was off while rendering
+    assert fake_nuke.root().proxy() is True  # and the artist's proxy mode is back
+
+
+def test_the_output_knob_is_evaluated(nk, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRDM_SHOT_OUT", str(tmp_path / "renders"))
+    giz = fake_nuke.fake_load_gizmo(str(GIZMO))
+    fake_nuke.frame(7)  # evaluate() alone would put frame 7 in the name
+    giz.knob("frdm_output").setValue("$FRDM_SHOT_OUT/sh010_frdm.####.exr")
+    fake_nuke.root().setModified(False)
+    assert nk.output_pattern(giz) == str(tmp_path / "renders" / "sh010_frdm.####.exr")
+    assert not fake_nuke.root().modified()  # evaluating is no edit
+
+
+def test_an_animated_knob_is_refused(nk, tmp_path):
+    giz, _ = make_gizmo(tmp_path, "tcp://127.0.0.1:1")
+    fake_nuke.fake_animate(giz.knob("frdm_dust_threshold"))
+    assert nk.preview_frame(giz, 2) is None
+    assert "'dust threshold' is animated" in status(giz)
+    assert not [c for c in fake_nuke.calls if c[0] == "execute"]
+
+
+def test_status_updates_do_not_mark_the_script_modified(nk, tmp_path, slow_server):
+    giz, _ = make_gizmo(tmp_path, slow_server.address, count=4)
+    giz.knob("frdm_mask").setValue("none")
+    nk.node_id(giz)
+    fake_nuke.root().setModified(False)
+    job = nk.restore_range(giz)
+    fake_nuke.fake_pump(lambda: job.progress[0] >= 1 and "frame" in status(giz), timeout=30)
+    assert not fake_nuke.root().modified()
+    job.cancel()
+    settle(giz)
+
+
+def test_on_create_without_the_package_passes_through(monkeypatch):
+    """A render node without frdm opens a script holding the node: the guarded onCreate does not raise."""
+    monkeypatch.setitem(sys.modules, "nuke", fake_nuke)
+    monkeypatch.setitem(sys.modules, "frdm.plugin.nuke.adapter", None)  # import raises ImportError
+    fake_nuke.fake_reset()
+    exec(compile(G.ON_CREATE, "onCreate", "exec"), {"nuke": fake_nuke})
+    assert any(c[0] == "tprint" and "not importable" in c[1] for c in fake_nuke.calls)
+
+
+def test_creating_the_node_is_one_undo_step(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nuke", fake_nuke)
+    fake_nuke.fake_reset()
+    fake_nuke.fake_gizmo_path("FRDM", str(GIZMO))
+    code = (REPO / "gizmos" / "menu.py").read_text()
+    exec(compile(code, "menu.py", "exec"), {})
+    (command,) = [c[3] for c in fake_nuke.calls if c[0] == "addCommand"]
+    node = command()
+    assert node.Class() == "FRDM" and fake_nuke._undo == [("begin", "Create FRDM"), ("end", "")]
+
+
+def test_submit_to_farm_writes_the_bundle_frdm_submit_writes(nk, tmp_path):
+    """The node's button renders its inputs (range + context, full resolution) once and writes the same job
+    bundle as ``frdm submit`` given those files and the node's parameters."""
+    from frdm.cli import main
+    from frdm.plugin import farm
+
+    giz, _ = make_gizmo(tmp_path, "tcp://127.0.0.1:1", count=6)
+    giz.knob("frdm_first").setValue(2)
+    giz.knob("frdm_last").setValue(4)
+    giz.knob("frdm_feather").setValue(3.0)
+    written = nk.submit_to_farm(giz)
+    assert written is not None, status(giz)
+    assert status(giz) == f"farm job written: {written.folder}"
+    out = tmp_path / "frdm" / "sh010_comp_v001" / "FRDM1"
+    assert written.folder == str(out / "farm_job")
+    inputs = out / "farm_inputs"
+    assert sorted(os.listdir(inputs)) == [f"source.{f:04d}.exr" for f in range(1, 7)]  # 2-4 with radius 2
+
+    cli_dir = tmp_path / "cli_job"
+    argv = ["submit", str(inputs / "source.####.exr"), str(out / "FRDM1.####.exr"), "--frames", "2-4"]
+    argv += ["--job-dir", str(cli_dir), "--name", "FRDM1", "--feather", "3", "--colorspace", "linear"]
+    assert main(argv) == 0
+    for name in (farm.TEMPLATE_FILE, farm.CLOUD_VALUES_FILE, farm.ASSETS_FILE, farm.PARAMS_FILE, farm.JOB_INFO_FILE):
+        node_text = (Path(written.folder) / name).read_text().replace(written.folder, "JOB")
+        assert node_text == (cli_dir / name).read_text().replace(str(cli_dir), "JOB"), name

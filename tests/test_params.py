@@ -1,4 +1,4 @@
-"""The one parameter schema: validation, stage hashes (the cache key), presets, CLI flags."""
+"""The one parameter schema: validation, presets, CLI flags (stage hashes: tests/test_depends.py)."""
 
 from __future__ import annotations
 
@@ -41,18 +41,6 @@ def test_not_a_mapping_is_refused():
         P.validate(["feather", 2])  # type: ignore[arg-type]
 
 
-def test_stage_hash_changes_only_from_the_stage_a_knob_affects():
-    base = P.validate({})
-    feather = {**base, "feather": 5.0}
-    dust = {**base, "dust_threshold": 0.2}
-    steps = {**base, "steps": 50}  # a diffusion knob: irrelevant to the classical engine
-    assert P.stage_hash(feather, "fill") == P.stage_hash(base, "fill")
-    assert P.stage_hash(feather, "blend") != P.stage_hash(base, "blend")
-    assert P.stage_hash(dust, "detect") != P.stage_hash(base, "detect")
-    assert P.stage_hash(steps, "output") == P.stage_hash(base, "output")
-    assert P.stage_hash(base, "output", "classical-1") != P.stage_hash(base, "output", "classical-2")
-
-
 def test_preset_round_trip_keeps_only_changes(tmp_path):
     path = tmp_path / "sh010.json"
     P.save_preset(path, {"feather": 4.0, "colorspace": "linear"})
@@ -74,3 +62,21 @@ def test_cli_flags_override_presets_which_override_defaults():
     v = P.from_cli_args(args, preset={"feather": 1.0, "dust_threshold": 0.1})
     assert v["feather"] == 7.0 and v["scratches"] is False and v["dust_threshold"] == 0.1
     assert v["temporal_radius"] == P.defaults()["temporal_radius"]
+
+
+def test_validated_params_are_read_only_and_pass_through_unchecked(monkeypatch):
+    import copy
+    import pickle
+
+    v = P.validate({"feather": 3})
+    assert P.validate(v) is v and P.SCHEMA.validate(v) is v
+    with pytest.raises(TypeError, match="read-only"):
+        v["feather"] = 9.0  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(v)) == v and copy.deepcopy(v) == v
+    seen: list[str] = []
+    real = P.Param.coerce
+    monkeypatch.setattr(P.Param, "coerce", lambda self, value: seen.append(self.name) or real(self, value))
+    changed = P.SCHEMA.update(v, {"mask": "none"})
+    assert seen == ["mask"] and changed["mask"] == "none" and changed["feather"] == 3.0 and v["mask"] == "auto"
+    with pytest.raises(ParamError, match="window_overlap"):
+        P.SCHEMA.update(v, {"window": 2, "window_overlap": 3})  # cross-field rules still hold

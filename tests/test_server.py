@@ -272,7 +272,8 @@ def test_resolve_under_roots(tmp_path):
 
 
 def test_stale_partials_of_dead_writers_only_are_removed(tmp_path):
-    from frdm.server.server import PARTIAL_PREFIX, atomic_write_bytes, remove_stale_partials
+    from frdm.engine.atomic import PARTIAL_PREFIX, remove_stale
+    from frdm.engine.atomic import write_bytes as atomic_write_bytes
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -284,7 +285,7 @@ def test_stale_partials_of_dead_writers_only_are_removed(tmp_path):
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"half a frame")
-    remove_stale_partials(str(tmp_path))
+    remove_stale(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["other_host"]])
     atomic_write_bytes(str(tmp_path / "sub" / "x.exr"), b"whole")
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.exr"]

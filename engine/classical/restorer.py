@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from frdm.engine import depends
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
 from frdm.engine.classical.fill import spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
@@ -73,11 +74,10 @@ class _FlowCache:
 
 
 class ClassicalRestorer:
-    engine_version = "classical-1"
+    engine_version = depends.ENGINE_VERSIONS["classical"]
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
-        r = int(params["temporal_radius"])
-        return r, r
+        return depends.context({**params, "engine": "classical"})
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from frdm.engine import depends
 from frdm.engine import params as params_mod
 from frdm.engine.diffusion import planner
 from frdm.engine.diffusion.kv_cache import PatchKVCache, installed
@@ -46,7 +47,6 @@ from frdm.engine.diffusion.windows import (
     STREAM_STAGE1,
     STREAM_STAGE2,
     TemporalWindow,
-    context_frames,
     frame_noise,
     plan_windows,
     window_weight,
@@ -78,7 +78,7 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 class DiffusionRestorer:
     """The ``diffusion`` engine (see the module docstring)."""
 
-    engine_version = "diffusion-1"
+    engine_version = depends.ENGINE_VERSIONS["diffusion"]
 
     def __init__(
         self,
@@ -121,16 +121,13 @@ class DiffusionRestorer:
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         """Every window containing a target must be complete, and the defect matte needs the detector's
         ``temporal_radius`` neighbours."""
-        p = params_mod.validate(dict(params))
-        before, after = context_frames(p["window"], p["window_overlap"])
-        r = p["temporal_radius"]
-        return max(before, r), max(after, r)
+        return depends.context({**params_mod.validate(params), "engine": "diffusion"})
 
     def restore(
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
     ) -> Iterator[RestoredFrame]:
         height, width = clip.frames.shape[1:3]
-        p = params_mod.validate(dict(params))
+        p = params_mod.validate(params)
         for frame, z0, plan in self.restore_latents(clip, p, progress):
             yield self._finish(clip, frame, z0, plan, height, width, p)
 
@@ -139,7 +136,7 @@ class DiffusionRestorer:
     ) -> Iterator[tuple[int, torch.Tensor, planner.Plan]]:
         """Like ``restore`` but yields each target's final latent z_0 (4, hp/8, wp/8) of the padded frame,
         before decoding (where the patches are assembled: the seam measure looks here), and the plan used."""
-        p = params_mod.validate(dict(params))
+        p = params_mod.validate(params)
         limit = self.model.config.motion_max_seq_length
         if p["window"] > limit:
             raise ParamError(
@@ -383,10 +380,11 @@ class DiffusionRestorer:
 
 
 def _window_key(p: Mapping[str, Any], window: TemporalWindow, pixels: np.ndarray) -> str:
-    """Everything a window's result depends on: the parameters that reach the sampler, its frames and pixels."""
-    used = {k: v for k, v in p.items() if k != "vram_budget_gb"}
+    """Everything a window's latents depend on: the parameters up to the fill stage (engine/depends.py), its
+    frames and their pixels. The weights are the restorer's own, so an instance's cache never mixes them."""
+    used = depends.params_hash({**p, "engine": "diffusion"}, "fill", DiffusionRestorer.engine_version)
     h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps([DiffusionRestorer.engine_version, used, window.frames], sort_keys=True).encode())
+    h.update(json.dumps([used, window.frames]).encode())
     h.update(str(pixels.shape).encode())
     h.update(pixels.tobytes())
     return h.hexdigest()

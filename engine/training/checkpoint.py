@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from frdm.engine.atomic import atomic_path, remove_stale
 from frdm.engine.errors import InputError
 
 STATE_FILE = "state.json"
@@ -116,7 +117,7 @@ def list_checkpoints(output_dir: str) -> list[str]:
     folder = os.path.join(output_dir, "checkpoints")
     if not os.path.isdir(folder):
         return []
-    names = sorted(n for n in os.listdir(folder) if n.startswith("step-") and not n.endswith(".tmp"))
+    names = sorted(n for n in os.listdir(folder) if n.startswith("step-"))  # temporaries are .frdm-partial-*
     return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n, STATE_FILE))]
 
 
@@ -143,9 +144,21 @@ def save_checkpoint(
     scaler: Any = None,
 ) -> str:
     """Write a checkpoint folder atomically; ``state`` carries step/epoch/position/seed/config."""
-    tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with atomic_path(folder) as tmp:  # the folder appears complete or not at all
+        os.makedirs(tmp)
+        _write_checkpoint(tmp, model, optimizer, lr_scheduler, state, ema, scaler)
+    return folder
+
+
+def _write_checkpoint(
+    tmp: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
+    state: dict[str, Any],
+    ema: Any,
+    scaler: Any,
+) -> None:
     save_weights(os.path.join(tmp, WEIGHTS_FILE), model)
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
     save_file(opt_tensors, os.path.join(tmp, OPTIMIZER_FILE))
@@ -165,9 +178,6 @@ def save_checkpoint(
         full["ema"] = ema_state
     with open(os.path.join(tmp, STATE_FILE), "w") as fh:
         json.dump(full, fh)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
 
 
 def load_checkpoint(
@@ -206,6 +216,7 @@ def load_checkpoint(
 
 
 def prune_checkpoints(output_dir: str, keep: int) -> None:
+    remove_stale(os.path.join(output_dir, "checkpoints"))  # a killed save's half-written folder
     if keep <= 0:
         return
     for old in list_checkpoints(output_dir)[:-keep]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from frdm.engine.atomic import atomic_path
 from frdm.engine.errors import WeightsError
 
 from .files import check_state_dict, load_tensors, read_header, require_safetensors
@@ -35,15 +35,8 @@ def save_frdm_weights(path: str | os.PathLike, model: HaineiFRDM) -> Path:
         "format_version": str(FORMAT_VERSION),
         "config": model.config.to_json(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

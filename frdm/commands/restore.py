@@ -20,22 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", metavar="SRC", help="source: name.####.exr, name.%%04d.dpx, a single image or a movie")
     parser.add_argument("out", metavar="OUT", help="output sequence, e.g. restored.####.exr")
     parser.add_argument("--frames", help="frames to restore, e.g. 1-48, 1-48x2, 1,5,9-12 (default: all on disk)")
-    parser.add_argument(
-        "--mask",
-        default=None,
-        metavar="SEQ|auto|none",
-        help="which pixels may change: auto (detected defects), none (whole frame), or an artist "
-        "mask sequence (its alpha, or --mask-channel)",
-    )
     parser.add_argument("--preset", help="per-shot parameter file (JSON, see `frdm.engine.params.save_preset`)")
     parser.add_argument("--save-preset", metavar="FILE", help="write the effective parameters to FILE and go on")
     parser.add_argument("--weights", help="folder of local weights (diffusion engine)")
     parser.add_argument("--dry-run", action="store_true", help="check inputs and print the plan; write nothing")
     parser.add_argument("--no-resume", action="store_true", help="re-restore frames already written")
     parser.add_argument("--contact-sheet", metavar="PNG", help="write a before/after/matte contact sheet")
+    parser.add_argument("--qc", metavar="DIR", help="then check the result: `frdm qc SRC OUT --dir DIR`")
     parser.add_argument("--json", action="store_true", help="print a JSON report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    P.add_cli_arguments(parser, exclude=("mask",))
+    parser.add_argument(
+        "--progress-lines",
+        action="store_true",
+        help="print progress as lines for render farms ('openjd_progress: N', 'Progress: N%%') instead of a bar",
+    )
+    P.add_cli_arguments(parser)  # --mask SEQ|auto|none|artist among them
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     preset = P.load_preset(args.preset) if args.preset else None
     params = P.from_cli_args(args, preset)
+    mask = P.cli_paths(args).get("mask")
     frames = parse_frame_range(args.frames) if args.frames is not None else None
     if args.save_preset:
         P.save_preset(args.save_preset, params)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             frames=frames,
             params=params,
             restorer=restorer,
-            mask=args.mask,
+            mask=mask,
             resume=not args.no_resume,
             weights=args.weights,
         )
@@ -64,12 +64,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     bar = None
-    if not args.quiet:
+    if not args.quiet and not args.progress_lines:
         from tqdm import tqdm
 
         bar = tqdm(total=1, unit="frame", dynamic_ncols=True, file=sys.stderr)
+    last_line = [""]
 
     def progress(done: float, total: float, message: str) -> None:
+        if args.progress_lines:  # a farm task: lines OpenJD and Deadline parse, each printed once
+            from frdm.plugin.farm import progress_lines
+
+            line = progress_lines(done, total)
+            if line != last_line[0]:
+                print(line, flush=True)
+                last_line[0] = line
         if bar is not None:
             bar.total = int(total) if float(total).is_integer() else total
             bar.n = int(done) if float(done).is_integer() else round(done, 2)
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             frames=frames,
             params=params,
-            mask=args.mask,
+            mask=mask,
             restorer=restorer,
             progress=progress,
             resume=not args.no_resume,
@@ -100,6 +108,19 @@ def run(args: argparse.Namespace) -> int:
     if report.contact_sheet:
         summary += f"; contact sheet {report.contact_sheet}"
     print(summary, file=sys.stderr)
+    if args.qc:
+        from frdm.commands.qc import print_summary, run_qc
+
+        qc = run_qc(
+            args.src,
+            args.out,
+            args.qc,
+            frames=sorted(report.outputs),
+            colorspace=params["colorspace"],
+            ocio_config=params["ocio_config"],
+            quiet=args.quiet,
+        )
+        print_summary(qc, args.qc, as_json=False)
     if args.json:
         print(
             json.dumps(

@@ -51,7 +51,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-mb", type=int, default=4096, help="largest request (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=2000, help="frames per job (default: %(default)s)")
     parser.add_argument("--max-pixels", type=int, default=8192 * 8192, help="pixels per frame (default: %(default)s)")
+    parser.add_argument(
+        "--max-frame-mb",
+        type=int,
+        default=512,
+        help="memory of one decoded frame (width x height x channels x 4 bytes), checked from the file's header "
+        "before decoding (default: %(default)s)",
+    )
     parser.add_argument("--max-queued", type=int, default=64, help="queued jobs before 'busy' (default: %(default)s)")
+    parser.add_argument(
+        "--max-queued-mb",
+        type=int,
+        default=8192,
+        help="inline frame data all live jobs together may hold before 'busy' (default: %(default)s)",
+    )
     parser.add_argument(
         "--chunk",
         type=int,
@@ -77,16 +90,22 @@ def run(args: argparse.Namespace) -> int:
         format="frdm serve: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    if args.max_frames < 1 or args.max_pixels < 1 or args.max_message_mb < 1 or args.chunk < 1:
+    sizes = (args.max_frames, args.max_pixels, args.max_message_mb, args.max_frame_mb, args.max_queued_mb, args.chunk)
+    if min(sizes) < 1:
         from frdm.engine.errors import InputError
 
-        raise InputError("--max-frames, --max-pixels, --max-message-mb and --chunk must be at least 1")
+        raise InputError(
+            "--max-frames, --max-pixels, --max-message-mb, --max-frame-mb, --max-queued-mb and --chunk must be "
+            "at least 1"
+        )
     limits = Limits(
         max_message_bytes=args.max_message_mb << 20,
         max_frames_per_job=args.max_frames,
         max_sources_per_job=args.max_frames + 100,
         max_pixels_per_frame=args.max_pixels,
+        max_frame_bytes=args.max_frame_mb << 20,
         max_queued_jobs=args.max_queued,
+        max_queued_bytes=args.max_queued_mb << 20,
     )
     config = ServerConfig(
         bind=args.bind,

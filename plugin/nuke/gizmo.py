@@ -8,8 +8,13 @@ The gizmo's knobs are the schema's parameters (``frdm_<name>``), so a parameter 
 tests/test_nuke.py fails when the committed gizmo and this generator disagree.
 
 Inside the group: ``Source`` (input 0) and ``Mask`` (input 1) feed the temporary Write nodes the adapter
-makes; ``FRDM_Result`` is the Read the adapter points at complete results; ``FRDM_Switch`` shows the result
-on the restored frames and the source elsewhere (and before anything was restored).
+makes; ``FRDM_Result`` is the Read the adapter points at complete results; ``FRDM_Copy`` copies the restored
+RGB (and the ``frdm.matte`` channel) from it over the Source stream, so alpha, every other layer and the
+Source's bounding box pass through untouched; ``FRDM_Switch`` shows that copy on the restored frames and the
+Source elsewhere (and before anything was restored).
+
+The ``onCreate`` guards its import: a script holding the node opens on a machine without the frdm package (a
+render node that only reads the results) and the node passes its input through.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ from frdm.engine.params import SCHEMA, Param
 
 KNOB_PREFIX = "frdm_"
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
-#: Nuke works in scene-linear light: the node's default colour space differs from the CLI's (sRGB files).
-NUKE_DEFAULTS = {"colorspace": "linear"}
 
 # Nuke's addUserKnob type numbers.
 _STRING, _FILE, _INT, _ENUM, _BOOL, _DOUBLE, _TAB, _PYSCRIPT, _TEXT = 1, 2, 3, 4, 6, 7, 20, 22, 26
@@ -35,6 +38,29 @@ BUTTONS = (
 PRESET_BUTTONS = (
     ("load_preset", "Load preset", "load_preset"),
     ("save_preset", "Save preset", "save_preset"),
+    ("submit", "Submit to farm", "submit_to_farm"),
+)
+#: Frames per farm task when "Submit to farm" writes the job (``frdm submit --chunk-size``).
+FARM_CHUNK = 8
+
+#: Nuke's meaning of the schema's ``auto`` colour space: the script's own colour management.
+_COLOR_NOTE = " In Nuke, 'auto' is the script's working space and OCIO config (Project Settings > Color)."
+
+#: The gizmo's onCreate. The import is guarded: opening a script with the node where frdm is not installed
+#: (a render node reading only the results) must not raise.
+ON_CREATE = (
+    "try:\n"
+    "    import frdm.plugin.nuke.adapter as frdm_adapter\n"
+    "except ImportError:\n"
+    "    nuke.tprint('FRDM: the frdm package is not importable here; the node passes its input through')\n"
+    "else:\n"
+    "    frdm_adapter.on_create(nuke.thisNode())"
+)
+
+
+_OUTPUT_TIP = (
+    "result sequence (name.####.exr; %V for the view in a stereo script; TCL and $ENV expand); "
+    "empty = frdm/<script>/<node>/ next to the script"
 )
 
 
@@ -65,7 +91,8 @@ def _slider_max(p: Param) -> float:
 
 def param_knob_lines(p: Param) -> list[str]:
     name, label = knob_name(p.name), quote(p.knob_label)
-    tip = quote(f"{p.help} (engines: {', '.join(p.engines)})")
+    note = _COLOR_NOTE if p.name == "colorspace" else ""
+    tip = quote(f"{p.help} (engines: {', '.join(p.engines)}).{note}")
     if p.kind == "bool":
         head = f"addUserKnob {{{_BOOL} {name} l {label} t {tip} +STARTLINE}}"
     elif p.kind == "int":
@@ -77,8 +104,7 @@ def param_knob_lines(p: Param) -> list[str]:
         head = f"addUserKnob {{{_ENUM} {name} l {label} t {tip} M {{{' '.join(p.choices)}}}}}"
     else:
         head = f"addUserKnob {{{_STRING} {name} l {label} t {tip}}}"
-    default = NUKE_DEFAULTS.get(p.name, p.default)
-    return [head, f"{name} {_value(p, default)}"]
+    return [head, f"{name} {_value(p, p.default)}"]  # the schema's default: no host has its own
 
 
 def _button(key: str, label: str, func: str, startline: bool) -> str:
@@ -97,17 +123,29 @@ def gizmo_text() -> str:
         f"addUserKnob {{{_INT} {k}first l {quote('frame range')} t "
         f"{quote('first frame to restore (0 and 0 = the Source input range)')}}}",
         f'addUserKnob {{{_INT} {k}last l "" -STARTLINE t {quote("last frame to restore")}}}',
-        f"addUserKnob {{{_FILE} {k}output l output t "
-        f"{quote('result sequence (name.####.exr); empty = frdm/<script>/<node>/ next to the script')}}}",
+        f"addUserKnob {{{_FILE} {k}output l output t {quote(_OUTPUT_TIP)}}}",
     ]
     user += [_button(key, label, func, i == 0) for i, (key, label, func) in enumerate(BUTTONS)]
     user += [
         f"addUserKnob {{{_TEXT} {k}status l status T idle}}",
         *(_button(key, label, func, i == 0) for i, (key, label, func) in enumerate(PRESET_BUTTONS)),
     ]
+    user += [
+        f"addUserKnob {{{_FILE} {k}farm_job_dir l {quote('farm job folder')} t "
+        f"{quote('where Submit to farm writes the job bundle; empty = farm_job/ beside the output')}}}",
+        f"addUserKnob {{{_INT} {k}farm_chunk l {quote('farm chunk')} t {quote('frames per farm task')}}}",
+        f"{k}farm_chunk {FARM_CHUNK}",
+        f"addUserKnob {{{_STRING} {k}farm_command l {quote('farm command')} t "
+        f"{quote('how a render node starts frdm (e.g. /opt/frdm/bin/frdm)')}}}",
+        f"{k}farm_command frdm",
+    ]
     # Bookkeeping the adapter writes: which results the internal Read shows (hidden). The Read's knobs are
     # expressions of these because Nuke does not save knob values of nodes inside a gizmo, only its own.
+    # node_id names the node's jobs: stable across renames, new for a new (or pasted) node.
     user += [
+        f"addUserKnob {{{_STRING} {k}node_id l node_id +INVISIBLE}}",
+        # scratch for evaluating the output knob's TCL and $ENV with its #### and %V kept (adapter._evaluate)
+        f"addUserKnob {{{_FILE} {k}output_eval l output_eval +INVISIBLE}}",
         f"addUserKnob {{{_STRING} {k}result_file l result_file +INVISIBLE}}",
         f"addUserKnob {{{_BOOL} {k}loaded l loaded +INVISIBLE}}",
         f"addUserKnob {{{_INT} {k}result_first l result_first +INVISIBLE}}",
@@ -119,14 +157,14 @@ def gizmo_text() -> str:
         for p in SCHEMA:
             if p.group == group:
                 user += param_knob_lines(p)
-    on_create = "import frdm.plugin.nuke.adapter as frdm_adapter\nfrdm_adapter.on_create(nuke.thisNode())"
     switch = f"parent.{k}loaded && frame >= parent.{k}result_first && frame <= parent.{k}result_last"
     lines = [
         "version 13.2 v1",
+        "add_layer {frdm frdm.matte}",
         "Gizmo {",
         " inputs 2",
         f" help {quote('FRDM film restoration: sends Source (and Mask) to an FRDM server and loads the result.')}",
-        f" onCreate {quote(on_create)}",
+        f" onCreate {quote(ON_CREATE)}",
         " tile_color 0x7a5c3aff",
         *(" " + line for line in user),
         "}",
@@ -156,7 +194,26 @@ def gizmo_text() -> str:
         "  xpos 0",
         "  ypos -100",
         " }",
-        " Switch {",  # input 0 (top of the stack) = Source, input 1 = FRDM_Result
+        " set N_source [stack 0]",
+        # Copy: input 0 (B, the stream kept) = Source, input 1 (A) = FRDM_Result. Only the restored RGB and
+        # the matte come from A; alpha, other layers and the bounding box stay the Source's.
+        " Copy {",
+        "  inputs 2",
+        "  from0 rgba.red",
+        "  to0 rgba.red",
+        "  from1 rgba.green",
+        "  to1 rgba.green",
+        "  from2 rgba.blue",
+        "  to2 rgba.blue",
+        "  from3 frdm.matte",
+        "  to3 frdm.matte",
+        "  bbox B",
+        "  name FRDM_Copy",
+        "  xpos 100",
+        "  ypos 50",
+        " }",
+        " push $N_source",
+        " Switch {",  # input 0 (top of the stack) = Source, input 1 = FRDM_Copy
         "  inputs 2",
         f"  which {{{{{switch}}}}}",
         "  name FRDM_Switch",

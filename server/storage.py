@@ -1,0 +1,304 @@
+"""What the server reads and writes on disk: the allowed roots of path mode, and the result cache
+(every write is ``frdm.engine.atomic``'s).
+
+Every path a client names is resolved here and nowhere else, so the rules (absolute, no '..', under an
+allowed root, never an input overwritten) live in one room. A resolved path is kept as its root plus the
+components below it and is only ever opened from the root one component at a time, with no symlink followed
+(``os.open`` with ``dir_fd`` and ``O_NOFOLLOW``) and the opened file itself checked (``fstat``: a regular
+file): a folder or file swapped for a symlink after a request was accepted is refused, never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+from frdm.engine import atomic
+from frdm.server import sniff
+from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
+from frdm.server.sniff import ImageHeader
+
+# --- allowed roots -----------------------------------------------------------------------------------
+
+
+def resolve_under_roots(path: str, roots: list[str], *, what: str, must_exist: bool) -> str:
+    """The real path of ``path`` if it lies under an allowed root (after resolving symlinks), else
+    ProtocolError(forbidden_path). '..' components are refused outright: a compositor never needs them."""
+    if not roots:
+        raise ProtocolError(
+            "forbidden_path",
+            f"{what} '{path}': this server does not accept paths (start it with --allow-root DIR) — send the "
+            "frames inline instead",
+        )
+    if ".." in path.replace("\\", "/").split("/"):
+        raise ProtocolError("forbidden_path", f"{what} '{path}': '..' is not allowed in paths")
+    real = os.path.realpath(path)
+    for root in roots:
+        if os.path.commonpath([real, root]) == root:
+            break
+    else:
+        raise ProtocolError(
+            "forbidden_path",
+            f"{what} '{path}' (really {real}) is outside the server's allowed roots ({', '.join(roots)})",
+        )
+    if must_exist and not os.path.isfile(real):
+        raise ProtocolError("bad_input", f"{what} '{path}' does not exist on the server")
+    return real
+
+
+@dataclass(frozen=True)
+class RootedPath:
+    """A resolved path as (allowed root, components below it)."""
+
+    root: str
+    parts: tuple[str, ...]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.root, *self.parts)
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+
+def rooted(real: str, roots: list[str]) -> RootedPath:
+    """``real`` (a resolved path under one of ``roots``) split at its root."""
+    for root in sorted(roots, key=len, reverse=True):  # the innermost root if roots nest
+        if real != root and os.path.commonpath([real, root]) == root:
+            return RootedPath(root, tuple(os.path.relpath(real, root).split(os.sep)))
+    raise ProtocolError("forbidden_path", f"'{real}' is not a file under the server's allowed roots")
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _refused(rp: RootedPath, what: str, exc: OSError) -> ProtocolError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return ProtocolError(
+            "forbidden_path",
+            f"{what} '{rp.path}': a component is a symlink or not a folder (changed after the request was "
+            "accepted?); the server never follows it",
+        )
+    return ProtocolError("bad_input", f"{what} '{rp.path}': {exc.strerror or exc}")
+
+
+def _open_dir(rp: RootedPath, what: str, *, create: bool) -> int:
+    """A descriptor of ``rp``'s folder, reached from the root one component at a time without following
+    a symlink; missing folders are made when ``create``."""
+    fd = os.open(rp.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in rp.parts[:-1]:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise ProtocolError("bad_input", f"{what} '{rp.path}': folder '{part}' does not exist") from None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        raise _refused(rp, what, exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular(rp: RootedPath, what: str) -> int:
+    """A read descriptor of the regular file ``rp``: no symlink at any component, checked on the opened
+    file (fstat), and a FIFO or device refused without ever blocking on it (O_NONBLOCK)."""
+    dfd = _open_dir(rp, what, create=False)
+    try:
+        fd = os.open(rp.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except FileNotFoundError:
+        raise ProtocolError("bad_input", f"{what} '{rp.path}' does not exist on the server") from None
+    except OSError as exc:
+        raise _refused(rp, what, exc) from None
+    finally:
+        os.close(dfd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) | stat.S_ISBLK(mode) else "no file"
+        raise ProtocolError("forbidden_path", f"{what} '{rp.path}' is {kind}; only regular files are read")
+    return fd
+
+
+def read_regular(rp: RootedPath, what: str, max_bytes: int) -> bytes:
+    """The whole of a regular file under a root (see ``open_regular``), refused past ``max_bytes``."""
+    fd = open_regular(rp, what)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ProtocolError("too_large", f"{what} '{rp.path}' is larger than the server's limit of {max_bytes} bytes")
+    return data
+
+
+def sniff_regular(rp: RootedPath, what: str, limits: Limits) -> ImageHeader:
+    """A path-mode frame's format and declared size from its header alone, checked against the limits."""
+    fd = open_regular(rp, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > sniff.max_file_bytes(limits):
+            raise ProtocolError(
+                "too_large", f"{what} '{rp.path}': a file of {size} bytes is larger than any frame the server takes"
+            )
+        header = sniff.sniff(lambda offset, n: os.pread(fd, n, offset), f"{what} ({rp.path})")
+    finally:
+        os.close(fd)
+    sniff.check_frame_size(header, limits, what)
+    return header
+
+
+def resolve_inputs(refs: dict[int, ImageRef], what: str, roots: list[str], limits: Limits) -> dict[int, RootedPath]:
+    """Path-mode sources or masks: frame -> rooted path, each checked against the roots and the limits."""
+    out = {}
+    for frame, ref in refs.items():
+        if ref.path is None:
+            continue
+        label = f"{what} frame {frame}"
+        rp = rooted(resolve_under_roots(ref.path, roots, what=label, must_exist=False), roots)
+        sniff_regular(rp, label, limits)
+        out[frame] = rp
+    return out
+
+
+def resolve_outputs(req: RestoreRequest, inputs: set[str], roots: list[str]) -> dict[int, RootedPath]:
+    """Path-mode outputs: frame -> rooted path; none of them may be one of ``inputs`` (real paths)."""
+    if req.output_dir is None and req.output_pattern is None:
+        return {}
+    from frdm.engine.frames import SequencePattern
+
+    pattern = req.output_pattern or os.path.join(req.output_dir or "", "frdm.%04d.exr")
+    if not pattern.lower().endswith(".exr"):
+        raise ProtocolError("bad_request", f"output '{pattern}' must be an .exr sequence")
+    seq = SequencePattern.parse(pattern)
+    if not seq.is_sequence:
+        raise ProtocolError("bad_request", f"output '{pattern}' is not a sequence pattern (use name.%04d.exr)")
+    out = {}
+    for frame in req.frames:
+        real = resolve_under_roots(seq.path(frame), roots, what=f"output frame {frame}", must_exist=False)
+        if real in inputs:
+            raise ProtocolError("forbidden_path", f"output frame {frame} would overwrite its own input {real}")
+        out[frame] = rooted(real, roots)
+    return out
+
+
+OCIO_BUILTIN = re.compile(r"ocio://[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_OCIO_CONFIG_BYTES = 16 << 20  # a config is YAML; the big ACES ones are well under 1 MB
+
+
+def check_ocio_config(value: str, roots: list[str]) -> None:
+    """Parameter 'ocio_config': an OCIO built-in name, or a regular file under an allowed root.
+
+    Checked in the socket loop with calls that cannot block (no symlink followed, a FIFO or device never
+    read), so a hostile value is refused at once instead of stalling OpenImageIO's loader, which holds the
+    GIL while it reads (and would stop every thread of the server, the socket loop included)."""
+    what = "parameter 'ocio_config'"
+    if value.startswith("ocio://"):
+        if not OCIO_BUILTIN.fullmatch(value):
+            raise ProtocolError("bad_param", f"{what}: '{value[:80]}' is not an OCIO built-in name")
+        return
+    if not os.path.isabs(value):
+        raise ProtocolError(
+            "forbidden_path", f"{what}: '{value[:200]}' is neither an ocio:// name nor an absolute path"
+        )
+    rp = rooted(resolve_under_roots(value, roots, what=what, must_exist=False), roots)
+    fd = open_regular(rp, what)
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size > MAX_OCIO_CONFIG_BYTES:
+        raise ProtocolError("too_large", f"{what} '{value}': {size} bytes is too large for an OCIO config")
+
+
+# --- writes ------------------------------------------------------------------------------------------
+
+
+def write_under_root(rp: RootedPath, data: bytes, what: str) -> None:
+    """Atomic write of a path-mode output, its folders reached (or made) from the root without following
+    a symlink: an output folder swapped for a link after acceptance is refused, nothing written outside."""
+    dfd = _open_dir(rp, what, create=True)
+    try:
+        atomic.write_bytes_at(dfd, rp.name, data)
+    except OSError as exc:
+        raise _refused(rp, what, exc) from None
+    finally:
+        os.close(dfd)
+
+
+def remove_stale_under_root(rp: RootedPath) -> None:
+    """``engine.atomic.remove_stale`` in the folder of a path-mode output, reached without following links."""
+    try:
+        dfd = _open_dir(rp, "output", create=False)
+    except ProtocolError:
+        return  # not there yet, or not safe to look in: nothing of ours to clean
+    try:
+        atomic.remove_stale(dfd)
+    finally:
+        os.close(dfd)
+
+
+# --- result cache ------------------------------------------------------------------------------------
+
+
+class ResultCache:
+    """Finished frames as EXR bytes on disk, keyed by ``frdm.engine.depends.frame_key``.
+
+    Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
+    entries go when the folder grows past ``max_bytes``."""
+
+    def __init__(self, directory: str, max_bytes: int):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        os.makedirs(directory, exist_ok=True)
+        atomic.remove_stale(directory)
+        self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, key + ".exr")
+
+    def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            os.utime(path)  # recently used
+            return data
+        except OSError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        atomic.write_bytes(self._path(key), data)
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            self._prune()
+
+    def _prune(self) -> None:
+        entries = sorted(
+            (e for e in os.scandir(self.directory) if e.is_file() and e.name.endswith(".exr")),
+            key=lambda e: e.stat().st_mtime,
+        )
+        total = sum(e.stat().st_size for e in entries)
+        for e in entries:
+            if total <= self.max_bytes * 0.8:
+                break
+            size = e.stat().st_size
+            try:
+                os.unlink(e.path)
+                total -= size
+            except OSError:
+                pass
+        self._size = total
