@@ -54,7 +54,8 @@ from typing import Any
 
 from frdm.engine.params import SCHEMA, STAGES
 
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-1", "diffusion": "diffusion-1"}
+# diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-1", "diffusion": "diffusion-2"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).
