@@ -14,7 +14,7 @@ its own process so its peak RSS is its own. Not in CI: it needs ~10 GB of RAM an
     python benchmarks/full_size_cpu.py [--dir DIR] [--keep] [--json FILE]
     python benchmarks/full_size_cpu.py --tiny          # the same phases on the tiny config (checks the script)
 
-Prints one JSON object: per phase wall time (s) and peak RSS (GB, ru_maxrss).
+Prints one JSON object: per phase wall time (s) and peak RSS (GiB, ru_maxrss).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 
-def _peak_rss_gb() -> float:
+def _peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)  # KiB on Linux
 
 
@@ -191,7 +191,7 @@ def main() -> int:
         os.environ["FRDM_BENCH_TINY"] = "1"  # the children read it
     if args.phase:  # a child: one phase, one JSON line
         result = PHASES[args.phase](Path(args.dir))
-        result["peak_rss_gb"] = _peak_rss_gb()
+        result["peak_rss_gib"] = _peak_rss_gib()
         print(json.dumps(result))
         return 0
     root = Path(args.dir or tempfile.mkdtemp(prefix="frdm-full-size-"))
