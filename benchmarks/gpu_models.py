@@ -84,9 +84,8 @@ def main() -> int:
     with torch.no_grad():
         vae_s, vae_peak = _timed(lambda: model.encode_latents(degraded), device, args.warmup, args.repeats)
         degraded_latents = model.encode_latents(degraded)
-        global_latents = model.encode_latents(full_frame)
         prompt_embeds = model.encode_prompt(["an old film scene"] * b)
-        global_tokens = model.encode_global_frame(full_frame)
+        global_tokens, global_latents = model.encode_global_conditioning(full_frame)
     noisy = torch.randn(b, frames, config.latent_channels, h, h, device=device, dtype=dtype, generator=g)
     timesteps = torch.full((b,), 500, device=device, dtype=torch.long)
     inputs = dict(

@@ -53,7 +53,6 @@ def main() -> int:
             patch_size=size,
             patch_overlap=0,
             frame_overlap=0,
-            global_size=(256, 256) if not args.tiny else (64, 64),
             num_workers=0,
             model="tiny" if args.tiny else "sd15",
             batch_size=1,

@@ -135,7 +135,7 @@ class PatchShiftDenoiser(torch.nn.Module):
         self.unet, self.vae, self.guidance, self.config = inner.unet, inner.vae, inner.guidance, inner.config
         self.noise_scheduler_config = inner.noise_scheduler_config
         self.alphas = schedule.alphas_cumprod
-        self.encode_prompt, self.encode_global_frame = inner.encode_prompt, inner.encode_global_frame
+        self.encode_prompt, self.encode_global_conditioning = inner.encode_prompt, inner.encode_global_conditioning
         self.encode_latents, self.decode_latents = inner.encode_latents, inner.decode_latents
 
     def forward(self, noisy_latents, timesteps, *, degraded_latents, boxes, **_):
@@ -169,6 +169,10 @@ def test_seam_measure_blend_and_global_residual_beat_uniform_independent_patches
         ratio[name] = border / interior
     print("seam energy ratio (border / interior):", ratio)
     assert ratio["uniform independent"] > 2.0  # the checkerboard of offsets shows as seams
+    # The global residual reaches the sampler (the result moves) and does not add seams of its own; it cannot
+    # remove a bias the denoiser adds at every step (c_t falls to ~0 by the last steps, Eq. 2).
+    assert ratio["uniform + global residual"] != ratio["uniform independent"]
+    assert ratio["uniform + global residual"] <= ratio["uniform independent"]
     assert ratio["blend + global residual"] < 0.5 * ratio["uniform independent"]
     assert ratio["blend"] < 0.5 * ratio["uniform independent"]
 
@@ -280,3 +284,83 @@ def test_a_window_longer_than_the_motion_module_is_a_clear_parameter_error(resto
     frames = _frames(2, 64, 64)
     with pytest.raises(ParamError, match=rf"'window' \({limit + 1}\) exceeds the {limit} frames"):
         _run(restorer, frames, [0, 1], [0, 1], {**FAST, "window": limit + 1, "window_overlap": 0})
+
+
+# ---------------------------------------------------------------------------- stage 1 and the global residual
+class _Recorder:
+    """Records what reaches the model and the GRFM fusion (Eq. 1) during a restore, calling the real ones."""
+
+    def __init__(self, model, monkeypatch):
+        import frdm.engine.diffusion.restorer as restorer_mod
+
+        self.calls: list[dict] = []  # every model forward: its timestep and latents
+        self.fusions: list[tuple[float, torch.Tensor, torch.Tensor]] = []  # (c_t, z_t^GR, z_t^fused)
+        forward, fuse = model.forward, restorer_mod.fuse_global_residual
+
+        def recording_forward(noisy_latents, timesteps, **kw):
+            self.calls.append({"t": int(timesteps[0]), "latents": noisy_latents.clone()})
+            return forward(noisy_latents, timesteps, **kw)
+
+        def recording_fuse(z_rs, z_gr, c_t):
+            out = fuse(z_rs, z_gr, c_t)
+            self.fusions.append((c_t, z_gr.clone(), out.clone()))
+            return out
+
+        monkeypatch.setattr(model, "forward", recording_forward)
+        monkeypatch.setattr(restorer_mod, "fuse_global_residual", recording_fuse)
+
+
+def test_stage2_fuses_the_global_residual_with_the_eq2_weight_at_every_step(model, monkeypatch):
+    import math
+
+    restorer = DiffusionRestorer(model, device="cpu", window_cache=0, log=lambda message: None)
+    rec = _Recorder(model, monkeypatch)
+    frames = _frames(1, 64, 128)  # three overlapped 64 px patches: stage 1 runs
+    params = {**FAST, "window": 1, "steps": 3, "kv_cache": False, "global_residual": True}
+    _run(restorer, frames, [0], [0], params)
+    grid = patch_grid(8, 16, 8, 2)
+    n = len(grid)
+    assert n == 3 and len(rec.calls) == 3 + 3 * n  # stage 1: one patch per step; stage 2: every patch
+    stage2 = rec.calls[3:]
+    steps = [stage2[n * k]["t"] for k in range(3)]
+    assert steps[0] == 999 and steps == sorted(steps, reverse=True)
+    # c_t = 0.25 (1 + cos(pi (T - t) / T)) with T = 1000 at each of the sampler's timesteps: 0.5 at the start.
+    eq2 = [0.25 * (1 + math.cos(math.pi * (1000 - t) / 1000)) for t in steps]
+    assert [c for c, _, _ in rec.fusions] == pytest.approx(eq2)
+    assert rec.fusions[0][0] == pytest.approx(0.5, abs=1e-5)
+    for k, (_, z_gr, fused) in enumerate(rec.fusions):
+        # The fused latent is what the patches are cut from: the model sees z_t^fused, not z_t^RS.
+        for j, box in enumerate(grid):
+            seen = stage2[n * k + j]["latents"][0]
+            assert torch.equal(seen, fused[:, :, box.y0 : box.y1, box.x0 : box.x1]), (k, j)
+        # z_t^GR is stage 1's result noised to this step: it changes with t and is not the patches' own latent.
+        assert not torch.allclose(z_gr, fused)
+    assert not torch.allclose(rec.fusions[0][1], rec.fusions[-1][1])
+
+
+def test_output_differs_with_the_global_residual_on_and_off(restorer):
+    frames = _frames(1, 64, 128)
+    params = {**FAST, "window": 1, "steps": 2, "kv_cache": False}
+    clip = Clip(frames, [0], [0])
+    (_, on, _), (_, off, _) = (
+        next(restorer.restore_latents(clip, {**params, "global_residual": flag})) for flag in (True, False)
+    )
+    assert on.shape == off.shape
+    assert (on - off).abs().max() > 1e-3  # stage 1's pre-restored frame steers stage 2
+
+
+def test_stage1_is_skipped_when_the_frame_is_one_patch(model, monkeypatch):
+    restorer = DiffusionRestorer(model, device="cpu", window_cache=0, log=lambda message: None)
+    frames = _frames(1, 64, 64)  # pads to 64 x 64: one 64 px patch, the whole frame already is stage 1's input
+    params = {**FAST, "window": 1, "steps": 3}
+    (off,) = _run(restorer, frames, [0], [0], {**params, "global_residual": False})
+    rec = _Recorder(model, monkeypatch)
+    seen = []
+    on = list(
+        restorer.restore(
+            Clip(frames, [0], [0]), {**params, "global_residual": True}, lambda d, t, m: seen.append((t, m))
+        )
+    )
+    assert len(rec.calls) == 3 and not rec.fusions  # stage 2's three steps only, nothing fused
+    assert seen[-1][0] == 3 and not any("stage 1" in m for _, m in seen)
+    assert np.array_equal(on[0].image, off.image)

@@ -300,3 +300,92 @@ def test_fusion_and_reference_module_shapes() -> None:
     ref = FrequencyReference(latent_channels=4, dim=16, grid=4)
     out = ref(torch.randn(b, f, 4, 8, 8), torch.randn(b, f, 4, 3, 5))  # global latent smaller than the grid
     assert out.shape == (b, 2 * f * 4 * 4, 16)
+
+
+def test_forward_refuses_a_guidance_residual_count_that_differs_from_the_unet_skips(
+    model: HaineiFRDM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # diffusers zips the residuals with the UNet's skip connections: one short would leave a skip unguided
+    # without a word. The tiny UNet has conv_in + 2 levels x (1 resnet) + 1 downsampler = 4 skips.
+    assert model.num_skip_connections == 4 == len(model.guidance.controlnet_down_blocks)
+    real = model.guidance.forward
+
+    def one_short(*args, **kwargs):
+        down, mid = real(*args, **kwargs)
+        return down[:-1], mid
+
+    monkeypatch.setattr(model.guidance, "forward", one_short)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"3 down-block residuals.*4 skip connections"):
+        model(**_inputs(model))
+
+
+def test_copy_from_backbone_raises_listing_what_it_could_not_copy(model: HaineiFRDM) -> None:
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from frdm.engine.errors import WeightsError
+    from frdm.engine.models import RestorationGuidanceNetwork
+
+    own = RestorationGuidanceNetwork(model.config).copy_from_backbone(model.unet)
+    # What is not copied is exactly the FRDM modules and the zero convs, by design.
+    frdm_parts = (
+        "controlnet_",
+        "_location.",
+        "frequency_reference.",
+        "global_frame_fusion.",
+        "texture_reconstruction.",
+    )
+    assert own and not [n for n in own if not any(p in n for p in frdm_parts)]
+    # A UNet with another text width (its cross-attention keys differ) and no mid-block motion module (v3).
+    other = FRDMConfig.tiny()
+    other.cross_attention_dim = 24
+    other.use_motion_mid_block = False
+    torch.manual_seed(0)
+    unet = UNetMotionModel.from_unet2d(
+        UNet2DConditionModel(**other.unet_config()), MotionAdapter(**other.motion_adapter_config())
+    )
+    guidance = RestorationGuidanceNetwork(model.config)
+    with pytest.raises(WeightsError) as err:
+        guidance.copy_from_backbone(unet)
+    text = str(err.value)
+    assert (
+        "down_blocks.0.attentions.0.transformer_blocks.0.global_prompt_fusion.attn: to_k.weight (16, 24) "
+        "(expected (16, 32))" in text
+    )
+    assert "mid_block.attentions.0.transformer_blocks.0.global_prompt_fusion.attn: to_k.weight (32, 24)" in text
+    assert "mid_block.motion_modules: 1 modules here, 0 in the UNet" in text
+
+
+def test_texture_references_are_exact_low_band_coefficients() -> None:
+    from frdm.engine.models import FrequencyReference
+    from frdm.engine.models.texture import low_band
+
+    ref = FrequencyReference(latent_channels=4, dim=8, grid=4)
+    x = torch.randn(1, 2, 4, 8, 8)
+    band = low_band(fft3(x), 4)
+    centre = torch.fft.fftshift(fft3(x), dim=(3, 4))[..., 2:6, 2:6]  # DC at [4, 4] -> band [2, 2]
+    assert torch.equal(band, centre)
+    # Exact coefficients: moving the content (a circular shift) changes only their phase, so every token
+    # keeps its magnitude. Pooling complex bins (the old patch reference) cancels phase and would not.
+    tokens = ref.tokens(x)
+    moved = ref.tokens(torch.roll(x, shifts=(3, 5), dims=(3, 4)))
+    c = tokens.shape[-1] // 2
+    torch.testing.assert_close(torch.complex(*moved.split(c, -1)).abs(), torch.complex(*tokens.split(c, -1)).abs())
+    # Per pixel: a constant latent has the same DC token at any size (training's and inference's global
+    # latents, patches of any size); a latent smaller than the grid has zeros for the frequencies it lacks.
+    small, large = ref.tokens(torch.full((1, 2, 4, 3, 5), 0.7)), ref.tokens(torch.full((1, 2, 4, 32, 32), 0.7))
+    torch.testing.assert_close(small, large)
+    assert ref.tokens(torch.randn(1, 2, 4, 3, 5)).view(1, 2, 4, 4, 8)[:, :, 0].abs().max() == 0  # no -2 row at h=3
+
+
+def test_texture_reconstruction_half_precision_stays_finite_on_bright_blocks() -> None:
+    # The DC bin of an 8-frame 16x16 block of features near 2000 is ~2000 * sqrt(2048) = 90000: past fp16's
+    # 65504. Cast back to fp16 before the LayerNorm it was inf, and the block's output NaN.
+    torch.manual_seed(0)
+    module = TextureReconstruction(dim=8, reference_dim=8, inner_dim=8, heads=2)
+    torch.nn.init.normal_(module.out.weight, std=0.1)
+    tokens = 2000.0 + torch.randn(8, 16 * 16, 8)
+    reference = torch.randn(1, 6, 8)
+    full = module(tokens, reference, 8, 16, 16)
+    half = module.half()(tokens.half(), reference.half(), 8, 16, 16)
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), full, rtol=2e-3, atol=1.0)  # fp16 spacing at 2000 is 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from frdm.engine.weights import (  # noqa: E402
     save_frdm_weights,
 )
 from frdm.engine.weights.backbone import CLIP_CONFIG_DIR, MOTION_CONFIG_DIR, SD15_CONFIG_DIR  # noqa: E402
-from frdm.engine.weights.ldm_layout import unet_to_ldm, vae_to_ldm  # noqa: E402
+from frdm.engine.weights.ldm_layout import motion_to_original, unet_to_ldm, vae_to_ldm  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- helpers: write weight folders
@@ -48,26 +47,6 @@ def _components(seed: int = 0, config: FRDMConfig | None = None) -> dict:
     }
 
 
-def _original_motion_layout(state: dict, max_len: int) -> dict:
-    """diffusers MotionAdapter keys -> the AnimateDiff release layout (temporal_transformer, ...)."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith(".pos_embed.pe"):  # release files carry pos_encoder.pe instead (added below)
-            continue
-        new = (
-            key.replace(".attn1.", ".attention_blocks.0.")
-            .replace(".attn2.", ".attention_blocks.1.")
-            .replace(".norm1.", ".norms.0.")
-            .replace(".norm2.", ".norms.1.")
-            .replace(".norm3.", ".ff_norm.")
-        )
-        new = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", new)
-        out[new] = value
-        if new.endswith(("attention_blocks.0.to_q.weight", "attention_blocks.1.to_q.weight")):
-            out[new.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, max_len, value.shape[1])
-    return out
-
-
 def _write_weights(root: Path, comps: dict, *, sd15: str = "folder", motion: str = "original") -> Path:
     cfg: FRDMConfig = comps["config"]
     root.mkdir(parents=True, exist_ok=True)
@@ -78,10 +57,12 @@ def _write_weights(root: Path, comps: dict, *, sd15: str = "folder", motion: str
         has_attn = ["CrossAttn" in t for t in cfg.up_block_types]
         state = unet_to_ldm(comps["unet2d"].state_dict(), cfg.layers_per_block, has_attn)
         state.update(vae_to_ldm(comps["vae"].state_dict(), len(cfg.vae_block_out_channels)))
+        # A released checkpoint also carries its text encoder, schedule and EMA bookkeeping: passed over.
+        state.update({k: torch.zeros(s[:1]) for k, s in REAL_SD15_OTHER_KEYS.items()})
         save_file({k: v.contiguous() for k, v in state.items()}, root / "sd15.safetensors")
     adapter_state = comps["adapter"].state_dict()
     if motion == "original":
-        mm = _original_motion_layout(adapter_state, cfg.motion_max_seq_length)
+        mm = motion_to_original(adapter_state, cfg.motion_max_seq_length)
         save_file(mm, root / "motion_module.safetensors")
     elif motion == "diffusers":
         save_file(adapter_state, root / "motion_module.safetensors")
@@ -227,7 +208,7 @@ def test_motion_module_v2_and_v3_layouts(tmp_path: Path) -> None:
         torch.manual_seed(0)
         adapter = MotionAdapter(**cfg.motion_adapter_config())
         path = tmp_path / f"{version}.safetensors"
-        save_file(_original_motion_layout(adapter.state_dict(), cfg.motion_max_seq_length), path)
+        save_file(motion_to_original(adapter.state_dict(), cfg.motion_max_seq_length), path)
         loaded, found = load_motion_adapter(path, config=cfg.motion_adapter_config())
         assert found == version and loaded.config.use_motion_mid_block == mid
         _assert_same_params(loaded, adapter)
@@ -353,6 +334,8 @@ def test_full_size_random_single_file_sd15_loads_offline(tmp_path: Path, monkeyp
     ckpt = unet_to_ldm(unet_state, 2, ["CrossAttn" in t for t in unet_config["up_block_types"]])
     ckpt.update(vae_to_ldm(vae_state, 4))
     del unet_state, vae_state
+    _assert_real_ldm_layout(ckpt)  # what is written is what a released file holds, not only what we read
+    ckpt.update({k: torch.zeros(s, dtype=torch.float16) for k, s in REAL_SD15_OTHER_KEYS.items()})
     path = tmp_path / "sd15.safetensors"
     save_file(ckpt, path)
     del ckpt
@@ -363,3 +346,169 @@ def test_full_size_random_single_file_sd15_loads_offline(tmp_path: Path, monkeyp
     for key, value in probes.items():
         assert torch.equal(state[key], value), key
     assert torch.equal(vae.decoder.mid_block.attentions[0].to_q.weight, vae_probe)
+
+
+# ---------------------------------------------------------------------------- CLIP, strictly
+def _clip_folder(tmp_path: Path, name: str, state: dict, config_dir: Path) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text((config_dir / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    return folder
+
+
+def test_partial_foreign_and_misshaped_clip_files_are_refused_naming_the_tensors(tmp_path: Path) -> None:
+    from frdm.engine.weights import load_clip_text, load_clip_vision
+
+    comps = _components(seed=0)
+    root = _write_weights(tmp_path / "w", comps)
+    state = load_file(str(root / "clip" / "model.safetensors"))
+    cfg = comps["config"]
+    text, vision = load_clip_text(root / "clip", expected=cfg.text_config())[0], load_clip_vision(root / "clip")
+    assert torch.equal(text.final_layer_norm.weight, state["text_model.final_layer_norm.weight"])
+    assert torch.equal(vision.state_dict()["post_layernorm.bias"], state["vision_model.post_layernorm.bias"])
+
+    def without(*prefixes: str) -> dict:
+        return {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+    misshaped = {**state, "text_model.embeddings.position_embedding.weight": torch.zeros(8, 32)}
+    cases = {
+        "no_final_norm": (
+            without("text_model.final_layer_norm."),
+            load_clip_text,
+            r"2 missing keys: text_model\.final_layer_norm\.bias, text_model\.final_layer_norm\.weight",
+        ),
+        "no_post_norm": (
+            without("vision_model.post_layernorm."),
+            load_clip_vision,
+            r"2 missing keys: vision_model\.post_layernorm\.bias",
+        ),
+        "no_layer": (
+            without("text_model.encoder.layers.0."),
+            load_clip_text,
+            r"16 missing keys: text_model\.encoder\.",
+        ),
+        "foreign": ({"conv_in.weight": torch.zeros(4)}, load_clip_vision, r"missing keys: .*unexpected keys: conv_in"),
+        "misshaped": (
+            misshaped,
+            load_clip_text,
+            r"wrong shape: text_model\.embeddings\.position_embedding\.weight \(8, 32\) \(expected \(16, 32\)\)",
+        ),
+    }
+    for name, (bad, loader, message) in cases.items():
+        folder = _clip_folder(tmp_path, name, bad, root / "clip")
+        tiny_tokenizer(cfg.text_max_length).save_pretrained(folder)
+        with pytest.raises(WeightsError, match=rf"{name}/model\.safetensors: does not match the CLIP .*{message}"):
+            loader(folder)
+
+
+def test_a_vit_h_clip_config_is_refused_at_load_against_the_model_config(tmp_path: Path) -> None:
+    from frdm.engine.weights import load_clip_vision
+
+    comps = _components(seed=0)
+    root = _write_weights(tmp_path / "w", comps)
+    config = json.loads((root / "clip" / "config.json").read_text())
+    # OpenCLIP ViT-H/14's vision tower (what SD2.x uses): refused from its config.json, before any tensor.
+    config["vision_config"].update(
+        hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120, patch_size=14,
+        image_size=224, hidden_act="gelu",
+    )  # fmt: skip
+    (root / "clip" / "config.json").write_text(json.dumps(config))
+    (root / "clip" / "model.safetensors").write_bytes(b"not read")
+    refused = r"clip/config\.json: this CLIP vision encoder is not the one.*hidden_size 1280 \(the model expects 1024\)"
+    with pytest.raises(WeightsError, match=refused):
+        load_clip_vision(root / "clip", expected=FRDMConfig.sd15().vision_config())
+    # load_model compares with the model's own config (here the tiny one's 32-wide tower).
+    with pytest.raises(WeightsError, match=r"clip/config\.json: .*hidden_size 1280 \(the model expects 32\)"):
+        load_model(root, config=FRDMConfig.tiny())
+
+
+# ---------------------------------------------------------------------------- the real single-file layout
+# Key names and shapes of the released SD1.5 checkpoint (v1-5-pruned-emaonly, CompVis LDM layout), written
+# out here rather than produced by our converter: what a real file holds, a sample from every kind of block.
+REAL_SD15_LDM_KEYS = {
+    "model.diffusion_model.time_embed.0.weight": (1280, 320),
+    "model.diffusion_model.time_embed.2.weight": (1280, 1280),
+    "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+    "model.diffusion_model.input_blocks.1.0.in_layers.0.weight": (320,),
+    "model.diffusion_model.input_blocks.1.0.in_layers.2.weight": (320, 320, 3, 3),
+    "model.diffusion_model.input_blocks.1.0.emb_layers.1.weight": (320, 1280),
+    "model.diffusion_model.input_blocks.1.0.out_layers.3.weight": (320, 320, 3, 3),
+    "model.diffusion_model.input_blocks.1.1.norm.weight": (320,),
+    "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": (320, 320),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight": (2560, 320),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight": (320, 1280),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.norm3.weight": (320,),
+    "model.diffusion_model.input_blocks.3.0.op.weight": (320, 320, 3, 3),
+    "model.diffusion_model.input_blocks.4.0.skip_connection.weight": (640, 320, 1, 1),
+    "model.diffusion_model.input_blocks.7.0.skip_connection.weight": (1280, 640, 1, 1),
+    "model.diffusion_model.input_blocks.9.0.op.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.input_blocks.11.0.out_layers.3.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.middle_block.0.in_layers.2.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.middle_block.1.proj_out.weight": (1280, 1280, 1, 1),
+    "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_v.weight": (1280, 768),
+    "model.diffusion_model.middle_block.2.out_layers.3.bias": (1280,),
+    "model.diffusion_model.output_blocks.0.0.in_layers.2.weight": (1280, 2560, 3, 3),
+    "model.diffusion_model.output_blocks.0.0.skip_connection.weight": (1280, 2560, 1, 1),
+    "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.output_blocks.3.1.proj_in.weight": (1280, 1280, 1, 1),
+    "model.diffusion_model.output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.output_blocks.8.2.conv.weight": (640, 640, 3, 3),
+    "model.diffusion_model.output_blocks.11.0.skip_connection.weight": (320, 640, 1, 1),
+    "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_out.0.weight": (320, 320),
+    "model.diffusion_model.out.0.weight": (320,),
+    "model.diffusion_model.out.2.weight": (4, 320, 3, 3),
+    "first_stage_model.encoder.conv_in.weight": (128, 3, 3, 3),
+    "first_stage_model.encoder.down.0.block.0.norm1.weight": (128,),
+    "first_stage_model.encoder.down.0.downsample.conv.weight": (128, 128, 3, 3),
+    "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+    "first_stage_model.encoder.down.3.block.1.conv2.weight": (512, 512, 3, 3),
+    "first_stage_model.encoder.mid.block_1.conv1.weight": (512, 512, 3, 3),
+    "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+    "first_stage_model.encoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
+    "first_stage_model.encoder.norm_out.weight": (512,),
+    "first_stage_model.encoder.conv_out.weight": (8, 512, 3, 3),
+    "first_stage_model.quant_conv.weight": (8, 8, 1, 1),
+    "first_stage_model.post_quant_conv.weight": (4, 4, 1, 1),
+    "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3),
+    "first_stage_model.decoder.mid.attn_1.norm.weight": (512,),
+    "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+    "first_stage_model.decoder.up.0.block.2.conv2.weight": (128, 128, 3, 3),
+    "first_stage_model.decoder.up.3.upsample.conv.weight": (512, 512, 3, 3),
+    "first_stage_model.decoder.norm_out.weight": (128,),
+    "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
+}
+# What else a released checkpoint carries, which the loader must pass over.
+REAL_SD15_OTHER_KEYS = {
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    "alphas_cumprod": (1000,),
+    "betas": (1000,),
+    "model_ema.decay": (),
+}
+
+
+def _shipped_sd15_shapes() -> tuple[dict, dict]:
+    from accelerate import init_empty_weights
+
+    unet_config = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
+    vae_config = json.loads((SD15_CONFIG_DIR / "vae" / "config.json").read_text())
+    with init_empty_weights():
+        unet = {k: v.shape for k, v in UNet2DConditionModel.from_config(unet_config).state_dict().items()}
+        vae = {k: v.shape for k, v in AutoencoderKL.from_config(vae_config).state_dict().items()}
+    return unet, vae
+
+
+def _assert_real_ldm_layout(checkpoint: dict) -> None:
+    wrong = {k: s for k, s in REAL_SD15_LDM_KEYS.items() if tuple(checkpoint[k].shape if k in checkpoint else ()) != s}
+    assert not wrong, wrong
+
+
+def test_written_single_file_layout_has_the_real_ldm_key_names() -> None:
+    unet, vae = _shipped_sd15_shapes()
+    meta = {k: torch.empty(s, device="meta") for k, s in unet.items()}
+    ckpt = unet_to_ldm(meta, 2, [False, True, True, True])
+    ckpt.update(vae_to_ldm({k: torch.empty(s, device="meta") for k, s in vae.items()}, 4))
+    _assert_real_ldm_layout(ckpt)
+    assert len(ckpt) == len(unet) + len(vae)  # one file key per diffusers tensor, none merged or dropped

@@ -168,7 +168,8 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
     - ``mask``: float32 tensor (F, 1, P, P), 1 = defect pixel
     - ``box``: float32 tensor (4,), the patch's box in the full frame, normalised: (x0, y0, x1, y1) in [0, 1]
     - ``global_frame``: float32 tensor (F, 3, h, w) in [0, 1], the whole degraded frame resized to
-      ``global_size`` (h, w) (the global-frame fusion's input)
+      ``global_size`` (the model's ``FRDMConfig.global_frame_size`` by default) by the model's own
+      ``resize_global_frame``, so training conditions on the pixels inference computes for the same frame
     - ``caption``: str, the shot's caption
     - ``shot``: str and ``frames``: list[int], where the item came from (for logging)
 
@@ -184,7 +185,7 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
         patch_size: int = 512,
         patch_overlap: int = 128,
         frame_overlap: int = 4,
-        global_size: tuple[int, int] = (256, 256),
+        global_size: int | tuple[int, int] | None = None,
         random_position: bool = True,
         seed: int = 0,
         shots: Sequence[Shot] | None = None,
@@ -198,6 +199,10 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
         self.patch_size = patch_size
         self.patch_overlap = patch_overlap
         self.frame_overlap = frame_overlap
+        if global_size is None:
+            from frdm.engine.models.config import FRDMConfig
+
+            global_size = FRDMConfig.global_frame_size
         self.global_size = global_size
         self.random_position = random_position
         self.seed = seed
@@ -222,8 +227,9 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
         return px[..., :3] if px.shape[-1] >= 3 else np.repeat(px[..., :1], 3, -1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import cv2
         import torch
+
+        from frdm.engine.models.conditioning import resize_global_frame
 
         s, t, y, x = self.items[index]
         shot = self.shots[s]
@@ -241,10 +247,10 @@ class FilmRestorationDataset(torch.utils.data.Dataset):
         idx = [min(t + i, len(shot.frames) - 1) for i in range(F)]
         numbers = [shot.frames[i] for i in idx]
         out: dict[str, list[np.ndarray]] = {"degraded": [], "gt": [], "mask": [], "global_frame": []}
-        gh, gw = self.global_size
         for n in numbers:
             full = {k: self._read(shot, k, n) for k in SUBDIRS}
-            out["global_frame"].append(cv2.resize(full["degraded"], (gw, gh), interpolation=cv2.INTER_AREA))
+            chw = torch.from_numpy(np.ascontiguousarray(full["degraded"].transpose(2, 0, 1), np.float32))
+            out["global_frame"].append(resize_global_frame(chw, self.global_size).numpy().transpose(1, 2, 0))
             for k in SUBDIRS:
                 img = full[k]
                 if img.shape[0] < P or img.shape[1] < P:

@@ -240,20 +240,13 @@ class DiffusionRestorer:
         img = img[:, :height, :width].clamp(0.0, 1.0).permute(1, 2, 0).cpu().numpy().astype(np.float32)
         return RestoredFrame(frame, img, defect_matte(clip, frame, p))
 
-    def _conditioning(self, frames: torch.Tensor, prompt: str, patch_px: int, dtype: torch.dtype):
-        """Prompt embeddings, CLIP patch tokens and the global latent of the resized full frames."""
+    def _conditioning(self, frames: torch.Tensor, prompt: str, dtype: torch.dtype):
+        """Prompt embeddings, and the global-frame conditioning (CLIP patch tokens, frequency-reference latents)
+        of the window's full frames (n, 3, H, W): the model's own recipe, the one training uses."""
         m = self.model
         prompt_embeds = m.encode_prompt([prompt]).to(dtype)
-        n = frames.shape[0]
-        size = int(getattr(m.config, "vision_image_size", 224))
-        small = _resize(frames, size, size).clamp(0, 1)
-        global_tokens = m.encode_global_frame(small[None].to(dtype))
-        # The frequency reference: the whole frame squeezed into one patch (what stage 1 sees, unpadded).
-        # One frame per VAE call, as everywhere: bounded memory (16 frames at once would not be) and a frame's
-        # latent independent of its batch.
-        gl = _resize(frames, patch_px, patch_px).clamp(0, 1).to(dtype)
-        global_latents = torch.cat([m.encode_latents(gl[i : i + 1, None]) for i in range(n)], dim=1).float()
-        return prompt_embeds, global_tokens, global_latents
+        global_tokens, global_latents = m.encode_global_conditioning(frames[None])
+        return prompt_embeds, global_tokens.to(dtype), global_latents
 
     def _restore_window(
         self,
@@ -270,7 +263,7 @@ class DiffusionRestorer:
         hp, wp = (math.ceil(s / PAD_MULTIPLE) * PAD_MULTIPLE for s in (height, width))
         xp = _pad_to(x, hp, wp)
         patch_px = p["patch_size"]
-        cond = self._conditioning(x, p["prompt"], patch_px, dtype)
+        cond = self._conditioning(x, p["prompt"], dtype)
         lp, lo = patch_px // LATENT_SCALE, p["patch_overlap"] // LATENT_SCALE
         grid = patch_grid(hp // LATENT_SCALE, wp // LATENT_SCALE, lp, lo)
         tile, tile_overlap = plan.vae_tile, plan.vae_tile // 8

@@ -1,22 +1,38 @@
-"""The HaineiFRDM networks (paper Sec. 3.1, Fig. 2). Importing this package imports torch and diffusers."""
+"""The HaineiFRDM networks (paper Sec. 3.1, Fig. 2).
 
-from .config import FRDMConfig
-from .frdm import FRDMOutput, HaineiFRDM
-from .fusion import FourierEmbedder, GlobalFrameFusion, GlobalPromptFusion, LocationFusion
-from .guidance import RestorationGuidanceNetwork
-from .preprocess import PreprocessModule
-from .texture import FrequencyReference, TextureReconstruction
+Names are imported on first use (PEP 562): ``frdm.engine.models.config`` and ``.conditioning`` need no
+diffusers, so the training dataset can share the conditioning resize and the config defaults without pulling
+the networks into every DataLoader worker. ``from frdm.engine.models import HaineiFRDM`` imports torch and
+diffusers as before.
+"""
 
-__all__ = [
-    "FRDMConfig",
-    "FRDMOutput",
-    "FourierEmbedder",
-    "FrequencyReference",
-    "GlobalFrameFusion",
-    "GlobalPromptFusion",
-    "HaineiFRDM",
-    "LocationFusion",
-    "PreprocessModule",
-    "RestorationGuidanceNetwork",
-    "TextureReconstruction",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FRDMConfig": ".config",
+    "FRDMOutput": ".frdm",
+    "HaineiFRDM": ".frdm",
+    "FourierEmbedder": ".fusion",
+    "GlobalFrameFusion": ".fusion",
+    "GlobalPromptFusion": ".fusion",
+    "LocationFusion": ".fusion",
+    "RestorationGuidanceNetwork": ".guidance",
+    "PreprocessModule": ".preprocess",
+    "FrequencyReference": ".texture",
+    "TextureReconstruction": ".texture",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

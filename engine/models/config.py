@@ -66,6 +66,11 @@ class FRDMConfig:
     projection_dim: int = 768
     # --- FRDM trainable modules ---
     num_frames: int = 16  # temporal window the model is trained on
+    # Side of the square the degraded full frame is resized to before CLIP and the VAE read it (global-frame
+    # fusion, the frequency reference): one size for training and inference, so it lives with the weights.
+    # 256: CLIP reads 224 px anyway and the reference keeps only the lowest 8x8 frequencies of the 32x32
+    # latent; 512 would quadruple the per-step VAE work for nothing either module uses.
+    global_frame_size: int = 256
     preprocess_channels: tuple[int, ...] = (64, 128, 256, 256)  # one per scale: 1, 1/2, 1/4, 1/8 of the patch
     fourier_freqs: int = 8  # GLIGEN-style Fourier embedding of the box: 4 coords x 2 (sin, cos) x freqs
     location_hidden_dim: int = 512  # MLP width that fuses tokens with the box embedding
@@ -113,6 +118,7 @@ class FRDMConfig:
             vision_patch_size=8,
             projection_dim=32,
             num_frames=2,
+            global_frame_size=32,
             preprocess_channels=(8, 8, 16, 16),
             fourier_freqs=4,
             location_hidden_dim=32,
@@ -125,6 +131,14 @@ class FRDMConfig:
     @property
     def vae_downscale(self) -> int:
         return 2 ** (len(self.vae_block_out_channels) - 1)
+
+    def check(self) -> None:
+        """Raise ValueError naming the field for sizes the networks cannot be built with."""
+        if self.global_frame_size < 1 or self.global_frame_size % self.vae_downscale:
+            raise ValueError(
+                f"FRDMConfig.global_frame_size ({self.global_frame_size}) must be a positive multiple of the "
+                f"VAE's downscale ({self.vae_downscale})"
+            )
 
     @property
     def num_patch_tokens(self) -> int:

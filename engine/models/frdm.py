@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
 
+from .conditioning import resize_global_frame
 from .config import FRDMConfig
 from .guidance import RestorationGuidanceNetwork
 from .preprocess import PreprocessModule
@@ -69,6 +69,7 @@ class HaineiFRDM(nn.Module):
         guidance: RestorationGuidanceNetwork | None = None,
     ):
         super().__init__()
+        config.check()
         self.config = config
         self.unet = unet
         self.vae = vae
@@ -137,6 +138,12 @@ class HaineiFRDM(nn.Module):
         return self
 
     @property
+    def num_skip_connections(self) -> int:
+        """The frozen UNet's down-path outputs that take a guidance residual: conv_in, each resnet, each
+        downsampler (12 for SD1.5)."""
+        return 1 + sum(len(b.resnets) + len(b.downsamplers or ()) for b in self.unet.down_blocks)
+
+    @property
     def device(self) -> torch.device:
         return _device_of(self.unet)
 
@@ -159,20 +166,38 @@ class HaineiFRDM(nn.Module):
 
     @torch.no_grad()
     def encode_global_frame(self, frames: Tensor) -> Tensor:
-        """Resized degraded full frames (B, F, 3, h, w) in [0, 1] -> CLIP patch tokens (B, F, N, D_vis).
+        """Full frames (B, F, 3, h, w) in [0, 1] -> CLIP patch tokens (B, F, N, D_vis).
 
         Patch tokens, not the CLS token: the paper keeps them for the positional information they carry.
+        Use :meth:`encode_global_conditioning`, which resizes the frame first, unless the frames already are
+        the global frames.
         """
         b, f = frames.shape[:2]
         size = self.config.vision_image_size
-        # Resize in float32: antialiased bicubic has no half-precision kernel on every device.
-        x = frames.flatten(0, 1).to(self.image_encoder.device, torch.float32)
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        x = resize_global_frame(frames.flatten(0, 1).to(self.image_encoder.device), size)
         mean = x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
         pixels = ((x - mean) / std).to(self.image_encoder.dtype)
         tokens = self.image_encoder(pixel_values=pixels).last_hidden_state[:, 1:]
         return tokens.unflatten(0, (b, f))
+
+    @torch.no_grad()
+    def encode_global_conditioning(self, frames: Tensor) -> tuple[Tensor, Tensor]:
+        """The global-frame conditioning, the one recipe training and inference share.
+
+        Degraded full frames (B, F, 3, H, W) in [0, 1], any size (or already resized by
+        :func:`resize_global_frame`, as the training dataset does) -> (CLIP patch tokens (B, F, N, D_vis) for
+        GlobalFrameFusion, VAE latents (B, F, 4, s/8, s/8) float32 for the frequency reference), both of the
+        frame resized to ``config.global_frame_size`` (s). The VAE encodes one frame per call: a frame's
+        latent must not depend on how many frames share its batch (16 in a training item, a window's count at
+        inference), and memory stays bounded.
+        """
+        b, f = frames.shape[:2]
+        x = resize_global_frame(frames, self.config.global_frame_size)
+        tokens = self.encode_global_frame(x)
+        flat = x.flatten(0, 1)
+        latents = torch.cat([self.encode_latents(flat[i : i + 1, None]) for i in range(flat.shape[0])])
+        return tokens, latents.float().view(b, f, *latents.shape[2:])
 
     def encode_latents(self, images: Tensor, *, sample: bool = False, generator=None) -> Tensor:
         """(B, F, 3, H, W) in [0, 1] -> VAE-scaled latents (B, F, 4, H/8, W/8); the posterior mean unless
@@ -221,6 +246,14 @@ class HaineiFRDM(nn.Module):
             global_latents=global_latents,
             boxes=boxes,
         )
+        # diffusers pairs these with the UNet's skip connections by zip(): a count that differs would be
+        # truncated silently (some skips unguided), so it is checked here.
+        expected = self.num_skip_connections
+        if len(down_residuals) != expected:
+            raise ValueError(
+                f"the guidance network gave {len(down_residuals)} down-block residuals; the frozen UNet has "
+                f"{expected} skip connections (the two networks are built from different configurations)"
+            )
         unet_dtype = self.unet.dtype
         sample = noisy_latents.to(unet_dtype).permute(0, 2, 1, 3, 4)  # UNetMotionModel takes (B, C, F, h, w)
         pred = self.unet(

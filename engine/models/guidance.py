@@ -8,13 +8,16 @@ block turn the features into the residuals added to the frozen UNet's skip conne
 network leaves the backbone's prediction exactly unchanged.
 
 Module names mirror diffusers' UNet (``down_blocks.i.resnets.j``,
-``...attentions.j.transformer_blocks.0.attn1``, ``...motion_modules.j``) so that
-:meth:`RestorationGuidanceNetwork.copy_from_backbone` is a plain state-dict copy.
+``...attentions.j.transformer_blocks.0.attn1``, ``...motion_modules.j``); the blocks take explicit arguments,
+as diffusers' do, and only the network itself reads the FRDMConfig.
+:meth:`RestorationGuidanceNetwork.copy_from_backbone` copies the backbone module by module and raises on
+anything it cannot copy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -50,16 +53,25 @@ def _zero_conv(channels: int) -> nn.Conv2d:
 class GuidanceTransformerBlock(nn.Module):
     """self-attention -> GlobalPromptFusion -> GlobalFrameFusion -> TextureReconstruction -> feed-forward."""
 
-    def __init__(self, dim: int, heads: int, config: FRDMConfig):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        text_dim: int,
+        vision_dim: int,
+        texture_dim: int,
+        texture_heads: int,
+    ):
         super().__init__()
-        dim_head = dim // heads
+        dim_head = dim // num_heads
         self.norm1 = nn.LayerNorm(dim)
         # A diffusers Attention as the UNet's attn1, so inference can install its KV-cache processor here too.
-        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, out_bias=True)
-        self.global_prompt_fusion = GlobalPromptFusion(dim, config.text_hidden_size, heads, dim_head)
-        self.global_frame_fusion = GlobalFrameFusion(dim, config.vision_hidden_size, heads, dim_head)
+        self.attn1 = Attention(dim, heads=num_heads, dim_head=dim_head, out_bias=True)
+        self.global_prompt_fusion = GlobalPromptFusion(dim, text_dim, num_heads, dim_head)
+        self.global_frame_fusion = GlobalFrameFusion(dim, vision_dim, num_heads, dim_head)
         self.texture_reconstruction = TextureReconstruction(
-            dim, config.texture_dim, inner_dim=config.texture_dim, heads=config.texture_heads
+            dim, texture_dim, inner_dim=texture_dim, heads=texture_heads
         )
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
@@ -75,11 +87,11 @@ class GuidanceTransformerBlock(nn.Module):
 class GuidanceTransformer(nn.Module):
     """Spatial transformer wrapper with the SD1.5 Transformer2DModel's layout (GroupNorm, 1x1 conv in/out)."""
 
-    def __init__(self, channels: int, heads: int, config: FRDMConfig):
+    def __init__(self, channels: int, num_heads: int, *, norm_num_groups: int, **block_args: int):
         super().__init__()
-        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6)
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([GuidanceTransformerBlock(channels, heads, config)])
+        self.transformer_blocks = nn.ModuleList([GuidanceTransformerBlock(channels, num_heads, **block_args)])
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor, ctx: GuidanceContext) -> Tensor:
@@ -90,52 +102,69 @@ class GuidanceTransformer(nn.Module):
         return x + self.proj_out(tokens.reshape(bf, h, w, c).permute(0, 3, 1, 2))
 
 
-def _temporal_module(channels: int, config: FRDMConfig) -> AnimateDiffTransformer3D:
+def _temporal_module(channels: int, num_heads: int, norm_num_groups: int, max_seq_length: int) -> nn.Module:
     # Same arguments as diffusers' MotionModules, so AnimateDiff weights copy straight in.
-    heads = config.motion_num_attention_heads
     return AnimateDiffTransformer3D(
-        num_attention_heads=heads,
-        attention_head_dim=channels // heads,
+        num_attention_heads=num_heads,
+        attention_head_dim=channels // num_heads,
         in_channels=channels,
         num_layers=1,
-        norm_num_groups=config.motion_norm_num_groups,
+        norm_num_groups=norm_num_groups,
         cross_attention_dim=None,
         activation_fn="geglu",
         attention_bias=False,
         positional_embeddings="sinusoidal",
-        num_positional_embeddings=config.motion_max_seq_length,
+        num_positional_embeddings=max_seq_length,
+    )
+
+
+def _resnet(in_channels: int, out_channels: int, temb_channels: int, groups: int) -> ResnetBlock2D:
+    return ResnetBlock2D(
+        in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels, groups=groups, eps=1e-5
     )
 
 
 class GuidanceDownBlock(nn.Module):
+    """One encoder level: ``num_layers`` x (resnet -> [GuidanceTransformer] -> motion module), then a
+    downsampler (CrossAttnDownBlockMotion's layout, or DownBlockMotion's without the transformers)."""
+
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
         temb_channels: int,
+        *,
+        num_layers: int,
         has_attention: bool,
         add_downsample: bool,
-        config: FRDMConfig,
+        resnet_groups: int,
+        attention_heads: int,
+        motion_heads: int,
+        motion_groups: int,
+        motion_max_seq_length: int,
+        **block_args: int,
     ):
         super().__init__()
-        n = config.layers_per_block
         self.resnets = nn.ModuleList(
             [
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    groups=config.norm_num_groups,
-                    eps=1e-5,
-                )
-                for i in range(n)
+                _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, resnet_groups)
+                for i in range(num_layers)
             ]
         )
-        heads = config.attention_head_dim
         self.attentions = nn.ModuleList(
-            [GuidanceTransformer(out_channels, heads, config) for _ in range(n)] if has_attention else []
+            [
+                GuidanceTransformer(out_channels, attention_heads, norm_num_groups=resnet_groups, **block_args)
+                for _ in range(num_layers)
+            ]
+            if has_attention
+            else []
         )
-        self.motion_modules = nn.ModuleList([_temporal_module(out_channels, config) for _ in range(n)])
+        self.motion_modules = nn.ModuleList(
+            [
+                _temporal_module(out_channels, motion_heads, motion_groups, motion_max_seq_length)
+                for _ in range(num_layers)
+            ]
+        )
         self.downsamplers = nn.ModuleList(
             [Downsample2D(out_channels, use_conv=True, out_channels=out_channels, padding=1, name="op")]
             if add_downsample
@@ -157,22 +186,31 @@ class GuidanceDownBlock(nn.Module):
 
 
 class GuidanceMidBlock(nn.Module):
-    def __init__(self, channels: int, temb_channels: int, config: FRDMConfig):
+    """resnet -> GuidanceTransformer -> [motion module] -> resnet (UNetMidBlockCrossAttnMotion's layout)."""
+
+    def __init__(
+        self,
+        channels: int,
+        temb_channels: int,
+        *,
+        resnet_groups: int,
+        attention_heads: int,
+        use_motion_module: bool,
+        motion_heads: int,
+        motion_groups: int,
+        motion_max_seq_length: int,
+        **block_args: int,
+    ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    in_channels=channels,
-                    out_channels=channels,
-                    temb_channels=temb_channels,
-                    groups=config.norm_num_groups,
-                    eps=1e-5,
-                )
-                for _ in range(2)
-            ]
+        self.resnets = nn.ModuleList([_resnet(channels, channels, temb_channels, resnet_groups) for _ in range(2)])
+        self.attentions = nn.ModuleList(
+            [GuidanceTransformer(channels, attention_heads, norm_num_groups=resnet_groups, **block_args)]
         )
-        self.attentions = nn.ModuleList([GuidanceTransformer(channels, config.attention_head_dim, config)])
-        self.motion_modules = nn.ModuleList([_temporal_module(channels, config)] if config.use_motion_mid_block else [])
+        self.motion_modules = nn.ModuleList(
+            [_temporal_module(channels, motion_heads, motion_groups, motion_max_seq_length)]
+            if use_motion_module
+            else []
+        )
 
     def forward(self, x: Tensor, temb: Tensor, ctx: GuidanceContext) -> Tensor:
         x = self.resnets[0](x, temb)
@@ -200,6 +238,18 @@ class RestorationGuidanceNetwork(nn.Module):
         )
         self.frequency_reference = FrequencyReference(config.latent_channels, config.texture_dim, config.texture_grid)
 
+        # The arguments every level shares; the config is read here only, the blocks take plain numbers.
+        shared = dict(
+            resnet_groups=config.norm_num_groups,
+            attention_heads=config.attention_head_dim,  # SD1.5's "head dim" is its head count
+            motion_heads=config.motion_num_attention_heads,
+            motion_groups=config.motion_norm_num_groups,
+            motion_max_seq_length=config.motion_max_seq_length,
+            text_dim=config.text_hidden_size,
+            vision_dim=config.vision_hidden_size,
+            texture_dim=config.texture_dim,
+            texture_heads=config.texture_heads,
+        )
         blocks = []
         in_ch = channels[0]
         for i, (block_type, out_ch) in enumerate(zip(config.down_block_types, channels)):
@@ -208,14 +258,17 @@ class RestorationGuidanceNetwork(nn.Module):
                     in_ch,
                     out_ch,
                     temb_channels,
+                    num_layers=config.layers_per_block,
                     has_attention="CrossAttn" in block_type,
                     add_downsample=i < len(channels) - 1,
-                    config=config,
+                    **shared,
                 )
             )
             in_ch = out_ch
         self.down_blocks = nn.ModuleList(blocks)
-        self.mid_block = GuidanceMidBlock(channels[-1], temb_channels, config)
+        self.mid_block = GuidanceMidBlock(
+            channels[-1], temb_channels, use_motion_module=config.use_motion_mid_block, **shared
+        )
 
         # Zero convs: one per UNet skip connection (conv_in output, each layer, each downsampler) + the mid
         # block.
@@ -228,28 +281,38 @@ class RestorationGuidanceNetwork(nn.Module):
         self.controlnet_mid_block = _zero_conv(channels[-1])
 
     # ------------------------------------------------------------------ ControlNet-style initialisation
-    _RENAMES = ((".norm2.", ".global_prompt_fusion.norm."), (".attn2.", ".global_prompt_fusion.attn."))
-
     def copy_from_backbone(self, unet: nn.Module) -> list[str]:
-        """Copy the UNet's (UNetMotionModel's) encoder, mid block and motion modules into this network.
+        """Copy the UNet's (UNetMotionModel's) encoder, mid block and motion modules into this network, module
+        by module as diffusers' ``ControlNetModel.from_unet`` does.
 
-        The prompt cross-attention (UNet ``norm2``/``attn2``) becomes ``global_prompt_fusion``. Returns the
-        names of the parameters that have no backbone counterpart (the FRDM modules and the zero convs), which
-        keep their own initialisation.
+        Each spatial transformer's text cross-attention (UNet ``norm2``/``attn2``) becomes
+        ``global_prompt_fusion``. Every parameter with a UNet counterpart must be copied: a module missing on
+        either side or a tensor of another shape raises WeightsError listing all of them, instead of leaving
+        random weights in a network that should start as the backbone. Returns the names of the parameters
+        that have no counterpart by design (the FRDM modules and the zero convs), which keep their own
+        initialisation.
         """
-        own = self.state_dict()
-        copied = {}
-        for key, value in unet.state_dict().items():
-            if not key.startswith(("conv_in.", "time_embedding.", "down_blocks.", "mid_block.")):
-                continue
-            if ".attentions." in key:  # only the spatial transformers' text cross-attention is renamed;
-                for old, new in self._RENAMES:  # resnets and motion modules have norm2/attn2 of their own
-                    key = key.replace(old, new)
-            if key in own and own[key].shape == value.shape:
-                copied[key] = value
-        missing, unexpected = self.load_state_dict(copied, strict=False)
-        assert not unexpected, unexpected
-        return sorted(missing)
+        from frdm.engine.errors import WeightsError
+
+        copier = _Copier(self)
+        copier.copy("conv_in", self.conv_in, getattr(unet, "conv_in", None))
+        copier.copy("time_embedding", self.time_embedding, getattr(unet, "time_embedding", None))
+        theirs_down = list(getattr(unet, "down_blocks", []))
+        if len(theirs_down) != len(self.down_blocks):
+            copier.fail("down_blocks", f"{len(self.down_blocks)} levels here, {len(theirs_down)} in the UNet")
+        for i, (mine, theirs) in enumerate(zip(self.down_blocks, theirs_down)):
+            copier.copy_block(f"down_blocks.{i}", mine, theirs)
+        mid = getattr(unet, "mid_block", None)
+        if mid is None:
+            copier.fail("mid_block", "the UNet has no mid block")
+        else:
+            copier.copy_block("mid_block", self.mid_block, mid)
+        if copier.failures:
+            listed = "; ".join(copier.failures)
+            raise WeightsError(
+                f"the guidance network could not be copied from the UNet ({len(copier.failures)} problems): {listed}"
+            )
+        return copier.own_parameters()
 
     # ------------------------------------------------------------------ forward
     gradient_checkpointing = False  # recompute each block in backward: the 16-frame training memory budget
@@ -291,6 +354,74 @@ class RestorationGuidanceNetwork(nn.Module):
         x = self._run(self.mid_block, x, temb, ctx)
         down = tuple(conv(s) for conv, s in zip(self.controlnet_down_blocks, skips))
         return down, self.controlnet_mid_block(x)
+
+
+class _Copier:
+    """Module-by-module state copy with the failures collected under this network's parameter names."""
+
+    def __init__(self, network: nn.Module):
+        self.network = network
+        self.failures: list[str] = []
+        self.copied: set[str] = set()
+
+    def fail(self, name: str, why: str) -> None:
+        self.failures.append(f"{name}: {why}")
+
+    def copy(self, name: str, mine: nn.Module | None, theirs: nn.Module | None) -> None:
+        if mine is None or theirs is None:
+            self.fail(name, "no such module " + ("here" if mine is None else "in the UNet"))
+            return
+        own, src = mine.state_dict(), theirs.state_dict()
+        problems = [f"missing in the UNet: {k}" for k in own if k not in src]
+        problems += [f"only in the UNet: {k}" for k in src if k not in own]
+        problems += [
+            f"{k} {tuple(src[k].shape)} (expected {tuple(own[k].shape)})"
+            for k in own
+            if k in src and src[k].shape != own[k].shape
+        ]
+        if problems:
+            self.fail(name, ", ".join(problems))
+            return
+        mine.load_state_dict(src, strict=True)
+        self.copied.update(f"{name}.{k}" for k in own)
+
+    def copy_list(self, name: str, mine: nn.ModuleList, theirs: Any) -> None:
+        theirs = list(theirs or [])
+        if len(theirs) != len(mine):
+            self.fail(name, f"{len(mine)} modules here, {len(theirs)} in the UNet")
+        for j, (a, b) in enumerate(zip(mine, theirs)):
+            self.copy(f"{name}.{j}", a, b)
+
+    def copy_block(self, name: str, mine: nn.Module, theirs: nn.Module) -> None:
+        self.copy_list(f"{name}.resnets", mine.resnets, getattr(theirs, "resnets", None))
+        self.copy_list(f"{name}.motion_modules", mine.motion_modules, getattr(theirs, "motion_modules", None))
+        if hasattr(mine, "downsamplers"):
+            self.copy_list(f"{name}.downsamplers", mine.downsamplers, getattr(theirs, "downsamplers", None))
+        theirs_attn = list(getattr(theirs, "attentions", None) or [])
+        if len(theirs_attn) != len(mine.attentions):
+            self.fail(f"{name}.attentions", f"{len(mine.attentions)} transformers here, {len(theirs_attn)} in the UNet")
+        for j, (a, b) in enumerate(zip(mine.attentions, theirs_attn)):
+            self.copy_transformer(f"{name}.attentions.{j}", a, b)
+
+    def copy_transformer(self, name: str, mine: GuidanceTransformer, theirs: nn.Module) -> None:
+        for part in ("norm", "proj_in", "proj_out"):
+            self.copy(f"{name}.{part}", getattr(mine, part), getattr(theirs, part, None))
+        blocks = list(getattr(theirs, "transformer_blocks", []))
+        if len(blocks) != len(mine.transformer_blocks):
+            self.fail(
+                f"{name}.transformer_blocks",
+                f"{len(mine.transformer_blocks)} blocks here, {len(blocks)} in the UNet",
+            )
+        for k, (a, b) in enumerate(zip(mine.transformer_blocks, blocks)):
+            prefix = f"{name}.transformer_blocks.{k}"
+            for part in ("norm1", "attn1", "norm3", "ff"):
+                self.copy(f"{prefix}.{part}", getattr(a, part), getattr(b, part, None))
+            # The UNet's text cross-attention is where the global prompt enters: it becomes the fusion module.
+            self.copy(f"{prefix}.global_prompt_fusion.norm", a.global_prompt_fusion.norm, getattr(b, "norm2", None))
+            self.copy(f"{prefix}.global_prompt_fusion.attn", a.global_prompt_fusion.attn, getattr(b, "attn2", None))
+
+    def own_parameters(self) -> list[str]:
+        return sorted(n for n, _ in self.network.named_parameters() if n not in self.copied)
 
 
 def count_parameters(module: nn.Module) -> int:

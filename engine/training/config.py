@@ -17,6 +17,12 @@ from frdm.engine.errors import InputError
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+DEFECT_WEIGHTINGS = ("min-snr", "none")
+# Keys older configs had, with where the setting lives now.
+MOVED_KEYS = {
+    "global_size": "the global frame's size is the model's (FRDMConfig.global_frame_size, saved with its weights, "
+    "so inference resizes the same way); set it with model_overrides: {global_frame_size: N}",
+}
 
 
 @dataclass
@@ -29,7 +35,6 @@ class TrainConfig:
     patch_size: int = 512  # square patch in pixels (Sec. 3.1: overlapped windows of the full frame)
     patch_overlap: int = 128
     frame_overlap: int = 4
-    global_size: tuple[int, int] = (256, 256)  # (h, w) of the downsampled full frame (global-frame fusion)
     random_position: bool = True  # random patch position inside its window cell (Sec. 3.1)
     num_workers: int = 2
     # --- model ---
@@ -58,6 +63,7 @@ class TrainConfig:
     # --- losses (Eq. 6) ---
     alpha_preprocess: float = 1.0
     alpha_defect: float = 81.0
+    defect_weighting: str = "min-snr"  # the defect loss's factor by t: "min-snr" min(1, sqrt(SNR_t)), or "none"
     vae_decode_chunk: int = 4  # frames decoded per checkpointed VAE call in the defect loss
     # --- bookkeeping ---
     log_every: int = 10
@@ -69,9 +75,6 @@ class TrainConfig:
     resume: str | None = None  # "latest" or a checkpoint folder
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.global_size = tuple(int(v) for v in self.global_size)  # type: ignore[assignment]
-
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise InputError naming the field for values no run can use."""
@@ -81,6 +84,8 @@ class TrainConfig:
             raise InputError(f"config: mixed_precision '{self.mixed_precision}' must be one of {MIXED_PRECISION}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise InputError(f"config: lr_scheduler '{self.lr_scheduler}' must be one of {LR_SCHEDULERS}")
+        if self.defect_weighting not in DEFECT_WEIGHTINGS:
+            raise InputError(f"config: defect_weighting '{self.defect_weighting}' must be one of {DEFECT_WEIGHTINGS}")
         if self.model not in ("tiny", "sd15"):
             raise InputError(f"config: model '{self.model}' must be 'tiny' or 'sd15'")
         for name in (
@@ -98,8 +103,6 @@ class TrainConfig:
                 raise InputError(f"config: {name} must be at least 1 (got {getattr(self, name)})")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise InputError(f"config: caption_dropout must be in [0, 1] (got {self.caption_dropout})")
-        if len(self.global_size) != 2:
-            raise InputError(f"config: global_size must be [height, width] (got {list(self.global_size)})")
         if not 0 <= self.validation_timestep < 1000:
             raise InputError(f"config: validation_timestep must be in [0, 999] (got {self.validation_timestep})")
 
@@ -114,6 +117,8 @@ class TrainConfig:
             raise InputError(f"{source}: expected a mapping of settings at the top level")
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
+            if key in MOVED_KEYS:
+                raise InputError(f"{source}: '{key}' is no longer a training key: {MOVED_KEYS[key]}")
             if key not in names:
                 close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
                 hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"

@@ -33,30 +33,56 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .data import ResumableSampler, check_training_folder
-from .losses import LossTerms, decode_checkpointed, predicted_clean_latents, total_loss
+from .losses import LossTerms, decode_checkpointed, defect_weight, predicted_clean_latents, total_loss
 from .validation import condition_inputs, step_generator, validate
 
 LOG_FIELDS = ("step", "epoch", "loss", "l_noise", "l_preprocess", "l_defect", "lr", "steps_per_s")
 VAL_FIELDS = ("step", "masked_psnr", "psnr", "defect_l1", "masked_psnr_input", "psnr_input")
 
 
+def model_config(config: TrainConfig) -> Any:
+    """The FRDMConfig a run trains: the trained file's own (``weights_dir``'s frdm.safetensors), else the
+    preset (sd15 for pretrained backbones, ``model`` for random weights) with ``model_overrides``.
+    Known before any network is built, so the dataset can resize its global frames to the model's size."""
+    from frdm.engine.models import FRDMConfig
+
+    preset = FRDMConfig.tiny() if config.model == "tiny" else FRDMConfig.sd15()
+    if config.weights_dir:
+        from frdm.engine.weights import find_weights, read_frdm_header
+
+        layout = find_weights(config.weights_dir)
+        if layout.frdm is not None:
+            if config.model_overrides:
+                raise InputError(
+                    f"config: model_overrides cannot change the configuration {layout.frdm} was trained with"
+                )
+            return read_frdm_header(layout.frdm)[0]
+        preset = FRDMConfig.sd15()
+    data = preset.to_dict()
+    for key in config.model_overrides:
+        if key not in data:
+            raise InputError(f"config: model_overrides has unknown FRDMConfig field '{key}'")
+    data.update(config.model_overrides)
+    try:
+        model = FRDMConfig.from_dict(data)
+        model.check()
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"config: model_overrides: {exc}") from None
+    return model
+
+
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> Any:
     """HaineiFRDM from local pretrained weights (``weights_dir``) or with random weights (the preset)."""
-    from frdm.engine.models import FRDMConfig, HaineiFRDM
+    from frdm.engine.models import HaineiFRDM
 
+    frdm_config = model_config(config)
     if config.weights_dir:
         from frdm.engine.weights import load_model
 
-        model = load_model(config.weights_dir, device=device, dtype=torch.float32)
+        model = load_model(config.weights_dir, device=device, dtype=torch.float32, config=frdm_config)
     else:
-        preset = FRDMConfig.tiny() if config.model == "tiny" else FRDMConfig.sd15()
-        data = preset.to_dict()
-        for key in config.model_overrides:
-            if key not in data:
-                raise InputError(f"config: model_overrides has unknown FRDMConfig field '{key}'")
-        data.update(config.model_overrides)
         torch.manual_seed(config.seed)  # reproducible random initialisation
-        model = HaineiFRDM.build(FRDMConfig.from_dict(data), device=device)
+        model = HaineiFRDM.build(frdm_config, device=device)
     if config.init_weights:
         load_weights(config.init_weights, model)
     return model
@@ -84,6 +110,8 @@ class Trainer:
         self.device = acc.device
         self.weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
 
+        # The global frames are resized to the model's size: the config is read (not built) first.
+        self.global_frame_size = (model.config if model is not None else model_config(config)).global_frame_size
         self.dataset = self._dataset(config.data_dir, random_position=config.random_position)
         self.val_dataset = self._dataset(config.val_dir, random_position=False) if config.val_dir else None
         self.per_process = len(self.dataset) // acc.num_processes
@@ -163,7 +191,7 @@ class Trainer:
             patch_size=c.patch_size,
             patch_overlap=c.patch_overlap,
             frame_overlap=c.frame_overlap,
-            global_size=tuple(c.global_size),
+            global_size=self.global_frame_size,
             random_position=random_position,
             seed=c.seed,
         )
@@ -222,6 +250,7 @@ class Trainer:
             mask=mask,
             alpha_preprocess=c.alpha_preprocess,
             alpha_defect=c.alpha_defect,
+            defect_weights=defect_weight(timesteps, self.alphas_cumprod, c.defect_weighting),
         )
 
     def train_step(self, batches: Any) -> dict[str, float]:

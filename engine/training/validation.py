@@ -29,16 +29,20 @@ def step_generator(*keys: int) -> torch.Generator:
 
 
 def condition_inputs(core: Any, batch: dict[str, Any], captions: list[str], device: torch.device) -> dict[str, Tensor]:
-    """The frozen encoders' outputs the model is conditioned on (Fig. 2): no gradients flow into them."""
+    """The frozen encoders' outputs the model is conditioned on (Fig. 2): no gradients flow into them.
+
+    The global frame goes through the model's ``encode_global_conditioning``, as at inference: the dataset
+    resized it with the same function to the same size, so the tokens and latents are those inference
+    computes for the same frame."""
     degraded = batch["degraded"].to(device)
-    global_frame = batch["global_frame"].to(device)
     with torch.no_grad():
+        global_tokens, global_latents = core.encode_global_conditioning(batch["global_frame"].to(device))
         return {
             "degraded": degraded,
             "degraded_latents": core.encode_latents(degraded).float(),
             "prompt_embeds": core.encode_prompt(captions),
-            "global_tokens": core.encode_global_frame(global_frame),
-            "global_latents": core.encode_latents(global_frame).float(),
+            "global_tokens": global_tokens,
+            "global_latents": global_latents,
             "boxes": batch["box"].to(device),
         }
 

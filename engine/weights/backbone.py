@@ -31,11 +31,12 @@ def folder_weights(folder: Path, what: str) -> Path:
     for name in (DIFFUSERS_WEIGHTS, "diffusion_pytorch_model.fp16.safetensors", "model.safetensors"):
         if (folder / name).is_file():
             return folder / name
+    for name in (DIFFUSERS_WEIGHTS, "model.safetensors"):  # sharded
+        if (folder / f"{name}.index.json").is_file():
+            return folder / f"{name}.index.json"
     if any((folder / name).is_file() for name in ("diffusion_pytorch_model.bin", "pytorch_model.bin")):
         raise WeightsError(f"{folder}: {what} weights are only in pickle (.bin) form; FRDM loads .safetensors")
-    if (folder / f"{DIFFUSERS_WEIGHTS}.index.json").is_file():
-        return folder / f"{DIFFUSERS_WEIGHTS}.index.json"
-    raise WeightsError(f"{folder}: no {what} weights ({DIFFUSERS_WEIGHTS}) in this folder")
+    raise WeightsError(f"{folder}: no {what} weights ({DIFFUSERS_WEIGHTS} or model.safetensors) in this folder")
 
 
 def _read_folder_state(folder: Path, what: str) -> tuple[dict[str, Any], Path]:
@@ -191,16 +192,95 @@ def load_motion_adapter(path: Path, *, device="cpu", dtype=torch.float32, config
 
 
 # ---------------------------------------------------------------------------- CLIP
-def _from_pretrained(cls, folder: Path, what: str, *, device, dtype):
-    if not (folder / "config.json").is_file():
+# The architecture fields compared with the model's configuration before any tensor is read: a ViT-H/14 image
+# encoder (1280 wide, "gelu") in clip/ is refused by name here instead of failing later in a matmul.
+CLIP_ARCHITECTURE_FIELDS = {
+    "text": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "hidden_act",
+    ),
+    "vision": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "image_size",
+        "patch_size",
+        "hidden_act",
+    ),
+}
+# Parts of a CLIPModel file that the other tower's loader leaves alone (not "unexpected"). position_ids are
+# index tables older transformers saved; the constructor computes them.
+_CLIP_TOWER = {"text": "text_model.", "vision": "vision_model."}
+_CLIP_SHARED = ("text_projection.", "visual_projection.", "logit_scale")
+_CLIP_COMPUTED = ("position_ids",)
+
+
+def _clip_config(cls, folder: Path, what: str, tower: str, expected: dict[str, Any] | None):
+    config_path = folder / "config.json"
+    if not config_path.is_file():
         raise WeightsError(f"{folder}: no config.json for the {what}; expected a local transformers folder")
-    if not list(folder.glob("*.safetensors")):
-        raise WeightsError(f"{folder}: no .safetensors weights for the {what} (pickle .bin files are not read)")
+    data = load_json(config_path)
+    # A CLIPModel folder nests each tower's config; a CLIPTextModel / CLIPVisionModel folder has it at the top.
+    if data.get("model_type") == "clip" or f"{tower}_config" in data:
+        data = data.get(f"{tower}_config") or {}
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"{folder}: the {what} could not be loaded ({exc})") from exc
-    return model.to(device)
+        config = cls(**{k: v for k, v in data.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{config_path}: not a valid {what} configuration ({exc})") from exc
+    if expected is not None:
+        fields = CLIP_ARCHITECTURE_FIELDS[tower]
+        differ = [
+            f"{k} {getattr(config, k)!r} (the model expects {expected[k]!r})"
+            for k in fields
+            if k in expected and getattr(config, k) != expected[k]
+        ]
+        if differ:
+            raise WeightsError(
+                f"{config_path}: this {what} is not the one the model is built for ({'; '.join(differ)}); "
+                "FRDM's SD1.5 backbone needs CLIP ViT-L/14 (openai/clip-vit-large-patch14), see docs/weights.md"
+            )
+    return config
+
+
+def check_clip_configs(text_folder: Path, vision_folder: Path, text: dict[str, Any], vision: dict[str, Any]) -> None:
+    """Compare both CLIP folders' config.json with the model's before anything is loaded (a refusal after
+    minutes of loading the UNet would come too late)."""
+    from transformers import CLIPTextConfig, CLIPVisionConfig
+
+    _clip_config(CLIPTextConfig, Path(text_folder), "CLIP text encoder", "text", text)
+    _clip_config(CLIPVisionConfig, Path(vision_folder), "CLIP vision encoder", "vision", vision)
+
+
+def _clip_tower(model_cls, config_cls, folder: Path, what: str, tower: str, *, device, dtype, expected):
+    """One CLIP tower from a CLIPModel folder (keys ``text_model.*`` / ``vision_model.*``) or its own folder,
+    strictly: missing, unexpected and mis-shaped tensors are named, nothing is left random."""
+    folder = Path(folder)
+    config = _clip_config(config_cls, folder, what, tower, expected)
+    if not list(folder.glob("*.safetensors")) and not list(folder.glob("*.safetensors.index.json")):
+        raise WeightsError(f"{folder}: no .safetensors weights for the {what} (pickle .bin files are not read)")
+    state, source = _read_folder_state(folder, what)
+    other = _CLIP_TOWER["vision" if tower == "text" else "text"]
+    # The other tower and the projections of a CLIPModel file are not this loader's; anything else is checked.
+    tower_state = {k: v for k, v in state.items() if not k.startswith((other, *_CLIP_SHARED))}
+    # transformers 5 saves a tower alone without its prefix; a CLIPModel file (and older saves) carry it.
+    prefix = _CLIP_TOWER[tower] if any(k.startswith(_CLIP_TOWER[tower]) for k in state) else ""
+    model = build_and_load(
+        lambda: model_cls(config),
+        tower_state,
+        source,
+        what,
+        device=device,
+        dtype=dtype,
+        computed_buffers=_CLIP_COMPUTED,
+        prefix=prefix,
+    )
+    return model.eval()
 
 
 def _has_tokenizer(folder: Path) -> bool:
@@ -209,13 +289,19 @@ def _has_tokenizer(folder: Path) -> bool:
     )
 
 
-def load_clip_text(folder: Path, *, device="cpu", dtype=torch.float32):
+def load_clip_text(folder: Path, *, device="cpu", dtype=torch.float32, expected: dict[str, Any] | None = None):
     """CLIP text encoder + tokenizer from a local folder: a CLIPModel folder (clip-vit-large-patch14) or an
-    SD1.5 diffusers ``text_encoder/`` folder, whose tokenizer then sits beside it in ``tokenizer/``."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+    SD1.5 diffusers ``text_encoder/`` folder, whose tokenizer then sits beside it in ``tokenizer/``.
+
+    ``expected`` (``FRDMConfig.text_config()``): the architecture the model needs; a folder whose
+    config.json differs in ``CLIP_ARCHITECTURE_FIELDS`` is refused before its tensors are read."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
-    model = _from_pretrained(CLIPTextModel, folder, "CLIP text encoder", device=device, dtype=dtype)
+    model = _clip_tower(
+        CLIPTextModel, CLIPTextConfig, folder, "CLIP text encoder", "text", device=device, dtype=dtype,
+        expected=expected,
+    )  # fmt: skip
     tok_dir = folder if _has_tokenizer(folder) else folder.parent / "tokenizer"
     if not _has_tokenizer(tok_dir):
         raise WeightsError(
@@ -225,8 +311,12 @@ def load_clip_text(folder: Path, *, device="cpu", dtype=torch.float32):
     return model, tokenizer
 
 
-def load_clip_vision(folder: Path, *, device="cpu", dtype=torch.float32):
-    """CLIP vision encoder (patch tokens) from a local CLIPModel or CLIPVisionModel folder."""
-    from transformers import CLIPVisionModel
+def load_clip_vision(folder: Path, *, device="cpu", dtype=torch.float32, expected: dict[str, Any] | None = None):
+    """CLIP vision encoder (patch tokens) from a local CLIPModel or CLIPVisionModel folder; ``expected``
+    (``FRDMConfig.vision_config()``) as for :func:`load_clip_text`."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    return _from_pretrained(CLIPVisionModel, Path(folder), "CLIP vision encoder", device=device, dtype=dtype)
+    return _clip_tower(
+        CLIPVisionModel, CLIPVisionConfig, Path(folder), "CLIP vision encoder", "vision", device=device,
+        dtype=dtype, expected=expected,
+    )  # fmt: skip

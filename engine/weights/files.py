@@ -93,11 +93,14 @@ def build_and_load(
     device,
     dtype,
     computed_buffers: tuple[str, ...] = (),
+    prefix: str = "",
 ):
     """Build a model without allocating its weights, check the state dict strictly, and load it in place.
 
     Buffers whose names end with one of ``computed_buffers`` (fixed tables such as sinusoidal position
-    encodings) keep the values the constructor computed, whether or not the file has them.
+    encodings) keep the values the constructor computed, whether or not the file has them. ``prefix`` is what
+    the file puts before each of the model's keys: the check (and its messages) use the file's names, and any
+    key without it is unexpected.
     """
     from accelerate import init_empty_weights
 
@@ -107,9 +110,10 @@ def build_and_load(
     def loaded(key: str) -> bool:
         return not (computed_buffers and key.endswith(computed_buffers))
 
-    expected = {k: v for k, v in model.state_dict().items() if loaded(k)}
+    expected = {prefix + k: v for k, v in model.state_dict().items() if loaded(k)}
     state = {k: v for k, v in state.items() if loaded(k)}
     check_state_dict(expected, state, source, what)
+    state = {k[len(prefix) :]: v for k, v in state.items()}
     model.load_state_dict(state, strict=not computed_buffers, assign=True)
     model.to(device=device)
     if any(p.dtype != dtype for p in model.parameters()):  # diffusers warns on every dtype cast, even a no-op

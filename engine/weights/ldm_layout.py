@@ -1,8 +1,10 @@
-"""The original Stable Diffusion ("LDM") single-file key layout, written from diffusers weights.
+"""The original release layouts, written from diffusers weights: Stable Diffusion's single-file ("LDM")
+checkpoint and AnimateDiff's motion-module file.
 
-Loading goes the other way, through diffusers' own converters. This direction exists so that tests (and anyone
-preparing a checkpoint) can write a single-file SD1.5 checkpoint from diffusers-layout weights; the round trip
-diffusers -> LDM -> diffusers is the identity (tests/test_weights.py).
+Loading goes the other way, through diffusers' own converters. This direction exists so that tests, the
+full-size benchmark (and anyone preparing a checkpoint) can write those files from diffusers-layout weights;
+the round trip diffusers -> original -> diffusers is the identity (tests/test_weights.py, which also pins real
+SD1.5 key names so the written layout is checked against a released file, not against this module).
 """
 
 from __future__ import annotations
@@ -94,4 +96,29 @@ def vae_to_ldm(state: dict[str, Any], num_blocks: int) -> dict[str, Any]:
             if m[3] == "weight" and m[2] != "group_norm":
                 value = value[:, :, None, None]
         out["first_stage_model." + new] = value
+    return out
+
+
+def motion_to_original(state: dict[str, Any], max_seq_length: int) -> dict[str, Any]:
+    """diffusers MotionAdapter keys -> the AnimateDiff release layout (``temporal_transformer``,
+    ``attention_blocks``, ``norms``, ``ff_norm``), with the ``pos_encoder.pe`` tables the release files carry
+    (zeros here: loaders recompute them)."""
+    import torch
+
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".pos_embed.pe"):  # release files carry pos_encoder.pe instead (added below)
+            continue
+        new = (
+            key.replace(".attn1.", ".attention_blocks.0.")
+            .replace(".attn2.", ".attention_blocks.1.")
+            .replace(".norm1.", ".norms.0.")
+            .replace(".norm2.", ".norms.1.")
+            .replace(".norm3.", ".ff_norm.")
+        )
+        new = re.sub(r"(motion_modules\.\d+\.)", r"\1temporal_transformer.", new)
+        out[new] = value
+        if new.endswith(("attention_blocks.0.to_q.weight", "attention_blocks.1.to_q.weight")):
+            pe = torch.zeros(1, max_seq_length, value.shape[1], dtype=value.dtype)
+            out[new.replace("to_q.weight", "pos_encoder.pe")] = pe
     return out

@@ -13,6 +13,7 @@ from frdm.engine.errors import WeightsError
 
 from .backbone import (
     POSITION_TABLES,
+    check_clip_configs,
     folder_weights,
     load_clip_text,
     load_clip_vision,
@@ -96,6 +97,7 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
     if layout.frdm is not None:
         config, _ = read_frdm_header(layout.frdm)
     config = FRDMConfig.from_dict((config or FRDMConfig.sd15()).to_dict())  # a copy we may adjust
+    check_clip_configs(layout.text_encoder, layout.clip, config.text_config(), config.vision_config())
     shipped = config.unet_config() == FRDMConfig.sd15().unet_config()
     unet2d, vae = load_sd15(
         layout.sd15,
@@ -118,8 +120,8 @@ def load_model(weights_dir: str | Path, *, device="cpu", dtype=torch.float32, co
     config.motion_max_seq_length = adapter.config.motion_max_seq_length
     unet = assemble_unet_motion(unet2d, adapter)
     del unet2d, adapter
-    text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype)
-    image_encoder = load_clip_vision(layout.clip, dtype=dtype)
+    text_encoder, tokenizer = load_clip_text(layout.text_encoder, dtype=dtype, expected=config.text_config())
+    image_encoder = load_clip_vision(layout.clip, dtype=dtype, expected=config.vision_config())
     trainable = {}
     if layout.frdm is not None:
         # Trained weights replace every trainable tensor: skip the random init + backbone copy (600M parameters).
