@@ -348,26 +348,32 @@ def parse_raw_spec(value: Any, where: str = "image") -> RawSpec:
     return RawSpec(data_window, display_window, names, tuple(types), attributes)
 
 
-def check_raw_size(spec: RawSpec, limits: Limits, name: str) -> None:
-    """The server's pixel and channel limits, from the description alone (before any buffer is viewed)."""
-    pixels = spec.width * spec.height
+def check_frame_size(width: int, height: int, channels: int, limits: Limits, name: str, decoded_bytes: int) -> None:
+    """The server's per-frame limits (pixels, channels, decoded bytes), before any pixel is decoded or viewed:
+    the one check every way a frame arrives goes through (raw description, EXR header, sniffed file)."""
+    pixels = width * height
     if pixels > limits.max_pixels_per_frame:
         raise ProtocolError(
             "too_large",
-            f"{name}: {spec.width}x{spec.height} = {pixels} pixels exceeds this server's limit of "
+            f"{name}: {width}x{height} = {pixels} pixels exceeds this server's limit of "
             f"{limits.max_pixels_per_frame} per frame",
         )
-    if len(spec.channels) > limits.max_channels:
+    if channels > limits.max_channels:
         raise ProtocolError(
-            "too_large", f"{name}: {len(spec.channels)} channels exceeds this server's limit of {limits.max_channels}"
+            "too_large", f"{name}: {channels} channels exceeds this server's limit of {limits.max_channels}"
         )
-    decoded = pixels * len(spec.channels) * 4  # float32, what the engine holds a frame as
-    if decoded > limits.max_frame_bytes:
+    if decoded_bytes > limits.max_frame_bytes:
         raise ProtocolError(
             "too_large",
-            f"{name}: {spec.width}x{spec.height} with {len(spec.channels)} channels decodes to {decoded} bytes, "
+            f"{name}: {width}x{height} with {channels} channels decodes to {decoded_bytes} bytes, "
             f"over this server's limit of {limits.max_frame_bytes} per frame",
         )
+
+
+def check_raw_size(spec: RawSpec, limits: Limits, name: str) -> None:
+    """The limits from a raw frame's description alone (float32: what the engine holds a frame as)."""
+    n = len(spec.channels)
+    check_frame_size(spec.width, spec.height, n, limits, name, spec.width * spec.height * n * 4)
 
 
 class RawImage:
@@ -687,18 +693,8 @@ def exr_info(data: bytes, name: str = "<bytes>") -> ExrInfo:
 
 
 def check_exr_size(info: ExrInfo, limits: Limits, name: str) -> None:
-    pixels = info.width * info.height
-    if pixels > limits.max_pixels_per_frame:
-        raise ProtocolError(
-            "too_large",
-            f"{name}: {info.width}x{info.height} = {pixels} pixels exceeds this server's limit of "
-            f"{limits.max_pixels_per_frame} per frame",
-        )
-    if info.channels > limits.max_channels:
-        raise ProtocolError(
-            "too_large",
-            f"{name}: {info.channels} channels exceeds this server's limit of {limits.max_channels}",
-        )
+    """Pixels and channels of an EXR header (its decoded size is checked where the file is sniffed)."""
+    check_frame_size(info.width, info.height, info.channels, limits, name, 0)
 
 
 def progress_fraction(done: float, total: float) -> float:

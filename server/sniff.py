@@ -74,13 +74,7 @@ def max_file_bytes(limits: Limits) -> int:
 
 def check_frame_size(header: ImageHeader, limits: Limits, name: str) -> None:
     """Pixels, channels and decoded bytes against the server's per-frame limits: too_large naming ``name``."""
-    protocol.check_exr_size(protocol.ExrInfo(header.width, header.height, header.channels, 1), limits, name)
-    if header.decoded_bytes > limits.max_frame_bytes:
-        raise ProtocolError(
-            "too_large",
-            f"{name}: {header.width}x{header.height} with {header.channels} channels decodes to "
-            f"{header.decoded_bytes} bytes, over this server's limit of {limits.max_frame_bytes} per frame",
-        )
+    protocol.check_frame_size(header.width, header.height, header.channels, limits, name, header.decoded_bytes)
 
 
 def _bad(name: str, why: str) -> ProtocolError:

@@ -112,24 +112,7 @@ def test_openjd_runtime_chunks_equal_one_whole_range_restore(tmp_path):
     """openjd-cli runs the template's chunk tasks (1003-1005, 1006-1008: each reads context frames outside
     its chunk from the source); the frames equal a whole-range restore byte for byte."""
     job_dir = submit(tmp_path, "--frames", "1003-1008", "--chunk-size", "3")
-    values = job_dir / farm.VALUES_FILE
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "openjd",
-            "run",
-            str(job_dir / farm.TEMPLATE_FILE),
-            "--step",
-            farm.STEP_NAME,
-            "-p",
-            f"file://{values}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    run = _openjd_run(job_dir, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Frame(CHUNK[INT]) = 1003-1005" in run.stdout and "Frame(CHUNK[INT]) = 1006-1008" in run.stdout
     assert "Chunks run: 2" in run.stdout
