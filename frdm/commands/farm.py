@@ -159,12 +159,20 @@ def _task(args: argparse.Namespace) -> int:
             print(line, flush=True)
             last[0] = line
 
-    job = node.render(frames, Inputs.from_sequence(args.src, mask), args.out, progress=progress, use_cache=False)
+    # The farm's cancel (NOTIFY) stops the job on the server. The handler goes in before the job is submitted:
+    # a cancel that arrives while it is being submitted is kept and applied as soon as the job exists.
+    job = None
+    cancelled = [False]
 
-    def cancel(signum: int, frame: object) -> None:  # the farm's cancel (NOTIFY): stop the job on the server
-        job.cancel()
+    def cancel(signum: int, frame: object) -> None:
+        cancelled[0] = True
+        if job is not None:
+            job.cancel()
 
     signal.signal(signal.SIGTERM, cancel)
+    job = node.render(frames, Inputs.from_sequence(args.src, mask), args.out, progress=progress, use_cache=False)
+    if cancelled[0]:
+        job.cancel()
     result = job.wait()
     print(
         f"restored {len(result.frames)} frame(s) through {state['address']} ({result.seconds:.1f} s)", file=sys.stderr
