@@ -93,14 +93,17 @@ class FillResult:
         if image.shape != model_input.shape:
             raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
         shape = (int(image.shape[0]), int(image.shape[1]))
-        # array_equal first: a frame the restorer left alone costs one fast pass instead of a per-pixel map.
-        box = None if np.array_equal(image, model_input) else nonzero_box(np.any(image != model_input, axis=-1))
+        # A frame the restorer left alone (often the input array itself) costs one fast pass, not a per-pixel map.
+        differs = None if image is model_input or np.array_equal(image, model_input) else image != model_input
+        # Channels OR-ed one by one: numpy's any() over a length-3 last axis is several times slower.
+        changed_all = None if differs is None else differs[..., 0] | differs[..., 1] | differs[..., 2]
+        box = None if changed_all is None else nonzero_box(changed_all)
         if box is None:
             img, changed = np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool)
         else:
             y0, y1, x0, x1 = box
             img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
-            changed = np.any(img != model_input[y0:y1, x0:x1], axis=-1)
+            changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
         matte = np.asarray(restored.matte, np.float32)
         matte_box = nonzero_box(matte > 0)
         if matte_box is None:
@@ -110,12 +113,12 @@ class FillResult:
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
         return cls(shape, box, img, changed, matte_box, m, base)
 
-    def full_matte(self) -> np.ndarray:
-        out = np.zeros(self.shape, np.float32)
+    def matte_into(self, out: np.ndarray) -> None:
+        """Write the (H, W) matte into ``out`` (e.g. the matte channel of an output frame)."""
+        out[...] = 0.0
         if self.matte_box is not None:
             y0, y1, x0, x1 = self.matte_box
             out[y0:y1, x0:x1] = self.matte
-        return out
 
     # --- storage (safetensors: arrays and a small text header, never pickle) ---------------------------
 
@@ -249,40 +252,44 @@ def finish_frame(
         mask_box = nonzero_box(raw > 0)
         mask = raw[mask_box[0] : mask_box[1], mask_box[2] : mask_box[3]] if mask_box is not None else None
     region = intersect(mask_box, fill.box)
-    pixels = original.pixels
+    blended: tuple[np.ndarray, np.ndarray, list[int], np.ndarray] | None = None  # rows, columns, channels, values
     if region is not None:
         y0, y1, x0, x1 = region
-        m = (
-            np.ones((y1 - y0, x1 - x0), np.float32)
-            if mask is None
-            else mask[y0 - mask_box[0] : y1 - mask_box[0], x0 - mask_box[2] : x1 - mask_box[2]]  # type: ignore[index]
-        )
         fy, fx = y0 - fill.box[0], x0 - fill.box[2]  # type: ignore[index]
-        restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0]
-        changed = fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0]
-        crop = original.pixels[y0:y1, x0:x1]
-        # Values the model cannot hold (above 1, below 0 in model space) come from the original, and so do
-        # pixels the restorer left as they were: the colour round trip (OCIO: ~1e-5) never touches them.
-        in_range = representable(to_model(crop[..., idx], colorspace, params["ocio_config"]))
-        m = m * in_range * changed
-        if m.any():
-            back = from_model(restored, colorspace, params["ocio_config"])
-            pixels = original.pixels.copy()
-            if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
-                grey = back.mean(axis=-1, keepdims=True)
-                pixels[y0:y1, x0:x1, idx[:1]] = blend(crop[..., idx[:1]], grey, m)
-            else:
-                pixels[y0:y1, x0:x1, idx] = blend(crop[..., idx], back, m)
+        m = fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0].astype(np.float32)
+        if mask is not None:
+            m *= mask[y0 - mask_box[0] : y1 - mask_box[0], x0 - mask_box[2] : x1 - mask_box[2]]  # type: ignore[index]
+        # Only the pixels that both changed and lie under the mask are converted and blended (dust covers a
+        # percent of a frame whose bounding box is most of it); every other pixel keeps the original's value.
+        ys, xs = np.nonzero(m)
+        if ys.size:
+            crop = original.pixels[y0 + ys, x0 + xs]  # (N, C)
+            # Values the model cannot hold (above 1, below 0 in model space) come from the original: the
+            # colour round trip (OCIO: ~1e-5) never touches them.
+            weight = m[ys, xs] * representable(to_model(crop[:, idx], colorspace, params["ocio_config"]))
+            keep = weight > 0
+            if keep.any():
+                ys, xs, weight, crop = ys[keep], xs[keep], weight[keep], crop[keep]
+                back = from_model(fill.image[fy + ys, fx + xs], colorspace, params["ocio_config"])
+                if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
+                    back, idx = back.mean(axis=-1, keepdims=True), idx[:1]
+                blended = (y0 + ys, x0 + xs, idx, blend(crop[:, idx], back, weight))
     channels, formats = list(original.channels), list(original.formats)
+    add_matte = bool(params["write_matte"]) and matte_channel not in channels
+    if blended is None and not params["write_matte"]:
+        return original.with_pixels(original.pixels, channels, formats)  # shares the original's array
+    # One new array for the output (the original stays as it was: it may be a source's own frame).
+    h, w, c = original.pixels.shape
+    pixels = np.empty((h, w, c + add_matte), np.float32)
+    pixels[..., :c] = original.pixels
+    if blended is not None:
+        rows, cols, chans, values = blended
+        pixels[rows[:, None], cols[:, None], np.asarray(chans)[None, :]] = values
     if params["write_matte"]:
-        if matte_channel in channels:
-            if pixels is original.pixels:
-                pixels = pixels.copy()  # the original stays as it was: other frames read it as context
-            pixels[..., channels.index(matte_channel)] = fill.full_matte()
-        else:
-            pixels = np.concatenate([pixels, fill.full_matte()[..., None]], axis=-1)
+        if add_matte:
             channels.append(matte_channel)
             formats.append("half")
+        fill.matte_into(pixels[..., channels.index(matte_channel)])
     return original.with_pixels(pixels, channels, formats)
 
 
@@ -290,13 +297,18 @@ def _over_base(fill: FillResult, params: Mapping[str, Any]) -> FillResult:
     """A deflickered frame: the fills, under the feathered auto matte, over the stabilised base; every pixel
     of the result is the restorer's (the whole frame changes on purpose, so it blends with mask 'none')."""
     h, w = fill.shape
-    restored = fill.base.copy()  # type: ignore[union-attr]
-    if fill.box is not None:
-        y0, y1, x0, x1 = fill.box
-        restored[y0:y1, x0:x1] = np.where(fill.changed[..., None], fill.image, restored[y0:y1, x0:x1])
-    mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
     composed = fill.base.copy()  # type: ignore[union-attr]
+    mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
     if mask_box is not None:
+        # The restored frame (fills over the base) is needed only where the matte reaches.
         y0, y1, x0, x1 = mask_box
-        composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored[y0:y1, x0:x1], mask)
+        restored = composed[y0:y1, x0:x1].copy()
+        inside = intersect(mask_box, fill.box)
+        if inside is not None:
+            a0, a1, b0, b1 = inside
+            fy, fx = a0 - fill.box[0], b0 - fill.box[2]  # type: ignore[index]
+            window = restored[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
+            changed = fill.changed[fy : fy + a1 - a0, fx : fx + b1 - b0]
+            window[changed] = fill.image[fy : fy + a1 - a0, fx : fx + b1 - b0][changed]
+        composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored, mask)
     return FillResult(fill.shape, (0, h, 0, w), composed, np.ones((h, w), bool), fill.matte_box, fill.matte)

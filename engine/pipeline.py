@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +30,15 @@ from frdm.engine.frames import (
     read_attributes,
     write_frame,
 )
+from frdm.engine.overlap import ReadAhead, WriteBehind
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, Restorer, create_restorer, no_progress
 
 MATTE_CHANNEL = "frdm.matte"
 BLOCK_FRAMES = 8  # targets per restorer call: bounds memory at 2K (context + block frames in RAM)
+# `frdm restore`: source frames decoded ahead of the restorer, finished frames waiting to be encoded. Each is
+# a full frame in RAM; two keep a thread busy while the other side works.
+READ_AHEAD = 2
+WRITE_BEHIND = 2
 
 # Metadata written into every restored frame: what made it, so a re-run can skip it and a TD can trace it.
 ATTR_HASH = "frdm:params_hash"
@@ -48,24 +53,6 @@ def output_hash(params: Mapping[str, Any], restorer: Restorer) -> str:
     return depends.params_hash(params, "output", restorer.engine_version)
 
 
-class _FrameCache:
-    """The last few source frames: consecutive blocks share their context frames."""
-
-    def __init__(self, source: Source, size: int):
-        self.source, self.size = source, size
-        self.items: OrderedDict[int, Frame] = OrderedDict()
-
-    def __call__(self, n: int) -> Frame:
-        if n in self.items:
-            self.items.move_to_end(n)
-            return self.items[n]
-        frame = self.source.read(n)
-        self.items[n] = frame
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return frame
-
-
 def _check_geometry(frames: list[Frame], numbers: list[int], description: str, reference: tuple[int, Frame]) -> None:
     """Every frame of a run has the reference frame's data window (the first frame read)."""
     first_number, first = reference
@@ -77,12 +64,53 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
             )
 
 
-def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
-    """The restorer's view of a frame, clipped to [0, 1], written into ``out``: one pass for the colour
-    spaces that need no conversion (R, G, B side by side are read as a view, not gathered)."""
+def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any]) -> np.ndarray:
+    """The restorer's view of a frame, (H, W, 3) clipped to [0, 1] (R, G, B side by side are read as a view,
+    not gathered)."""
     idx = frame.rgb_indices()
     rgb = frame.pixels[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else frame.pixels[..., idx]
-    np.clip(rgb if space in IDENTITY else to_model(rgb, space, params["ocio_config"]), 0.0, 1.0, out=out)
+    model = np.array(rgb, np.float32) if space in IDENTITY else to_model(rgb, space, params["ocio_config"])
+    return np.clip(model, 0.0, 1.0, out=model)
+
+
+@dataclass
+class _Input:
+    """A source frame as read: the frame itself, its colour space ('auto' resolved) and the restorer's view."""
+
+    frame: Frame
+    space: str
+    model: np.ndarray
+
+
+class _Window:
+    """The model-space frames of the block being restored, in one (T, H, W, 3) array that slides along the
+    shot: frames the next block shares stay where they are (moved to the front), only new frames are added.
+    No frame is converted twice and the array is allocated once."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.frames: np.ndarray | None = None
+        self.numbers: list[int] = []
+
+    def keep_from(self, first: int) -> None:
+        """Drop the frames before ``first`` (by number); the rest move to the front, in order."""
+        keep = [i for i, n in enumerate(self.numbers) if n >= first]
+        assert self.frames is not None or not keep
+        for slot, i in enumerate(keep):  # slot < i, in increasing order: no frame is overwritten before it moves
+            if slot != i:
+                self.frames[slot] = self.frames[i]  # type: ignore[index]
+        self.numbers = [self.numbers[i] for i in keep]
+
+    def add(self, n: int, model: np.ndarray) -> None:
+        if self.frames is None:
+            self.frames = np.empty((self.capacity, *model.shape), np.float32)
+        self.frames[len(self.numbers)] = model
+        self.numbers.append(n)
+
+    def clip(self, first: int, last: int, targets: list[int]) -> Clip:
+        """The frames ``first``..``last`` (numbers held) as a restorer's clip: a view, no copy."""
+        i, j = self.numbers.index(first), self.numbers.index(last) + 1
+        return Clip(self.frames[i:j], self.numbers[i:j], list(targets))  # type: ignore[index]
 
 
 def restore_frames(
@@ -94,12 +122,17 @@ def restore_frames(
     mask_source: Source | None = None,
     progress: ProgressFn = no_progress,
     fill_cache: FillStore | None = None,
+    read_ahead: int = 0,
 ) -> Iterator[tuple[int, Frame]]:
     """Yield (frame number, restored Frame) for each of ``frames``, in order. Nothing is written here.
 
     ``fill_cache`` keeps each frame's restorer output (the fill stage): a frame found there is only
     re-blended, which is what a change of a blend- or output-stage parameter costs. A frame nothing changed
-    in comes back sharing its original's pixel array."""
+    in comes back sharing its original's pixel array.
+
+    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
+    thread of its own, that many frames ahead of the restorer (``engine/overlap.py``). What is held: the
+    model-space frames of one block and its context, and each target's source frame until it is finished."""
     params = P.validate(params)
     frames = sorted(set(frames))
     source.check_frames(frames)
@@ -111,62 +144,91 @@ def restore_frames(
     before, after = restorer.context(params)
     available = source.frame_numbers
     position = {n: i for i, n in enumerate(available)}
-    cache = _FrameCache(source, BLOCK_FRAMES + before + after + 2)
     digest = output_hash(params, restorer)
     total = len(frames)
-    done_before = 0
+
+    def reach(first: int, last: int) -> list[int]:
+        """The source frames targets ``first``..``last`` need, their context included."""
+        lo, hi = max(0, position[first] - before), min(len(available) - 1, position[last] + after)
+        return available[lo : hi + 1]
+
+    blocks = [frames[s : s + BLOCK_FRAMES] for s in range(0, total, BLOCK_FRAMES)]
+    # Every frame any block may need, in the order first needed (a block whose fills are cached needs only
+    # its targets, but a few context frames read for nothing cost less than reading out of order).
+    schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})
+
+    def read(n: int) -> _Input:
+        frame = source.read(n)
+        space = resolve_colorspace(params["colorspace"], frame, params["ocio_config"])
+        return _Input(frame, space, _model_rgb(frame, space, params))
+
+    targets = set(frames)
+    window = _Window(BLOCK_FRAMES + before + after)
+    originals: dict[int, tuple[Frame, str]] = {}  # targets read and not finished: (frame, its colour space)
     reference: tuple[int, Frame] | None = None
+    done_before = 0
+    with ReadAhead(read, schedule, read_ahead, source.description) as reader:
+        taken = 0
+        for block in blocks:
+            numbers = reach(block[0], block[-1])
+            window.keep_from(numbers[0])
+            while taken < len(schedule) and schedule[taken] <= numbers[-1]:
+                n = schedule[taken]
+                item = reader.take(n)
+                taken += 1
+                reference = reference or (n, item.frame)
+                _check_geometry([item.frame], [n], source.description, reference)
+                window.add(n, item.model)
+                if n in targets:
+                    originals[n] = (item.frame, item.space)
+                del item  # its model-space copy now lives in the window
+            # The stage cache: frames whose fill result is kept skip the restorer.
+            fills = {n: f for n in block if fill_cache is not None and (f := fill_cache.get(n)) is not None}
+            misses = [n for n in block if n not in fills]
+            clip: Clip | None = None
+            restored_frames: Iterator[RestoredFrame] = iter(())
+            if misses:
+                wanted = reach(misses[0], misses[-1])
+                clip = window.clip(wanted[0], wanted[-1], misses)
 
-    for start in range(0, total, BLOCK_FRAMES):
-        block = frames[start : start + BLOCK_FRAMES]
-        # The stage cache: frames whose fill result is kept skip the restorer (and their context reads).
-        fills = {n: f for n in block if fill_cache is not None and (f := fill_cache.get(n)) is not None}
-        misses = [n for n in block if n not in fills]
-        restored_frames: Iterator[RestoredFrame] = iter(())
-        if misses:
-            lo = max(0, position[misses[0]] - before)
-            hi = min(len(available) - 1, position[misses[-1]] + after)
-            numbers = available[lo : hi + 1]
-            originals = [cache(n) for n in numbers]
-            reference = reference or (numbers[0], originals[0])
-            _check_geometry(originals, numbers, source.description, reference)
-            model = np.empty((len(originals), *originals[0].pixels.shape[:2], 3), np.float32)
-            for t, f in enumerate(originals):
-                _model_rgb(f, resolve_colorspace(params["colorspace"], f, params["ocio_config"]), params, model[t])
-            clip = Clip(model, list(numbers), list(misses))
+                def block_progress(
+                    done: float, count: float, message: str, _base: int = done_before, _size: int = len(misses)
+                ) -> None:
+                    progress(_base + done * _size / max(count, 1), total, message)
 
-            def block_progress(
-                done: float, count: float, message: str, _base: int = done_before, _size: int = len(misses)
-            ) -> None:
-                progress(_base + done * _size / max(count, 1), total, message)
-
-            restored_frames = iter(restorer.restore(clip, params, block_progress))
-
-        for n in block:
-            fill = fills.get(n)
-            if fill is None:
-                restored = next(restored_frames, None)
-                if restored is None or restored.frame_number != n:
-                    got = "nothing" if restored is None else f"frame {restored.frame_number}"
-                    raise RuntimeError(f"the restorer yielded {got} where frame {n} was due (targets in order)")
-                fill = FillResult.from_restored(restored, clip.frames[clip.index(n)])
-                if fill_cache is not None:
-                    fill_cache.put(n, fill)
-            else:
-                progress(done_before + block.index(n) + 1, total, f"frame {n} (restorer output cached)")
-            original = cache(n)
-            reference = reference or (n, original)
-            _check_geometry([original], [n], source.description, reference)
-            mask_frame = mask_source.read(n) if params["mask"] == "artist" and mask_source is not None else None
-            space = resolve_colorspace(params["colorspace"], original, params["ocio_config"])
-            out = finish_frame(original, fill, params, space, mask_frame, n, MATTE_CHANNEL)
-            out.attributes[ATTR_HASH] = ("string", digest)
-            out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
-            out.attributes[ATTR_COLORSPACE] = ("string", space)
-            out.attributes[ATTR_PARAMS] = ("string", _params_text(params))
-            out.attributes[ATTR_SOURCE] = ("string", os.path.basename(original.path or ""))
-            yield n, out
-        done_before += len(block)
+                restored_frames = iter(restorer.restore(clip, params, block_progress))
+            try:
+                for n in block:
+                    fill = fills.get(n)
+                    if fill is None:
+                        assert clip is not None
+                        restored = next(restored_frames, None)
+                        if restored is None or restored.frame_number != n:
+                            got = "nothing" if restored is None else f"frame {restored.frame_number}"
+                            raise RuntimeError(f"the restorer yielded {got} where frame {n} was due (targets in order)")
+                        fill = FillResult.from_restored(restored, clip.frames[clip.index(n)])
+                        del restored
+                        if fill_cache is not None:
+                            fill_cache.put(n, fill)
+                    else:
+                        progress(done_before + block.index(n) + 1, total, f"frame {n} (restorer output cached)")
+                    original, space = originals.pop(n)
+                    mask_frame = mask_source.read(n) if params["mask"] == "artist" and mask_source is not None else None
+                    out = finish_frame(original, fill, params, space, mask_frame, n, MATTE_CHANNEL)
+                    out.attributes[ATTR_HASH] = ("string", digest)
+                    out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
+                    out.attributes[ATTR_COLORSPACE] = ("string", space)
+                    out.attributes[ATTR_PARAMS] = ("string", _params_text(params))
+                    out.attributes[ATTR_SOURCE] = ("string", os.path.basename(original.path or ""))
+                    del original, fill  # held no longer than its own frame needs it
+                    yield n, out
+            finally:
+                # The restorer may hold views of the window's frames until its generator ends; the window is
+                # overwritten next.
+                close = getattr(restored_frames, "close", None)
+                if close is not None:
+                    close()
+            done_before += len(block)
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
@@ -396,7 +458,15 @@ def restore_sequence(
         )
         fill_store = FolderFillStore(os.path.dirname(os.path.abspath(plan.out.path(plan.todo[0]))), fill_keys)
     if plan.todo:
-        for n, frame in restore_frames(
+
+        def write(n: int, frame: Frame) -> None:
+            write_frame(plan.out.path(n), frame, compression=compression, pixel_type=pixel_type)
+            report.written.append(n)
+            report.outputs[n] = plan.out.path(n)
+
+        # Decoding the next frames and encoding the finished ones run on threads of their own beside the
+        # restorer; the order of reads and writes, and every bit, are the serial path's (engine/overlap.py).
+        restored = restore_frames(
             plan.source,
             plan.todo,
             plan.params,
@@ -404,14 +474,17 @@ def restore_sequence(
             mask_source=plan.mask_source,
             progress=progress,
             fill_cache=fill_store,
-        ):
-            path = plan.out.path(n)
-            frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
-            write_frame(path, frame, compression=compression, pixel_type=pixel_type)
-            report.written.append(n)
-            report.outputs[n] = path
-            if MATTE_CHANNEL in frame.channels:
-                report.matte_coverage[n] = float((frame.pixels[..., frame.channels.index(MATTE_CHANNEL)] > 0.5).mean())
+            read_ahead=READ_AHEAD,
+        )
+        # closing: a failed write stops the reader thread at once, not when the generator is collected.
+        with WriteBehind(write, WRITE_BEHIND) as writer, contextlib.closing(restored):
+            for n, frame in restored:
+                frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
+                if MATTE_CHANNEL in frame.channels:
+                    matte = frame.pixels[..., frame.channels.index(MATTE_CHANNEL)]
+                    report.matte_coverage[n] = float((matte > 0.5).mean())
+                writer.submit(n, frame)
+                del frame
     plan.source.close()
     if plan.mask_source is not None:
         plan.mask_source.close()
