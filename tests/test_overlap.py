@@ -1,0 +1,229 @@
+"""File-to-file I/O beside the restorer: reader and writer threads, the sliding model-space window, the
+half-float colour table and the sparse blend all give the serial path's bits, in its order; errors name the
+frame and leave nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from frdm.engine import params as P
+from frdm.engine import pipeline
+from frdm.engine.blend import blend
+from frdm.engine.color import _CURVES_TO_MODEL, from_model, representable, to_model
+from frdm.engine.errors import InputError
+from frdm.engine.fill import FillResult, feather_in_box, finish_frame
+from frdm.engine.frames import Frame, MemorySource, read_frame, write_frame
+from frdm.engine.overlap import ReadAhead, WriteBehind
+from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
+
+H, W = 24, 32
+
+
+class SpeckRestorer:
+    """Context 2 either side; 'restores' two specks per frame (one each in opposite corners, so the changed
+    region's box is the whole frame) from the mean of its neighbours; checks that every clip it is given holds
+    exactly the model-space view of the source frames (the sliding window moves frames in place)."""
+
+    engine_version = "test-speck-1"
+
+    def __init__(self, expected: dict[int, np.ndarray] | None = None):
+        self.expected = expected
+        self.clips: list[list[int]] = []
+
+    def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+        return 2, 2
+
+    def restore(self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress) -> Iterator:
+        self.clips.append(list(clip.frame_numbers))
+        if self.expected is not None:
+            for i, n in enumerate(clip.frame_numbers):
+                assert np.array_equal(clip.frames[i], self.expected[n]), f"clip frame {n} is not its source's view"
+        for t in clip.targets:
+            i = clip.index(t)
+            image = clip.frames[i].copy()
+            near = clip.frames[max(0, i - 1) : i + 2].mean(axis=0)
+            matte = np.zeros((H, W), np.float32)
+            for y, x in ((2 + t % 3, 3), (H - 4, W - 5 - t % 4)):
+                image[y : y + 2, x : x + 2] = near[y : y + 2, x : x + 2] * 0.5
+                matte[y : y + 2, x : x + 2] = 1.0
+            yield RestoredFrame(t, image, matte)
+
+
+def _clip(count: int, seed: int = 0) -> dict[int, Frame]:
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for n in range(1, count + 1):
+        # Scene-linear half values, some above 1 (the model cannot hold them: they come from the original).
+        px = (rng.random((H, W, 4), dtype=np.float32) * 1.4).astype(np.float16).astype(np.float32)
+        frames[n] = Frame(px, ("R", "G", "B", "A"), ("half",) * 4, (0, 0, W, H), (0, 0, W, H), {}, 0, f"f{n}")
+    return frames
+
+
+def _write_clip(folder, frames: dict[int, Frame]) -> str:
+    for n, f in frames.items():
+        write_frame(folder / f"s.{n:04d}.exr", f)
+    return str(folder / "s.####.exr")
+
+
+def test_threads_and_window_give_the_serial_paths_frames_in_order():
+    frames = _clip(19)
+    params = P.validate({"colorspace": "linear"})
+    expected = {n: np.clip(to_model(f.pixels[..., :3], "linear"), 0.0, 1.0) for n, f in frames.items()}
+    targets = [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18, 19]  # three blocks of 8 and a gap
+    runs = {}
+    for ahead in (0, 1, 3):
+        restorer = SpeckRestorer(expected)
+        out = list(pipeline.restore_frames(MemorySource(frames), targets, params, restorer, read_ahead=ahead))
+        assert [n for n, _ in out] == targets
+        runs[ahead] = out
+    for ahead in (1, 3):
+        for (n, a), (_, b) in zip(runs[0], runs[ahead]):
+            assert np.array_equal(a.pixels.view(np.uint32), b.pixels.view(np.uint32)), f"frame {n} differs"
+    assert not any(t.name == "frdm-read-ahead" for t in threading.enumerate())
+
+
+def test_a_fill_cache_hit_block_then_a_miss_block_still_gives_the_same_frames():
+    """Frames cached at the fill stage skip the restorer; the window must still hold their model-space views
+    as context for the next block's misses."""
+    frames = _clip(20, seed=1)
+    params = P.validate({"colorspace": "linear"})
+    expected = {n: np.clip(to_model(f.pixels[..., :3], "linear"), 0.0, 1.0) for n, f in frames.items()}
+    targets = list(range(1, 21))
+    plain = dict(pipeline.restore_frames(MemorySource(frames), targets, params, SpeckRestorer(expected)))
+
+    class Store:
+        def __init__(self) -> None:
+            self.items: dict[int, FillResult] = {}
+
+        def get(self, n: int) -> FillResult | None:
+            return self.items.get(n)
+
+        def put(self, n: int, result: FillResult) -> None:
+            self.items[n] = result
+
+    store = Store()
+    list(pipeline.restore_frames(MemorySource(frames), targets, params, SpeckRestorer(), fill_cache=store))
+    for n in list(store.items):
+        if n > 8 and n not in (12, 17):
+            del store.items[n]  # block 1 all hits, blocks 2 and 3 mostly misses
+    restorer = SpeckRestorer(expected)
+    again = dict(pipeline.restore_frames(MemorySource(frames), targets, params, restorer, fill_cache=store))
+    assert restorer.clips[0][0] == 7, "the first miss block's clip starts at its first miss's context"
+    for n in targets:
+        assert np.array_equal(plain[n].pixels, again[n].pixels), f"frame {n} differs with the fill cache"
+
+
+def test_restore_sequence_threads_write_the_serial_bits(tmp_path, monkeypatch):
+    src = _write_clip(tmp_path, _clip(11, seed=2))
+    outputs = {}
+    for threads in (0, 1):
+        monkeypatch.setattr(pipeline, "READ_AHEAD", threads)
+        monkeypatch.setattr(pipeline, "WRITE_BEHIND", threads)
+        out = str(tmp_path / f"o{threads}" / "r.####.exr")
+        report = pipeline.restore_sequence(src, out, params={"colorspace": "linear"}, restorer=SpeckRestorer())
+        assert report.written == list(range(1, 12))
+        outputs[threads] = [read_frame(report.outputs[n]).pixels for n in report.written]
+    for n, (a, b) in enumerate(zip(outputs[0], outputs[1]), start=1):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"frame {n} differs with threads"
+
+
+def test_a_failed_write_names_the_frame_stops_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    from frdm.engine import frames as F
+
+    src = _write_clip(tmp_path, _clip(10, seed=3))
+    real = F._write_image
+
+    def failing(oiio: Any, path: str, spec: Any, pixels: np.ndarray) -> None:
+        if path.endswith("r.0004.exr"):
+            from frdm.engine.atomic import atomic_path
+
+            with atomic_path(path) as tmp:  # half a file, then the disk is full
+                with open(tmp, "wb") as fh:
+                    fh.write(b"\x76\x2f\x31\x01 half")
+                raise OSError(28, "No space left on device")
+        real(oiio, path, spec, pixels)
+
+    monkeypatch.setattr(F, "_write_image", failing)
+    monkeypatch.setattr(pipeline, "WRITE_BEHIND", 1)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"frame 4: .*r\.0004\.exr: cannot write here \(No space left on device\)"):
+        pipeline.restore_sequence(
+            src, str(out / "r.####.exr"), params={"colorspace": "linear"}, restorer=SpeckRestorer()
+        )
+    names = sorted(os.listdir(out))
+    assert names == ["r.0001.exr", "r.0002.exr", "r.0003.exr"], names  # nothing after the failure, no partial
+    assert not any(t.name.startswith("frdm-") for t in threading.enumerate())
+
+
+def test_a_bad_source_frame_is_named_from_the_reader_thread(tmp_path, monkeypatch):
+    src = _write_clip(tmp_path, _clip(10, seed=4))
+    (tmp_path / "s.0006.exr").write_bytes(b"not an exr")
+    monkeypatch.setattr(pipeline, "READ_AHEAD", 2)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"frame 6 of .*s\.####\.exr: .*s\.0006\.exr: not a readable image"):
+        pipeline.restore_sequence(
+            src, str(out / "r.####.exr"), params={"colorspace": "linear"}, restorer=SpeckRestorer()
+        )
+    assert not [n for n in os.listdir(out) if n.startswith(".frdm-partial")]
+    assert not any(t.name.startswith("frdm-") for t in threading.enumerate())
+
+
+def test_read_ahead_keeps_order_and_stops_when_closed():
+    read = []
+    with ReadAhead(lambda n: read.append(n) or n * 10, [3, 4, 7, 9, 12], depth=2) as reader:
+        assert reader.take(3) == 30 and reader.take(4) == 40
+        with pytest.raises(RuntimeError, match="frame 9 taken where frame 7 was due"):
+            reader.take(9)
+    assert read == sorted(read) and len(read) <= 5
+    assert not any(t.name == "frdm-read-ahead" for t in threading.enumerate())
+    written = []
+    with WriteBehind(lambda n, item: written.append((n, item)), depth=1) as writer:
+        for n in range(6):
+            writer.submit(n, str(n))
+    assert written == [(n, str(n)) for n in range(6)]
+
+
+@pytest.mark.parametrize("space", ["linear", "cineon"])
+def test_the_half_table_gives_the_formulas_bits(space):
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    halves = halves[np.isfinite(halves)]
+    halves = halves[: halves.size // 3 * 3].reshape(-1, 3)  # every finite half but the last two
+    table = to_model(halves, space)
+    with np.errstate(all="ignore"):
+        formula = _CURVES_TO_MODEL[space](halves)
+    assert np.array_equal(table.view(np.uint32), formula.view(np.uint32))
+    # Not halves (float data): the formula itself.
+    floats = np.random.default_rng(5).random((64, 64, 3), dtype=np.float32)
+    assert np.array_equal(to_model(floats, space).view(np.uint32), _CURVES_TO_MODEL[space](floats).view(np.uint32))
+
+
+def test_the_sparse_blend_gives_the_whole_frame_formulas_bits():
+    frames = _clip(5, seed=6)
+    params = P.validate({"colorspace": "linear"})
+    model = np.stack([np.clip(to_model(frames[n].pixels[..., :3], "linear"), 0, 1) for n in range(1, 6)])
+    restored = next(iter(SpeckRestorer().restore(Clip(model, [1, 2, 3, 4, 5], [3]), params)))
+    fill = FillResult.from_restored(restored, model[2])
+    y0, y1, x0, x1 = fill.box
+    assert (y1 - y0) * (x1 - x0) > 0.5 * H * W, "changes in opposite corners: the box is most of the frame"
+    original = frames[3]
+    out = finish_frame(original, fill, params, "linear", None, 3, pipeline.MATTE_CHANNEL)
+    # The whole-frame formula: out = original + m * (restored - original) with m the feathered matte, only
+    # where the restorer changed a pixel and the model can hold the original.
+    box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
+    m = np.zeros((H, W), np.float32)
+    m[box[0] : box[1], box[2] : box[3]] = mask
+    rgb = original.pixels[..., :3]
+    changed = np.zeros((H, W), bool)
+    changed[y0:y1, x0:x1] = fill.changed
+    m = m * representable(to_model(rgb, "linear")) * changed
+    expected = original.pixels.copy()
+    expected[..., :3] = blend(rgb, from_model(restored.image, "linear"), m)
+    assert np.array_equal(out.pixels[..., :4].view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(out.pixels[..., 4], restored.matte)
+    assert 0 < (out.pixels[..., :3] != rgb).any(axis=-1).mean() < 0.2
