@@ -1,0 +1,73 @@
+"""The classical engine's fast paths compute exactly what the plain full-frame formulas compute."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
+
+
+def _frames(seed: int = 0, shape: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grainy frame, two shifted noisy neighbours, and specks (bright and dark, some at the border)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 3) * 2.0
+    frame = base + rng.normal(0, 0.02, shape).astype(np.float32)
+    prev = np.roll(base, 1, axis=1) + rng.normal(0, 0.02, shape).astype(np.float32)
+    nxt = np.roll(base, -1, axis=0) + rng.normal(0, 0.02, shape).astype(np.float32)
+    for y, x, v in ((0, 5, 0.3), (40, 0, -0.3), (95, 127, 0.2), (50, 60, 0.25), (20, 90, -0.12), (70, 30, 0.045)):
+        frame[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] += v
+    return frame, prev, nxt
+
+
+def _dense_spikes(frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    box = np.ones((3, 3), np.uint8)
+    bright = np.minimum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+    dark = np.minimum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+    return np.maximum(bright, dark)
+
+
+def _dense_suspects(det: SpikeDetector, frame, prev, nxt, spike) -> np.ndarray:
+    box = np.ones((3, 3), np.uint8)
+    bright = np.maximum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+    dark = np.maximum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+    near = cv2.dilate((spike > 0.5 * det.threshold).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    found = (np.maximum(bright, dark) > det.threshold) & near
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] <= det.large_share * frame.size
+    small[0] = False
+    return small[labels]
+
+
+def test_sparse_spikes_equal_the_full_frame_rank_order_test():
+    """Exact wherever the spike exceeds the rim level (half the threshold), at or below it elsewhere: every
+    comparison the detector makes (rim, seed, transient scratch) then comes out as on the full-frame version."""
+    for seed in range(4):
+        frame, prev, nxt = _frames(seed)
+        det = SpikeDetector(threshold=0.05)
+        dense = _dense_spikes(frame, prev, nxt)
+        fast = det.spikes(frame, prev, nxt)
+        level = 0.5 * det.threshold
+        above = dense > level
+        assert above.sum() >= 9  # the specks are found, at the border too
+        assert np.array_equal(fast[above], dense[above])
+        assert (fast[~above] <= level).all()
+        # The suspects and the matte follow the full-frame formulas exactly.
+        assert np.array_equal(det.suspects(frame, prev, nxt, fast), _dense_suspects(det, frame, prev, nxt, dense))
+        trusted = np.ones(frame.shape, bool)
+        assert np.array_equal(det(frame, prev, nxt, trusted, spike=fast), det(frame, prev, nxt, trusted, spike=dense))
+
+
+def test_scratch_candidates_keep_tall_thin_lines_only():
+    """Heights and areas counted from the line's own pixels: a tall thin line is kept, a short one and a wide
+    bar are not (as cv2's component statistics would decide)."""
+    rng = np.random.default_rng(1)
+    grey = (0.4 + rng.normal(0, 0.01, (200, 160))).astype(np.float32)
+    grey[10:190, 40] += 0.2  # a scratch: tall and one pixel wide
+    grey[10:60, 80] += 0.2  # too short
+    grey[10:190, 110:124] += 0.2  # too wide to be a scratch
+    found = ScratchDetector().candidates(grey)
+    cols = np.nonzero(found.any(axis=0))[0]
+    assert 40 in cols
+    assert not found[:, 75:130].any()
+    assert found[:, 40].sum() >= 150
