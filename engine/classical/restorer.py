@@ -19,9 +19,11 @@ its own window, so restoring a chunk with its context gives exactly the frames o
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -54,6 +56,9 @@ FLOW_MAX_SIDE = 640
 TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this neighbourhood had reliable flow
 
 
+_T = TypeVar("_T")
+
+
 def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return grey
@@ -77,17 +82,21 @@ class _FlowCache:
         self.size = size
         self.estimator = FlowEstimator()
         self.items: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()
+        # Flows are computed in a worker thread (restore's one-ahead look); a restore abandoned midway may
+        # still have its worker running when the next begins. One DIS object must not run twice at once.
+        self._lock = threading.Lock()
 
     def __call__(self, key_a: bytes, key_b: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         key = (key_a, key_b)
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        flow = self.estimator(a, b)
-        self.items[key] = flow
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return flow
+        with self._lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            flow = self.estimator(a, b)
+            self.items[key] = flow
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+            return flow
 
 
 class _Frames:
@@ -124,8 +133,10 @@ class _Frames:
         return self._cand[i]
 
     def forget_before(self, i: int) -> None:
+        # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
+        # entries, all at or after i.
         for store in (self._grey, self._small, self._flow_in, self._cand):
-            for k in [k for k in store if k < i]:
+            for k in [k for k in list(store) if k < i]:
                 del store[k]
 
 
@@ -153,7 +164,11 @@ class _Motion:
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
         if self._full is None:
-            self._full = self.flow if self.scale == 1 else _enlarge(self.flow, shape) * float(self.scale)
+            if self.scale == 1:
+                self._full = self.flow
+            else:
+                self._full = _enlarge(self.flow, shape)
+                self._full *= float(self.scale)  # in place: a second full-size temporary costs ~3x the multiply
         return self._full
 
     def comparable(self, shape: tuple[int, ...], max_gradient: float) -> np.ndarray:
@@ -210,8 +225,9 @@ class ClassicalRestorer:
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
-        targets = [clip.index(n) for n in clip.targets]
-        for done, t in enumerate(targets):
+        def look_around(t: int) -> tuple[list[int], dict[int, _Motion]]:
+            """Frame t's usable neighbours and the motion to each (and the scratch candidates of its window):
+            what frame t needs that does not depend on what is found in any frame."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -224,7 +240,15 @@ class ClassicalRestorer:
                 forward = self._flows(key_t, key_k, in_t, in_k)
                 backward = self._flows(key_k, key_t, in_k, in_t)
                 motion[k] = _Motion(forward, backward, reliability, scale)
+            if use_scratches:
+                for k in range(lo, hi + 1):
+                    data.candidates(k)
+            return neighbours, motion
 
+        targets = [clip.index(n) for n in clip.targets]
+        for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
+            lo, hi = max(0, t - radius), min(count - 1, t + radius)
+            grey = data.grey(t)
             matte = np.zeros(shape, dtype=bool)
             pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             spike = trusted = None
@@ -303,6 +327,24 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored)
         return restored
+
+
+def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
+    """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
+
+    Both cores: the next frame's flows (DIS, their reliability check and hole filling) and scratch candidates
+    are computed while this frame is detected and filled (cv2 and numpy on large arrays release the GIL). One
+    worker, the items in order: the flow cache sees what a sequential run sees, so every result is the same
+    to the bit. The worker only adds frames at or after the current window's start to the shared caches."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frdm-classical") as worker:
+        pending = worker.submit(work, items[0])
+        for i, item in enumerate(items):
+            result = pending.result()
+            if i + 1 < len(items):
+                pending = worker.submit(work, items[i + 1])
+            yield item, result
 
 
 def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, int] | None:
