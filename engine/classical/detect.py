@@ -75,6 +75,10 @@ class SpikeDetector:
     # evidence: a large wrong fill over an actor is the worst artifact this engine can make.
     large_share: float = 0.002
     moving_px: float = 1.5
+    # spikes() is exact only where the strength exceeds this share of the threshold (0 elsewhere, which saves
+    # the 3x3 ranges at ~99% of the pixels): every test on spike strengths must tell apart only values above
+    # it. The rim (hysteresis) test compares with half the threshold.
+    exact_share: float = 0.5
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
@@ -84,11 +88,11 @@ class SpikeDetector:
         Sub-pixel misregistration and small changes of sharpness (motion blur, focus, resampling) move a
         textured pixel within its neighbourhood's range; dust lies outside it.
 
-        Exact where it exceeds half the threshold (the rim level, the lowest any test compares it with); 0 at
-        the other pixels. A pixel outside both 3x3 ranges by more than that is outside both centre pixels by
-        more than that, with the same sign: the ranges are only taken there (~1% of a real frame, not 3M
-        pixels four times over at 2K). Rounding is monotone, so that test never drops a pixel."""
-        level = 0.5 * self.threshold
+        Exact where it exceeds ``exact_share`` of the threshold; 0 at the other pixels. A pixel outside both
+        3x3 ranges by more than that is outside both centre pixels by more than that, with the same sign: the
+        ranges are only taken there (~1% of a real frame, not 3M pixels four times over at 2K). Rounding is
+        monotone, so that test never drops a pixel."""
+        level = self.exact_share * self.threshold
         d_p, d_n = frame - prev, frame - nxt
         maybe = (np.minimum(d_p, d_n) > level) | (np.maximum(d_p, d_n) < -level)
         ys, xs = pixels(maybe)
