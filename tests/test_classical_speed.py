@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
+from frdm.engine.classical.fill import _boxes
 
 
 def _frames(seed: int = 0, shape: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -72,3 +73,17 @@ def test_scratch_candidates_keep_tall_thin_lines_only():
     assert 40 in cols
     assert not found[:, 75:130].any()
     assert found[:, 40].sum() >= 150
+
+
+def test_pixels_and_boxes_match_numpy_and_cv2():
+    """pixels() gives np.nonzero's order (sums over them add up in the same order); _boxes gives the bounding
+    boxes cv2's component statistics give, for components touching every border too."""
+    rng = np.random.default_rng(3)
+    mask = cv2.dilate((rng.random((120, 90)) > 0.98).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    mask[0, :5] = mask[-1, -7:] = mask[50:, 0] = True
+    ys, xs = pixels(mask)
+    want_y, want_x = np.nonzero(mask)
+    assert np.array_equal(ys, want_y) and np.array_equal(xs, want_x)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    assert n > 20
+    assert np.array_equal(_boxes(labels, mask, n)[1:], stats[1:, :4])

@@ -30,7 +30,7 @@ import numpy as np
 
 from frdm.engine import depends
 from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
-from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
 from frdm.engine.classical.fill import region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
     FlowEstimator,
@@ -111,6 +111,7 @@ class _Frames:
         self._small: dict[int, np.ndarray] = {}
         self._flow_in: dict[int, tuple[bytes, np.ndarray]] = {}
         self._cand: dict[int, np.ndarray] = {}
+        self._copies: dict[int, np.ndarray] = {}
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
@@ -135,10 +136,20 @@ class _Frames:
             self._cand[i] = self.scratch_detector.candidates(self.grey(i))
         return self._cand[i]
 
+    def copy_ahead(self, i: int) -> None:
+        """Copy frame i now (in the worker thread) for its fill to write into: a fresh 2K RGB frame costs
+        ~50 ms of page faults, more than the copy itself, and the fill waits for none of it then."""
+        self._copies[i] = self.frames[i].copy()
+
+    def writable(self, i: int) -> np.ndarray:
+        """A copy of frame i that the caller may write into (the one made ahead, if any)."""
+        made = self._copies.pop(i, None)
+        return self.frames[i].copy() if made is None else made
+
     def forget_before(self, i: int) -> None:
         # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
         # entries, all at or after i.
-        for store in (self._grey, self._small, self._flow_in, self._cand):
+        for store in (self._grey, self._small, self._flow_in, self._cand, self._copies):
             for k in [k for k in list(store) if k < i]:
                 del store[k]
 
@@ -247,6 +258,7 @@ class ClassicalRestorer:
             if use_scratches:
                 for k in range(lo, hi + 1):
                     data.candidates(k)
+            data.copy_ahead(t)
             pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             if pair is None:
                 return neighbours, motion, None
@@ -326,8 +338,8 @@ class ClassicalRestorer:
             return colours, ok
 
         values, ok = temporal_fill(frames[t], sample, neighbours, labels, ring, count)
-        restored = frames[t].copy()
-        ys, xs = np.nonzero(labels)
+        restored = data.writable(t)
+        ys, xs = pixels(labels)
         restored[ys[ok], xs[ok]] = values[ok]
         leftover = np.zeros_like(region)
         leftover[ys[~ok], xs[~ok]] = True
@@ -339,10 +351,11 @@ class ClassicalRestorer:
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
     """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
 
-    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates and
-    first compensated neighbours are computed while this frame is detected and filled (cv2 and numpy on large arrays release the GIL). One
-    worker, the items in order: the flow cache sees what a sequential run sees, so every result is the same
-    to the bit. The worker only adds frames at or after the current window's start to the shared caches."""
+    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates,
+    first compensated neighbours and the copy its fill writes into are made while this frame is detected and
+    filled (cv2 and numpy on large arrays release the GIL). One worker, the items in order: the flow cache
+    sees what a sequential run sees, so every result is the same to the bit. The worker only adds frames at
+    or after the current window's start to the shared caches."""
     if not items:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frdm-classical") as worker:
