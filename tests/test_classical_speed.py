@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
-from frdm.engine.classical.fill import _boxes
+from frdm.engine.classical.fill import RING, _boxes, region_rings
 
 
 def _frames(seed: int = 0, shape: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,3 +87,17 @@ def test_pixels_and_boxes_match_numpy_and_cv2():
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     assert n > 20
     assert np.array_equal(_boxes(labels, mask, n)[1:], stats[1:, :4])
+
+
+def test_region_rings_equal_the_float_dilation_with_few_and_many_labels():
+    """The 16-bit ring dilation gives the float32 one's labels; past 65535 regions it falls back to float32."""
+    rng = np.random.default_rng(4)
+    few = cv2.dilate((rng.random((80, 100)) > 0.99).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    many = np.zeros((520, 520), bool)
+    many[::2, ::2] = True  # 260 x 260 isolated pixels: more labels than 16 bits hold
+    for region in (few, many):
+        matte = region & (rng.random(region.shape) > 0.5)
+        labels, ring, n = region_rings(region, matte)
+        grown = cv2.dilate(labels.astype(np.float32), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8))
+        assert np.array_equal(ring, np.where(region | matte, 0, grown).astype(np.int32))
+    assert n > 65536

@@ -27,9 +27,11 @@ def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.
     """Labels of ``region``'s connected components (0 = none) and of the ring of RING px around each (pixels
     of another defect excluded). Returns (labels, ring_labels, count including the background)."""
     n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    # Grow the labels into the ring (a dilation takes the largest touching label: fine where rings meet).
-    grown = cv2.dilate(labels.astype(np.float32), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8))
-    ring = np.where(region | matte, 0, grown).astype(np.int32)
+    # Grow the labels into the ring (a dilation takes the largest touching label: fine where rings meet). In
+    # 16 bits when the labels fit (a maximum is exact in any type; half the bytes of float32, ~3x faster).
+    wide = np.uint16 if n <= np.iinfo(np.uint16).max else np.float32
+    ring = cv2.dilate(labels.astype(wide), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(np.int32)
+    ring[region | matte] = 0
     return labels, ring, n
 
 
