@@ -1,12 +1,14 @@
 """Classical restorer throughput at 480x368, 1280x720 and 2048x1536 (engine only: frames already in memory, in
-model space), the share of its time spent in optical flow, and the peak memory of a 24-frame 2K run through the
-pipeline (blocks, context, blending), which must stay flat in the clip length.
+model space), the share of its time spent in optical flow, and the peak memory of 2K runs of 12, 24 and 48 frames
+through the pipeline (``restore_frames``: window, context, blending; no files), which must stay flat in the clip
+length.
 
 The frames are real scanned film (the shared data's The Great Train Robbery, 480x368, resized to each size), so
 the detector sees real dust, grain and flicker. The benchmark stops with an error if that data is missing: a
 synthetic stand-in would measure something else (random noise makes half the frame a "defect").
 
-    python benchmarks/classical_speed.py [--frames 6] [--json out.json] [--rss] [--reference COMMIT]
+    python benchmarks/classical_speed.py [--frames 6] [--json out.json] [--rss [--rss-frames 12 24 48]]
+        [--reference COMMIT]
     (FRDM_SHARED=/path/to/shared when the shared folder is not beside the checkout)
 
 Figures from one run; this machine is shared and noisy (compare sizes and engines within one run).
@@ -154,14 +156,17 @@ print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=6, help="frames restored at 2K (x2 at 720p, x3 at 480x368)")
-    ap.add_argument("--rss", action="store_true", help="also measure the peak RSS of 12- and 24-frame 2K runs")
+    ap.add_argument("--rss", action="store_true", help="also measure the peak RSS of 2K runs (--rss-frames long)")
+    ap.add_argument(
+        "--rss-frames", type=int, nargs="+", default=[12, 24, 48], help="clip lengths of --rss (flat is the aim)"
+    )
     ap.add_argument("--reference", help="also measure the classical engine of this git commit (before/after)")
     ap.add_argument("--json")
     args = ap.parse_args()
     cv2.setNumThreads(2)
     summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2}
     if args.rss:  # first: a child's peak RSS starts from its parent's at the fork
-        summary["peak_rss_2k"] = [pipeline_peak_rss(12), pipeline_peak_rss(24)]
+        summary["peak_rss_2k"] = [pipeline_peak_rss(n) for n in args.rss_frames]
     engines = [(ClassicalRestorer, "this checkout")]
     if args.reference:
         engines.append((reference_engine(args.reference), f"reference {args.reference}"))
