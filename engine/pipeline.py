@@ -39,11 +39,6 @@ BLOCK_FRAMES = 8  # targets per restorer call: bounds memory at 2K (context + bl
 # a full frame in RAM; two keep a thread busy while the other side works.
 READ_AHEAD = 1
 WRITE_BEHIND = 1
-# glibc raises its mmap threshold (up to 32 MB) after each large free, so frame-sized arrays (a 720p frame is
-# 11 MB) then come from the heap, fragment it and are never given back: RSS grew with clip length. A fixed
-# threshold serves them by mmap again, returned to the system when freed (measured at 2K, 24 frames: peak
-# -110 MB, RSS after the run 377 -> 116 MB).
-MMAP_THRESHOLD = 1 << 20
 
 # Metadata written into every restored frame: what made it, so a re-run can skip it and a TD can trace it.
 ATTR_HASH = "frdm:params_hash"
@@ -146,7 +141,6 @@ def restore_frames(
     check_colorspace(params["colorspace"], params["ocio_config"])
     if params["mask"] == "artist" and mask_source is None and not params["mask_channel"]:
         raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
-    _frames_from_mmap()  # process-wide, and what a long-lived server needs most
     before, after = restorer.context(params)
     available = source.frame_numbers
     position = {n: i for i, n in enumerate(available)}
@@ -235,18 +229,6 @@ def restore_frames(
                 if close is not None:
                     close()
             done_before += len(block)
-
-
-def _frames_from_mmap() -> None:
-    """Large allocations by mmap from now on (``MMAP_THRESHOLD``); nothing where the C library is not glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _params_text(params: Mapping[str, Any]) -> str:
