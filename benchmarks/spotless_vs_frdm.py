@@ -95,12 +95,26 @@ def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float,
     return proc.stdout, wall, peak_mb
 
 
-def make_clip(clip: str, size: tuple[int, int], start: int, count: int, folder: str, seed: int) -> tuple:
-    """Write the degraded clip as linear half EXR; return (ground truth uint16 display RGB, defect masks)."""
+def make_clip(
+    clip: str,
+    size: tuple[int, int],
+    start: int,
+    count: int,
+    folder: str,
+    seed: int,
+    flicker: float = 0.0,
+    grain: float = 0.0,
+) -> tuple:
+    """Write the degraded clip as linear half EXR; return (ground truth uint16 display RGB, defect masks).
+
+    ``flicker`` / ``grain`` > 0 make the clip look like a film scan before the dust is put on: a per-frame
+    gain with a smooth local field (synthesis.brightness_flicker, that sigma) and film grain (that strength).
+    They are part of the picture, so they are in the ground truth too: a restorer should remove the dust and
+    keep them (FRDM's deflicker is off by default)."""
     import cv2
 
     from frdm.engine.color import from_model
-    from frdm.engine.data.synthesis import dust
+    from frdm.engine.data.synthesis import brightness_flicker, dust, film_grain
     from frdm.engine.frames import Frame, open_source, write_frame
 
     if not os.path.exists(clip):
@@ -118,6 +132,10 @@ def make_clip(clip: str, size: tuple[int, int], start: int, count: int, folder: 
             cw = min(sw, int(round(sh * w / h)))  # the central part with the target's aspect ratio
             rgb = rgb[:, (sw - cw) // 2 : (sw - cw) // 2 + cw]
             rgb = np.clip(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+        if flicker > 0:
+            rgb = brightness_flicker(rgb[None], rng, global_sigma=flicker, local_sigma=0.6 * flicker)[0][0]
+        if grain > 0:
+            rgb = film_grain(rgb[None], rng, strength=grain)[0][0]
         degraded, mask = dust(rgb[None], rng, density=DUST_DENSITY)
         linear = from_model(degraded[0], "linear")
         frame = Frame(
@@ -171,7 +189,7 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     print(f"{w}x{h}: writing {args.frames} degraded frames ...", file=sys.stderr)
-    gts, masks = make_clip(args.clip, size, args.start, args.frames, folder, args.seed)
+    gts, masks = make_clip(args.clip, size, args.start, args.frames, folder, args.seed, args.flicker, args.grain)
     src = os.path.join(folder, "src.####.exr")
     threads = str(os.cpu_count() or 1)
 
@@ -246,6 +264,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--start", type=int, default=40, help="first frame of the clip (1-based)")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--flicker", type=float, default=0.0, help="per-frame brightness flicker sigma (0: none)")
+    ap.add_argument("--grain", type=float, default=0.0, help="film grain strength (0: none; 0.02 is light)")
     ap.add_argument("--work", default="out/spotless_vs_frdm", help="where the frames go (replaced)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
@@ -260,6 +280,8 @@ def main() -> int:
         "clip": os.path.abspath(args.clip),
         "frames": f"{args.start}-{args.start + args.frames - 1}",
         "dust_density": DUST_DENSITY,
+        "flicker": args.flicker,
+        "grain": args.grain,
         "seed": args.seed,
         "cpus": os.cpu_count(),
         "frdm_commit": _commit(),
@@ -270,7 +292,8 @@ def main() -> int:
             json.dump(record, fh, indent=1)
     print(
         f"Measured: {os.path.basename(args.clip)} frames {record['frames']} with synthetic dust (density "
-        f"{DUST_DENSITY}, seed {args.seed}), linear half EXR (zip) in and out, {record['cpus']} CPUs, FRDM "
+        f"{DUST_DENSITY}, seed {args.seed}; flicker {args.flicker}, grain {args.grain}), linear half EXR (zip) in "
+        f"and out, {record['cpus']} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}, FRDM "
         f"{record['frdm_commit']}, VapourSynth {results[0]['spotless']['file'].get('vapoursynth', '?')}\n"
     )
     print(table(results))
