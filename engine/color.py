@@ -188,21 +188,29 @@ def _half_codes(values: np.ndarray) -> np.ndarray | None:
     return half.view(np.uint16) if np.array_equal(half, values) else None
 
 
-def to_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:
-    """(..., 3) source-encoded values -> model space (display-referred; in range means within [0, 1])."""
+def to_model(
+    rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default", out: np.ndarray | None = None
+) -> np.ndarray:
+    """(..., 3) source-encoded values -> model space (display-referred; in range means within [0, 1]).
+    ``out``: a float32 array of ``rgb``'s shape to write into (returned)."""
     _resolved(colorspace)
-    if colorspace in IDENTITY:
-        return rgb.astype(np.float32, copy=True)
     if colorspace in _CURVES_TO_MODEL:
         # Half-float data (EXR half: most renders and scans) has 65536 possible values: a look-up of the very
         # values the formula gives, bit for bit, at a fraction of the float64 formula's cost per pixel.
         codes = _half_codes(rgb) if rgb.size >= _TABLE_MIN_VALUES else None
         if codes is not None:
-            return _half_table(colorspace)[codes]
-        return _CURVES_TO_MODEL[colorspace](rgb)
-    _, _, target = _ocio(ocio_config)
-    check_colorspace(colorspace, ocio_config)
-    return _ocio_convert(rgb, colorspace, target, ocio_config)
+            return np.take(_half_table(colorspace), codes, out=out)
+        model = _CURVES_TO_MODEL[colorspace](rgb)
+    elif colorspace in IDENTITY:
+        model = rgb.astype(np.float32, copy=out is None)
+    else:
+        _, _, target = _ocio(ocio_config)
+        check_colorspace(colorspace, ocio_config)
+        model = _ocio_convert(rgb, colorspace, target, ocio_config)
+    if out is None:
+        return model
+    np.copyto(out, model)
+    return out
 
 
 def from_model(rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default") -> np.ndarray:

@@ -64,22 +64,15 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
             )
 
 
-def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any]) -> np.ndarray:
-    """The restorer's view of a frame, (H, W, 3) clipped to [0, 1] (R, G, B side by side are read as a view,
-    not gathered)."""
+def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
+    """The restorer's view of a frame, clipped to [0, 1], written into ``out`` (R, G, B side by side are read
+    as a view, not gathered)."""
     idx = frame.rgb_indices()
     rgb = frame.pixels[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else frame.pixels[..., idx]
-    model = np.array(rgb, np.float32) if space in IDENTITY else to_model(rgb, space, params["ocio_config"])
-    return np.clip(model, 0.0, 1.0, out=model)
-
-
-@dataclass
-class _Input:
-    """A source frame as read: the frame itself, its colour space ('auto' resolved) and the restorer's view."""
-
-    frame: Frame
-    space: str
-    model: np.ndarray
+    if space in IDENTITY:
+        np.clip(rgb, 0.0, 1.0, out=out)
+    else:
+        np.clip(to_model(rgb, space, params["ocio_config"], out=out), 0.0, 1.0, out=out)
 
 
 class _Window:
@@ -101,10 +94,11 @@ class _Window:
                 self.frames[slot] = self.frames[i]  # type: ignore[index]
         self.numbers = [self.numbers[i] for i in keep]
 
-    def add(self, n: int, model: np.ndarray) -> None:
+    def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any]) -> None:
+        """Convert ``frame`` into the next slot (the slots are reused: no fresh frame-sized array per frame)."""
         if self.frames is None:
-            self.frames = np.empty((self.capacity, *model.shape), np.float32)
-        self.frames[len(self.numbers)] = model
+            self.frames = np.empty((self.capacity, frame.height, frame.width, 3), np.float32)
+        _model_rgb(frame, space, params, self.frames[len(self.numbers)])
         self.numbers.append(n)
 
     def clip(self, first: int, last: int, targets: list[int]) -> Clip:
@@ -157,10 +151,9 @@ def restore_frames(
     # its targets, but a few context frames read for nothing cost less than reading out of order).
     schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})
 
-    def read(n: int) -> _Input:
+    def read(n: int) -> tuple[Frame, str]:
         frame = source.read(n)
-        space = resolve_colorspace(params["colorspace"], frame, params["ocio_config"])
-        return _Input(frame, space, _model_rgb(frame, space, params))
+        return frame, resolve_colorspace(params["colorspace"], frame, params["ocio_config"])
 
     targets = set(frames)
     window = _Window(BLOCK_FRAMES + before + after)
@@ -174,14 +167,14 @@ def restore_frames(
             window.keep_from(numbers[0])
             while taken < len(schedule) and schedule[taken] <= numbers[-1]:
                 n = schedule[taken]
-                item = reader.take(n)
+                frame, space = reader.take(n)
                 taken += 1
-                reference = reference or (n, item.frame)
-                _check_geometry([item.frame], [n], source.description, reference)
-                window.add(n, item.model)
+                reference = reference or (n, frame)
+                _check_geometry([frame], [n], source.description, reference)
+                window.add(n, frame, space, params)
                 if n in targets:
-                    originals[n] = (item.frame, item.space)
-                del item  # its model-space copy now lives in the window
+                    originals[n] = (frame, space)
+                del frame  # a context frame is needed no more: its model-space view is in the window
             # The stage cache: frames whose fill result is kept skip the restorer.
             fills = {n: f for n in block if fill_cache is not None and (f := fill_cache.get(n)) is not None}
             misses = [n for n in block if n not in fills]
