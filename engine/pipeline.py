@@ -34,7 +34,10 @@ from frdm.engine.overlap import ReadAhead, WriteBehind
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, Restorer, create_restorer, no_progress
 
 MATTE_CHANNEL = "frdm.matte"
-BLOCK_FRAMES = 8  # targets per restorer call: bounds memory at 2K (context + block frames in RAM)
+BLOCK_FRAMES = 8  # targets per restorer call (fewer for large frames: _block_length)
+# The model-space window's budget (block and context frames, float32 RGB): at 2K it holds 4 targets and their
+# 4 context frames. The block length changes no result (each frame depends on its own window only).
+WINDOW_BYTES = 320 << 20
 # `frdm restore`: source frames decoded ahead of the restorer, finished frames waiting to be encoded. Each is
 # a full frame in RAM; two keep a thread busy while the other side works.
 READ_AHEAD = 1
@@ -107,6 +110,16 @@ class _Window:
         return Clip(self.frames[i:j], self.numbers[i:j], list(targets))  # type: ignore[index]
 
 
+def _block_length(frame: Frame, before: int, after: int) -> int:
+    """Targets per restorer call: ``BLOCK_FRAMES``, or as many as fit ``WINDOW_BYTES`` with their context
+    (at least as many as the context frames, so the restorer's work on context frames at most doubles). A
+    wide context (the diffusion engine's windows) keeps ``BLOCK_FRAMES``."""
+    if before + after >= BLOCK_FRAMES:
+        return BLOCK_FRAMES
+    fit = WINDOW_BYTES // (frame.height * frame.width * 3 * 4) - before - after
+    return max(before + after, 1, min(BLOCK_FRAMES, fit))
+
+
 def restore_frames(
     source: Source,
     frames: list[int],
@@ -146,28 +159,31 @@ def restore_frames(
         lo, hi = max(0, position[first] - before), min(len(available) - 1, position[last] + after)
         return available[lo : hi + 1]
 
-    blocks = [frames[s : s + BLOCK_FRAMES] for s in range(0, total, BLOCK_FRAMES)]
-    # Every frame any block may need, in the order first needed (a block whose fills are cached needs only
-    # its targets, but a few context frames read for nothing cost less than reading out of order).
-    schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})
-
     def read(n: int) -> tuple[Frame, str]:
         frame = source.read(n)
         return frame, resolve_colorspace(params["colorspace"], frame, params["ocio_config"])
 
+    first = reach(frames[0], frames[0])[0]
+    head: tuple[Frame, str] | None = read(first)  # read here: its size decides the block length
+    length = _block_length(head[0], before, after)  # type: ignore[index]
+    blocks = [frames[s : s + length] for s in range(0, total, length)]
+    # Every frame any block may need, in the order first needed (a block whose fills are cached needs only
+    # its targets, but a few context frames read for nothing cost less than reading out of order).
+    schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})
     targets = set(frames)
-    window = _Window(BLOCK_FRAMES + before + after)
+    window = _Window(length + before + after)
     originals: dict[int, tuple[Frame, str]] = {}  # targets read and not finished: (frame, its colour space)
     reference: tuple[int, Frame] | None = None
     done_before = 0
-    with ReadAhead(read, schedule, read_ahead, source.description) as reader:
+    with ReadAhead(read, schedule[1:], read_ahead, source.description) as reader:
         taken = 0
         for block in blocks:
             numbers = reach(block[0], block[-1])
             window.keep_from(numbers[0])
             while taken < len(schedule) and schedule[taken] <= numbers[-1]:
                 n = schedule[taken]
-                frame, space = reader.take(n)
+                frame, space = head if n == first and head is not None else reader.take(n)
+                head = None
                 taken += 1
                 reference = reference or (n, frame)
                 _check_geometry([frame], [n], source.description, reference)

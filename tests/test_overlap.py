@@ -227,3 +227,19 @@ def test_the_sparse_blend_gives_the_whole_frame_formulas_bits():
     assert np.array_equal(out.pixels[..., :4].view(np.uint32), expected.view(np.uint32))
     assert np.array_equal(out.pixels[..., 4], restored.matte)
     assert 0 < (out.pixels[..., :3] != rgb).any(axis=-1).mean() < 0.2
+
+
+def test_large_frames_restore_in_shorter_blocks_with_the_same_result(monkeypatch):
+    frames = _clip(14, seed=7)
+    params = P.validate({"colorspace": "linear"})
+    targets = list(range(1, 15))
+    plain = SpeckRestorer()
+    whole = dict(pipeline.restore_frames(MemorySource(frames), targets, params, plain))
+    # As if these frames were 2K: the window budget holds 8 frames, so 4 targets and 4 context frames.
+    monkeypatch.setattr(pipeline, "WINDOW_BYTES", 8 * H * W * 3 * 4)
+    short = SpeckRestorer()
+    shorter = dict(pipeline.restore_frames(MemorySource(frames), targets, params, short, read_ahead=1))
+    assert len(plain.clips) == 2 and len(short.clips) == 4
+    assert max(len(c) for c in short.clips) == 8
+    for n in targets:
+        assert np.array_equal(whole[n].pixels, shorter[n].pixels), f"frame {n} differs with shorter blocks"
