@@ -11,10 +11,40 @@ same x over the temporal window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+# Horizontal motion from one frame to another at given pixels: (ys, xs) -> flow x in px.
+FlowX = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _profile_shift(line: np.ndarray, other: np.ndarray, reach: int = 3) -> float:
+    """Sub-pixel shift (px, + = right) of the column profile ``line`` (a line's mean ridge strength across
+    its rows, zero away from it) that best matches ``other`` (the same rows of another frame): the peak of
+    their cross-correlation over +-``reach`` px, refined by a parabola through its neighbours."""
+    width = len(line)
+    score = np.array(
+        [
+            float(np.dot(line[reach : width - reach], other[reach + d : width - reach + d]))
+            for d in range(-reach, reach + 1)
+        ]
+    )
+    best = int(np.argmax(score))
+    if 0 < best < len(score) - 1:
+        a, b, c = score[best - 1], score[best], score[best + 1]
+        curve = a - 2 * b + c
+        return best - reach + (0.5 * (a - c) / curve if curve < 0 else 0.0)
+    return float(best - reach)
+
+
+def _component_max(labels: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """Per label 0..count-1 the largest of ``values`` (0 for labels without values)."""
+    out = np.zeros(count, dtype=np.float64)
+    np.maximum.at(out, labels, values)
+    return out
 
 
 def _components_touching(weak: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,6 +71,16 @@ class SpikeDetector:
     # evidence: a large wrong fill over an actor is the worst artifact this engine can make.
     large_share: float = 0.002
     moving_px: float = 1.5
+    # Compensation errs most where the picture is textured: a blurred, deformed or sub-pixel misregistered edge
+    # lies outside the 3x3 range of the neighbours by a share of the local contrast. So a speck's strongest
+    # pixel must exceed the threshold plus this share of the texture around it (the mean 3x3 range of the
+    # frame in a ring outside the speck): on flat film (range ~0.01) this adds little, on crowds and rubble
+    # (0.1-0.2) a sixth of their contrast. And the more the two neighbours disagree with each other (beyond
+    # ``agree_share`` of the spike), the more that spike may be motion the compensation missed: the evidence
+    # asked for grows in proportion, up to the ``max_disagreement`` veto.
+    texture_gain: float = 0.15
+    agree_share: float = 0.2
+    texture_ring: int = 9  # px: the ring's outer size
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
@@ -69,6 +109,18 @@ class SpikeDetector:
         small[0] = False
         return small[labels]
 
+    def texture(self, frame: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """(H, W): the mean 3x3 range (morphological gradient) of ``frame`` around each pixel, in a ring of
+        ``texture_ring`` px that leaves out ``found`` (the specks) and their edges: the contrast of the picture
+        the speck lies on, not the speck's own."""
+        box = np.ones((3, 3), np.uint8)
+        contrast = cv2.morphologyEx(frame, cv2.MORPH_GRADIENT, box)
+        outside = (cv2.dilate(found.astype(np.uint8), box) == 0).astype(np.float32)
+        size = (self.texture_ring, self.texture_ring)
+        total = cv2.blur(contrast * outside, size, borderType=cv2.BORDER_REFLECT)
+        weight = cv2.blur(outside, size, borderType=cv2.BORDER_REFLECT)
+        return total / np.maximum(weight, 1e-3)
+
     def __call__(
         self,
         frame: np.ndarray,
@@ -93,6 +145,11 @@ class SpikeDetector:
         twice as strong."""
         if spike is None:
             spike = self.spikes(frame, prev, nxt)
+        # The outermost row and column have a one-sided 3x3 range, and there the scan's gate edge weaves in
+        # and out of the picture: no evidence of dust.
+        spike = spike.copy()
+        spike[[0, -1], :] = 0.0
+        spike[:, [0, -1]] = 0.0
         seeds = spike > self.threshold
         if not seeds.any():
             return seeds
@@ -119,6 +176,11 @@ class SpikeDetector:
         agree = disagree <= 0.5 * self.max_disagreement * strength
         ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
         keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
+        texture = self.texture(frame, weak)
+        needed = (self.threshold + self.texture_gain * mean(texture[ys, xs])) * (
+            1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)
+        )
+        keep &= _component_max(lab, s, n) >= needed
         if motion is not None:
             large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
             keep &= ~large_moving | (agree & (peak > 2.0 * self.threshold))
@@ -133,6 +195,10 @@ class ScratchDetector:
     min_length: float = 0.5  # fraction of the frame height
     max_width: int = 5
     persistence: float = 0.5  # fraction of the window's frames in which the line must be found
+    # Telling scene lines from scratches (scene_lines): rms motion (px/frame) around a line above which its
+    # position over the window decides, and the largest flank step (share of the line's contrast) of a scratch.
+    moving_px: float = 0.5
+    max_step: float = 0.3
 
     def ridges(self, grey: np.ndarray) -> np.ndarray:
         """Signed ridge strength: > 0 for bright lines, < 0 for dark lines, ~0 on edges and flat areas.
@@ -225,8 +291,18 @@ class ScratchDetector:
         found = keep[labels]
         return cv2.dilate(found.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0
 
-    def __call__(self, candidates: list[np.ndarray], index: int) -> np.ndarray:
-        """Keep the candidate lines of frame ``index`` that recur at the same x in enough window frames."""
+    def __call__(
+        self,
+        candidates: list[np.ndarray],
+        index: int,
+        greys: list[np.ndarray] | None = None,
+        flow_x: list[FlowX | None] | None = None,
+    ) -> np.ndarray:
+        """Keep the candidate lines of frame ``index`` that recur at the same x in enough window frames.
+
+        greys, flow_x (the window's luminance frames, and per frame the horizontal motion from frame ``index``
+        to it, None for ``index`` itself): when given, lines that belong to the scene are dropped
+        (``scene_lines``). A static scene's own thin lines (door frames, poles) persist as well as scratches."""
         current = candidates[index]
         if not current.any():
             return current
@@ -242,5 +318,58 @@ class ScratchDetector:
             hits += present
         persistent_columns = hits >= need
         keep = current & persistent_columns[None, :]
+        if greys is not None and flow_x is not None and keep.any():
+            keep &= ~self.scene_lines(keep, greys, flow_x, index)
         # A scratch is removed with a 1-px margin: its edges are anti-aliased in real scans.
         return cv2.dilate(keep.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0
+
+    def scene_lines(
+        self, lines: np.ndarray, greys: list[np.ndarray], flow_x: list[FlowX | None], index: int
+    ) -> np.ndarray:
+        """(H, W) bool: the persistent lines of frame ``index`` that are the scene's own, not scratches.
+
+        A scratch is on the film, not in the scene. Where the scene moves around a line (the window's motion
+        there is at least ``moving_px`` rms), the line's own sub-pixel position over the window says which it
+        is: a scratch stays at its x in the frame, a scene line moves with the flow. Where the scene is static
+        the position cannot tell, and the line's profile must: a scratch is a ridge on whatever the picture
+        shows, so along its length its two flanks average out to the same level; the thin line of a door frame
+        or a wall's edge sits on a step between two areas (flank difference > ``max_step`` of its contrast)."""
+        h, w = lines.shape
+        out = np.zeros_like(lines)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            x, y, bw, bh = stats[i, :4]
+            lo, hi = max(0, x - 2 * self.max_width - 12), min(w, x + bw + 2 * self.max_width + 12)
+            mine = labels[y : y + bh, lo:hi] == i
+            rows = np.nonzero(mine.any(axis=1))[0]
+            left = np.argmax(mine[rows], axis=1)  # per row the line's first and last column (crop coordinates)
+            right = mine.shape[1] - 1 - np.argmax(mine[rows, ::-1], axis=1)
+            ys = rows + y
+            # Horizontal morphology only: the ridge on a column crop is the ridge of the frame inside it.
+            ridge_t = self.ridges(greys[index][ys, lo:hi])
+            sign = 1.0 if np.median(ridge_t[np.arange(len(ys)), left]) >= 0 else -1.0
+            span = cv2.dilate(mine.any(axis=0).astype(np.uint8)[None, :], np.ones((1, 3), np.uint8))[0] > 0
+            profile_t = np.where(span, np.maximum(sign * ridge_t, 0.0).mean(axis=0), 0.0)
+            # The scene's motion beside the line (not on it: a line may hold the flow in place).
+            side_x = np.concatenate([left - 8, right + 8]).clip(0, hi - lo - 1) + lo
+            side_y = np.concatenate([ys, ys])
+            shifts, moved = [], []
+            for k, flow in enumerate(flow_x):
+                if flow is None or k == index:
+                    continue
+                shifts.append(float(np.median(flow(side_y, side_x))))
+                profile_k = np.maximum(sign * self.ridges(greys[k][ys, lo:hi]), 0.0).mean(axis=0)
+                moved.append(_profile_shift(profile_t, profile_k))
+            shift, move = np.array(shifts), np.array(moved)
+            if len(shift) and float(np.sqrt(np.mean(shift**2))) >= self.moving_px:
+                scene = float(np.sum((move - shift) ** 2)) < float(np.sum(move**2))
+            else:
+                grey = greys[index][ys]
+                cols = np.arange(len(ys))
+                flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+                flank_r = np.mean([grey[cols, (right + lo + d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+                contrast = np.abs(np.where(mine[rows], ridge_t, 0.0)).max(axis=1)
+                scene = abs(float(np.mean(flank_l - flank_r))) > self.max_step * float(np.mean(contrast))
+            if scene:
+                out |= labels == i
+        return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import cv2
@@ -250,7 +250,10 @@ class ClassicalRestorer:
                 matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable)
             if use_scratches:
                 window = list(range(lo, hi + 1))
-                matte |= scratches([data.candidates(k) for k in window], window.index(t))
+                # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
+                flow_x = [None if k not in motion else _flow_x(motion[k]) for k in window]
+                lines = [data.candidates(k) for k in window]
+                matte |= scratches(lines, window.index(t), [data.grey(k) for k in window], flow_x)
                 if spike is not None and trusted is not None:
                     matte |= scratches.transient(data.candidates(t), spike, trusted)
 
@@ -303,6 +306,10 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored)
         return restored
+
+
+def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda ys, xs: motion.at(ys, xs)[0][:, 0]
 
 
 def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, int] | None:
