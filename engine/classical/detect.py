@@ -80,6 +80,10 @@ class SpikeDetector:
     # asked for grows in proportion, up to the ``max_disagreement`` veto.
     texture_gain: float = 0.15
     agree_share: float = 0.2
+    # A frame that differs from both neighbours as a whole (frame_threshold): the share of its pixels whose
+    # spike level tells it (dust covers far less), and how far above that level a speck must stand.
+    frame_share: float = 0.03
+    frame_gain: float = 3.0
     texture_ring: int = 9  # px: the ring's outer size
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -108,6 +112,18 @@ class SpikeDetector:
         small = stats[:, cv2.CC_STAT_AREA] <= self.large_share * frame.size
         small[0] = False
         return small[labels]
+
+    def frame_threshold(self, spike: np.ndarray) -> float:
+        """The spike threshold for this frame: ``threshold``, or more where the frame as a whole lies outside
+        its neighbours (blurred, ghosted, differently exposed: a few % of its pixels outside their range, not
+        the ~0.1% dust covers). There every edge is a 'spike', and only a speck far above the frame's own level
+        of difference (``frame_gain`` x the level ``frame_share`` of its pixels exceed) is evidence; pasting
+        the sharp neighbours' patches into it would be a patchwork."""
+        step = max(1, spike.shape[0] // 512)  # a few hundred rows tell the level
+        sample = spike[::step, ::step].ravel()
+        rank = int((1.0 - self.frame_share) * (sample.size - 1))
+        level = float(np.partition(sample, rank)[rank])
+        return max(self.threshold, self.frame_gain * level)
 
     def texture(self, frame: np.ndarray, found: np.ndarray) -> np.ndarray:
         """(H, W): the mean 3x3 range (morphological gradient) of ``frame`` around each pixel, in a ring of
@@ -150,13 +166,14 @@ class SpikeDetector:
         spike = spike.copy()
         spike[[0, -1], :] = 0.0
         spike[:, [0, -1]] = 0.0
-        seeds = spike > self.threshold
+        threshold = self.frame_threshold(spike)
+        seeds = spike > threshold
         if not seeds.any():
             return seeds
         # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
         # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.
         near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        weak = (spike > 0.5 * self.threshold) & near
+        weak = (spike > 0.5 * threshold) & near
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
         # Evidence per component, from its own pixels only (a few thousand, not the frame).
@@ -170,20 +187,20 @@ class SpikeDetector:
 
         s = spike[ys, xs]
         strength = mean(s)
-        peak = mean(s, s > self.threshold)  # the seeds' mean: the core of the speck, not its rim
+        peak = mean(s, s > threshold)  # the seeds' mean: the core of the speck, not its rim
         disagree = mean(np.abs(prev[ys, xs] - nxt[ys, xs]))
         keep &= disagree <= self.max_disagreement * strength
         agree = disagree <= 0.5 * self.max_disagreement * strength
         ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
         keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
         texture = self.texture(frame, weak)
-        needed = (self.threshold + self.texture_gain * mean(texture[ys, xs])) * (
+        needed = (threshold + self.texture_gain * mean(texture[ys, xs])) * (
             1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)
         )
         keep &= _component_max(lab, s, n) >= needed
         if motion is not None:
             large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
-            keep &= ~large_moving | (agree & (peak > 2.0 * self.threshold))
+            keep &= ~large_moving | (agree & (peak > 2.0 * threshold))
         return keep[labels]
 
 
