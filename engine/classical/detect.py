@@ -212,9 +212,10 @@ class ScratchDetector:
     min_length: float = 0.5  # fraction of the frame height
     max_width: int = 5
     persistence: float = 0.5  # fraction of the window's frames in which the line must be found
-    # Telling scene lines from scratches (scene_lines): rms motion (px/frame) around a line above which its
-    # position over the window decides, and the largest flank step (share of the line's contrast) of a scratch.
-    moving_px: float = 0.5
+    # Telling scene lines from scratches (scene_lines): the motion (px, in some window frame) beside a line
+    # from which its position over the window can tell, and the largest flank step (share of the line's
+    # contrast) of a scratch.
+    moving_px: float = 0.3
     max_step: float = 0.3
 
     def ridges(self, grey: np.ndarray) -> np.ndarray:
@@ -345,12 +346,14 @@ class ScratchDetector:
     ) -> np.ndarray:
         """(H, W) bool: the persistent lines of frame ``index`` that are the scene's own, not scratches.
 
-        A scratch is on the film, not in the scene. Where the scene moves around a line (the window's motion
-        there is at least ``moving_px`` rms), the line's own sub-pixel position over the window says which it
-        is: a scratch stays at its x in the frame, a scene line moves with the flow. Where the scene is static
-        the position cannot tell, and the line's profile must: a scratch is a ridge on whatever the picture
-        shows, so along its length its two flanks average out to the same level; the thin line of a door frame
-        or a wall's edge sits on a step between two areas (flank difference > ``max_step`` of its contrast)."""
+        A scratch is on the film, not in the scene; a line is the scene's when either test says so:
+        - it moves with the scene: where the scene beside it moves (by ``moving_px`` or more in some window
+          frame: pans, gate weave), a scratch stays at its x in the frame while a scene line's sub-pixel
+          position follows the flow;
+        - it sits on a step: a scratch is a ridge on whatever the picture shows, so along its length its two
+          flanks average out to the same level; the thin line of a door frame or a wall's edge lies between
+          two areas of different brightness (mean flank difference > ``max_step`` of its contrast). This is
+          what tells a static shot's door frame from a scratch, where positions cannot."""
         h, w = lines.shape
         out = np.zeros_like(lines)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
@@ -378,15 +381,17 @@ class ScratchDetector:
                 profile_k = np.maximum(sign * self.ridges(greys[k][ys, lo:hi]), 0.0).mean(axis=0)
                 moved.append(_profile_shift(profile_t, profile_k))
             shift, move = np.array(shifts), np.array(moved)
-            if len(shift) and float(np.sqrt(np.mean(shift**2))) >= self.moving_px:
-                scene = float(np.sum((move - shift) ** 2)) < float(np.sum(move**2))
-            else:
-                grey = greys[index][ys]
-                cols = np.arange(len(ys))
-                flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
-                flank_r = np.mean([grey[cols, (right + lo + d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
-                contrast = np.abs(np.where(mine[rows], ridge_t, 0.0)).max(axis=1)
-                scene = abs(float(np.mean(flank_l - flank_r))) > self.max_step * float(np.mean(contrast))
+            # Moves with the scene: the scene moved enough somewhere in the window to tell, and the line's
+            # shifts are nearer the scene's than to staying put.
+            follows = bool(len(shift)) and float(np.abs(shift).max()) >= self.moving_px
+            follows = follows and float(np.sum((move - shift) ** 2)) < float(np.sum(move**2))
+            grey = greys[index][ys]
+            cols = np.arange(len(ys))
+            flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+            flank_r = np.mean([grey[cols, (right + lo + d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+            contrast = np.abs(np.where(mine[rows], ridge_t, 0.0)).max(axis=1)
+            on_step = abs(float(np.mean(flank_l - flank_r))) > self.max_step * float(np.mean(contrast))
+            scene = follows or on_step
             if scene:
                 out |= labels == i
         return out
