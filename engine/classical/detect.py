@@ -84,6 +84,9 @@ class SpikeDetector:
     # spike level tells it (dust covers far less), and how far above that level a speck must stand.
     frame_share: float = 0.03
     frame_gain: float = 3.0
+    # Both references on one side (a clip's first or last frame): occlusions look like spikes in both, so
+    # the evidence asked for is this much stronger.
+    one_sided_gain: float = 1.5
     texture_ring: int = 9  # px: the ring's outer size
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -146,6 +149,7 @@ class SpikeDetector:
         motion: np.ndarray | None = None,
         spike: np.ndarray | None = None,
         reliable: np.ndarray | None = None,
+        one_sided: bool = False,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
         its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
@@ -166,7 +170,7 @@ class SpikeDetector:
         spike = spike.copy()
         spike[[0, -1], :] = 0.0
         spike[:, [0, -1]] = 0.0
-        threshold = self.frame_threshold(spike)
+        threshold = self.frame_threshold(spike) * (self.one_sided_gain if one_sided else 1.0)
         seeds = spike > threshold
         if not seeds.any():
             return seeds
@@ -192,7 +196,10 @@ class SpikeDetector:
         keep &= disagree <= self.max_disagreement * strength
         agree = disagree <= 0.5 * self.max_disagreement * strength
         ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
-        keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
+        # Two references on one side of the frame (a clip's first or last frame) agree over an occlusion too:
+        # what the frame shows and both later (or earlier) frames hide. Their agreement proves nothing there,
+        # only flow that passed its checks does.
+        keep &= (mean(ok.astype(np.float64)) >= 0.5) | (agree & (not one_sided))
         texture = self.texture(frame, weak)
         needed = (threshold + self.texture_gain * mean(texture[ys, xs])) * (
             1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)
@@ -216,6 +223,7 @@ class ScratchDetector:
     # from which its position over the window can tell, and the largest flank step (share of the line's
     # contrast) of a scratch.
     moving_px: float = 0.3
+    follow_share: float = 1.0 / 3.0  # a line that moves this share of the scene's motion or more goes with it
     max_step: float = 0.3
 
     def ridges(self, grey: np.ndarray) -> np.ndarray:
@@ -381,10 +389,11 @@ class ScratchDetector:
                 profile_k = np.maximum(sign * self.ridges(greys[k][ys, lo:hi]), 0.0).mean(axis=0)
                 moved.append(_profile_shift(profile_t, profile_k))
             shift, move = np.array(shifts), np.array(moved)
-            # Moves with the scene: the scene moved enough somewhere in the window to tell, and the line's
-            # shifts are nearer the scene's than to staying put.
+            # Moves with the scene: the scene moved enough somewhere in the window to tell, and the line went
+            # along (its shifts ~ share x the scene's, least squares; a scratch's share is ~0, a scene line's
+            # ~1, less where the motion beside it is not quite its own).
             follows = bool(len(shift)) and float(np.abs(shift).max()) >= self.moving_px
-            follows = follows and float(np.sum((move - shift) ** 2)) < float(np.sum(move**2))
+            follows = follows and float(np.dot(move, shift)) > self.follow_share * float(np.dot(shift, shift))
             grey = greys[index][ys]
             cols = np.arange(len(ys))
             flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)

@@ -247,7 +247,8 @@ class ClassicalRestorer:
                     warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
                     spike = spikes.spikes(grey, warped_p, warped_n)
                 speed = magnitude(motion[p].full(shape))
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable)
+                one_sided = (p < t) == (n < t)
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, one_sided)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
