@@ -149,12 +149,14 @@ class SpikeDetector:
         motion: np.ndarray | None = None,
         spike: np.ndarray | None = None,
         reliable: np.ndarray | None = None,
-        one_sided: bool = False,
+        one_sided: np.ndarray | None = None,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
         its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
         boundaries, not from outside the picture). motion: (H, W) px per frame. reliable: (H, W) bool, where
-        the flow passed its forward-backward check around. spike: ``self.spikes(frame, prev, nxt)`` if the
+        the flow passed its forward-backward check around. one_sided: given when both references lie on one
+        side of the frame (a clip's ends): each pixel's motion (px per frame) against the picture's dominant
+        motion. spike: ``self.spikes(frame, prev, nxt)`` if the
         caller has it. Returns a bool matte.
 
         Untrusted or unreliable flow is not a veto: in flat sky DIS wanders by tens of pixels and the
@@ -170,7 +172,7 @@ class SpikeDetector:
         spike = spike.copy()
         spike[[0, -1], :] = 0.0
         spike[:, [0, -1]] = 0.0
-        threshold = self.frame_threshold(spike) * (self.one_sided_gain if one_sided else 1.0)
+        threshold = self.frame_threshold(spike) * (1.0 if one_sided is None else self.one_sided_gain)
         seeds = spike > threshold
         if not seeds.any():
             return seeds
@@ -196,10 +198,12 @@ class SpikeDetector:
         keep &= disagree <= self.max_disagreement * strength
         agree = disagree <= 0.5 * self.max_disagreement * strength
         ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
-        # Two references on one side of the frame (a clip's first or last frame) agree over an occlusion too:
-        # what the frame shows and both later (or earlier) frames hide. Their agreement proves nothing there,
-        # only flow that passed its checks does.
-        keep &= (mean(ok.astype(np.float64)) >= 0.5) | (agree & (not one_sided))
+        if one_sided is not None:
+            # Two references on one side of the frame (a clip's first or last frame) agree over an occlusion
+            # too: what the frame shows and both later (or earlier) frames hide, where something moves against
+            # the rest of the picture. Their agreement proves nothing there, only flow that passed its checks.
+            agree &= mean(one_sided[ys, xs]) <= self.moving_px
+        keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
         texture = self.texture(frame, weak)
         needed = (threshold + self.texture_gain * mean(texture[ys, xs])) * (
             1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)

@@ -247,8 +247,11 @@ class ClassicalRestorer:
                     warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
                     spike = spikes.spikes(grey, warped_p, warped_n)
                 speed = magnitude(motion[p].full(shape))
-                one_sided = (p < t) == (n < t)
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, one_sided)
+                own = None
+                if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
+                    dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
+                    own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, own)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
