@@ -228,6 +228,7 @@ class ScratchDetector:
     # contrast) of a scratch.
     moving_px: float = 0.3
     follow_share: float = 1.0 / 3.0  # a line that moves this share of the scene's motion or more goes with it
+    stay_share: float = 0.25  # one that moves at most this share of it stays put: a scratch even on a step
     max_step: float = 0.3
 
     def ridges(self, grey: np.ndarray) -> np.ndarray:
@@ -358,14 +359,15 @@ class ScratchDetector:
     ) -> np.ndarray:
         """(H, W) bool: the persistent lines of frame ``index`` that are the scene's own, not scratches.
 
-        A scratch is on the film, not in the scene; a line is the scene's when either test says so:
+        A scratch is on the film, not in the scene; a line is the scene's when
         - it moves with the scene: where the scene beside it moves (by ``moving_px`` or more in some window
           frame: pans, gate weave), a scratch stays at its x in the frame while a scene line's sub-pixel
-          position follows the flow;
-        - it sits on a step: a scratch is a ridge on whatever the picture shows, so along its length its two
-          flanks average out to the same level; the thin line of a door frame or a wall's edge lies between
-          two areas of different brightness (mean flank difference > ``max_step`` of its contrast). This is
-          what tells a static shot's door frame from a scratch, where positions cannot."""
+          position follows the flow (by ``follow_share`` of it or more);
+        - or it sits on a step, unless it stays put (moves ``stay_share`` of the scene's motion or less) while
+          the scene beside it moves: a scratch is a ridge on whatever the picture shows, so along its length
+          its two flanks average out to the same level; the thin line of a door frame or a wall's edge lies
+          between two areas of different brightness (mean flank difference > ``max_step`` of its contrast).
+          This is what tells a static shot's door frame from a scratch, where positions cannot."""
         h, w = lines.shape
         out = np.zeros_like(lines)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
@@ -396,15 +398,17 @@ class ScratchDetector:
             # Moves with the scene: the scene moved enough somewhere in the window to tell, and the line went
             # along (its shifts ~ share x the scene's, least squares; a scratch's share is ~0, a scene line's
             # ~1, less where the motion beside it is not quite its own).
-            follows = bool(len(shift)) and float(np.abs(shift).max()) >= self.moving_px
-            follows = follows and float(np.dot(move, shift)) > self.follow_share * float(np.dot(shift, shift))
+            moving = bool(len(shift)) and float(np.abs(shift).max()) >= self.moving_px
+            follows = moving and float(np.dot(move, shift)) > self.follow_share * float(np.dot(shift, shift))
+            # Stays put while the scene beside it moves: a scratch, whatever the picture under it does.
+            stays = moving and float(np.abs(move).max()) <= self.stay_share * float(np.abs(shift).max())
             grey = greys[index][ys]
             cols = np.arange(len(ys))
             flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
             flank_r = np.mean([grey[cols, (right + lo + d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
             contrast = np.abs(np.where(mine[rows], ridge_t, 0.0)).max(axis=1)
             on_step = abs(float(np.mean(flank_l - flank_r))) > self.max_step * float(np.mean(contrast))
-            scene = follows or on_step
+            scene = follows or (on_step and not stays)
             if scene:
                 out |= labels == i
         return out
