@@ -133,3 +133,25 @@ def test_sharper_patch_of_texture_is_not_dust_but_specks_on_it_are():
     region[40:120, 120:220] = True
     region[74:87, 164:177] = False  # the speck on it and its rim
     assert (matte & region).sum() < 10, f"{int((matte & region).sum())} px of the sharper texture taken for dust"
+
+
+def test_texture_on_tiles_equals_the_whole_frame_map():
+    """SpikeDetector.texture works on the tiles around the specks: the values must be those of the whole-frame
+    map (the same formula on the full frame), at the frame's edges and corners too."""
+    from frdm.engine.classical import SpikeDetector
+
+    rng = np.random.default_rng(16)
+    frame = rng.random((400, 520), dtype=np.float32)
+    found = np.zeros((400, 520), np.uint8)
+    # Few specks on a large frame (the tiled path), on the edges and corners and across tile borders.
+    for x, y in [(0, 0), (519, 399), (300, 0), (0, 200), (64, 64), (130, 70)]:
+        cv2.circle(found, (x, y), 3, 1, -1)
+    found = found > 0
+    ys, xs = np.nonzero(found)
+    box = np.ones((3, 3), np.uint8)
+    contrast = cv2.morphologyEx(frame, cv2.MORPH_GRADIENT, box)
+    outside = (cv2.dilate(found.view(np.uint8), box) == 0).astype(np.float32)
+    whole = cv2.blur(contrast * outside, (9, 9), borderType=cv2.BORDER_REFLECT) / np.maximum(
+        cv2.blur(outside, (9, 9), borderType=cv2.BORDER_REFLECT), 1e-3
+    )
+    assert np.array_equal(SpikeDetector().texture(frame, found, ys, xs), whole[ys, xs])
