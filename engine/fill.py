@@ -252,7 +252,7 @@ def finish_frame(
         mask_box = nonzero_box(raw > 0)
         mask = raw[mask_box[0] : mask_box[1], mask_box[2] : mask_box[3]] if mask_box is not None else None
     region = intersect(mask_box, fill.box)
-    blended: tuple[np.ndarray, np.ndarray, list[int], np.ndarray] | None = None  # rows, columns, channels, values
+    blended: tuple[Any, Any, list[int], np.ndarray] | None = None  # rows, columns (indices or slices), channels, values
     if region is not None:
         y0, y1, x0, x1 = region
         fy, fx = y0 - fill.box[0], x0 - fill.box[2]  # type: ignore[index]
@@ -262,18 +262,31 @@ def finish_frame(
         # Only the pixels that both changed and lie under the mask are converted and blended (dust covers a
         # percent of a frame whose bounding box is most of it); every other pixel keeps the original's value.
         ys, xs = np.nonzero(m)
-        if ys.size:
+        dense = ys.size == m.size  # every pixel of the region (mask 'none', deflicker): slices, not gathers
+        if dense:
+            crop = original.pixels[y0:y1, x0:x1].reshape(-1, original.pixels.shape[-1])
+            restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0].reshape(-1, 3)
+            weight = m.reshape(-1)
+        elif ys.size:
             crop = original.pixels[y0 + ys, x0 + xs]  # (N, C)
+            restored = fill.image[fy + ys, fx + xs]
+            weight = m[ys, xs]
+        if ys.size:
             # Values the model cannot hold (above 1, below 0 in model space) come from the original: the
             # colour round trip (OCIO: ~1e-5) never touches them.
-            weight = m[ys, xs] * representable(to_model(crop[:, idx], colorspace, params["ocio_config"]))
+            weight = weight * representable(to_model(crop[:, idx], colorspace, params["ocio_config"]))
             keep = weight > 0
             if keep.any():
-                ys, xs, weight, crop = ys[keep], xs[keep], weight[keep], crop[keep]
-                back = from_model(fill.image[fy + ys, fx + xs], colorspace, params["ocio_config"])
+                if not dense:
+                    ys, xs, weight, crop, restored = ys[keep], xs[keep], weight[keep], crop[keep], restored[keep]
+                back = from_model(restored, colorspace, params["ocio_config"])
                 if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                     back, idx = back.mean(axis=-1, keepdims=True), idx[:1]
-                blended = (y0 + ys, x0 + xs, idx, blend(crop[:, idx], back, weight))
+                values = blend(crop[:, idx], back, weight)
+                if dense:
+                    blended = (slice(y0, y1), slice(x0, x1), idx, values.reshape(y1 - y0, x1 - x0, len(idx)))
+                else:
+                    blended = (y0 + ys, x0 + xs, idx, values)
     channels, formats = list(original.channels), list(original.formats)
     add_matte = bool(params["write_matte"]) and matte_channel not in channels
     if blended is None and not params["write_matte"]:
@@ -284,7 +297,10 @@ def finish_frame(
     pixels[..., :c] = original.pixels
     if blended is not None:
         rows, cols, chans, values = blended
-        pixels[rows[:, None], cols[:, None], np.asarray(chans)[None, :]] = values
+        if isinstance(rows, slice):
+            pixels[rows, cols, chans] = values
+        else:
+            pixels[rows[:, None], cols[:, None], np.asarray(chans)[None, :]] = values
     if params["write_matte"]:
         if add_matte:
             channels.append(matte_channel)
@@ -309,6 +325,6 @@ def _over_base(fill: FillResult, params: Mapping[str, Any]) -> FillResult:
             fy, fx = a0 - fill.box[0], b0 - fill.box[2]  # type: ignore[index]
             window = restored[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
             changed = fill.changed[fy : fy + a1 - a0, fx : fx + b1 - b0]
-            window[changed] = fill.image[fy : fy + a1 - a0, fx : fx + b1 - b0][changed]
+            window[...] = np.where(changed[..., None], fill.image[fy : fy + a1 - a0, fx : fx + b1 - b0], window)
         composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored, mask)
     return FillResult(fill.shape, (0, h, 0, w), composed, np.ones((h, w), bool), fill.matte_box, fill.matte)
