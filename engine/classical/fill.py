@@ -25,8 +25,10 @@ RING = 3  # px: the ring around a region whose brightness a fill must match
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 # A temporal candidate is kept for a region when, on the region's ring and after its exposure gain, it differs
 # from the frame by at most GRAIN_TOLERANCE times the frame's grain (8-neighbour high-pass spread; two
-# independent grains differ by ~1.4-2.4 times that, depending on how fine the grain is) plus MISFIT_FLOOR.
+# independent grains differ by ~1.4-2.4 times that, depending on how fine the grain is), and by what a
+# misalignment of SUBPIXEL px leaves on the ring's edges, plus MISFIT_FLOOR.
 GRAIN_TOLERANCE = 3.0
+SUBPIXEL = 0.75  # px
 MISFIT_FLOOR = 1.0 / 255.0
 MAX_GAIN = 2.0  # a neighbour exposed more than twice or half as bright is no fill material
 RIGID_SIDE = 48  # px: regions up to this size move as one piece
@@ -51,13 +53,18 @@ def temporal_fill(
     labels: np.ndarray,
     ring: np.ndarray,
     count: int,
+    known: np.ndarray | None = None,
     max_spread: float = 0.12,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fill values for the labelled region's pixels (row-major order) from motion-compensated neighbours.
 
     frame: (H, W, 3) the current frame. flow(k, ys, xs) -> (vectors (N, 2) x/y px, trusted (N,)): the motion
     from the frame to neighbour k at those pixels. sample(k, sx, sy) -> (colours (N, 3), valid (N,)):
-    neighbour k at those (sub-pixel) points. Returns (values (N, 3), ok (N,)).
+    neighbour k at those (sub-pixel) points. known: (H, W) bool, the region's pixels that are no defect (the
+    margin a fill reaches beyond the matte, for the blend to feather into): there the frame is probably right, so a
+    candidate that differs from the frame there (beyond grain) is not used there (they are not kept as they
+    are either: the matte may have missed a defect's halo; nor are they ring: a halo would bias the exposure
+    match). Returns (values (N, 3), ok (N,)).
 
     Each neighbour is a candidate for a whole region, judged on the region's ring, where the frame itself is
     known:
@@ -81,9 +88,10 @@ def temporal_fill(
     lab = labels[ys, xs]
     ry, rx = np.nonzero(ring)
     rlab = ring[ry, rx]
+    known_px = np.zeros(n, bool) if known is None else known[ys, xs]
     ring_frame = frame[ry, rx]
     ring_size = np.bincount(rlab, minlength=count)
-    tolerance = _ring_tolerance(frame, ry, rx)
+    tolerance = _ring_tolerance(frame, ry, rx, rlab, count)  # (count,)
     # Regions small enough to move as one piece (a box side of at most RIGID_SIDE px).
     top = np.full(count, labels.shape[0]), np.full(count, labels.shape[1])
     bottom = np.zeros(count, int), np.zeros(count, int)
@@ -125,13 +133,17 @@ def temporal_fill(
     fit = np.stack(misfit)  # (K, count)
     # Only candidates that passed their ring check take part from here: one known to be off must not veto the
     # others either.
-    ok_k &= (fit <= tolerance)[:, lab]
+    ok_k &= (fit <= tolerance[None, :])[:, lab]
     luma = stack @ LUMA  # (K, N)
     median = _valid_median(luma[..., None], ok_k)[:, 0]
     masked_hi = np.where(ok_k, luma, -np.inf).max(axis=0)
     masked_lo = np.where(ok_k, luma, np.inf).min(axis=0)
     agree = ok_k.any(axis=0) & (masked_hi - masked_lo <= max_spread)
     usable = ok_k & (np.abs(luma - median) <= 0.5 * max_spread)  # (K, N)
+    # Where the frame is known, a candidate must show what the frame shows: a neighbour's own defect, or
+    # content that changed, lying in the margin would otherwise be pasted over clean picture.
+    here = frame[ys, xs] @ LUMA
+    usable &= ~known_px | (np.abs(luma - here) <= 2.0 * tolerance[lab])
     # Per pixel, the kept candidates in order of how well they fit the region's ring.
     order = np.argsort(fit, axis=0, kind="stable")[:, lab]  # (K, N)
     pick = np.arange(n)
@@ -166,22 +178,29 @@ def _ring_misfit(
     return np.where(seen, rms, np.inf), gain.astype(np.float32)
 
 
-def _ring_tolerance(frame: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> float:
-    """How far (luma rms) a well-aligned neighbour may differ from the frame on a ring: two independent
-    grains, plus a little. The frame's grain is read on the rings themselves (each pixel minus the mean of its
-    8 neighbours, robust spread over all ring pixels, so edges crossing a few rings do not count)."""
+def _ring_tolerance(frame: np.ndarray, ry: np.ndarray, rx: np.ndarray, rlab: np.ndarray, count: int) -> np.ndarray:
+    """Per region, how far (luma rms) a well-aligned neighbour may differ from the frame on its ring: two
+    independent grains, plus what a sub-pixel misalignment leaves on the ring's edges (whole-pixel sampling
+    keeps the grain but may be half a pixel off: on an edge that is a large difference, and a fair one),
+    plus a little. The frame's grain is read on the rings themselves (each pixel minus the mean of its 8
+    neighbours, robust spread over all ring pixels, so edges crossing a few rings do not count); the edges are
+    the ring's own luma gradient (rms per region). A neighbour SHIFT_SEARCH px off across an edge differs by
+    several times the sub-pixel allowance and is dropped."""
     if len(ry) == 0:
-        return 0.0
+        return np.zeros(count)
     h, w = frame.shape[:2]
     grey = frame @ LUMA
-    around = np.zeros(len(ry), np.float64)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                around += grey[np.clip(ry + dy, 0, h - 1), np.clip(rx + dx, 0, w - 1)]
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return grey[np.clip(ry + dy, 0, h - 1), np.clip(rx + dx, 0, w - 1)]
+
+    around = sum(at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
     high = grey[ry, rx] - around / 8.0
     grain = 1.4826 * float(np.median(np.abs(high - np.median(high))))
-    return GRAIN_TOLERANCE * grain + MISFIT_FLOOR
+    gradient2 = ((at(0, 1) - at(0, -1)) / 2.0) ** 2 + ((at(1, 0) - at(-1, 0)) / 2.0) ** 2
+    n = np.maximum(np.bincount(rlab, minlength=count), 1)
+    edges = np.sqrt(np.bincount(rlab, gradient2.astype(np.float64), minlength=count) / n)
+    return np.sqrt((GRAIN_TOLERANCE * grain) ** 2 + (SUBPIXEL * edges) ** 2) + MISFIT_FLOOR
 
 
 def _valid_median(stack: np.ndarray, valid: np.ndarray) -> np.ndarray:

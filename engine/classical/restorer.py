@@ -304,7 +304,8 @@ class ClassicalRestorer:
                 ok &= own <= 25
             return colours, ok
 
-        values, ok = temporal_fill(frames[t], flow, sample, neighbours, labels, ring, count)
+        known = region & ~defects
+        values, ok = temporal_fill(frames[t], flow, sample, neighbours, labels, ring, count, known)
         restored = frames[t].copy()
         ys, xs = np.nonzero(labels)
         restored[ys[ok], xs[ok]] = values[ok]
