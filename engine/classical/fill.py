@@ -61,26 +61,23 @@ def temporal_fill(
     frame: (H, W, 3) the current frame. flow(k, ys, xs) -> (vectors (N, 2) x/y px, trusted (N,)): the motion
     from the frame to neighbour k at those pixels. sample(k, sx, sy) -> (colours (N, 3), valid (N,)):
     neighbour k at those (sub-pixel) points. known: (H, W) bool, the region's pixels that are no defect (the
-    margin a fill reaches beyond the matte, for the blend to feather into): there the frame is probably right, so a
-    candidate that differs from the frame there (beyond grain) is not used there (they are not kept as they
-    are either: the matte may have missed a defect's halo; nor are they ring: a halo would bias the exposure
-    match). Returns (values (N, 3), ok (N,)).
+    margin a fill reaches beyond the matte for the blend to feather into): there the frame is probably right,
+    so a candidate that differs from it there beyond the grain is not used there (those pixels are not kept as
+    they are either, the matte may have missed a defect's halo; nor used as ring, a halo would bias the
+    exposure match). Returns (values (N, 3), ok (N,)).
 
-    Each neighbour is a candidate for a whole region, judged on the region's ring, where the frame itself is
-    known:
-    - a small region moves as one piece: its displacement is the mean trusted flow on its ring (per-pixel
-      flow is noisy by a pixel or two on soft, grainy pictures, and inside a defect it was only interpolated;
-      a few px of picture do not deform). A large one (a long scratch) follows the per-pixel flow;
-    - that displacement is refined by the whole-pixel shift (within SHIFT_SEARCH px) that best matches the
-      candidate's ring to the frame's, and the candidate brought to the frame's exposure there (flicker: a gain
-      per channel);
-    - it is kept only when what is left on the ring is about grain (``_ring_tolerance``): a neighbour whose
-      edges do not line up with the frame's around the region would paste them misaligned into it.
-    Each pixel takes the best-fitting kept candidate (one neighbour's real grain, never a median of several,
-    which would average the grain away) that is valid there and agrees with the other kept ones; ok when the
-    kept neighbours valid there agree (luma spread <= max_spread: disagreeing neighbours mean the motion was not really
-    followed, and any of them would paint a ghost) and some kept candidate is usable. Elsewhere the caller
-    fills spatially."""
+    Each neighbour gives two candidates for a region, judged on the region's ring, where the frame is known:
+    the per-pixel flow, and (small regions) the region moved as one piece by the mean trusted flow on its ring
+    (per-pixel flow is a pixel or two off on soft, grainy pictures, while a flat sky's consistent nonsense flow
+    makes a mean wrong: the ring decides which holds). Each is re-aligned by the whole-pixel shift (within
+    SHIFT_SEARCH px) that best matches its ring to the frame's, brought to the frame's exposure there
+    (flicker: a gain per channel) and dropped when what is left on the ring exceeds the grain and a sub-pixel
+    misalignment (``_ring_tolerance``): edges that do not line up around the region would be pasted
+    misaligned into it. Each pixel takes one kept candidate (one neighbour's real grain, never a median of
+    several, which would average the grain away): per region the one closest to the kept candidates' median,
+    where it is valid and close to that median, else the next. ok when the kept candidates valid there agree
+    (luma spread <= max_spread: disagreeing neighbours mean the motion was not really followed, and any of
+    them would paint a ghost) and one is usable. Elsewhere the caller fills spatially."""
     ys, xs = np.nonzero(labels)
     n = len(ys)
     if n == 0 or not neighbours:
@@ -109,25 +106,19 @@ def temporal_fill(
         seen = np.bincount(rlab, w, minlength=count)
         whole = np.stack([np.bincount(rlab, w * vec_ring[:, i], minlength=count) for i in range(2)], 1)
         whole /= np.maximum(seen, 1)[:, None]
-        piece = rigid & (seen > 0)  # regions moved as one piece by this neighbour
-        vec_ring = np.where(piece[rlab, None], whole[rlab], vec_ring).astype(np.float32)
-        vec = np.where(piece[lab, None], whole[lab], vec).astype(np.float32)
-        best = np.full(count, np.inf)
-        shift = np.zeros((count, 2), np.float32)
-        gain = np.ones((count, 3), np.float32)
-        for dy in range(-SHIFT_SEARCH, SHIFT_SEARCH + 1):
-            for dx in range(-SHIFT_SEARCH, SHIFT_SEARCH + 1):
-                c_ring, ok_ring = sample(k, rx + vec_ring[:, 0] + dx, ry + vec_ring[:, 1] + dy)
-                rms, g = _ring_misfit(ring_frame, c_ring, ok_ring & trust_ring, rlab, ring_size, count)
-                # A shift must earn its place: ties (flat rings, where any shift fits) keep the flow's own.
-                rms = rms * (1.0 + 0.02 * (dx * dx + dy * dy))
-                better = rms < best
-                best[better], gain[better] = rms[better], g[better]
-                shift[better] = (dx, dy)
-        colours, ok = sample(k, xs + vec[:, 0] + shift[lab, 0], ys + vec[:, 1] + shift[lab, 1])
-        misfit.append(best)
-        matched.append(colours * gain[lab])
-        valid.append(ok & trust)
+        piece = rigid & (seen > 0)
+        # Two candidates per neighbour: the per-pixel flow, and the region moved as one piece; the ring decides.
+        for one_piece in (False, True):
+            if one_piece:
+                vec_ring = np.where(piece[rlab, None], whole[rlab], vec_ring).astype(np.float32)
+                vec = np.where(piece[lab, None], whole[lab], vec).astype(np.float32)
+            best, shift, gain = _align(ring_frame, sample, k, ry, rx, vec_ring, trust_ring, rlab, ring_size, count)
+            if one_piece:
+                best = np.where(piece, best, np.inf)  # the same as the per-pixel candidate elsewhere
+            colours, ok = sample(k, xs + vec[:, 0] + shift[lab, 0], ys + vec[:, 1] + shift[lab, 1])
+            misfit.append(best)
+            matched.append(colours * gain[lab])
+            valid.append(ok & trust)
     stack = np.stack(matched)  # (K, N, 3)
     ok_k = np.stack(valid)  # (K, N)
     fit = np.stack(misfit)  # (K, count)
@@ -144,17 +135,53 @@ def temporal_fill(
     # content that changed, lying in the margin would otherwise be pasted over clean picture.
     here = frame[ys, xs] @ LUMA
     usable &= ~known_px | (np.abs(luma - here) <= 2.0 * tolerance[lab])
-    # Per pixel, the kept candidates in order of how well they fit the region's ring.
-    order = np.argsort(fit, axis=0, kind="stable")[:, lab]  # (K, N)
+    # Per region, the kept candidates in order of how close they stay to the kept candidates' median over it
+    # (the ring check is a veto, not a ranking: among aligned candidates it mostly measures grain).
+    distance = np.abs(luma - median)
+    score = np.full((len(stack), count), np.inf)
+    for i, (d, o) in enumerate(zip(distance, ok_k)):
+        used = np.bincount(lab, o, minlength=count)
+        total = np.bincount(lab, np.where(o, d, 0.0), minlength=count)
+        score[i] = np.where(used > 0, total / np.maximum(used, 1), np.inf)
+    order = np.argsort(score, axis=0, kind="stable")[:, lab]  # (K, N)
     pick = np.arange(n)
     chosen = np.full(n, -1)
-    for rank in range(len(neighbours)):
+    for rank in range(len(stack)):
         k = order[rank]
         take = (chosen < 0) & usable[k, pick]
         chosen[take] = k[take]
     ok = agree & (chosen >= 0)
     values = stack[np.maximum(chosen, 0), pick]
     return values.astype(np.float32), ok
+
+
+def _align(
+    ring_frame: np.ndarray,
+    sample: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    k: int,
+    ry: np.ndarray,
+    rx: np.ndarray,
+    vec_ring: np.ndarray,
+    trust_ring: np.ndarray,
+    rlab: np.ndarray,
+    ring_size: np.ndarray,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per region, the whole-pixel shift (within SHIFT_SEARCH px) of neighbour k's sampling points that best
+    matches its ring to the frame's: (misfit (count,), shift (count, 2), gain (count, 3)) of the best one."""
+    best = np.full(count, np.inf)
+    shift = np.zeros((count, 2), np.float32)
+    gain = np.ones((count, 3), np.float32)
+    for dy in range(-SHIFT_SEARCH, SHIFT_SEARCH + 1):
+        for dx in range(-SHIFT_SEARCH, SHIFT_SEARCH + 1):
+            c_ring, ok_ring = sample(k, rx + vec_ring[:, 0] + dx, ry + vec_ring[:, 1] + dy)
+            rms, g = _ring_misfit(ring_frame, c_ring, ok_ring & trust_ring, rlab, ring_size, count)
+            # A shift must earn its place: ties (flat rings, where any shift fits) keep the flow's own.
+            rms = rms * (1.0 + 0.02 * (dx * dx + dy * dy))
+            better = rms < best
+            best[better], gain[better] = rms[better], g[better]
+            shift[better] = (dx, dy)
+    return best, shift, gain
 
 
 def _ring_misfit(
