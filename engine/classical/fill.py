@@ -26,9 +26,11 @@ LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 # A temporal candidate is kept for a region when, on the region's ring and after its exposure gain, it differs
 # from the frame by at most GRAIN_TOLERANCE times the frame's grain (8-neighbour high-pass spread; two
 # independent grains differ by ~1.4-2.4 times that, depending on how fine the grain is), and by what a
-# misalignment of SUBPIXEL px leaves on the ring's edges, plus MISFIT_FLOOR.
-GRAIN_TOLERANCE = 3.0
-SUBPIXEL = 0.75  # px
+# misalignment of SUBPIXEL px leaves on the ring's edges, plus MISFIT_FLOOR. Generous on purpose: the veto is
+# for candidates that are plainly off (edges px apart); a slightly imperfect temporal fill on real film's moving
+# edges still looks better than the spatial fill that replaces it (Telea smears edges into notches and blobs).
+GRAIN_TOLERANCE = 6.0
+SUBPIXEL = 1.5  # px
 MISFIT_FLOOR = 1.0 / 255.0
 MAX_GAIN = 2.0  # a neighbour exposed more than twice or half as bright is no fill material
 RIGID_SIDE = 48  # px: regions up to this size move as one piece
