@@ -152,6 +152,11 @@ class _Motion:
         self.flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
         self._full = None
 
+    @property
+    def excluded(self) -> bool:
+        """Whether the flow inside some suspects was already taken from around them."""
+        return self._excluded is not None
+
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
         if self._full is None:
@@ -284,11 +289,12 @@ class ClassicalRestorer:
         h, w = matte.shape
         region = cv2.dilate(matte.astype(np.uint8), _disc(FILL_MARGIN)) > 0 if FILL_MARGIN else matte
         # The flow inside a defect follows the defect (a blotch drags DIS with it, and the forward-backward
-        # check does not always catch it): every neighbour's flow there is taken from the motion around it, not
-        # only that of the two the detector compared.
+        # check does not always catch it): the detector took the flow of its two references from around every
+        # candidate speck; the other neighbours' flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
         for k in neighbours:
-            motion[k].exclude(defects)
+            if not motion[k].excluded:
+                motion[k].exclude(defects)
         labels, ring, count = region_rings(region, matte)
 
         def flow(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
