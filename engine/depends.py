@@ -54,8 +54,9 @@ from typing import Any
 
 from frdm.engine.params import SCHEMA, STAGES
 
-# classical-2: flicker-matched detection, grain-keeping fills (engine/classical). classical-3: issue 11 (fills
-# aligned, exposure-matched and checked on their ring; other helpers' issue-11 changes share this one bump).
+# classical-2: flicker-matched detection, grain-keeping fills (engine/classical). classical-3: the scene's own
+# lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film);
+# fills aligned, exposure-matched and checked on their ring (issue 11).
 # diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
 ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-3", "diffusion": "diffusion-2"}
 
