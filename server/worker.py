@@ -43,6 +43,15 @@ class _Stop(Exception):
     """The server is stopping: leave the job after the current frame."""
 
 
+class NeedSources(Exception):
+    """Frames the request named by content id only must be read (no restorer output is kept for a target
+    that reads them): the job ends with ``need_sources`` listing them, and the client resends with pixels."""
+
+    def __init__(self, frames: list[int]):
+        super().__init__(frames)
+        self.frames = sorted(set(frames))
+
+
 def read_input(job: Job, kind: str, frame: int, limits: Limits) -> Any:
     """The bytes of one source or mask frame: its inline blob, or its file opened from the root without
     following a symlink (whatever the path is by now, nothing outside the root is read)."""
@@ -81,6 +90,8 @@ class WireSource(Source):
         from frdm.engine.frames import decode_image
 
         name = f"{self.kind[:-1]} frame {frame}"
+        if self.refs[frame].id is not None:  # the worker checks first; this is the backstop
+            raise NeedSources([frame])
         raw = self.raw(frame)
         if raw is not None:  # sized against the limits and its description when the job was accepted
             image = frame_from_raw(raw, name)
@@ -113,14 +124,21 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame."""
+    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
+    worker's check (which frames must be read) and the pipeline see the same entries."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
+        self.held: dict[int, FillResult] = {}
 
     def get(self, frame: int) -> FillResult | None:
+        if frame in self.held:
+            return self.held[frame]
         data = self.cache.get(self.keys[frame], "fill")
-        return FillResult.from_bytes(data) if data is not None else None
+        result = FillResult.from_bytes(data) if data is not None else None
+        if result is not None:
+            self.held[frame] = result
+        return result
 
     def put(self, frame: int, result: FillResult) -> None:
         try:
@@ -203,6 +221,17 @@ class Worker:
                     emit(job, done_reply(job))
                 except _Stop:
                     emit(job, stop_error(job))
+                except NeedSources as exc:
+                    emit(
+                        job,
+                        error_reply(
+                            job,
+                            "need_sources",
+                            f"job {job.id}: the server holds no restorer output for a target that reads frames "
+                            f"{exc.frames[:10]}, which came by content id only; send them with their pixels",
+                            frames=exc.frames,
+                        ),
+                    )
                 except CancelledError:
                     emit(
                         job,
@@ -239,10 +268,13 @@ class Worker:
         key = (kind, frame)
         if key not in job.hashes:
             ref = (job.req.sources if kind == "sources" else job.req.masks)[frame]
-            cid = depends.content_id(read_input(job, kind, frame, self.limits))
-            if ref.image is not None:
-                cid = depends.content_id(protocol.pack(ref.image.to_wire())) + cid
-            job.hashes[key] = cid
+            raw = job_raw(job, ref)
+            if ref.id is not None:  # the client's word for a frame it sent before (it only fools itself)
+                job.hashes[key] = ref.id
+            elif raw is not None:
+                job.hashes[key] = raw.content_id()
+            else:
+                job.hashes[key] = depends.content_id(read_input(job, kind, frame, self.limits))
         return job.hashes[key]
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
@@ -301,6 +333,20 @@ class Worker:
             job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
+        fill_cache = FillCache(self.cache, fill_keys)
+        by_id = {n for n, ref in job.req.sources.items() if ref.id is not None}
+        if by_id:
+            # A target without a kept restorer output reads its whole window; frames of it that came by id
+            # only are asked for before anything is restored or delivered from this chunk.
+            lacking = {
+                n
+                for f in todo
+                if fill_cache.get(f) is None
+                for n in depends.window_at(f, reach, available)
+                if n in by_id
+            }
+            if lacking:
+                raise NeedSources(sorted(lacking))
         source = WireSource(job, "sources", self.limits)
         masks = WireSource(job, "masks", self.limits) if job.req.masks else None
         results = restore_frames(
@@ -310,7 +356,7 @@ class Worker:
             self.restorer,
             mask_source=masks,
             progress=progress,
-            fill_cache=FillCache(self.cache, fill_keys),
+            fill_cache=fill_cache,
         )
         try:
             for frame, image in results:

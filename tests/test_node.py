@@ -262,7 +262,8 @@ def test_mask_of_another_format(tmp_path, classical_server):
     with pytest.raises(N.RenderError) as err:
         job.wait(30)
     assert err.value.code == "bad_input"
-    assert "Mask input is 32x24 at frame 1 but the Source is 64x48" in str(err.value)
+    # (only the target's own mask is read: a mask selects its own frame's pixels, context frames need none)
+    assert "Mask input is 32x24 at frame 2 but the Source is 64x48" in str(err.value)
     _assert_nothing_written(tmp_path / "out")
 
 
