@@ -403,3 +403,78 @@ def test_server_refuses_malformed_raw_frames_by_field_and_goes_on(server):
         sock.close(0)
     assert restorer.restored == []
     assert run(srv.endpoint, {}, good, frames=(2,))  # the server goes on serving
+
+
+# --- context frames by content id (the preview after a blend-stage change) ----------------------------
+
+
+def events(address: str, params: dict[str, Any], sources: dict[int, Any], frames=(2, 3)) -> list[Any]:
+    with FrdmClient(address, timeout=30) as client:
+        return list(client.restore(dict(params, colorspace="raw"), list(frames), sources=sources, reply="raw"))
+
+
+def test_context_frames_by_content_id_re_blend_without_their_pixels(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 3]
+    by_id = {1: protocol.ContentRef(sources[1].content_id()), 4: protocol.ContentRef(sources[4].content_id())}
+    light = run(srv.endpoint, {"feather": 3.0}, {**by_id, 2: sources[2], 3: sources[3]})
+    assert sorted(restorer.restored) == [2, 3]  # re-blended from the kept restorer outputs
+    assert not any(cached for _, cached in light.values())
+    full = run(srv.endpoint, {"feather": 3.0}, sources)  # the same request with every frame's pixels
+    assert all(cached for _, cached in full.values())  # ... keys the frames alike: the ids are the server's
+    for n in (2, 3):
+        assert light[n][0].spec == full[n][0].spec
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
+def test_a_detection_change_asks_for_the_frames_sent_by_id(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
+    got = events(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
+    assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
+    assert got[-1].frames == [1, 4]
+    assert not [e for e in got if e.kind == "frame"]  # nothing delivered, nothing restored
+    assert sorted(restorer.restored) == [2, 3]
+    # A wrong id is a miss, never another frame's result: the server asks for the pixels.
+    wrong = {1: protocol.ContentRef("0" * 128), 4: by_id[4]}
+    got = events(srv.endpoint, {"feather": 2.0}, {**wrong, 2: sources[2], 3: sources[3]})
+    assert got[-1].code == "need_sources" and got[-1].frames == [1]
+    assert run(srv.endpoint, {"dust_threshold": 0.2}, sources)  # with pixels the server goes on
+    assert sorted(restorer.restored) == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ({"frame": 1, "id": "A" * 64}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": "a" * 63}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": 7}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": "a" * 64, "path": "/x.exr"}, "exactly one of"),
+        ({"frame": 1, "id": "a" * 64, "image": {}}, "'image' describes inline pixels"),
+        ({"frame": 2, "id": "a" * 64}, "a target's own pixels must be sent"),
+    ],
+)
+def test_malformed_content_id_sources_are_refused_by_field(entry, why):
+    h, blobs = protocol.restore_header("r", "j", {}, [2], {3: b"exr"})
+    h["sources"] = [entry, *([] if entry["frame"] == 2 else [{"frame": 2, "blob": 1}])]
+    with pytest.raises(ProtocolError, match=why) as err:
+        protocol.parse_restore(h, 1 if entry["frame"] != 2 else 0, Limits())
+    assert err.value.code == "bad_request"
+
+
+def test_a_mask_cannot_be_named_by_content_id():
+    h, _ = protocol.restore_header("r", "j", {}, [2], {2: b"exr"})
+    h["masks"] = [{"frame": 2, "id": "a" * 64}]
+    with pytest.raises(ProtocolError, match=r"masks\[0\]: only a source frame"):
+        protocol.parse_restore(h, 1, Limits())
+
+
+def test_half_to_float_table_is_astype_for_every_half():
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    got = protocol.half_to_float32(every.reshape(256, 256))
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    np.testing.assert_array_equal(got.reshape(-1).view(np.uint32), every.astype(np.float32).view(np.uint32))
