@@ -290,7 +290,9 @@ class ResultCache:
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
         """``data``: bytes-like, or a sequence of bytes-like parts (joined: one atomic write)."""
         blob = data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
-        atomic.write_bytes(self._path(key, kind), blob)
+        # Not synced: an entry a power cut damages reads as a miss (entry_image and FillResult.from_bytes
+        # check what they read), and a 2K frame's fsync would hold the worker for the disk on every frame.
+        atomic.write_bytes(self._path(key, kind), blob, durable=False)
         self._size += memoryview(blob).nbytes
         if self._size > self.max_bytes:
             self._prune()

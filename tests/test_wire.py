@@ -478,3 +478,21 @@ def test_half_to_float_table_is_astype_for_every_half():
     got = protocol.half_to_float32(every.reshape(256, 256))
     assert got.dtype == np.float32 and got.shape == (256, 256)
     np.testing.assert_array_equal(got.reshape(-1).view(np.uint32), every.astype(np.float32).view(np.uint32))
+
+
+def test_cache_entries_are_not_synced_and_a_torn_entry_is_a_miss(server, monkeypatch):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    first = run(srv.endpoint, {"feather": 1.0}, sources)
+    assert synced == []  # the cache does not wait for the disk ...
+    for entry in os.scandir(srv.cache.directory):  # ... because what a power cut may leave is a miss
+        if entry.name.endswith((".frame", ".fill")):
+            with open(entry.path, "r+b") as fh:
+                fh.truncate(entry.stat().st_size // 2)
+    again = run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 2, 3, 3] and not any(cached for _, cached in again.values())
+    for n in (2, 3):
+        assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
