@@ -357,9 +357,9 @@ class FrdmNode:
         self._hello: dict[str, Any] | None = None
         self.job: RenderJob | None = None
         self.ids = InputIds()
-        # Fill-stage keys (``depends.frame_key``) of the frames this session rendered, per server address:
-        # when every target of a render is among them, its context frames travel as content ids only.
-        self._filled: dict[str, set[str]] = {}
+        # Content ids of the frames this session sent, per server address: a context frame among them travels
+        # as its id alone (the server keeps recent sources in memory and restorer outputs on disk).
+        self._sent: dict[str, set[str]] = {}
 
     # --- parameters ---------------------------------------------------------------------------------
 
@@ -541,21 +541,19 @@ class FrdmNode:
             return out
 
         wire_masks = wire(masks, mask_fp) if masks is not None and mask_fp is not None else None
-        # A render whose every target this session restored with these detect- and fill-stage knobs (a
-        # blend-stage change such as feather): the server is expected to hold their restorer outputs, which
-        # need only the targets' own pixels, so context frames go as content ids. If it lacks one after all
-        # it answers need_sources and everything is sent.
-        filled = self._filled.setdefault(self.address, set())
-        known = {f: wire_id(f) for f in needed}
-        fill_keys = _fill_keys(targets, params, inputs.available, known, mask_fp, engine)
-        by_id = fill_keys is not None and all(fill_keys[f] in filled for f in targets)
+        # Context frames this session already sent to this server go as their content ids: the server
+        # holds what it restored from them (a blend-stage change needs no context at all) and keeps recent
+        # sources in memory (a detection change reads them there). If it lacks one after all it answers
+        # need_sources and every frame is sent with its pixels. A target always travels with its pixels.
+        sent = self._sent.setdefault(self.address, set())
+        known = {f: wire_id(f) for f in needed if f not in targets and not as_path(sources[f])}
+        recall = {f: protocol.ContentRef(i) for f, i in known.items() if i is not None and i in sent}
+        by_id = bool(recall)
         sent_targets = wire({f: sources[f] for f in targets}, source_fp)
 
-        def all_sources(ids_only: bool) -> dict[int, protocol.Inline]:
-            context = {f: sources[f] for f in needed if f not in sent_targets}
-            if ids_only:
-                return {**{f: protocol.ContentRef(known[f]) for f in context}, **sent_targets}  # type: ignore[arg-type]
-            return {**wire(context, source_fp), **sent_targets}
+        def all_sources(ids: bool) -> dict[int, protocol.Inline]:
+            rest = {f: sources[f] for f in needed if f not in sent_targets and not (ids and f in recall)}
+            return {**(recall if ids else {}), **wire(rest, source_fp), **sent_targets}
 
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
         # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
@@ -570,14 +568,18 @@ class FrdmNode:
         try:
             with self._client() as client:
                 client._limits = dict(info.get("limits") or {})  # so an oversized request is refused here, clearly
-                job._cancel_hook = lambda: client.cancel(job.job_id)
+                server_job = [job.job_id]  # the job id on the server, of this try
+                job._cancel_hook = lambda: client.cancel(server_job[0])
                 while True:
                     events = client.restore(
-                        params, targets, sources=all_sources(by_id), masks=wire_masks, job_id=job.job_id, **out_kw
+                        params, targets, sources=all_sources(by_id), masks=wire_masks, job_id=server_job[0], **out_kw
                     )
                     if self._stream(job, events, stage_pattern, staged, cached, report, written, not by_id):
                         break
-                    by_id = False  # need_sources: the try that named context frames by id; now send them all
+                    # need_sources: the try that named context frames by id; now send them all, as a job of
+                    # its own id (the server may not have retired the first one yet)
+                    by_id = False
+                    server_job[0] = uuid.uuid4().hex
             missing = [f for f in targets if f not in staged]
             if missing:
                 raise RenderError("internal", f"the server finished without frames {format_frame_range(missing)}")
@@ -588,11 +590,9 @@ class FrdmNode:
                 os.replace(staged[f], dest)
                 final[f] = dest
             _write_manifest(out_dir, pattern, keys)
-            after = _fill_keys(targets, params, inputs.available, {f: wire_id(f) for f in needed}, mask_fp, engine)
-            if after is not None:
-                if len(filled) > 100_000:  # a long session: forget, at worst a preview sends its context again
-                    filled.clear()
-                filled.update(after.values())
+            if len(sent) > 100_000:  # a long session: forget; at worst a preview sends its context again
+                sent.clear()
+            sent.update(i for f in needed if (i := wire_id(f)) is not None)
         finally:
             job._cancel_hook = None
             shutil.rmtree(staging, ignore_errors=True)
@@ -718,36 +718,6 @@ def _frame_keys(
         )
         for f in targets
     }
-
-
-def _fill_keys(
-    targets: Sequence[int],
-    params: Mapping[str, Any],
-    available: Sequence[int],
-    ids: Mapping[int, str | None],
-    masks: Mapping[int, Fingerprint] | None,
-    engine: tuple[str, str],
-) -> dict[int, str] | None:
-    """Per target: its fill-stage key from the content ids the server keys the frames by (``ids``), or
-    None while one of them is unknown."""
-    known = {f: i for f, i in ids.items() if i is not None}
-    engine_version, weights = engine
-    out = {}
-    for f in targets:
-        window = depends.window(f, params, available)
-        if any(n not in known for n in window):
-            return None
-        out[f] = depends.frame_key(
-            f,
-            params,
-            "fill",
-            window=window,
-            sources=known,
-            masks={m: fp.digest for m, fp in (masks or {}).items()},
-            engine_version=engine_version,
-            weights_id=weights,
-        )
-    return out
 
 
 def _manifest_path(out_dir: str, pattern: SequencePattern) -> str:

@@ -1,5 +1,6 @@
 """What the server reads and writes on disk: the allowed roots of path mode, and the result cache
-(every write is ``frdm.engine.atomic``'s).
+(every write is ``frdm.engine.atomic``'s); and what it keeps in memory: the raw source frames it received
+lately (``SourceMemory``).
 
 Every path a client names is resolved here and nowhere else, so the rules (absolute, no '..', under an
 allowed root, never an input overwritten) live in one room. A resolved path is kept as its root plus the
@@ -10,6 +11,7 @@ file): a folder or file swapped for a symlink after a request was accepted is re
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -20,7 +22,7 @@ from typing import Any
 
 from frdm.engine import atomic
 from frdm.server import sniff
-from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
+from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage, RestoreRequest
 from frdm.server.sniff import ImageHeader
 
 # --- allowed roots -----------------------------------------------------------------------------------
@@ -250,6 +252,39 @@ def remove_stale_under_root(rp: RootedPath) -> None:
         atomic.remove_stale(dfd)
     finally:
         os.close(dfd)
+
+
+# --- recent sources (memory) ---------------------------------------------------------------------------
+
+
+class SourceMemory:
+    """The raw source frames of recent requests, by the content id the server computed for each (never the
+    client's word): a later request may name a frame by that id alone (``ContentRef``), so a preview after
+    a knob change sends only its target's pixels. The buffers are the received message parts, not copied;
+    least recently used frames go past ``max_bytes``. The worker thread alone uses it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._frames: collections.OrderedDict[str, RawImage] = collections.OrderedDict()
+        self._size = 0
+
+    def put(self, content_id: str, image: RawImage) -> None:
+        size = image.spec.nbytes
+        if size > self.max_bytes or content_id in self._frames:
+            if content_id in self._frames:
+                self._frames.move_to_end(content_id)
+            return
+        self._frames[content_id] = image
+        self._size += size
+        while self._size > self.max_bytes:
+            _, old = self._frames.popitem(last=False)
+            self._size -= old.spec.nbytes
+
+    def get(self, content_id: str) -> RawImage | None:
+        image = self._frames.get(content_id)
+        if image is not None:
+            self._frames.move_to_end(content_id)
+        return image
 
 
 # --- result cache ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from frdm.server.protocol import ImageRef, Limits, RawImage
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
 from frdm.server.storage import (
     ResultCache,
+    SourceMemory,
     check_ocio_config,
     read_regular,
     remove_stale_under_root,
@@ -90,7 +91,7 @@ class WireSource(Source):
         from frdm.engine.frames import decode_image
 
         name = f"{self.kind[:-1]} frame {frame}"
-        if self.refs[frame].id is not None:  # the worker checks first; this is the backstop
+        if self.refs[frame].id is not None and self.raw(frame) is None:  # the worker checks first: a backstop
             raise NeedSources([frame])
         raw = self.raw(frame)
         if raw is not None:  # sized against the limits and its description when the job was accepted
@@ -117,6 +118,8 @@ class WireSource(Source):
 
 
 def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
+    if ref is not None and ref.id is not None:
+        return job.recalled.get(ref.frame)
     if ref is None or ref.blob is None or ref.image is None:
         return None
     return RawImage(ref.image, job.blobs[ref.blob - 1])
@@ -180,6 +183,7 @@ class Worker:
         engine_version: str,
         weights_id: str,
         cache: ResultCache,
+        memory: SourceMemory,
         roots: list[str],
         limits: Limits,
         chunk: int,
@@ -191,6 +195,7 @@ class Worker:
         self.engine_version = engine_version
         self.weights_id = weights_id
         self.cache = cache
+        self.memory = memory
         self.roots = roots
         self.limits = limits
         self.chunk = chunk
@@ -273,6 +278,8 @@ class Worker:
                 job.hashes[key] = ref.id
             elif raw is not None:
                 job.hashes[key] = raw.content_id()
+                if kind == "sources":
+                    self.memory.put(job.hashes[key], raw)
             else:
                 job.hashes[key] = depends.content_id(read_input(job, kind, frame, self.limits))
         return job.hashes[key]
@@ -336,15 +343,19 @@ class Worker:
         fill_cache = FillCache(self.cache, fill_keys)
         by_id = {n for n, ref in job.req.sources.items() if ref.id is not None}
         if by_id:
-            # A target without a kept restorer output reads its whole window; frames of it that came by id
-            # only are asked for before anything is restored or delivered from this chunk.
-            lacking = {
-                n
-                for f in todo
-                if fill_cache.get(f) is None
-                for n in depends.window_at(f, reach, available)
-                if n in by_id
-            }
+            # A target without a kept restorer output reads its whole window: frames of it that came by id
+            # only are taken from the recent sources, and those not there asked for before anything of this
+            # chunk is restored or delivered.
+            lacking = set()
+            for n in sorted(
+                {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)} & by_id
+            ):
+                if n not in job.recalled:
+                    image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
+                    if image is None:
+                        lacking.add(n)
+                    else:
+                        job.recalled[n] = image
             if lacking:
                 raise NeedSources(sorted(lacking))
         source = WireSource(job, "sources", self.limits)

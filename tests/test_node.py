@@ -336,24 +336,31 @@ def test_preview_after_a_feather_change_sends_and_decodes_no_context_frames(tmp_
     np.testing.assert_array_equal(pixels(out.replace("####", "0003")), expect)
 
     seen.reset()
-    node.set_params({"dust_threshold": 0.2})  # a detection knob: the restorer needs the whole window
+    node.set_params({"dust_threshold": 0.2})  # a detection knob: the context is read from the server's memory
     node.preview(3, inputs, out, use_cache=False).wait(60)
-    assert seen.sent == [{n: "RawImage" for n in (1, 2, 3, 4, 5)}] and len(seen.decoded) == 5
+    assert seen.sent == [{**context, 3: "RawImage"}] and len(seen.decoded) == 1
+    np.testing.assert_array_equal(pixels(out.replace("####", "0003")), in_process(src, [3], dict(node.params))[3])
 
 
-def test_preview_by_id_falls_back_when_the_server_lost_the_fill(tmp_path, classical_server, monkeypatch):
+def test_preview_by_id_falls_back_when_the_server_was_restarted(tmp_path, monkeypatch):
     src = write_clip(tmp_path / "in", count=4, seed=3)
     inputs = N.Inputs.from_sequence(src)
     seen = Recorder(monkeypatch)
-    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
-    out = str(tmp_path / "out" / "p.####.exr")
-    node.preview(2, inputs, out, use_cache=False).wait(60)
-    for entry in os.scandir(classical_server.cache):  # the server's stage cache is gone (pruned, restarted)
-        if entry.name.endswith((".fill", ".frame")):
-            os.unlink(entry.path)
-    seen.reset()
-    node.set_params({"feather": 3.0})
-    result = node.preview(2, inputs, out, use_cache=False).wait(60)
+    first = ServerProcess(tmp_path / "a", restorer=None).wait_ready()
+    try:
+        node = N.FrdmNode(first.address, dict(SHARED, temporal_radius=1), timeout=30)
+        out = str(tmp_path / "out" / "p.####.exr")
+        node.preview(2, inputs, out, use_cache=False).wait(60)
+    finally:
+        first.stop()
+    # A new server at the same address, with an empty cache and nothing in memory.
+    second = ServerProcess(tmp_path / "b", restorer=None, bind=first.bind).wait_ready()
+    try:
+        seen.reset()
+        node.set_params({"feather": 3.0})
+        result = node.preview(2, inputs, out, use_cache=False).wait(60)
+    finally:
+        second.stop()
     assert seen.sent == [{1: "ContentRef", 2: "RawImage", 3: "ContentRef"}, {n: "RawImage" for n in (1, 2, 3)}]
     assert result.frames == {2: out.replace("####", "0002")}
     np.testing.assert_array_equal(pixels(result.frames[2]), in_process(src, [2], dict(node.params))[2])

@@ -7,10 +7,12 @@ left unchanged back as the source's own bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,19 +136,27 @@ class CountingRestorer:
             yield RestoredFrame(t, image, matte)
 
 
-@pytest.fixture
-def server(tmp_path):
+@contextlib.contextmanager
+def counting_server(cache: Path, **config: Any) -> Iterator[tuple[Any, CountingRestorer]]:
     from frdm.server.server import Server, ServerConfig
 
     restorer = CountingRestorer()
-    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "cache")), restorer=restorer)
+    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(cache), **config), restorer=restorer)
     ready = threading.Event()
     thread = threading.Thread(target=srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
     thread.start()
     assert ready.wait(30)
-    yield srv, restorer
-    srv.request_stop()
-    thread.join(30)
+    try:
+        yield srv, restorer
+    finally:
+        srv.request_stop()
+        thread.join(30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    with counting_server(tmp_path / "cache") as running:
+        yield running
 
 
 def run(address: str, params: dict[str, Any], sources: dict[int, Any], frames=(2, 3), reply="raw") -> dict[int, Any]:
@@ -429,22 +439,35 @@ def test_context_frames_by_content_id_re_blend_without_their_pixels(server):
         assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
 
 
-def test_a_detection_change_asks_for_the_frames_sent_by_id(server):
+def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(server):
     srv, restorer = server
     sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
     run(srv.endpoint, {"feather": 1.0}, sources)
     by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
-    got = events(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
-    assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
-    assert got[-1].frames == [1, 4]
-    assert not [e for e in got if e.kind == "frame"]  # nothing delivered, nothing restored
-    assert sorted(restorer.restored) == [2, 3]
-    # A wrong id is a miss, never another frame's result: the server asks for the pixels.
-    wrong = {1: protocol.ContentRef("0" * 128), 4: by_id[4]}
-    got = events(srv.endpoint, {"feather": 2.0}, {**wrong, 2: sources[2], 3: sources[3]})
-    assert got[-1].code == "need_sources" and got[-1].frames == [1]
-    assert run(srv.endpoint, {"dust_threshold": 0.2}, sources)  # with pixels the server goes on
-    assert sorted(restorer.restored) == [2, 2, 3, 3]
+    light = run(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
+    assert sorted(restorer.restored) == [2, 2, 3, 3]  # restored again, its context from memory
+    full = run(srv.endpoint, {"dust_threshold": 0.2}, sources)
+    assert all(cached for _, cached in full.values())
+    for n in (2, 3):
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
+def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
+    with counting_server(tmp_path / "cache", source_memory_bytes=0) as (srv, restorer):
+        sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
+        got = events(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
+        assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
+        assert got[-1].frames == [1, 4]
+        assert not [e for e in got if e.kind == "frame"]  # nothing delivered, nothing restored
+        assert sorted(restorer.restored) == [2, 3]
+        # A wrong id is a miss, never another frame's result: the server asks for the pixels.
+        wrong = {1: protocol.ContentRef("0" * 128), 4: by_id[4]}
+        got = events(srv.endpoint, {"feather": 2.0}, {**wrong, 2: sources[2], 3: sources[3]})
+        assert got[-1].code == "need_sources" and got[-1].frames == [1]
+        assert run(srv.endpoint, {"dust_threshold": 0.2}, sources)  # with pixels the server goes on
+        assert sorted(restorer.restored) == [2, 2, 3, 3]
 
 
 @pytest.mark.parametrize(
