@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -75,16 +75,32 @@ def frame_from_raw(raw: RawImage, name: str) -> Any:
                 "(e.g. Nuke's Expression or Clamp node) before restoring"
             )
     s = raw.spec
+    attributes = {k: (t, v) for k, (t, v) in s.attributes.items() if k != DECLARED_COLORSPACE[0]}
     return Frame(
         pixels,
         s.channels,
         s.types,
         s.data_window,
         s.display_window,
-        {k: (t, v) for k, (t, v) in s.attributes.items()},
+        attributes,
         0,
         name,
+        file_colorspace=declared_colorspace(s.attributes),
     )
+
+
+#: Where a frame declares its colour space, first wins: OpenImageIO's own attribute (a host may send it),
+#: then the EXR header's ``colorInteropID``, from which OpenImageIO derives it when it reads the file: so a
+#: frame sent as raw pixels resolves colorspace 'auto' as the same frame read from its file does.
+DECLARED_COLORSPACE = ("oiio:ColorSpace", "colorInteropID")
+
+
+def declared_colorspace(attributes: Mapping[str, tuple[str, Any]]) -> str:
+    for name in DECLARED_COLORSPACE:
+        kind, value = attributes.get(name, ("", ""))
+        if kind == "string" and isinstance(value, str) and value.strip():
+            return value
+    return ""
 
 
 def with_attributes(raw: RawImage, frame: Any) -> RawImage:

@@ -519,3 +519,29 @@ def test_cache_entries_are_not_synced_and_a_torn_entry_is_a_miss(server, monkeyp
     assert sorted(restorer.restored) == [2, 2, 3, 3] and not any(cached for _, cached in again.values())
     for n in (2, 3):
         assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
+
+
+def test_a_raw_frame_declares_its_colour_space_as_its_file_does(server, tmp_path):
+    import OpenImageIO as oiio
+
+    from frdm.server import exrfile
+
+    srv, _ = server
+    files = {}
+    for n in (1, 2, 3):
+        spec = oiio.ImageSpec(W, H, 3, "half")
+        spec.attribute("oiio:ColorSpace", "sRGB")  # OpenImageIO writes it as the header's colorInteropID
+        path = str(tmp_path / f"s.{n}.exr")
+        out = oiio.ImageOutput.create(path)
+        assert out.open(path, spec)
+        out.write_image(np.full((H, W, 3), 0.2 + 0.1 * n, np.float32))
+        out.close()
+        files[n] = Path(path).read_bytes()
+    spaces = {}
+    for form, sources in (("exr", files), ("raw", {n: exrfile.decode(b) for n, b in files.items()})):
+        with FrdmClient(srv.endpoint, timeout=30) as client:
+            for event in client.restore({"colorspace": "auto"}, [2], sources=sources, reply="raw"):
+                assert event.kind != "error", event.message
+                if event.kind == "frame":
+                    spaces[form] = event.image.spec.attributes["frdm:colorspace"][1]
+    assert spaces["raw"] == spaces["exr"] != "linear"  # not guessed from the half type
