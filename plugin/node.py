@@ -558,9 +558,11 @@ class FrdmNode:
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
         # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
         # input's, which a raw reply carries as its 'compression' attribute); a compression exrfile does not
-        # write comes as EXR bytes from the server.
+        # write comes as EXR bytes from the server: so does 'same' for a target whose file exrfile could not
+        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own.
         written = params["compression"]
-        if not path_mode and (written == "same" or written in exrfile.COMPRESSIONS):
+        own = all(isinstance(sent_targets[f], protocol.RawImage) for f in targets)
+        if not path_mode and ((written == "same" and own) or written in exrfile.COMPRESSIONS):
             out_kw["reply"] = "raw"
 
         cached: list[int] = []

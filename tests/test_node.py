@@ -381,3 +381,18 @@ def test_input_ids_follow_the_file_not_the_path(tmp_path):
     atomic.write_bytes(path, two)  # the host renders the input again (a new file renamed over)
     assert ids.wire(path) is None
     assert ids.fingerprint(path, "frame").digest != first.digest
+
+
+def test_same_compression_keeps_a_piz_input_piz_inline(tmp_path, classical_server):
+    from frdm.engine.frames import read_frame, write_frame
+
+    src = write_clip(tmp_path / "zip", count=3)
+    piz = str(tmp_path / "piz" / "clip.####.exr")
+    for n in (1, 2, 3):  # the same plates, PIZ-compressed (which the host's own EXR codec does not read)
+        write_frame(piz.replace("####", f"{n:04d}"), read_frame(src.replace("####", f"{n:04d}")), compression="piz")
+    node = N.FrdmNode(classical_server.address, dict(SHARED, compression="same"), timeout=30)
+    out = str(tmp_path / "out" / "r.####.exr")
+    result = node.render([2], N.Inputs.from_sequence(piz), out, path_mode=False).wait(60)
+    written = read_frame(result.frames[2])
+    assert written.compression == "piz"
+    np.testing.assert_array_equal(written.pixels, in_process(piz, [2], dict(node.params))[2])
