@@ -125,7 +125,7 @@ class Server:
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
-        self.cache = ResultCache(cache_dir, config.cache_max_bytes)
+        self.cache = ResultCache(cache_dir, config.cache_max_bytes, background=True)
         self.memory = SourceMemory(config.source_memory_bytes)
         self.board = JobBoard()
         self.stopping = threading.Event()

@@ -14,9 +14,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import logging
 import os
+import queue
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,8 @@ from frdm.engine import atomic
 from frdm.server import sniff
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage, RestoreRequest
 from frdm.server.sniff import ImageHeader
+
+log = logging.getLogger("frdm.server")
 
 # --- allowed roots -----------------------------------------------------------------------------------
 
@@ -296,16 +301,30 @@ class ResultCache:
     ``frdm.engine.depends.frame_key`` at its stage.
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
-    entries (of either kind) go when the folder grows past ``max_bytes``."""
+    entries (of either kind) go when the folder grows past ``max_bytes``.
+
+    ``background``: entries are serialised and written by a thread of their own, so a frame's reply (and
+    its job's ``done``) does not wait for tens of megabytes to reach the disk; an entry waiting there is
+    already served by ``get``, at most ``PENDING`` wait (then ``put`` blocks: the worker never runs far
+    ahead of the disk), and ``close`` writes what is left."""
 
     KINDS = ("frame", "fill")
+    PENDING = 8
 
-    def __init__(self, directory: str, max_bytes: int):
+    def __init__(self, directory: str, max_bytes: int, *, background: bool = False):
         self.directory = directory
         self.max_bytes = max_bytes
         os.makedirs(directory, exist_ok=True)
         atomic.remove_stale(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+        self._pending: dict[str, Any] = {}  # path -> the entry not yet written (bytes, parts or a callable)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] | None = None
+        self._writer: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(self.PENDING)
+            self._writer = threading.Thread(target=self._write_pending, name="frdm-cache-writer", daemon=True)
+            self._writer.start()
 
     def _path(self, key: str, kind: str) -> str:
         if kind not in self.KINDS:
@@ -314,6 +333,10 @@ class ResultCache:
 
     def get(self, key: str, kind: str = "frame") -> bytes | None:
         path = self._path(key, kind)
+        with self._lock:
+            waiting = self._pending.get(path)
+        if waiting is not None:
+            return _entry_bytes(waiting)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -323,16 +346,54 @@ class ResultCache:
             return None
 
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
-        """``data``: bytes-like, or a sequence of bytes-like parts (joined: one atomic write)."""
-        blob = data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+        """``data``: bytes-like, a sequence of bytes-like parts (joined: one atomic write), or a callable
+        returning either (called where the entry is written: the writer thread when ``background``)."""
+        path = self._path(key, kind)
+        if self._queue is None:
+            self._write(path, data)
+            return
+        with self._lock:
+            self._pending[path] = data
+        self._queue.put(path)
+
+    def flush(self) -> None:
+        """Wait until every entry put so far is on disk (or failed)."""
+        if self._queue is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Write every waiting entry, then stop the writer thread (a no-op without one)."""
+        if self._queue is not None and self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._queue = None
+
+    def _write_pending(self) -> None:
+        assert self._queue is not None
+        while (path := self._queue.get()) is not None:  # None: close()
+            with self._lock:
+                data = self._pending.get(path)
+            try:
+                if data is not None:
+                    self._write(path, data)
+            except Exception as exc:  # a full or failing cache disk costs the cache, never a frame
+                log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
+            finally:
+                with self._lock:
+                    if self._pending.get(path) is data:
+                        del self._pending[path]
+                self._queue.task_done()
+
+    def _write(self, path: str, data: Any) -> None:
+        blob = _entry_bytes(data)
         # Not synced: an entry a power cut damages reads as a miss (entry_image and FillResult.from_bytes
-        # check what they read), and a 2K frame's fsync would hold the worker for the disk on every frame.
-        atomic.write_bytes(self._path(key, kind), blob, durable=False)
+        # check what they read), and a 2K frame's fsync would hold the writer for the disk on every frame.
+        atomic.write_bytes(path, blob, durable=False)
         self._size += memoryview(blob).nbytes
         if self._size > self.max_bytes:
             self._prune()
 
-    def _prune(self) -> None:
+    def _prune(self) -> None:  # the writer's (or, without one, the caller's) thread only
         entries = sorted(
             # .exr: entries of the version before the stage cache, never read again
             (e for e in os.scandir(self.directory) if e.is_file() and e.name.endswith((".frame", ".fill", ".exr"))),
@@ -349,3 +410,10 @@ class ResultCache:
             except OSError:
                 pass
         self._size = total
+
+
+def _entry_bytes(data: Any) -> bytes | bytearray | memoryview:
+    """A cache entry as one bytes-like: ``data`` itself, its parts joined, or what its callable returns."""
+    if callable(data):
+        data = data()
+    return data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)

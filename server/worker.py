@@ -144,8 +144,9 @@ class FillCache:
         return result
 
     def put(self, frame: int, result: FillResult) -> None:
+        self.held[frame] = result
         try:
-            self.cache.put(self.keys[frame], result.to_bytes(), "fill")
+            self.cache.put(self.keys[frame], result.to_bytes, "fill")  # serialised where it is written
         except OSError as exc:
             log.warning("cache: fill result of frame %s not kept (%s)", frame, exc)
 
@@ -265,6 +266,7 @@ class Worker:
             for job in queue.drain():
                 emit(job, stop_error(job))
                 self.board.forget(job.id)
+            self.cache.close()  # what the cache writer still holds reaches the disk ("those are cached")
             push.close(linger=-1)
 
     def _hash(self, job: Job, kind: str, frame: int) -> str:

@@ -252,6 +252,7 @@ def test_unchanged_frame_goes_back_as_the_source_bytes(server):
     for _ in range(2):  # restored, then from the cache (which stores no pixels for it)
         out = run(srv.endpoint, {"write_matte": False}, src, frames=(2,))
         assert bytes(memoryview(out[2][0].buffer)) == buf.tobytes()
+    srv.cache.flush()
     cached = [e for e in os.scandir(srv.cache.directory) if e.name.endswith(".frame")]
     assert cached and all(p.stat().st_size < 4096 for p in cached)
 
@@ -510,6 +511,7 @@ def test_cache_entries_are_not_synced_and_a_torn_entry_is_a_miss(server, monkeyp
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     first = run(srv.endpoint, {"feather": 1.0}, sources)
+    srv.cache.flush()
     assert synced == []  # the cache does not wait for the disk ...
     for entry in os.scandir(srv.cache.directory):  # ... because what a power cut may leave is a miss
         if entry.name.endswith((".frame", ".fill")):
@@ -545,3 +547,25 @@ def test_a_raw_frame_declares_its_colour_space_as_its_file_does(server, tmp_path
                 if event.kind == "frame":
                     spaces[form] = event.image.spec.attributes["frdm:colorspace"][1]
     assert spaces["raw"] == spaces["exr"] != "linear"  # not guessed from the half type
+
+
+def test_the_cache_writer_serves_waiting_entries_and_writes_them_on_close(tmp_path):
+    from frdm.server.storage import ResultCache
+
+    cache = ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    disk = threading.Event()
+
+    def slow() -> bytes:  # an entry the writer serialises on a disk that is slow to answer
+        disk.wait(30)
+        return b"slow"
+
+    cache.put("s" * 64, slow, "fill")
+    cache.put("k" * 64, lambda: b"entry", "fill")  # waiting behind it, serialised when written or read
+    cache.put("f" * 64, [b"par", b"ts"], "frame")
+    assert not os.path.exists(os.path.join(cache.directory, "f" * 64 + ".frame"))
+    assert cache.get("k" * 64, "fill") == b"entry" and cache.get("f" * 64) == b"parts"  # served while waiting
+    disk.set()
+    cache.close()
+    assert sorted(os.listdir(cache.directory)) == ["f" * 64 + ".frame", "k" * 64 + ".fill", "s" * 64 + ".fill"]
+    cache.put("a" * 64, b"now")  # after close: written at once
+    assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame")) and cache.get("a" * 64) == b"now"
