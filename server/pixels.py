@@ -57,23 +57,14 @@ def raw_from_frame(frame: Any, pixel_type: str = "same") -> RawImage:
     )
 
 
-def frame_from_raw(raw: RawImage, name: str) -> Any:
-    """The engine's Frame of a raw frame (one conversion pass). NaN/Inf are refused as a file's would be."""
+def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -> Any:
+    """The engine's Frame of a raw frame (one conversion pass). NaN/Inf are refused as a file's would be.
+    ``pixels``: the frame's float32 pixels already converted (and checked) earlier."""
     from frdm.engine.frames import Frame
 
-    pixels = raw.to_float32()
-    # NaN carries through max and min, and an Inf is one of them: two vector reductions, no temporary;
-    # only a bad frame pays for the per-pixel search the message needs.
-    if not (math.isfinite(float(pixels.max())) and math.isfinite(float(pixels.min()))):
-        bad = ~np.isfinite(pixels)
-        ys, xs, cs = np.nonzero(bad)
-        if ys.size:
-            s = raw.spec
-            raise InputError(
-                f"{name}: {int(bad.sum())} NaN/Inf values (first at x={xs[0] + s.data_window[0]}, "
-                f"y={ys[0] + s.data_window[1]}, channel {s.channels[cs[0]]}); clamp or fix them upstream "
-                "(e.g. Nuke's Expression or Clamp node) before restoring"
-            )
+    if pixels is None:
+        pixels = raw.to_float32()
+        check_finite(pixels, raw, name)
     s = raw.spec
     attributes = {k: (t, v) for k, (t, v) in s.attributes.items() if k != DECLARED_COLORSPACE[0]}
     return Frame(
@@ -87,6 +78,21 @@ def frame_from_raw(raw: RawImage, name: str) -> Any:
         name,
         file_colorspace=declared_colorspace(s.attributes),
     )
+
+
+def check_finite(pixels: np.ndarray, raw: RawImage, name: str) -> None:
+    # NaN carries through max and min, and an Inf is one of them: two vector reductions, no temporary;
+    # only a bad frame pays for the per-pixel search the message needs.
+    if not (math.isfinite(float(pixels.max())) and math.isfinite(float(pixels.min()))):
+        bad = ~np.isfinite(pixels)
+        ys, xs, cs = np.nonzero(bad)
+        if ys.size:
+            s = raw.spec
+            raise InputError(
+                f"{name}: {int(bad.sum())} NaN/Inf values (first at x={xs[0] + s.data_window[0]}, "
+                f"y={ys[0] + s.data_window[1]}, channel {s.channels[cs[0]]}); clamp or fix them upstream "
+                "(e.g. Nuke's Expression or Clamp node) before restoring"
+            )
 
 
 #: Where a frame declares its colour space, first wins: OpenImageIO's own attribute (a host may send it),

@@ -23,6 +23,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from frdm.engine import atomic
 from frdm.server import sniff
 from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage, RestoreRequest
@@ -265,31 +267,47 @@ def remove_stale_under_root(rp: RootedPath) -> None:
 class SourceMemory:
     """The raw source frames of recent requests, by the content id the server computed for each (never the
     client's word): a later request may name a frame by that id alone (``ContentRef``), so a preview after
-    a knob change sends only its target's pixels. The buffers are the received message parts, not copied;
-    least recently used frames go past ``max_bytes``. The worker thread alone uses it."""
+    a knob change sends only its target's pixels. The buffers are the received message parts, not copied.
+    Also their float32 pixels once converted (read-only: the engine never writes into an original), so
+    the frames of a shot being previewed are converted once, not per request. Least recently used entries
+    go past ``max_bytes`` (raw and converted together). The worker thread alone uses it."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._frames: collections.OrderedDict[str, RawImage] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._size = 0
 
-    def put(self, content_id: str, image: RawImage) -> None:
-        size = image.spec.nbytes
-        if size > self.max_bytes or content_id in self._frames:
-            if content_id in self._frames:
-                self._frames.move_to_end(content_id)
+    def _keep(self, key: tuple[str, str], value: Any, size: int) -> None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
             return
-        self._frames[content_id] = image
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (value, size)
         self._size += size
         while self._size > self.max_bytes:
-            _, old = self._frames.popitem(last=False)
-            self._size -= old.spec.nbytes
+            _, (_, old) = self._entries.popitem(last=False)
+            self._size -= old
+
+    def _recall(self, key: tuple[str, str]) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, content_id: str, image: RawImage) -> None:
+        self._keep(("raw", content_id), image, image.spec.nbytes)
 
     def get(self, content_id: str) -> RawImage | None:
-        image = self._frames.get(content_id)
-        if image is not None:
-            self._frames.move_to_end(content_id)
-        return image
+        return self._recall(("raw", content_id))  # type: ignore[no-any-return]
+
+    def put_pixels(self, content_id: str, pixels: np.ndarray) -> None:
+        pixels.flags.writeable = False
+        self._keep(("pixels", content_id), pixels, pixels.nbytes)
+
+    def pixels(self, content_id: str) -> np.ndarray | None:
+        return self._recall(("pixels", content_id))  # type: ignore[no-any-return]
 
 
 # --- result cache ------------------------------------------------------------------------------------

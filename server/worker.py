@@ -71,8 +71,8 @@ class WireSource(Source):
     how long they live), so a frame that comes back with those very pixels is sent as the source's own
     buffer."""
 
-    def __init__(self, job: Job, kind: str, limits: Limits):
-        self.job, self.kind, self.limits = job, kind, limits
+    def __init__(self, job: Job, kind: str, limits: Limits, memory: SourceMemory | None = None):
+        self.job, self.kind, self.limits, self.memory = job, kind, limits, memory
         self.refs: dict[int, ImageRef] = job.req.sources if kind == "sources" else job.req.masks
         self.real = job.real_sources if kind == "sources" else job.real_masks
         self.description = f"job {job.id} {kind}"
@@ -95,7 +95,11 @@ class WireSource(Source):
             raise NeedSources([frame])
         raw = self.raw(frame)
         if raw is not None:  # sized against the limits and its description when the job was accepted
-            image = frame_from_raw(raw, name)
+            cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None
+            known = self.memory.pixels(cid) if self.memory is not None and cid is not None else None
+            image = frame_from_raw(raw, name, known)
+            if self.memory is not None and cid is not None and known is None:
+                self.memory.put_pixels(cid, image.pixels)
             self._from_raw[frame] = image.pixels
             return image
         data = read_input(self.job, self.kind, frame, self.limits)
@@ -360,7 +364,7 @@ class Worker:
                         job.recalled[n] = image
             if lacking:
                 raise NeedSources(sorted(lacking))
-        source = WireSource(job, "sources", self.limits)
+        source = WireSource(job, "sources", self.limits, self.memory)
         masks = WireSource(job, "masks", self.limits) if job.req.masks else None
         results = restore_frames(
             source,

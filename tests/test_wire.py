@@ -440,13 +440,17 @@ def test_context_frames_by_content_id_re_blend_without_their_pixels(server):
         assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
 
 
-def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(server):
+def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(server, monkeypatch):
     srv, restorer = server
     sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
     run(srv.endpoint, {"feather": 1.0}, sources)
+    converted: list[Any] = []
+    to_float32 = RawImage.to_float32
+    monkeypatch.setattr(RawImage, "to_float32", lambda raw: (converted.append(raw), to_float32(raw))[1])
     by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
     light = run(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
-    assert sorted(restorer.restored) == [2, 2, 3, 3]  # restored again, its context from memory
+    assert sorted(restorer.restored) == [2, 2, 3, 3]  # restored again, its context from memory ...
+    assert converted == []  # ... and every frame's float pixels too (converted by the first request)
     full = run(srv.endpoint, {"dust_threshold": 0.2}, sources)
     assert all(cached for _, cached in full.values())
     for n in (2, 3):
