@@ -109,6 +109,34 @@ def declared_colorspace(attributes: Mapping[str, tuple[str, Any]]) -> str:
     return ""
 
 
+def changed_from_raw(raw: RawImage, original: np.ndarray, frame: Any) -> RawImage:
+    """``frame`` in ``raw``'s sample types when it differs from ``raw`` (whose float32 pixels are
+    ``original``) in some pixels: the source's own samples, with only the pixels whose bits changed
+    converted. The same bytes as ``raw_from_frame`` (a half read as float and back is itself), for a
+    compare and a copy instead of converting every sample (restorers change few pixels)."""
+    pixels = frame.pixels
+    h, w, c = pixels.shape
+    differs = pixels.view(np.uint32) != original.view(np.uint32)  # bits: -0.0 is not 0.0
+    if c in (1, 2, 4, 8):  # a pixel's flags as one integer: non-zero if any channel changed (no slow reduce)
+        changed = differs.view(np.dtype(f"<u{c}")).reshape(h, w) != 0
+    else:
+        changed = differs[..., 0].copy()
+        for i in range(1, c):
+            changed |= differs[..., i]
+    where = np.flatnonzero(changed)
+    values = np.take(pixels.reshape(h * w, c), where, axis=0)
+    out = np.array(raw.array())  # a writable copy of the samples as they came
+    if out.dtype.names is None:
+        out.reshape(h * w, c)[where] = values.astype(out.dtype)
+    else:
+        flat = out.reshape(h * w)
+        for i, field_name in enumerate(out.dtype.names):
+            flat[field_name][where] = values[:, i]
+    s = raw.spec
+    spec = RawSpec(s.data_window, s.display_window, s.channels, s.types, _wire_attributes(frame.attributes))
+    return RawImage(spec, out)
+
+
 def with_attributes(raw: RawImage, frame: Any) -> RawImage:
     """``raw``'s pixels (the same buffer, not copied) described with ``frame``'s attributes."""
     s = raw.spec

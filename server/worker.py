@@ -21,7 +21,15 @@ from frdm.engine.fill import FillResult
 from frdm.engine.frames import Source
 from frdm.server import protocol, sniff
 from frdm.server.jobs import Job, JobBoard
-from frdm.server.pixels import entry_bytes, entry_image, frame_from_raw, raw_from_frame, wire_types, with_attributes
+from frdm.server.pixels import (
+    changed_from_raw,
+    entry_bytes,
+    entry_image,
+    frame_from_raw,
+    raw_from_frame,
+    wire_types,
+    with_attributes,
+)
 from frdm.server.protocol import ImageRef, Limits, RawImage
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
 from frdm.server.storage import (
@@ -113,11 +121,14 @@ class WireSource(Source):
         raw = self.raw(frame)
         if (
             raw is not None
-            and self._from_raw.get(frame) is image.pixels
             and wire_types(image.formats, pixel_type) == raw.spec.types
             and tuple(image.channels) == raw.spec.channels
         ):
-            return with_attributes(raw, image), True
+            original = self._from_raw.get(frame)
+            if original is image.pixels:
+                return with_attributes(raw, image), True
+            if original is not None and original.shape == image.pixels.shape:
+                return changed_from_raw(raw, original, image), False
         return raw_from_frame(image, pixel_type), False
 
 

@@ -573,3 +573,21 @@ def test_the_cache_writer_serves_waiting_entries_and_writes_them_on_close(tmp_pa
     assert sorted(os.listdir(cache.directory)) == ["f" * 64 + ".frame", "k" * 64 + ".fill", "s" * 64 + ".fill"]
     cache.put("a" * 64, b"now")  # after close: written at once
     assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame")) and cache.get("a" * 64) == b"now"
+
+
+@pytest.mark.parametrize("types", [("half",) * 4, ("half", "half", "half", "float")], ids=["half", "mixed"])
+def test_converting_only_the_changed_pixels_gives_the_full_conversion(types):
+    from frdm.server.pixels import changed_from_raw, frame_from_raw, raw_from_frame
+
+    raw = raw_frame(5, types)
+    frame = frame_from_raw(raw, "f")
+    rng = np.random.default_rng(1)
+    pixels = frame.pixels.copy()
+    pixels[rng.random((H, W)) < 0.1, :3] = rng.random((3,), dtype=np.float32)  # scattered repairs
+    pixels[0, 0, 0], pixels[0, 1, 1] = -0.0, 1e-9  # a sign-only change and one half cannot hold
+    out = frame.with_pixels(pixels)
+    out.attributes["frdm:x"] = ("string", "y")
+    got, full = changed_from_raw(raw, frame.pixels, out), raw_from_frame(out)
+    assert got.spec == full.spec
+    assert bytes(memoryview(got.buffer).cast("B")) == bytes(memoryview(full.buffer).cast("B"))
+    assert bytes(memoryview(raw.buffer).cast("B")) == bytes(memoryview(raw_frame(5, types).buffer).cast("B"))
