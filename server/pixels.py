@@ -81,9 +81,12 @@ def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -
 
 
 def check_finite(pixels: np.ndarray, raw: RawImage, name: str) -> None:
-    # NaN carries through max and min, and an Inf is one of them: two vector reductions, no temporary;
-    # only a bad frame pays for the per-pixel search the message needs.
-    if not (math.isfinite(float(pixels.max())) and math.isfinite(float(pixels.min()))):
+    # A NaN or an Inf makes the sum non-finite: one vector reduction, no temporary (halves cannot overflow
+    # it; floats near 3e38 can, and then the exact search below finds nothing to refuse). Only a bad frame
+    # pays for the per-pixel search the message needs.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(pixels.sum())
+    if not math.isfinite(total):
         bad = ~np.isfinite(pixels)
         ys, xs, cs = np.nonzero(bad)
         if ys.size:

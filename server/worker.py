@@ -5,7 +5,9 @@ sockets are not thread-safe)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 import threading
 import traceback
 import weakref
@@ -217,6 +219,7 @@ class Worker:
         self.chunk = chunk
         self.stopping = stopping
         self.context = context
+        self._hasher = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1), "frdm-hash")
 
     def run(self) -> None:
         push = self.context.socket(zmq.PUSH)
@@ -282,6 +285,7 @@ class Worker:
                 emit(job, stop_error(job))
                 self.board.forget(job.id)
             self.cache.close()  # what the cache writer still holds reaches the disk ("those are cached")
+            self._hasher.shutdown(wait=False)
             push.close(linger=-1)
 
     def _hash(self, job: Job, kind: str, frame: int) -> str:
@@ -300,6 +304,23 @@ class Worker:
             else:
                 job.hashes[key] = depends.content_id(read_input(job, kind, frame, self.limits))
         return job.hashes[key]
+
+    def _hash_all(self, job: Job, frames: list[tuple[str, int]]) -> None:
+        """Content ids of inline raw frames hashed side by side (hashlib lets go of the GIL on big buffers:
+        a 2K frame is ~16 ms of SHA-256 on one core); the bookkeeping stays on this thread."""
+
+        def ref(key: tuple[str, int]) -> ImageRef:
+            return (job.req.sources if key[0] == "sources" else job.req.masks)[key[1]]
+
+        todo = [k for k in frames if k not in job.hashes and ref(k).id is None and job_raw(job, ref(k)) is not None]
+        if len(todo) > 1:
+            raws = [job_raw(job, ref(k)) for k in todo]
+            for key, raw, cid in zip(todo, raws, self._hasher.map(RawImage.content_id, raws)):
+                job.hashes[key] = cid
+                if key[0] == "sources":
+                    self.memory.put(cid, raw)  # type: ignore[arg-type]
+        for kind, frame in frames:
+            self._hash(job, kind, frame)
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
         from frdm.engine.pipeline import restore_frames
@@ -320,9 +341,15 @@ class Worker:
         # from the built-in ones), positional like the pipeline's. Two stages: the finished frame (output)
         # and the restorer's output (fill), from which a blend- or output-stage change only re-blends.
         available = sorted(job.req.sources)
+        windows = {f: depends.window_at(f, reach, available) for f in targets}
+        self._hash_all(
+            job,
+            [("sources", n) for n in sorted({n for w in windows.values() for n in w})]
+            + [("masks", f) for f in targets if f in job.req.masks],
+        )
         keys, fill_keys = {}, {}
         for f in targets:
-            window = depends.window_at(f, reach, available)
+            window = windows[f]
             sources = {n: self._hash(job, "sources", n) for n in window}
             masks = {f: self._hash(job, "masks", f)} if f in job.req.masks else None
             keys[f], fill_keys[f] = (

@@ -591,3 +591,16 @@ def test_converting_only_the_changed_pixels_gives_the_full_conversion(types):
     assert got.spec == full.spec
     assert bytes(memoryview(got.buffer).cast("B")) == bytes(memoryview(full.buffer).cast("B"))
     assert bytes(memoryview(raw.buffer).cast("B")) == bytes(memoryview(raw_frame(5, types).buffer).cast("B"))
+
+
+def test_huge_finite_float_pixels_are_not_taken_for_inf():
+    from frdm.engine.errors import InputError
+    from frdm.server.pixels import frame_from_raw
+
+    px = np.full((H, W, 3), 3e38, np.float32)  # their sum overflows float32: the exact check decides
+    raw = RawImage.from_float32(px, "RGB", ("float",) * 3, (0, 0, W, H), (0, 0, W, H))
+    np.testing.assert_array_equal(frame_from_raw(raw, "f").pixels, px)
+    px[5, 7, 1] = np.inf
+    raw = RawImage.from_float32(px, "RGB", ("float",) * 3, (0, 0, W, H), (0, 0, W, H))
+    with pytest.raises(InputError, match=r"f: 1 NaN/Inf values \(first at x=7, y=5, channel G\)"):
+        frame_from_raw(raw, "f")
