@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=20.0,
         help="cache size before the least recently used frames go (default: %(default)s)",
     )
+    parser.add_argument(
+        "--source-memory-gb",
+        type=float,
+        default=None,
+        help="memory for the source frames of recent requests, which later requests may name by content id "
+        "(a preview after a knob change then sends its target frame only; default: ServerConfig.source_memory_bytes)",
+    )
     parser.add_argument("--max-message-mb", type=int, default=4096, help="largest request (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=2000, help="frames per job (default: %(default)s)")
     parser.add_argument("--max-pixels", type=int, default=8192 * 8192, help="pixels per frame (default: %(default)s)")
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         allow_roots=list(args.allow_root),
         cache_dir=args.cache_dir,
         cache_max_bytes=int(args.cache_size_gb * (1 << 30)),
+        **({} if args.source_memory_gb is None else {"source_memory_bytes": int(args.source_memory_gb * (1 << 30))}),
         limits=limits,
         chunk=args.chunk,
         restorer_factory=args.restorer,
