@@ -81,7 +81,7 @@ def reference_engine(commit: str) -> type:
     return importlib.import_module(package).ClassicalRestorer
 
 
-def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer) -> dict:
+def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer, label: str = "this checkout") -> dict:
     clip_frames = real_film_clip(size, frames + 4)
     params = P.validate({})
     targets = list(range(2, frames + 2))
@@ -100,16 +100,19 @@ def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer
 
     flow_module.FlowEstimator.__call__ = timed
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         coverage = [float((r.matte > 0.5).mean()) for r in engine().restore(clip, params)]
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         flow_module.FlowEstimator.__call__ = real_call
     return {
         "engine": engine.engine_version if hasattr(engine, "engine_version") else engine.__module__,
+        "code": label,
         "size": f"{size[0]}x{size[1]}",
         "frames": frames,
         "seconds": round(total, 3),
+        # CPU time of all the process's threads: the work done, less sensitive to a loaded machine than seconds.
+        "cpu_seconds": round(cpu, 3),
         "frames_per_second": round(frames / total, 3),
         "flow_calls": flow_calls[0],
         "flow_seconds": round(flow_time[0], 3),
@@ -159,10 +162,13 @@ def main() -> None:
     summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2}
     if args.rss:  # first: a child's peak RSS starts from its parent's at the fork
         summary["peak_rss_2k"] = [pipeline_peak_rss(12), pipeline_peak_rss(24)]
-    engines = [ClassicalRestorer] + ([reference_engine(args.reference)] if args.reference else [])
+    engines = [(ClassicalRestorer, "this checkout")]
+    if args.reference:
+        engines.append((reference_engine(args.reference), f"reference {args.reference}"))
     per_size = {SIZES[0]: args.frames * 3, SIZES[1]: args.frames * 2, SIZES[2]: args.frames}
     # Interleaved per size, so a change of the machine's load hits both engines alike.
-    summary["results"] = [measure(size, n, engine) for size, n in per_size.items() for engine in engines]
+    summary["results"] = [measure(size, n, *engine) for size, n in per_size.items() for engine in engines]
+    summary["load_average"] = [round(v, 2) for v in os.getloadavg()]
     summary["this_process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -74,7 +74,9 @@ def gain_offset(
 def match(frame: np.ndarray, other: np.ndarray, outlier: float, valid: np.ndarray | None = None) -> np.ndarray:
     """``other`` (H, W) brought to ``frame``'s local brightness and contrast."""
     gain, offset = gain_offset(frame, other, outlier, valid)
-    return gain * other + offset
+    out = np.multiply(gain, other, out=gain)  # in place: a fresh full-frame temporary costs its page faults
+    out += offset
+    return out
 
 
 def deflicker_fields(

@@ -27,9 +27,11 @@ def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.
     """Labels of ``region``'s connected components (0 = none) and of the ring of RING px around each (pixels
     of another defect excluded). Returns (labels, ring_labels, count including the background)."""
     n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
-    # Grow the labels into the ring (a dilation takes the largest touching label: fine where rings meet).
-    grown = cv2.dilate(labels.astype(np.float32), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8))
-    ring = np.where(region | matte, 0, grown).astype(np.int32)
+    # Grow the labels into the ring (a dilation takes the largest touching label: fine where rings meet). In
+    # 16 bits when the labels fit (a maximum is exact in any type; half the bytes of float32, ~3x faster).
+    wide = np.uint16 if n <= np.iinfo(np.uint16).max else np.float32
+    ring = cv2.dilate(labels.astype(wide), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8)).astype(np.int32)
+    ring[region | matte] = 0
     return labels, ring, n
 
 
@@ -126,10 +128,11 @@ def spatial_fill(
         return out
     matte = region if matte is None else (matte | region)
     h, w = region.shape
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    stats = _boxes(labels, region, n)
     pad = 2 * radius + 2
     for i in range(1, n):
-        x, y, bw, bh = stats[i, :4]
+        x, y, bw, bh = stats[i]
         x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
         mask = labels[y0:y1, x0:x1] == i
         crop = out[y0:y1, x0:x1]
@@ -143,6 +146,19 @@ def spatial_fill(
             filled[mask] += grain[mask]
         crop[mask] = np.clip(filled[mask], 0.0, 1.0)
     return out
+
+
+def _boxes(labels: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """(n, 4) bounding boxes (x, y, width, height) of the labelled components, from the mask's own pixels:
+    cv2's connectedComponentsWithStats visits every pixel of the frame for its statistics (~20 ms at 2K)."""
+    ys, xs = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    lab = labels[ys, xs]
+    lo = np.full((n, 2), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((n, 2), -1, np.int64)
+    for axis, coords in enumerate((xs, ys)):
+        np.minimum.at(lo[:, axis], lab, coords)
+        np.maximum.at(hi[:, axis], lab, coords)
+    return np.concatenate([lo, hi - lo + 1], axis=1)
 
 
 def _highpass(image: np.ndarray) -> np.ndarray:

@@ -19,16 +19,18 @@ its own window, so restoring a chunk with its context gives exactly the frames o
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
 
 from frdm.engine import depends
 from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
-from frdm.engine.classical.detect import ScratchDetector, SpikeDetector
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
 from frdm.engine.classical.fill import region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
     FlowEstimator,
@@ -54,6 +56,12 @@ FLOW_MAX_SIDE = 640
 TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this neighbourhood had reliable flow
 
 
+_T = TypeVar("_T")
+# The spike test's first look at a frame: its (prev, next) references, where they can be compared (trusted), where
+# their flow is reliable, and both compensated and matched to the frame's brightness.
+_FirstLook = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return grey
@@ -77,17 +85,21 @@ class _FlowCache:
         self.size = size
         self.estimator = FlowEstimator()
         self.items: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()
+        # Flows are computed in a worker thread (restore's one-ahead look); a restore abandoned midway may
+        # still have its worker running when the next begins. One DIS object must not run twice at once.
+        self._lock = threading.Lock()
 
     def __call__(self, key_a: bytes, key_b: bytes, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         key = (key_a, key_b)
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        flow = self.estimator(a, b)
-        self.items[key] = flow
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return flow
+        with self._lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            flow = self.estimator(a, b)
+            self.items[key] = flow
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+            return flow
 
 
 class _Frames:
@@ -99,6 +111,7 @@ class _Frames:
         self._small: dict[int, np.ndarray] = {}
         self._flow_in: dict[int, tuple[bytes, np.ndarray]] = {}
         self._cand: dict[int, np.ndarray] = {}
+        self._copies: dict[int, np.ndarray] = {}
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
@@ -123,9 +136,21 @@ class _Frames:
             self._cand[i] = self.scratch_detector.candidates(self.grey(i))
         return self._cand[i]
 
+    def copy_ahead(self, i: int) -> None:
+        """Copy frame i now (in the worker thread) for its fill to write into: a fresh 2K RGB frame costs
+        ~50 ms of page faults, more than the copy itself, and the fill waits for none of it then."""
+        self._copies[i] = self.frames[i].copy()
+
+    def writable(self, i: int) -> np.ndarray:
+        """A copy of frame i that the caller may write into (the one made ahead, if any)."""
+        made = self._copies.pop(i, None)
+        return self.frames[i].copy() if made is None else made
+
     def forget_before(self, i: int) -> None:
-        for store in (self._grey, self._small, self._flow_in, self._cand):
-            for k in [k for k in store if k < i]:
+        # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
+        # entries, all at or after i.
+        for store in (self._grey, self._small, self._flow_in, self._cand, self._copies):
+            for k in [k for k in list(store) if k < i]:
                 del store[k]
 
 
@@ -153,7 +178,11 @@ class _Motion:
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
         if self._full is None:
-            self._full = self.flow if self.scale == 1 else _enlarge(self.flow, shape) * float(self.scale)
+            if self.scale == 1:
+                self._full = self.flow
+            else:
+                self._full = _enlarge(self.flow, shape)
+                self._full *= float(self.scale)  # in place: a second full-size temporary costs ~3x the multiply
         return self._full
 
     def comparable(self, shape: tuple[int, ...], max_gradient: float) -> np.ndarray:
@@ -210,8 +239,10 @@ class ClassicalRestorer:
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
-        targets = [clip.index(n) for n in clip.targets]
-        for done, t in enumerate(targets):
+        def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _FirstLook | None]:
+            """Frame t's usable neighbours, the motion to each, the scratch candidates of its window and the
+            spike test's compensated neighbours: what frame t needs that does not depend on what is found in
+            any frame."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -224,18 +255,30 @@ class ClassicalRestorer:
                 forward = self._flows(key_t, key_k, in_t, in_k)
                 backward = self._flows(key_k, key_t, in_k, in_t)
                 motion[k] = _Motion(forward, backward, reliability, scale)
-
-            matte = np.zeros(shape, dtype=bool)
+            if use_scratches:
+                for k in range(lo, hi + 1):
+                    data.candidates(k)
+            data.copy_ahead(t)
             pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
+            if pair is None:
+                return neighbours, motion, None
+            p, n = pair
+            trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
+            trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
+            reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
+            # Flicker: each neighbour brought to this frame's local brightness before any comparison.
+            warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
+            warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+            return neighbours, motion, (pair, trusted, reliable, warped_p, warped_n)
+
+        targets = [clip.index(n) for n in clip.targets]
+        for done, (t, (neighbours, motion, first)) in enumerate(_one_ahead(look_around, targets)):
+            lo, hi = max(0, t - radius), min(count - 1, t + radius)
+            grey = data.grey(t)
+            matte = np.zeros(shape, dtype=bool)
             spike = trusted = None
-            if pair is not None:
-                p, n = pair
-                trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
-                trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
-                reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
-                # Flicker: each neighbour brought to this frame's local brightness before any comparison.
-                warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-                warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+            if first is not None:
+                (p, n), trusted, reliable, warped_p, warped_n = first
                 spike = spikes.spikes(grey, warped_p, warped_n)
                 suspect = spikes.suspects(grey, warped_p, warped_n, spike)
                 if suspect.any():
@@ -295,14 +338,33 @@ class ClassicalRestorer:
             return colours, ok
 
         values, ok = temporal_fill(frames[t], sample, neighbours, labels, ring, count)
-        restored = frames[t].copy()
-        ys, xs = np.nonzero(labels)
+        restored = data.writable(t)
+        ys, xs = pixels(labels)
         restored[ys[ok], xs[ok]] = values[ok]
         leftover = np.zeros_like(region)
         leftover[ys[~ok], xs[~ok]] = True
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored)
         return restored
+
+
+def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
+    """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
+
+    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates,
+    first compensated neighbours and the copy its fill writes into are made while this frame is detected and
+    filled (cv2 and numpy on large arrays release the GIL). One worker, the items in order: the flow cache
+    sees what a sequential run sees, so every result is the same to the bit. The worker only adds frames at
+    or after the current window's start to the shared caches."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frdm-classical") as worker:
+        pending = worker.submit(work, items[0])
+        for i, item in enumerate(items):
+            result = pending.result()
+            if i + 1 < len(items):
+                pending = worker.submit(work, items[i + 1])
+            yield item, result
 
 
 def _detection_pair(t: int, before: list[int], after: list[int]) -> tuple[int, int] | None:

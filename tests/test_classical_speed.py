@@ -1,0 +1,103 @@
+"""The classical engine's fast paths compute exactly what the plain full-frame formulas compute."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
+from frdm.engine.classical.fill import RING, _boxes, region_rings
+
+
+def _frames(seed: int = 0, shape: tuple[int, int] = (96, 128)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grainy frame, two shifted noisy neighbours, and specks (bright and dark, some at the border)."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 3) * 2.0
+    frame = base + rng.normal(0, 0.02, shape).astype(np.float32)
+    prev = np.roll(base, 1, axis=1) + rng.normal(0, 0.02, shape).astype(np.float32)
+    nxt = np.roll(base, -1, axis=0) + rng.normal(0, 0.02, shape).astype(np.float32)
+    for y, x, v in ((0, 5, 0.3), (40, 0, -0.3), (95, 127, 0.2), (50, 60, 0.25), (20, 90, -0.12), (70, 30, 0.045)):
+        frame[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] += v
+    return frame, prev, nxt
+
+
+def _dense_spikes(frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    box = np.ones((3, 3), np.uint8)
+    bright = np.minimum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+    dark = np.minimum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+    return np.maximum(bright, dark)
+
+
+def _dense_suspects(det: SpikeDetector, frame, prev, nxt, spike) -> np.ndarray:
+    box = np.ones((3, 3), np.uint8)
+    bright = np.maximum(frame - cv2.dilate(prev, box), frame - cv2.dilate(nxt, box))
+    dark = np.maximum(cv2.erode(prev, box) - frame, cv2.erode(nxt, box) - frame)
+    near = cv2.dilate((spike > 0.5 * det.threshold).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    found = (np.maximum(bright, dark) > det.threshold) & near
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(found.astype(np.uint8), connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] <= det.large_share * frame.size
+    small[0] = False
+    return small[labels]
+
+
+def test_sparse_spikes_equal_the_full_frame_rank_order_test():
+    """Exact wherever the spike exceeds the rim level (half the threshold), at or below it elsewhere: every
+    comparison the detector makes (rim, seed, transient scratch) then comes out as on the full-frame version."""
+    for seed in range(4):
+        frame, prev, nxt = _frames(seed)
+        det = SpikeDetector(threshold=0.05)
+        dense = _dense_spikes(frame, prev, nxt)
+        fast = det.spikes(frame, prev, nxt)
+        level = det.exact_share * det.threshold
+        assert level <= 0.5 * det.threshold  # the rim test's level
+        above = dense > level
+        assert above.sum() >= 9  # the specks are found, at the border too
+        assert np.array_equal(fast[above], dense[above])
+        assert (fast[~above] <= level).all()
+        # The suspects and the matte follow the full-frame formulas exactly.
+        assert np.array_equal(det.suspects(frame, prev, nxt, fast), _dense_suspects(det, frame, prev, nxt, dense))
+        trusted = np.ones(frame.shape, bool)
+        assert np.array_equal(det(frame, prev, nxt, trusted, spike=fast), det(frame, prev, nxt, trusted, spike=dense))
+
+
+def test_scratch_candidates_keep_tall_thin_lines_only():
+    """Heights and areas counted from the line's own pixels: a tall thin line is kept, a short one and a wide
+    bar are not (as cv2's component statistics would decide)."""
+    rng = np.random.default_rng(1)
+    grey = (0.4 + rng.normal(0, 0.01, (200, 160))).astype(np.float32)
+    grey[10:190, 40] += 0.2  # a scratch: tall and one pixel wide
+    grey[10:60, 80] += 0.2  # too short
+    grey[10:190, 110:124] += 0.2  # too wide to be a scratch
+    found = ScratchDetector().candidates(grey)
+    cols = np.nonzero(found.any(axis=0))[0]
+    assert 40 in cols
+    assert not found[:, 75:130].any()
+    assert found[:, 40].sum() >= 150
+
+
+def test_pixels_and_boxes_match_numpy_and_cv2():
+    """pixels() gives np.nonzero's order (sums over them add up in the same order); _boxes gives the bounding
+    boxes cv2's component statistics give, for components touching every border too."""
+    rng = np.random.default_rng(3)
+    mask = cv2.dilate((rng.random((120, 90)) > 0.98).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    mask[0, :5] = mask[-1, -7:] = mask[50:, 0] = True
+    ys, xs = pixels(mask)
+    want_y, want_x = np.nonzero(mask)
+    assert np.array_equal(ys, want_y) and np.array_equal(xs, want_x)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    assert n > 20
+    assert np.array_equal(_boxes(labels, mask, n)[1:], stats[1:, :4])
+
+
+def test_region_rings_equal_the_float_dilation_with_few_and_many_labels():
+    """The 16-bit ring dilation gives the float32 one's labels; past 65535 regions it falls back to float32."""
+    rng = np.random.default_rng(4)
+    few = cv2.dilate((rng.random((80, 100)) > 0.99).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    many = np.zeros((520, 520), bool)
+    many[::2, ::2] = True  # 260 x 260 isolated pixels: more labels than 16 bits hold
+    for region in (few, many):
+        matte = region & (rng.random(region.shape) > 0.5)
+        labels, ring, n = region_rings(region, matte)
+        grown = cv2.dilate(labels.astype(np.float32), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8))
+        assert np.array_equal(ring, np.where(region | matte, 0, grown).astype(np.int32))
+    assert n > 65536
