@@ -604,3 +604,21 @@ def test_huge_finite_float_pixels_are_not_taken_for_inf():
     raw = RawImage.from_float32(px, "RGB", ("float",) * 3, (0, 0, W, H), (0, 0, W, H))
     with pytest.raises(InputError, match=r"f: 1 NaN/Inf values \(first at x=7, y=5, channel G\)"):
         frame_from_raw(raw, "f")
+
+
+def test_recent_sources_keep_to_their_budget_least_recent_first():
+    from frdm.server.storage import SourceMemory
+
+    frames = {n: raw_frame(n) for n in range(4)}
+    size = frames[0].spec.nbytes
+    memory = SourceMemory(3 * size)
+    for n in (0, 1, 2):
+        memory.put(f"{n}", frames[n])
+    assert memory.get("0") is frames[0]  # now the most recent
+    memory.put("3", frames[3])  # over budget: the least recently used goes
+    assert memory.get("1") is None and all(memory.get(f"{n}") is frames[n] for n in (0, 2, 3))
+    pixels = np.zeros((H, W, 4), np.float32)
+    memory.put_pixels("p", pixels)  # counted in the same budget (4 frames' bytes): two raw frames go
+    assert not pixels.flags.writeable and memory.pixels("p") is pixels
+    assert sum(memory.get(f"{n}") is not None for n in (0, 2, 3)) == 1
+    SourceMemory(size - 1).put("big", frames[0])  # larger than the whole budget: not kept, nothing evicted
