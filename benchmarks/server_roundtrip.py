@@ -38,8 +38,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import zmq
+from frdm.commands.serve import NUMPY_HUGEPAGE_ENV
+
+os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")  # as frdm serve runs: in-process runs compare like with like
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
