@@ -76,9 +76,10 @@ class SpikeDetector:
     large_share: float = 0.002
     moving_px: float = 1.5
     # spikes() is exact only where the strength exceeds this share of the threshold (0 elsewhere, which saves
-    # the 3x3 ranges at ~99% of the pixels): every test on spike strengths must tell apart only values above
-    # it. The rim (hysteresis) test compares with half the threshold.
-    exact_share: float = 0.5
+    # the 3x3 ranges at ~98% of the pixels): every test on spike strengths must tell apart only values above
+    # it. The rim (hysteresis) test compares with half the threshold; a threshold raised to g times a level
+    # of the frame's spike strengths needs them exact above threshold / g (g = 3: 0.33).
+    exact_share: float = 0.3
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
