@@ -101,3 +101,31 @@ def test_region_rings_equal_the_float_dilation_with_few_and_many_labels():
         grown = cv2.dilate(labels.astype(np.float32), np.ones((2 * RING + 1, 2 * RING + 1), np.uint8))
         assert np.array_equal(ring, np.where(region | matte, 0, grown).astype(np.int32))
     assert n > 65536
+
+
+def test_a_restore_abandoned_midway_leaves_the_next_one_exact():
+    """Flows are computed one frame ahead in a worker thread and shared through the restorer's flow cache: a
+    restore stopped after one frame (closing it waits for its worker) leaves flows of frames it never restored
+    in the cache, and a second restore on the same restorer still gives the frames a fresh restorer gives."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.restorer import Clip
+
+    rng = np.random.default_rng(5)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((72, 96)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(7):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0  # a speck on each frame, elsewhere
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    clip = Clip(np.stack(frames), list(range(7)), list(range(7)))
+    params = P.validate({})
+    want = list(ClassicalRestorer().restore(clip, params))
+    assert sum(float(r.matte.sum()) for r in want) > 0  # the specks are found
+    shared = ClassicalRestorer()
+    started = shared.restore(clip, params)
+    next(started)
+    started.close()
+    got = list(shared.restore(clip, params))
+    for a, b in zip(want, got):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
