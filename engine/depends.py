@@ -54,9 +54,10 @@ from typing import Any
 
 from frdm.engine.params import SCHEMA, STAGES
 
-# classical-2: flicker-matched detection, grain-keeping fills (engine/classical). diffusion-2: one global-frame
-# conditioning for training and inference, exact low-band texture references.
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-2", "diffusion": "diffusion-2"}
+# classical-2: flicker-matched detection, grain-keeping fills (engine/classical). classical-3: the scene's own
+# lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film).
+# diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-3", "diffusion": "diffusion-2"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).

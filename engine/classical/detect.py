@@ -11,10 +11,40 @@ same x over the temporal window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+# Horizontal motion from one frame to another at given pixels: (ys, xs) -> flow x in px.
+FlowX = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _profile_shift(line: np.ndarray, other: np.ndarray, reach: int = 3) -> float:
+    """Sub-pixel shift (px, + = right) of the column profile ``line`` (a line's mean ridge strength across
+    its rows, zero away from it) that best matches ``other`` (the same rows of another frame): the peak of
+    their cross-correlation over +-``reach`` px, refined by a parabola through its neighbours."""
+    width = len(line)
+    score = np.array(
+        [
+            float(np.dot(line[reach : width - reach], other[reach + d : width - reach + d]))
+            for d in range(-reach, reach + 1)
+        ]
+    )
+    best = int(np.argmax(score))
+    if 0 < best < len(score) - 1:
+        a, b, c = score[best - 1], score[best], score[best + 1]
+        curve = a - 2 * b + c
+        return best - reach + (0.5 * (a - c) / curve if curve < 0 else 0.0)
+    return float(best - reach)
+
+
+def _component_max(labels: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """Per label 0..count-1 the largest of ``values`` (0 for labels without values)."""
+    out = np.zeros(count, dtype=np.float64)
+    np.maximum.at(out, labels, values)
+    return out
 
 
 def _components_touching(weak: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,10 +106,28 @@ class SpikeDetector:
     large_share: float = 0.002
     moving_px: float = 1.5
     # spikes() is exact only where the strength exceeds this share of the threshold (0 elsewhere, which saves
-    # the 3x3 ranges at ~98% of the pixels): every test on spike strengths must tell apart only values above
-    # it. The rim (hysteresis) test compares with half the threshold; a threshold raised to g times a level
-    # of the frame's spike strengths needs them exact above threshold / g (g = 3: 0.33).
-    exact_share: float = 0.3
+    # the 3x3 ranges at ~99% of the pixels): every test on spike strengths must tell apart only values above
+    # it. The rim (hysteresis) test compares with half the threshold.
+    exact_share: float = 0.5
+    # Compensation errs most where the picture is textured: a blurred, deformed or sub-pixel misregistered edge
+    # lies outside the 3x3 range of the neighbours by a share of the local contrast. So a speck's strongest
+    # pixel must exceed the threshold plus this share of the texture around it (the mean 3x3 range of the
+    # frame in a ring outside the speck): on flat film (range ~0.01) this adds little, on crowds and rubble
+    # (0.1-0.2) a sixth of their contrast. And the more the two neighbours disagree with each other (beyond
+    # ``agree_share`` of the spike), the more that spike may be motion the compensation missed: the evidence
+    # asked for grows in proportion, up to the ``max_disagreement`` veto.
+    texture_gain: float = 0.15
+    agree_share: float = 0.2
+    # A frame that differs from both neighbours as a whole (frame_threshold): the share of its pixels whose
+    # spike level tells it (dust covers far less), and how far above that level a speck must stand. The level
+    # is read from spikes(), which gives 0 below exact_share x threshold: so the threshold is raised only from
+    # a level of 0.5 x threshold up (to 1.5 x threshold and more); a frame below that keeps its threshold.
+    frame_share: float = 0.03
+    frame_gain: float = 3.0
+    # Both references on one side (a clip's first or last frame): occlusions look like spikes in both, so
+    # the evidence asked for is this much stronger.
+    one_sided_gain: float = 1.5
+    texture_ring: int = 9  # px: the ring's outer size
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
@@ -136,6 +184,51 @@ class SpikeDetector:
         found[ys, xs] = small[lab]
         return found
 
+    def frame_threshold(self, spike: np.ndarray) -> float:
+        """The spike threshold for this frame: ``threshold``, or more where the frame as a whole lies outside
+        its neighbours (blurred, ghosted, differently exposed: a few % of its pixels outside their range, not
+        the ~0.1% dust covers). There every edge is a 'spike', and only a speck far above the frame's own level
+        of difference (``frame_gain`` x the level ``frame_share`` of its pixels exceed) is evidence; pasting
+        the sharp neighbours' patches into it would be a patchwork."""
+        step = max(1, spike.shape[0] // 512)  # a few hundred rows tell the level
+        sample = spike[::step, ::step].ravel()
+        rank = int((1.0 - self.frame_share) * (sample.size - 1))
+        level = float(np.partition(sample, rank)[rank])
+        return max(self.threshold, self.frame_gain * level)
+
+    def texture(self, frame: np.ndarray, found: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """At the pixels (ys, xs): the mean 3x3 range (morphological gradient) of ``frame`` in a
+        ``texture_ring`` px window that leaves out ``found`` (the specks) and their edges: the contrast of the
+        picture the speck lies on, not the speck's own.
+
+        Computed on the 64 px tiles that hold the pixels, each with the margin the gradient, the dilation and
+        the window reach across (the whole-frame values, exactly), or on the whole frame when the tiles would
+        cover most of it: specks are sparse, and a 2K frame's whole map costs ~50 ms."""
+        h, w = frame.shape
+        box = np.ones((3, 3), np.uint8)
+        size = (self.texture_ring, self.texture_ring)
+
+        def window(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            contrast = cv2.morphologyEx(frame[y0:y1, x0:x1], cv2.MORPH_GRADIENT, box)
+            outside = (cv2.dilate(found[y0:y1, x0:x1].view(np.uint8), box) == 0).astype(np.float32)
+            total = cv2.blur(contrast * outside, size, borderType=cv2.BORDER_REFLECT)
+            return total / np.maximum(cv2.blur(outside, size, borderType=cv2.BORDER_REFLECT), 1e-3)
+
+        tile, margin = 64, self.texture_ring // 2 + 2
+        keys = (ys // tile) * ((w + tile - 1) // tile) + xs // tile
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(keys[order]) != 0])
+        if len(starts) * (tile + 2 * margin) ** 2 > h * w // 2:
+            return window(0, h, 0, w)[ys, xs]
+        out = np.empty(len(ys), np.float32)
+        for first, last in zip(starts, np.r_[starts[1:], len(order)]):
+            idx = order[first:last]
+            ty, tx = int(ys[idx[0]]) // tile, int(xs[idx[0]]) // tile
+            y0, x0 = max(0, ty * tile - margin), max(0, tx * tile - margin)
+            y1, x1 = min(h, (ty + 1) * tile + margin), min(w, (tx + 1) * tile + margin)
+            out[idx] = window(y0, y1, x0, x1)[ys[idx] - y0, xs[idx] - x0]
+        return out
+
     def __call__(
         self,
         frame: np.ndarray,
@@ -145,11 +238,14 @@ class SpikeDetector:
         motion: np.ndarray | None = None,
         spike: np.ndarray | None = None,
         reliable: np.ndarray | None = None,
+        one_sided: np.ndarray | None = None,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
         its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
         boundaries, not from outside the picture). motion: (H, W) px per frame. reliable: (H, W) bool, where
-        the flow passed its forward-backward check around. spike: ``self.spikes(frame, prev, nxt)`` if the
+        the flow passed its forward-backward check around. one_sided: given when both references lie on one
+        side of the frame (a clip's ends): each pixel's motion (px per frame) against the picture's dominant
+        motion. spike: ``self.spikes(frame, prev, nxt)`` if the
         caller has it. Returns a bool matte.
 
         Untrusted or unreliable flow is not a veto: in flat sky DIS wanders by tens of pixels and the
@@ -160,13 +256,19 @@ class SpikeDetector:
         twice as strong."""
         if spike is None:
             spike = self.spikes(frame, prev, nxt)
-        seeds = spike > self.threshold
+        # The outermost row and column have a one-sided 3x3 range, and there the scan's gate edge weaves in
+        # and out of the picture: no evidence of dust.
+        spike = spike.copy()
+        spike[[0, -1], :] = 0.0
+        spike[:, [0, -1]] = 0.0
+        threshold = self.frame_threshold(spike) * (1.0 if one_sided is None else self.one_sided_gain)
+        seeds = spike > threshold
         if not seeds.any():
             return seeds
         # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
         # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.
         near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        weak = (spike > 0.5 * self.threshold) & near
+        weak = (spike > 0.5 * threshold) & near
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
         # Evidence per component, from its own pixels only (a few thousand, not the frame).
@@ -180,15 +282,25 @@ class SpikeDetector:
 
         s = spike[ys, xs]
         strength = mean(s)
-        peak = mean(s, s > self.threshold)  # the seeds' mean: the core of the speck, not its rim
+        peak = mean(s, s > threshold)  # the seeds' mean: the core of the speck, not its rim
         disagree = mean(np.abs(prev[ys, xs] - nxt[ys, xs]))
         keep &= disagree <= self.max_disagreement * strength
         agree = disagree <= 0.5 * self.max_disagreement * strength
         ok = trusted[ys, xs] if reliable is None else trusted[ys, xs] & reliable[ys, xs]
+        if one_sided is not None:
+            # Two references on one side of the frame (a clip's first or last frame) agree over an occlusion
+            # too: what the frame shows and both later (or earlier) frames hide, where something moves against
+            # the rest of the picture. Their agreement proves nothing there, only flow that passed its checks.
+            agree &= mean(one_sided[ys, xs]) <= self.moving_px
         keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
+        texture = self.texture(frame, weak, ys, xs)
+        needed = (threshold + self.texture_gain * mean(texture)) * (
+            1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)
+        )
+        keep &= _component_max(lab, s, n) >= needed
         if motion is not None:
             large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
-            keep &= ~large_moving | (agree & (peak > 2.0 * self.threshold))
+            keep &= ~large_moving | (agree & (peak > 2.0 * threshold))
         # The kept components' pixels, set from the weak pixels' labels (not a gather over the whole frame).
         matte = np.zeros(frame.shape, bool)
         matte[ys, xs] = keep[lab]
@@ -203,6 +315,13 @@ class ScratchDetector:
     min_length: float = 0.5  # fraction of the frame height
     max_width: int = 5
     persistence: float = 0.5  # fraction of the window's frames in which the line must be found
+    # Telling scene lines from scratches (scene_lines): the motion (px, in some window frame) beside a line
+    # from which its position over the window can tell, and the largest flank step (share of the line's
+    # contrast) of a scratch.
+    moving_px: float = 0.3
+    follow_share: float = 1.0 / 3.0  # a line that moves this share of the scene's motion or more goes with it
+    stay_share: float = 0.25  # one that moves at most this share of it stays put: a scratch even on a step
+    max_step: float = 0.3
 
     def ridges(self, grey: np.ndarray) -> np.ndarray:
         """Signed ridge strength: > 0 for bright lines, < 0 for dark lines, ~0 on edges and flat areas.
@@ -302,8 +421,18 @@ class ScratchDetector:
         found[ys, xs] = keep[lab]
         return cv2.dilate(found.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0
 
-    def __call__(self, candidates: list[np.ndarray], index: int) -> np.ndarray:
-        """Keep the candidate lines of frame ``index`` that recur at the same x in enough window frames."""
+    def __call__(
+        self,
+        candidates: list[np.ndarray],
+        index: int,
+        greys: list[np.ndarray] | None = None,
+        flow_x: list[FlowX | None] | None = None,
+    ) -> np.ndarray:
+        """Keep the candidate lines of frame ``index`` that recur at the same x in enough window frames.
+
+        greys, flow_x (the window's luminance frames, and per frame the horizontal motion from frame ``index``
+        to it, None for ``index`` itself): when given, lines that belong to the scene are dropped
+        (``scene_lines``). A static scene's own thin lines (door frames, poles) persist as well as scratches."""
         current = candidates[index]
         if not current.any():
             return current
@@ -319,5 +448,66 @@ class ScratchDetector:
             hits += present
         persistent_columns = hits >= need
         keep = current & persistent_columns[None, :]
+        if greys is not None and flow_x is not None and keep.any():
+            keep &= ~self.scene_lines(keep, greys, flow_x, index)
         # A scratch is removed with a 1-px margin: its edges are anti-aliased in real scans.
         return cv2.dilate(keep.astype(np.uint8), np.ones((1, 3), np.uint8)) > 0
+
+    def scene_lines(
+        self, lines: np.ndarray, greys: list[np.ndarray], flow_x: list[FlowX | None], index: int
+    ) -> np.ndarray:
+        """(H, W) bool: the persistent lines of frame ``index`` that are the scene's own, not scratches.
+
+        A scratch is on the film, not in the scene; a line is the scene's when
+        - it moves with the scene: where the scene beside it moves (by ``moving_px`` or more in some window
+          frame: pans, gate weave), a scratch stays at its x in the frame while a scene line's sub-pixel
+          position follows the flow (by ``follow_share`` of it or more);
+        - or it sits on a step, unless it stays put (moves ``stay_share`` of the scene's motion or less) while
+          the scene beside it moves: a scratch is a ridge on whatever the picture shows, so along its length
+          its two flanks average out to the same level; the thin line of a door frame or a wall's edge lies
+          between two areas of different brightness (mean flank difference > ``max_step`` of its contrast).
+          This is what tells a static shot's door frame from a scratch, where positions cannot."""
+        h, w = lines.shape
+        out = np.zeros_like(lines)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            x, y, bw, bh = stats[i, :4]
+            lo, hi = max(0, x - 2 * self.max_width - 12), min(w, x + bw + 2 * self.max_width + 12)
+            mine = labels[y : y + bh, lo:hi] == i
+            rows = np.nonzero(mine.any(axis=1))[0]
+            left = np.argmax(mine[rows], axis=1)  # per row the line's first and last column (crop coordinates)
+            right = mine.shape[1] - 1 - np.argmax(mine[rows, ::-1], axis=1)
+            ys = rows + y
+            # Horizontal morphology only: the ridge on a column crop is the ridge of the frame inside it.
+            ridge_t = self.ridges(greys[index][ys, lo:hi])
+            sign = 1.0 if np.median(ridge_t[np.arange(len(ys)), left]) >= 0 else -1.0
+            span = cv2.dilate(mine.any(axis=0).astype(np.uint8)[None, :], np.ones((1, 3), np.uint8))[0] > 0
+            profile_t = np.where(span, np.maximum(sign * ridge_t, 0.0).mean(axis=0), 0.0)
+            # The scene's motion beside the line (not on it: a line may hold the flow in place).
+            side_x = np.concatenate([left - 8, right + 8]).clip(0, hi - lo - 1) + lo
+            side_y = np.concatenate([ys, ys])
+            shifts, moved = [], []
+            for k, flow in enumerate(flow_x):
+                if flow is None or k == index:
+                    continue
+                shifts.append(float(np.median(flow(side_y, side_x))))
+                profile_k = np.maximum(sign * self.ridges(greys[k][ys, lo:hi]), 0.0).mean(axis=0)
+                moved.append(_profile_shift(profile_t, profile_k))
+            shift, move = np.array(shifts), np.array(moved)
+            # Moves with the scene: the scene moved enough somewhere in the window to tell, and the line went
+            # along (its shifts ~ share x the scene's, least squares; a scratch's share is ~0, a scene line's
+            # ~1, less where the motion beside it is not quite its own).
+            moving = bool(len(shift)) and float(np.abs(shift).max()) >= self.moving_px
+            follows = moving and float(np.dot(move, shift)) > self.follow_share * float(np.dot(shift, shift))
+            # Stays put while the scene beside it moves: a scratch, whatever the picture under it does.
+            stays = moving and float(np.abs(move).max()) <= self.stay_share * float(np.abs(shift).max())
+            grey = greys[index][ys]
+            cols = np.arange(len(ys))
+            flank_l = np.mean([grey[cols, (left + lo - d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+            flank_r = np.mean([grey[cols, (right + lo + d).clip(0, w - 1)] for d in (3, 4, 5, 6)], axis=0)
+            contrast = np.abs(np.where(mine[rows], ridge_t, 0.0)).max(axis=1)
+            on_step = abs(float(np.mean(flank_l - flank_r))) > self.max_step * float(np.mean(contrast))
+            scene = follows or (on_step and not stays)
+            if scene:
+                out |= labels == i
+        return out

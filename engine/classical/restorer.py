@@ -284,10 +284,17 @@ class ClassicalRestorer:
                     warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
                     spike = spikes.spikes(grey, warped_p, warped_n)
                 speed = magnitude(motion[p].full(shape))
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable)
+                own = None
+                if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
+                    dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
+                    own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, own)
             if use_scratches:
                 window = list(range(lo, hi + 1))
-                matte |= scratches([data.candidates(k) for k in window], window.index(t))
+                # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
+                flow_x = [None if k not in motion else _flow_x(motion[k]) for k in window]
+                lines = [data.candidates(k) for k in window]
+                matte |= scratches(lines, window.index(t), [data.grey(k) for k in window], flow_x)
                 if spike is not None and trusted is not None:
                     matte |= scratches.transient(data.candidates(t), spike, trusted)
 
@@ -340,6 +347,10 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored)
         return restored
+
+
+def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda ys, xs: motion.at(ys, xs)[0][:, 0]
 
 
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
