@@ -7,13 +7,15 @@ Measured in one run, so the ratios compare like with like on a busy machine:
    local DEALER/ROUTER socket pair and echoed back; then the same request again (every frame from the
    cache). ``--exr`` adds the same round trip with EXR bytes both ways (the old form);
 2. overhead: per-frame wall time of the classical engine through the server (raw frames) against
-   ``restore_frames`` in-process on already decoded frames: the difference is the server's overhead;
+   ``restore_frames`` in-process on already decoded frames, in ``--repeats`` interleaved pairs: the
+   difference is the server's overhead (median and spread of the pairs);
 3. feather: 8 classical frames at 1280x720 through the server, then the same request with only
    ``feather`` changed (the stage cache re-blends from the restorer's output): its time as a share of the
    first run's, and per frame;
 4. preview (``--preview``): the node's "Preview frame" (``FrdmNode.preview``, inputs as uncompressed EXR
    files the way the Nuke adapter renders them, results written with the input's compression) on one
-   frame after a blend-stage change and after a detection change.
+   frame after a blend-stage change and after a detection change, ``--repeats`` times, each detection
+   change beside the classical frame time measured in process right after it.
 
     python benchmarks/server_roundtrip.py                                  # 2K, 12 frames, classical on 4
     python benchmarks/server_roundtrip.py --classical-size 1024x778 --classical-frames 3 --preview
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,8 +38,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import zmq
+from frdm.commands.serve import NUMPY_HUGEPAGE_ENV
+
+os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")  # as frdm serve runs: in-process runs compare like with like
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -175,7 +181,9 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--height", type=int, default=1556)
     ap.add_argument("--frames", type=int, default=12, help="frames per round trip")
-    ap.add_argument("--repeats", type=int, default=3, help="raw socket rounds (the best is kept)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="raw socket rounds (the best is kept); classical and preview pairs"
+    )
     ap.add_argument("--exr", action="store_true", help="also time the round trip with EXR bytes both ways")
     ap.add_argument("--classical-frames", type=int, default=4, help="frames for the classical overhead (0: skip)")
     ap.add_argument("--classical-size", default=None, metavar="WxH", help="default: --width x --height")
@@ -220,24 +228,36 @@ def main() -> int:
         del sources, blobs
 
         if args.classical_frames:
-            classical_overhead(tmp, args.classical_frames, size(args.classical_size, (args.width, args.height)))
+            wh = size(args.classical_size, (args.width, args.height))
+            classical_overhead(tmp, args.classical_frames, wh, args.repeats)
         if args.feather_frames:
             feather_change(tmp, args.feather_frames, size(args.feather_size, (1280, 720)))
         if args.preview:
-            preview(tmp, size(args.preview_size or args.classical_size, (args.width, args.height)))
+            preview(tmp, size(args.preview_size or args.classical_size, (args.width, args.height)), args.repeats)
     return 0
 
 
 CLASSICAL = {"colorspace": "srgb", "write_matte": False}
+# Seconds to let the server's cache writer finish a round's entries (it writes after the reply) before an
+# in-process run, so that run does not pay for the server's disk work on a machine of few cores.
+SETTLE = 1.5
 
 
-def classical_overhead(tmp: str, count: int, wh: tuple[int, int]) -> None:
+def spread(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    """median [min - max] of repeated measurements."""
+    v = sorted(x * scale for x in values)
+    return f"{statistics.median(v):8.2f}{unit} [{v[0]:.2f} - {v[-1]:.2f}]"
+
+
+def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) -> None:
+    """In-process and through-the-server runs interleaved (each pair on its own detection knob, so nothing
+    comes from a cache), so a load change on the machine hits both alike; the overhead of each pair."""
     from frdm.engine.classical import ClassicalRestorer
     from frdm.engine.frames import Frame, MemorySource
     from frdm.engine.pipeline import restore_frames
 
     w, h = wh
-    print(f"classical engine on {count} frames of {w}x{h}:", flush=True)
+    print(f"classical engine on {count} frames of {w}x{h}, {repeats} interleaved pairs:", flush=True)
     pixels = make_pixels(count, w, h)
     win = (0, 0, w, h)
     memory = MemorySource(
@@ -247,26 +267,29 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int]) -> None:
         },
         "bench",
     )
-    for _ in restore_frames(memory, [1], dict(CLASSICAL, feather=1.0), ClassicalRestorer()):
+    resident = ClassicalRestorer()  # one instance, as the server keeps one
+    for _ in restore_frames(memory, [1], dict(CLASSICAL, feather=1.0), resident):
         pass  # the same warm-up as the server's
-    start = time.perf_counter()
-    for _ in restore_frames(memory, sorted(pixels), CLASSICAL, ClassicalRestorer()):
-        pass
-    inproc = (time.perf_counter() - start) / count
     few = make_raw(count, w, h)
     server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
+    inproc, served = [], []
     try:
         server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
-        seconds, _ = server_round(server.address, CLASSICAL, few)
+        for r in range(repeats):
+            params = dict(CLASSICAL, dust_threshold=0.05 + 0.002 * r)
+            time.sleep(SETTLE)
+            start = time.perf_counter()
+            for _ in restore_frames(memory, sorted(pixels), params, resident):
+                pass
+            inproc.append((time.perf_counter() - start) / count)
+            seconds, _ = server_round(server.address, params, few)
+            served.append(seconds / count)
     finally:
         server.stop()
-    per_frame = seconds / count
-    print(f"classical engine in process (restore_frames): {inproc * 1000:8.1f} ms/frame")
-    print(f"classical engine through frdm serve (raw):    {per_frame * 1000:8.1f} ms/frame")
-    print(
-        f"server overhead per frame:                    {(per_frame - inproc) * 1000:8.1f} ms "
-        f"({(per_frame - inproc) / inproc * 100:.1f}% of the engine's time)"
-    )
+    over = [(s - i) / i * 100 for i, s in zip(inproc, served)]
+    print(f"classical engine in process (restore_frames): {spread(inproc, 1000, ' ms')}/frame")
+    print(f"classical engine through frdm serve (raw):    {spread(served, 1000, ' ms')}/frame")
+    print(f"server overhead per frame, per pair:          {spread(over, 1, ' %')} of the engine's time")
 
 
 def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:
@@ -288,20 +311,28 @@ def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:
     )
 
 
-def preview(tmp: str, wh: tuple[int, int]) -> None:
-    """The node's Preview frame (inputs rendered to EXR files, as the Nuke adapter does)."""
-    from frdm.engine.frames import Frame, write_frame
+def preview(tmp: str, wh: tuple[int, int], repeats: int) -> None:
+    """The node's Preview frame (inputs rendered to EXR files, as the Nuke adapter does). Each repeat: a
+    blend-stage change, a detection change, and the classical frame time of that very preview in process
+    (frame 3 with its context, frames already decoded) right after it, so each detection preview is
+    compared with the engine's time measured under the same load."""
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.frames import Frame, MemorySource, read_frame, write_frame
+    from frdm.engine.pipeline import restore_frames
     from frdm.plugin.node import FrdmNode, Inputs
 
     w, h = wh
-    print(f"node Preview frame at {w}x{h} (classical):", flush=True)
+    print(f"node Preview frame at {w}x{h} (classical), {repeats} repeats:", flush=True)
     win = (0, 0, w, h)
     folder = os.path.join(tmp, "preview-in")
     for n, px in make_pixels(5, w, h).items():
         frame = Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win, {"compression": ("string", "none")})
         write_frame(os.path.join(folder, f"src.{n:04d}.exr"), frame)  # uncompressed, as the Nuke adapter writes
     inputs = Inputs.from_sequence(os.path.join(folder, "src.####.exr"))
+    memory = MemorySource({n: read_frame(inputs.source(n)) for n in inputs.available}, "preview")
+    resident = ClassicalRestorer()
     server = Server(os.path.join(tmp, "cache-preview"), "--engine", "classical")
+    blend, detect, engine = [], [], []
     try:
         node = FrdmNode(server.address, timeout=600)
         out = os.path.join(tmp, "preview-out", "p.####.exr")
@@ -314,27 +345,22 @@ def preview(tmp: str, wh: tuple[int, int]) -> None:
 
         once(**CLASSICAL, feather=1.0)  # warm-up and the first restore
         fresh = once(dust_threshold=0.07)
-        blend = once(feather=3.0)
-        detect = once(dust_threshold=0.08)
+        for r in range(repeats):
+            blend.append(once(feather=3.0 + r))
+            detect.append(once(dust_threshold=0.08 + 0.002 * r))
+            time.sleep(SETTLE)
+            start = time.perf_counter()
+            for _ in restore_frames(memory, [3], dict(node.params), resident):
+                pass
+            engine.append(time.perf_counter() - start)
     finally:
         server.stop()
-    # The classical frame time of this very preview: frame 3 with its context, in process, frames decoded.
-    from frdm.engine.classical import ClassicalRestorer
-    from frdm.engine.frames import MemorySource, read_frame
-    from frdm.engine.pipeline import restore_frames
-
-    memory = MemorySource({n: read_frame(inputs.source(n)) for n in inputs.available}, "preview")
-    start = time.perf_counter()
-    for _ in restore_frames(memory, [3], dict(node.params), ClassicalRestorer()):
-        pass
-    engine = time.perf_counter() - start
-    print(f"classical frame time (frame 3 with its context, in process): {engine:8.2f} s")
-    print(f"preview, fresh restore:           {fresh:8.2f} s")
-    print(f"preview after a feather change:   {blend:8.2f} s")
-    print(
-        f"preview after a detection change: {detect:8.2f} s  "
-        f"({(detect - engine) / engine * 100:+.1f}% over the frame time)"
-    )
+    over = [(d - e) / e * 100 for d, e in zip(detect, engine)]
+    print(f"preview, fresh restore (first send of the shot): {fresh:8.2f} s")
+    print(f"preview after a feather change:                  {spread(blend, 1, ' s')}")
+    print(f"preview after a detection change:                {spread(detect, 1, ' s')}")
+    print(f"classical frame time in process, same knobs:     {spread(engine, 1, ' s')}")
+    print(f"detection-change preview over the frame time:    {spread(over, 1, ' %')} (per pair)")
 
 
 if __name__ == "__main__":

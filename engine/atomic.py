@@ -41,9 +41,13 @@ def temp_path(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[str]:
     """Yield a temporary path to write ``path``'s new content at (a file, or a folder made there); on
-    success it is synced and renamed over ``path``, on an exception removed. Creates the parent folder."""
+    success it is synced and renamed over ``path``, on an exception removed. Creates the parent folder.
+
+    ``durable=False`` skips the syncs: a reader still never sees half a file while the machine runs, but a
+    power cut may leave the new file empty or missing. Only for what can be made again and is checked when
+    read (the server's cache: a bad entry is a miss), where waiting for the disk buys nothing."""
     path = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -52,7 +56,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         yield tmp
         if not os.path.lexists(tmp):
             raise FileNotFoundError(f"{path}: the writer produced nothing at its temporary {tmp}")
-        _sync_tree(tmp)
+        if durable:
+            _sync_tree(tmp)
         if os.path.isdir(tmp) and os.path.isdir(path) and not os.path.islink(path):
             # A folder cannot be renamed over a non-empty one: move the old aside first, then drop it.
             aside = temp_path(path)
@@ -61,15 +66,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _sync_dir(directory)
+        if durable:
+            _sync_dir(directory)
     finally:
         if os.path.lexists(tmp):
             _remove(tmp)
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_path``)."""
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "xb") as fh:
         fh.write(data)
 
 

@@ -34,8 +34,10 @@ The API
     own mask frame (a mask only ever selects the target's pixels). ``sources``/``masks`` map frame numbers to
     content ids (``content_id``: SHA-256 of the bytes). Parameters must be validated (``SCHEMA.validate``).
 
-``content_id(data_or_path)``, ``weights_id(path)``, ``stamp_id(*paths)``
-    The identity of one input frame (its bytes, streamed from a path) and of a weights folder or file (path,
+``content_id(data_or_path)``, ``raw_content_id(description, pixels)``, ``weights_id(path)``, ``stamp_id(*paths)``
+    The identity of one input frame (its bytes, streamed from a path; a raw pixel frame of the wire: its
+    packed description and its pixel bytes, so the same bytes with another size or channel list are another
+    image) and of a weights folder or file (path,
     size and modification time of every file: weights are gigabytes, re-hashing them per run is not cheap);
     ``stamp_id`` is that identity for any files (a movie, whose frames have no files of their own).
 
@@ -55,7 +57,8 @@ from typing import Any
 from frdm.engine.params import SCHEMA, STAGES
 
 # classical-2: flicker-matched detection, grain-keeping fills (engine/classical). classical-3: the scene's own
-# lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film).
+# lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film);
+# fills aligned, exposure-matched and checked on their ring (issue 11).
 # diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
 ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-3", "diffusion": "diffusion-2"}
 
@@ -174,6 +177,14 @@ def content_id(value: bytes | bytearray | memoryview | str | os.PathLike[str]) -
     return h.hexdigest()
 
 
+def raw_content_id(description: bytes, pixels: bytes | bytearray | memoryview) -> str:
+    """The content id of a raw pixel frame (``frdm.server.protocol.RawImage``): of its packed description
+    and of its pixels (128 hex digits). The node computes it for the frames it sends, the server for the
+    frames it receives: a frame named by this id alone (a context frame the server already restored from)
+    is the frame the server would have hashed."""
+    return content_id(description) + content_id(pixels)
+
+
 def weights_id(weights: str | os.PathLike[str] | None) -> str:
     """Identity of a weights folder or file: the real path, size and modification time of every file in it
     (32 hex digits), or ``NO_WEIGHTS``. Swapping, editing or re-pointing the weights changes it."""
@@ -214,6 +225,7 @@ __all__ = [
     "frame_key",
     "frames_needed",
     "params_hash",
+    "raw_content_id",
     "relevant_params",
     "stamp_id",
     "weights_id",

@@ -131,6 +131,7 @@ class FillResult:
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> FillResult | None:
         """None for an entry of another format or a damaged one (a miss, never a wrong frame)."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load
 
         try:
@@ -151,8 +152,8 @@ class FillResult:
                 arrays["matte"],
                 arrays.get("base"),
             )
-        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):
-            return None
+        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, SafetensorError):
+            return None  # SafetensorError: a torn entry (the server's cache is not synced to disk)
 
 
 class FillStore(Protocol):

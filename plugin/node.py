@@ -197,6 +197,55 @@ def fingerprint(value: bytes | str, what: str) -> Fingerprint:
     return Fingerprint(h.hexdigest(), _exr_size(head, f"{what} ({value})"))
 
 
+def _stamp(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class InputIds:
+    """What this session learnt about input files, by file identity (device, inode, size, modification and
+    change times in ns): the fingerprint (hash and size) of an unchanged file is not computed again, and the
+    content id the server gives the frame as the node sends it (``wire``: its raw pixels' id, or its file's)
+    lets a context frame the server already restored from travel as that id alone.
+
+    A file rewritten in place within one clock tick to the same size keeps its stamp: hosts write inputs
+    to a temporary and rename it over (a new inode), as the Nuke adapter and ``engine.atomic`` do."""
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None]] = {}
+
+    def fingerprint(self, value: bytes | str, what: str) -> Fingerprint:
+        if not isinstance(value, str):
+            return fingerprint(value, what)
+        before = _stamp(value)
+        known = self._known.get(value)
+        if before is not None and known is not None and known[0] == before:
+            return known[1]
+        fp = fingerprint(value, what)
+        if before is not None and _stamp(value) == before:  # not changed while it was read
+            if len(self._known) >= self.limit:
+                self._known.pop(next(iter(self._known)))
+            self._known[value] = (before, fp, None)
+        return fp
+
+    def wire(self, value: bytes | str) -> str | None:
+        """The inline content id learnt for an unchanged file, if any."""
+        known = self._known.get(value) if isinstance(value, str) else None
+        return known[2] if known is not None and known[0] == _stamp(value) else None  # type: ignore[arg-type]
+
+    def learn_wire(self, value: bytes | str, sent: protocol.Inline, fp: Fingerprint) -> None:
+        """Remember the content id of ``value`` as it was sent inline (its fingerprint ``fp`` still holds)."""
+        known = self._known.get(value) if isinstance(value, str) else None
+        if known is None or known[1] != fp or known[2] is not None:
+            return
+        cid = sent.content_id() if isinstance(sent, protocol.RawImage) else fp.digest
+        self._known[value] = (known[0], fp, cid)  # type: ignore[index]
+
+
 # --- results ------------------------------------------------------------------------------------------
 
 
@@ -307,6 +356,10 @@ class FrdmNode:
         self.params: Params = SCHEMA.validate(params or {})
         self._hello: dict[str, Any] | None = None
         self.job: RenderJob | None = None
+        self.ids = InputIds()
+        # Content ids of the frames this session sent, per server address: a context frame among them travels
+        # as its id alone (the server keeps recent sources in memory and restorer outputs on disk).
+        self._sent: dict[str, set[str]] = {}
 
     # --- parameters ---------------------------------------------------------------------------------
 
@@ -439,14 +492,19 @@ class FrdmNode:
         report(0, len(targets), "reading inputs")
         needed = frames_needed(targets, params, inputs.available)
         sources = {f: inputs.source(f) for f in needed}
-        masks = {f: inputs.mask(f) for f in needed} if inputs.mask is not None else None
-        source_fp = {f: fingerprint(v, f"{CLIP_SOURCE} frame {f}") for f, v in sources.items()}
-        mask_fp = {f: fingerprint(v, f"{CLIP_MASK} frame {f}") for f, v in masks.items()} if masks is not None else None
+        # A mask only ever selects its own target's pixels: context frames need none.
+        masks = {f: inputs.mask(f) for f in targets} if inputs.mask is not None else None
+        ids = self.ids
+        source_fp = {f: ids.fingerprint(v, f"{CLIP_SOURCE} frame {f}") for f, v in sources.items()}
+        mask_fp = (
+            {f: ids.fingerprint(v, f"{CLIP_MASK} frame {f}") for f, v in masks.items()} if masks is not None else None
+        )
         _check_formats(source_fp, mask_fp)
 
         out_dir = os.path.dirname(pattern.path(targets[0]))
         os.makedirs(out_dir, exist_ok=True)
-        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, self._engine_identity(params))
+        engine = self._engine_identity(params)
+        keys = _frame_keys(targets, params, inputs.available, source_fp, mask_fp, engine)
         if use_cache and _manifest_hit(out_dir, pattern, keys):
             report(len(targets), len(targets), "unchanged: results from the last render")
             return RenderResult(
@@ -466,20 +524,45 @@ class FrdmNode:
 
         # Path mode: paths the server can read travel as paths, anything else inline: as raw pixels (no
         # codec on the server) when the host's EXR is one exrfile reads, else as its bytes.
-        def wire(values: Mapping[int, bytes | str]) -> dict[int, protocol.Inline]:
-            return {
-                f: v if path_mode and isinstance(v, str) and _under_roots(v, roots) else _inline(_read_bytes(v))
-                for f, v in values.items()
-            }
+        def as_path(v: bytes | str) -> bool:
+            return bool(path_mode) and isinstance(v, str) and _under_roots(v, roots)
 
-        wire_sources = wire(sources)
-        wire_masks = wire(masks) if masks is not None else None
+        def wire_id(f: int) -> str | None:
+            """Frame ``f``'s content id as the server will key it, if known without reading the file."""
+            v = sources[f]
+            return source_fp[f].digest if as_path(v) else ids.wire(v)
+
+        def wire(values: Mapping[int, bytes | str], fps: Mapping[int, Fingerprint]) -> dict[int, protocol.Inline]:
+            out: dict[int, protocol.Inline] = {}
+            for f, v in values.items():
+                out[f] = v if as_path(v) else _inline(_read_bytes(v))
+                if not as_path(v):
+                    ids.learn_wire(v, out[f], fps[f])
+            return out
+
+        wire_masks = wire(masks, mask_fp) if masks is not None and mask_fp is not None else None
+        # Context frames this session already sent to this server go as their content ids: the server
+        # holds what it restored from them (a blend-stage change needs no context at all) and keeps recent
+        # sources in memory (a detection change reads them there). If it lacks one after all it answers
+        # need_sources and every frame is sent with its pixels. A target always travels with its pixels.
+        sent = self._sent.setdefault(self.address, set())
+        known = {f: wire_id(f) for f in needed if f not in targets and not as_path(sources[f])}
+        recall = {f: protocol.ContentRef(i) for f, i in known.items() if i is not None and i in sent}
+        by_id = bool(recall)
+        sent_targets = wire({f: sources[f] for f in targets}, source_fp)
+
+        def all_sources(ids: bool) -> dict[int, protocol.Inline]:
+            rest = {f: sources[f] for f in needed if f not in sent_targets and not (ids and f in recall)}
+            return {**(recall if ids else {}), **wire(rest, source_fp), **sent_targets}
+
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
         # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
         # input's, which a raw reply carries as its 'compression' attribute); a compression exrfile does not
-        # write comes as EXR bytes from the server.
+        # write comes as EXR bytes from the server: so does 'same' for a target whose file exrfile could not
+        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own.
         written = params["compression"]
-        if not path_mode and (written == "same" or written in exrfile.COMPRESSIONS):
+        own = all(isinstance(sent_targets[f], protocol.RawImage) for f in targets)
+        if not path_mode and ((written == "same" and own) or written in exrfile.COMPRESSIONS):
             out_kw["reply"] = "raw"
 
         cached: list[int] = []
@@ -487,26 +570,18 @@ class FrdmNode:
         try:
             with self._client() as client:
                 client._limits = dict(info.get("limits") or {})  # so an oversized request is refused here, clearly
-                job._cancel_hook = lambda: client.cancel(job.job_id)
-                events = client.restore(
-                    params, targets, sources=wire_sources, masks=wire_masks, job_id=job.job_id, **out_kw
-                )
-                for event in events:
-                    if job.cancelled:
-                        close = getattr(events, "close", None)
-                        if close is not None:
-                            close()  # leaving the stream early cancels the job on the server
-                        raise RenderError("cancelled", "render cancelled; nothing was loaded")
-                    self._on_event(event, stage_pattern, staged, cached, report, written)
-                    if event.kind == "error":
-                        code = event.code or "internal"
-                        if job.cancelled or code == "cancelled":
-                            raise RenderError("cancelled", "render cancelled; nothing was loaded")
-                        raise RenderError(code, _explain(code, event.message, self.address))
-                    if event.kind == "done":
+                server_job = [job.job_id]  # the job id on the server, of this try
+                job._cancel_hook = lambda: client.cancel(server_job[0])
+                while True:
+                    events = client.restore(
+                        params, targets, sources=all_sources(by_id), masks=wire_masks, job_id=server_job[0], **out_kw
+                    )
+                    if self._stream(job, events, stage_pattern, staged, cached, report, written, not by_id):
                         break
-                else:
-                    raise RenderError("server_unreachable", f"the server at {self.address} ended the job early")
+                    # need_sources: the try that named context frames by id; now send them all, as a job of
+                    # its own id (the server may not have retired the first one yet)
+                    by_id = False
+                    server_job[0] = uuid.uuid4().hex
             missing = [f for f in targets if f not in staged]
             if missing:
                 raise RenderError("internal", f"the server finished without frames {format_frame_range(missing)}")
@@ -517,11 +592,46 @@ class FrdmNode:
                 os.replace(staged[f], dest)
                 final[f] = dest
             _write_manifest(out_dir, pattern, keys)
+            if len(sent) > 100_000:  # a long session: forget; at worst a preview sends its context again
+                sent.clear()
+            sent.update(i for f in needed if (i := wire_id(f)) is not None)
         finally:
             job._cancel_hook = None
             shutil.rmtree(staging, ignore_errors=True)
         report(len(targets), len(targets), "done")
         return RenderResult(final, cached, time.monotonic() - started, "done")
+
+    def _stream(
+        self,
+        job: RenderJob,
+        events: Iterator[Event],
+        stage: SequencePattern,
+        staged: dict[int, str],
+        cached: list[int],
+        report: ProgressFn,
+        written: str,
+        last_try: bool,
+    ) -> bool:
+        """Follow one restore request's events; False if the server asked for the frames sent by id
+        (``need_sources``) and another try is to come."""
+        for event in events:
+            if job.cancelled:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()  # leaving the stream early cancels the job on the server
+                raise RenderError("cancelled", "render cancelled; nothing was loaded")
+            self._on_event(event, stage, staged, cached, report, written)
+            if event.kind == "error":
+                code = event.code or "internal"
+                if job.cancelled or code == "cancelled":
+                    raise RenderError("cancelled", "render cancelled; nothing was loaded")
+                if code == "need_sources" and not last_try:
+                    report(0, job.progress[1], "the server asks for the context frames: sending them")
+                    return False
+                raise RenderError(code, _explain(code, event.message, self.address))
+            if event.kind == "done":
+                return True
+        raise RenderError("server_unreachable", f"the server at {self.address} ended the job early")
 
     @staticmethod
     def _on_event(

@@ -51,6 +51,7 @@ class Event:
     message: str = ""
     code: str | None = None  # for "error": one of protocol.ERROR_CODES
     cached: bool = False  # the frame came from the server's result cache
+    frames: list[int] | None = None  # for "error" ``need_sources``: the frames to send again with pixels
 
 
 def load_curve_keys(directory: str | os.PathLike[str], name: str = "client") -> dict[str, bytes]:
@@ -236,7 +237,10 @@ class FrdmClient:
         per frame, then ``done`` or ``error`` (which ends the iterator).
 
         Sources are raw pixels (``protocol.RawImage``, the fast form: sent without a copy), EXR bytes, or
-        paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``.
+        paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``, and
+        may be ``protocol.ContentRef``s (their content id only) when the server keeps the restorer output of
+        every target that reads them: else the job ends with an ``error`` ``need_sources`` whose ``frames``
+        are to be sent again with pixels.
         With ``output_dir``/``output_pattern`` the server writes the frames and the events carry ``path``;
         else ``image`` (``reply="raw"``: pixels and their description, no codec) or ``data`` (EXR bytes).
         The request is built now (a wrong argument raises at once); nothing is sent until iteration
@@ -380,7 +384,15 @@ def _event(h: dict[str, Any], blobs: list[Any], job_id: str) -> Event | None:
     if kind == "done":
         return Event("done", job_id, done=num("done"), total=num("total"), message=str(h.get("message", "")))
     if kind == "error":
-        return Event("error", job_id, code=str(h.get("code", "internal")), message=str(h.get("message", "")))
+        frames = h.get("frames")
+        listed = (
+            [int(f) for f in frames]
+            if isinstance(frames, list) and all(isinstance(f, int) and not isinstance(f, bool) for f in frames)
+            else None
+        )
+        return Event(
+            "error", job_id, code=str(h.get("code", "internal")), message=str(h.get("message", "")), frames=listed
+        )
     return None
 
 

@@ -246,6 +246,10 @@ def decode(data: bytes | bytearray | memoryview) -> RawImage | None:
         restored = _unpredict(delta.reshape(len(firsts), size))
         for f, block in zip(firsts, restored):
             scan[f : f + count_lines] = block.reshape(count_lines, line_bytes)
+    if len(set(sizes)) == 1:  # one sample size (all half or all float): planes to pixels as one transpose
+        sample = np.dtype(f"<u{sizes[0]}")
+        planes = scan.view(sample).reshape(h, len(sizes), w)
+        return RawImage(spec, np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(-1).view(np.uint8))
     out = np.empty((h, w, pixel), np.uint8)
     at = 0
     for c, sz in enumerate(sizes):

@@ -7,7 +7,7 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
-from frdm.server.protocol import RestoreRequest
+from frdm.server.protocol import RawImage, RestoreRequest
 from frdm.server.storage import RootedPath
 
 
@@ -26,6 +26,7 @@ class Job:
     finished_frames: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     hashes: dict[tuple[str, int], str] = field(default_factory=dict)
+    recalled: dict[int, RawImage] = field(default_factory=dict)  # sources named by id, found in memory
     keys: dict[int, str] = field(default_factory=dict)  # finished frame -> cache key (for re-attach replay)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -57,14 +57,36 @@ def raw_from_frame(frame: Any, pixel_type: str = "same") -> RawImage:
     )
 
 
-def frame_from_raw(raw: RawImage, name: str) -> Any:
-    """The engine's Frame of a raw frame (one conversion pass). NaN/Inf are refused as a file's would be."""
+def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -> Any:
+    """The engine's Frame of a raw frame (one conversion pass). NaN/Inf are refused as a file's would be.
+    ``pixels``: the frame's float32 pixels already converted (and checked) earlier."""
     from frdm.engine.frames import Frame
 
-    pixels = raw.to_float32()
-    # NaN carries through max and min, and an Inf is one of them: two vector reductions, no temporary;
-    # only a bad frame pays for the per-pixel search the message needs.
-    if not (math.isfinite(float(pixels.max())) and math.isfinite(float(pixels.min()))):
+    if pixels is None:
+        pixels = raw.to_float32()
+        check_finite(pixels, raw, name)
+    s = raw.spec
+    attributes = {k: (t, v) for k, (t, v) in s.attributes.items() if k != DECLARED_COLORSPACE[0]}
+    return Frame(
+        pixels,
+        s.channels,
+        s.types,
+        s.data_window,
+        s.display_window,
+        attributes,
+        0,
+        name,
+        file_colorspace=declared_colorspace(s.attributes),
+    )
+
+
+def check_finite(pixels: np.ndarray, raw: RawImage, name: str) -> None:
+    # A NaN or an Inf makes the sum non-finite: one vector reduction, no temporary (halves cannot overflow
+    # it; floats near 3e38 can, and then the exact search below finds nothing to refuse). Only a bad frame
+    # pays for the per-pixel search the message needs.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(pixels.sum())
+    if not math.isfinite(total):
         bad = ~np.isfinite(pixels)
         ys, xs, cs = np.nonzero(bad)
         if ys.size:
@@ -74,17 +96,48 @@ def frame_from_raw(raw: RawImage, name: str) -> Any:
                 f"y={ys[0] + s.data_window[1]}, channel {s.channels[cs[0]]}); clamp or fix them upstream "
                 "(e.g. Nuke's Expression or Clamp node) before restoring"
             )
+
+
+#: Where a frame declares its colour space, first wins: OpenImageIO's own attribute (a host may send it),
+#: then the EXR header's ``colorInteropID``, from which OpenImageIO derives it when it reads the file: so a
+#: frame sent as raw pixels resolves colorspace 'auto' as the same frame read from its file does.
+DECLARED_COLORSPACE = ("oiio:ColorSpace", "colorInteropID")
+
+
+def declared_colorspace(attributes: Mapping[str, tuple[str, Any]]) -> str:
+    for name in DECLARED_COLORSPACE:
+        kind, value = attributes.get(name, ("", ""))
+        if kind == "string" and isinstance(value, str) and value.strip():
+            return value
+    return ""
+
+
+def changed_from_raw(raw: RawImage, original: np.ndarray, frame: Any) -> RawImage:
+    """``frame`` in ``raw``'s sample types when it differs from ``raw`` (whose float32 pixels are
+    ``original``) in some pixels: the source's own samples, with only the pixels whose bits changed
+    converted. The same bytes as ``raw_from_frame`` (a half read as float and back is itself), for a
+    compare and a copy instead of converting every sample (restorers change few pixels)."""
+    pixels = frame.pixels
+    h, w, c = pixels.shape
+    differs = pixels.view(np.uint32) != original.view(np.uint32)  # bits: -0.0 is not 0.0
+    if c in (1, 2, 4, 8):  # a pixel's flags as one integer: non-zero if any channel changed (no slow reduce)
+        changed = differs.view(np.dtype(f"<u{c}")).reshape(h, w) != 0
+    else:
+        changed = differs[..., 0].copy()
+        for i in range(1, c):
+            changed |= differs[..., i]
+    where = np.flatnonzero(changed)
+    values = np.take(pixels.reshape(h * w, c), where, axis=0)
+    out = np.array(raw.array())  # a writable copy of the samples as they came
+    if out.dtype.names is None:
+        out.reshape(h * w, c)[where] = values.astype(out.dtype)
+    else:
+        flat = out.reshape(h * w)
+        for i, field_name in enumerate(out.dtype.names):
+            flat[field_name][where] = values[:, i]
     s = raw.spec
-    return Frame(
-        pixels,
-        s.channels,
-        s.types,
-        s.data_window,
-        s.display_window,
-        {k: (t, v) for k, (t, v) in s.attributes.items()},
-        0,
-        name,
-    )
+    spec = RawSpec(s.data_window, s.display_window, s.channels, s.types, _wire_attributes(frame.attributes))
+    return RawImage(spec, out)
 
 
 def with_attributes(raw: RawImage, frame: Any) -> RawImage:

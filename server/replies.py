@@ -53,8 +53,8 @@ def done_reply(job: Job) -> dict[str, Any]:
     )
 
 
-def error_reply(job: Job, code: str, message: str) -> dict[str, Any]:
-    return protocol.error_header(job.req.request_id, code, message, job=job.id)
+def error_reply(job: Job, code: str, message: str, frames: list[int] | None = None) -> dict[str, Any]:
+    return protocol.error_header(job.req.request_id, code, message, job=job.id, frames=frames)
 
 
 def stop_error(job: Job) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from frdm.server.replies import error_reply, frame_reply, progress_reply, stop_e
 from frdm.server.sniff import ImageHeader, check_frame_size, max_file_bytes, reader_of, sniff
 from frdm.server.storage import (  # noqa: F401  (resolve_under_roots: re-exported, callers know it from here)
     ResultCache,
+    SourceMemory,
     check_ocio_config,
     resolve_inputs,
     resolve_outputs,
@@ -67,6 +68,9 @@ class ServerConfig:
     allow_roots: list[str] = field(default_factory=list)  # path mode only under these
     cache_dir: str | None = None
     cache_max_bytes: int = 20 << 30
+    # Raw source frames of recent requests kept in memory, so a request may name them by content id
+    # (a preview after a knob change sends its target's pixels only): 80 frames of 2K RGBA half.
+    source_memory_bytes: int = 2 << 30
     limits: Limits = field(default_factory=Limits)
     chunk: int = 8  # frames a job runs before the worker turns to the next client
     heartbeat: float = 1.0  # seconds between progress messages of a live job (the protocol promises <= 2)
@@ -121,7 +125,8 @@ class Server:
         cache_dir = config.cache_dir or os.path.join(
             os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "frdm", "server"
         )
-        self.cache = ResultCache(cache_dir, config.cache_max_bytes)
+        self.cache = ResultCache(cache_dir, config.cache_max_bytes, background=True)
+        self.memory = SourceMemory(config.source_memory_bytes)
         self.board = JobBoard()
         self.stopping = threading.Event()
         self.context = zmq.Context()
@@ -213,6 +218,7 @@ class Server:
                 self.engine_version,
                 self.weights_id,
                 self.cache,
+                self.memory,
                 self.roots,
                 self.limits,
                 self.config.chunk,

@@ -1,5 +1,6 @@
 """What the server reads and writes on disk: the allowed roots of path mode, and the result cache
-(every write is ``frdm.engine.atomic``'s).
+(every write is ``frdm.engine.atomic``'s); and what it keeps in memory: the raw source frames it received
+lately (``SourceMemory``).
 
 Every path a client names is resolved here and nowhere else, so the rules (absolute, no '..', under an
 allowed root, never an input overwritten) live in one room. A resolved path is kept as its root plus the
@@ -10,18 +11,26 @@ file): a folder or file swapped for a symlink after a request was accepted is re
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import logging
 import os
+import queue
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from frdm.engine import atomic
 from frdm.server import sniff
-from frdm.server.protocol import ImageRef, Limits, ProtocolError, RestoreRequest
+from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage, RestoreRequest
 from frdm.server.sniff import ImageHeader
+
+log = logging.getLogger("frdm.server")
 
 # --- allowed roots -----------------------------------------------------------------------------------
 
@@ -252,6 +261,55 @@ def remove_stale_under_root(rp: RootedPath) -> None:
         os.close(dfd)
 
 
+# --- recent sources (memory) ---------------------------------------------------------------------------
+
+
+class SourceMemory:
+    """The raw source frames of recent requests, by the content id the server computed for each (never the
+    client's word): a later request may name a frame by that id alone (``ContentRef``), so a preview after
+    a knob change sends only its target's pixels. The buffers are the received message parts, not copied.
+    Also their float32 pixels once converted (read-only: the engine never writes into an original), so
+    the frames of a shot being previewed are converted once, not per request. Least recently used entries
+    go past ``max_bytes`` (raw and converted together). The worker thread alone uses it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+        self._size = 0
+
+    def _keep(self, key: tuple[str, str], value: Any, size: int) -> None:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (value, size)
+        self._size += size
+        while self._size > self.max_bytes:
+            _, (_, old) = self._entries.popitem(last=False)
+            self._size -= old
+
+    def _recall(self, key: tuple[str, str]) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, content_id: str, image: RawImage) -> None:
+        self._keep(("raw", content_id), image, image.spec.nbytes)
+
+    def get(self, content_id: str) -> RawImage | None:
+        return self._recall(("raw", content_id))  # type: ignore[no-any-return]
+
+    def put_pixels(self, content_id: str, pixels: np.ndarray) -> None:
+        pixels.flags.writeable = False
+        self._keep(("pixels", content_id), pixels, pixels.nbytes)
+
+    def pixels(self, content_id: str) -> np.ndarray | None:
+        return self._recall(("pixels", content_id))  # type: ignore[no-any-return]
+
+
 # --- result cache ------------------------------------------------------------------------------------
 
 
@@ -261,16 +319,30 @@ class ResultCache:
     ``frdm.engine.depends.frame_key`` at its stage.
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
-    entries (of either kind) go when the folder grows past ``max_bytes``."""
+    entries (of either kind) go when the folder grows past ``max_bytes``.
+
+    ``background``: entries are serialised and written by a thread of their own, so a frame's reply (and
+    its job's ``done``) does not wait for tens of megabytes to reach the disk; an entry waiting there is
+    already served by ``get``, at most ``PENDING`` wait (then ``put`` blocks: the worker never runs far
+    ahead of the disk), and ``close`` writes what is left."""
 
     KINDS = ("frame", "fill")
+    PENDING = 8
 
-    def __init__(self, directory: str, max_bytes: int):
+    def __init__(self, directory: str, max_bytes: int, *, background: bool = False):
         self.directory = directory
         self.max_bytes = max_bytes
         os.makedirs(directory, exist_ok=True)
         atomic.remove_stale(directory)
         self._size = sum(e.stat().st_size for e in os.scandir(directory) if e.is_file())
+        self._pending: dict[str, Any] = {}  # path -> the entry not yet written (bytes, parts or a callable)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] | None = None
+        self._writer: threading.Thread | None = None
+        if background:
+            self._queue = queue.Queue(self.PENDING)
+            self._writer = threading.Thread(target=self._write_pending, name="frdm-cache-writer", daemon=True)
+            self._writer.start()
 
     def _path(self, key: str, kind: str) -> str:
         if kind not in self.KINDS:
@@ -279,6 +351,10 @@ class ResultCache:
 
     def get(self, key: str, kind: str = "frame") -> bytes | None:
         path = self._path(key, kind)
+        with self._lock:
+            waiting = self._pending.get(path)
+        if waiting is not None:
+            return _entry_bytes(waiting)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -288,14 +364,54 @@ class ResultCache:
             return None
 
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
-        """``data``: bytes-like, or a sequence of bytes-like parts (joined: one atomic write)."""
-        blob = data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
-        atomic.write_bytes(self._path(key, kind), blob)
+        """``data``: bytes-like, a sequence of bytes-like parts (joined: one atomic write), or a callable
+        returning either (called where the entry is written: the writer thread when ``background``)."""
+        path = self._path(key, kind)
+        if self._queue is None:
+            self._write(path, data)
+            return
+        with self._lock:
+            self._pending[path] = data
+        self._queue.put(path)
+
+    def flush(self) -> None:
+        """Wait until every entry put so far is on disk (or failed)."""
+        if self._queue is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Write every waiting entry, then stop the writer thread (a no-op without one)."""
+        if self._queue is not None and self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._queue = None
+
+    def _write_pending(self) -> None:
+        assert self._queue is not None
+        while (path := self._queue.get()) is not None:  # None: close()
+            with self._lock:
+                data = self._pending.get(path)
+            try:
+                if data is not None:
+                    self._write(path, data)
+            except Exception as exc:  # a full or failing cache disk costs the cache, never a frame
+                log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
+            finally:
+                with self._lock:
+                    if self._pending.get(path) is data:
+                        del self._pending[path]
+                self._queue.task_done()
+
+    def _write(self, path: str, data: Any) -> None:
+        blob = _entry_bytes(data)
+        # Not synced: an entry a power cut damages reads as a miss (entry_image and FillResult.from_bytes
+        # check what they read), and a 2K frame's fsync would hold the writer for the disk on every frame.
+        atomic.write_bytes(path, blob, durable=False)
         self._size += memoryview(blob).nbytes
         if self._size > self.max_bytes:
             self._prune()
 
-    def _prune(self) -> None:
+    def _prune(self) -> None:  # the writer's (or, without one, the caller's) thread only
         entries = sorted(
             # .exr: entries of the version before the stage cache, never read again
             (e for e in os.scandir(self.directory) if e.is_file() and e.name.endswith((".frame", ".fill", ".exr"))),
@@ -312,3 +428,10 @@ class ResultCache:
             except OSError:
                 pass
         self._size = total
+
+
+def _entry_bytes(data: Any) -> bytes | bytearray | memoryview:
+    """A cache entry as one bytes-like: ``data`` itself, its parts joined, or what its callable returns."""
+    if callable(data):
+        data = data()
+    return data if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)

@@ -5,7 +5,9 @@ sockets are not thread-safe)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 import threading
 import traceback
 import weakref
@@ -21,11 +23,20 @@ from frdm.engine.fill import FillResult
 from frdm.engine.frames import Source
 from frdm.server import protocol, sniff
 from frdm.server.jobs import Job, JobBoard
-from frdm.server.pixels import entry_bytes, entry_image, frame_from_raw, raw_from_frame, wire_types, with_attributes
+from frdm.server.pixels import (
+    changed_from_raw,
+    entry_bytes,
+    entry_image,
+    frame_from_raw,
+    raw_from_frame,
+    wire_types,
+    with_attributes,
+)
 from frdm.server.protocol import ImageRef, Limits, RawImage
 from frdm.server.replies import done_reply, error_reply, frame_reply, stop_error
 from frdm.server.storage import (
     ResultCache,
+    SourceMemory,
     check_ocio_config,
     read_regular,
     remove_stale_under_root,
@@ -41,6 +52,15 @@ Emit = Callable[..., None]
 
 class _Stop(Exception):
     """The server is stopping: leave the job after the current frame."""
+
+
+class NeedSources(Exception):
+    """Frames the request named by content id only must be read (no restorer output is kept for a target
+    that reads them): the job ends with ``need_sources`` listing them, and the client resends with pixels."""
+
+    def __init__(self, frames: list[int]):
+        super().__init__(frames)
+        self.frames = sorted(set(frames))
 
 
 def read_input(job: Job, kind: str, frame: int, limits: Limits) -> Any:
@@ -61,8 +81,8 @@ class WireSource(Source):
     how long they live), so a frame that comes back with those very pixels is sent as the source's own
     buffer."""
 
-    def __init__(self, job: Job, kind: str, limits: Limits):
-        self.job, self.kind, self.limits = job, kind, limits
+    def __init__(self, job: Job, kind: str, limits: Limits, memory: SourceMemory | None = None):
+        self.job, self.kind, self.limits, self.memory = job, kind, limits, memory
         self.refs: dict[int, ImageRef] = job.req.sources if kind == "sources" else job.req.masks
         self.real = job.real_sources if kind == "sources" else job.real_masks
         self.description = f"job {job.id} {kind}"
@@ -81,9 +101,15 @@ class WireSource(Source):
         from frdm.engine.frames import decode_image
 
         name = f"{self.kind[:-1]} frame {frame}"
+        if self.refs[frame].id is not None and self.raw(frame) is None:  # the worker checks first: a backstop
+            raise NeedSources([frame])
         raw = self.raw(frame)
         if raw is not None:  # sized against the limits and its description when the job was accepted
-            image = frame_from_raw(raw, name)
+            cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None
+            known = self.memory.pixels(cid) if self.memory is not None and cid is not None else None
+            image = frame_from_raw(raw, name, known)
+            if self.memory is not None and cid is not None and known is None:
+                self.memory.put_pixels(cid, image.pixels)
             self._from_raw[frame] = image.pixels
             return image
         data = read_input(self.job, self.kind, frame, self.limits)
@@ -97,15 +123,20 @@ class WireSource(Source):
         raw = self.raw(frame)
         if (
             raw is not None
-            and self._from_raw.get(frame) is image.pixels
             and wire_types(image.formats, pixel_type) == raw.spec.types
             and tuple(image.channels) == raw.spec.channels
         ):
-            return with_attributes(raw, image), True
+            original = self._from_raw.get(frame)
+            if original is image.pixels:
+                return with_attributes(raw, image), True
+            if original is not None and original.shape == image.pixels.shape:
+                return changed_from_raw(raw, original, image), False
         return raw_from_frame(image, pixel_type), False
 
 
 def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
+    if ref is not None and ref.id is not None:
+        return job.recalled.get(ref.frame)
     if ref is None or ref.blob is None or ref.image is None:
         return None
     return RawImage(ref.image, job.blobs[ref.blob - 1])
@@ -113,18 +144,26 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame."""
+    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
+    worker's check (which frames must be read) and the pipeline see the same entries."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
+        self.held: dict[int, FillResult] = {}
 
     def get(self, frame: int) -> FillResult | None:
+        if frame in self.held:
+            return self.held[frame]
         data = self.cache.get(self.keys[frame], "fill")
-        return FillResult.from_bytes(data) if data is not None else None
+        result = FillResult.from_bytes(data) if data is not None else None
+        if result is not None:
+            self.held[frame] = result
+        return result
 
     def put(self, frame: int, result: FillResult) -> None:
+        self.held[frame] = result
         try:
-            self.cache.put(self.keys[frame], result.to_bytes(), "fill")
+            self.cache.put(self.keys[frame], result.to_bytes, "fill")  # serialised where it is written
         except OSError as exc:
             log.warning("cache: fill result of frame %s not kept (%s)", frame, exc)
 
@@ -162,6 +201,7 @@ class Worker:
         engine_version: str,
         weights_id: str,
         cache: ResultCache,
+        memory: SourceMemory,
         roots: list[str],
         limits: Limits,
         chunk: int,
@@ -173,11 +213,13 @@ class Worker:
         self.engine_version = engine_version
         self.weights_id = weights_id
         self.cache = cache
+        self.memory = memory
         self.roots = roots
         self.limits = limits
         self.chunk = chunk
         self.stopping = stopping
         self.context = context
+        self._hasher = concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1), "frdm-hash")
 
     def run(self) -> None:
         push = self.context.socket(zmq.PUSH)
@@ -203,6 +245,17 @@ class Worker:
                     emit(job, done_reply(job))
                 except _Stop:
                     emit(job, stop_error(job))
+                except NeedSources as exc:
+                    emit(
+                        job,
+                        error_reply(
+                            job,
+                            "need_sources",
+                            f"job {job.id}: the server holds no restorer output for a target that reads frames "
+                            f"{exc.frames[:10]}, which came by content id only; send them with their pixels",
+                            frames=exc.frames,
+                        ),
+                    )
                 except CancelledError:
                     emit(
                         job,
@@ -231,6 +284,8 @@ class Worker:
             for job in queue.drain():
                 emit(job, stop_error(job))
                 self.board.forget(job.id)
+            self.cache.close()  # what the cache writer still holds reaches the disk ("those are cached")
+            self._hasher.shutdown(wait=False)
             push.close(linger=-1)
 
     def _hash(self, job: Job, kind: str, frame: int) -> str:
@@ -239,11 +294,33 @@ class Worker:
         key = (kind, frame)
         if key not in job.hashes:
             ref = (job.req.sources if kind == "sources" else job.req.masks)[frame]
-            cid = depends.content_id(read_input(job, kind, frame, self.limits))
-            if ref.image is not None:
-                cid = depends.content_id(protocol.pack(ref.image.to_wire())) + cid
-            job.hashes[key] = cid
+            raw = job_raw(job, ref)
+            if ref.id is not None:  # the client's word for a frame it sent before (it only fools itself)
+                job.hashes[key] = ref.id
+            elif raw is not None:
+                job.hashes[key] = raw.content_id()
+                if kind == "sources":
+                    self.memory.put(job.hashes[key], raw)
+            else:
+                job.hashes[key] = depends.content_id(read_input(job, kind, frame, self.limits))
         return job.hashes[key]
+
+    def _hash_all(self, job: Job, frames: list[tuple[str, int]]) -> None:
+        """Content ids of inline raw frames hashed side by side (hashlib lets go of the GIL on big buffers:
+        a 2K frame is ~16 ms of SHA-256 on one core); the bookkeeping stays on this thread."""
+
+        def ref(key: tuple[str, int]) -> ImageRef:
+            return (job.req.sources if key[0] == "sources" else job.req.masks)[key[1]]
+
+        todo = [k for k in frames if k not in job.hashes and ref(k).id is None and job_raw(job, ref(k)) is not None]
+        if len(todo) > 1:
+            raws = [job_raw(job, ref(k)) for k in todo]
+            for key, raw, cid in zip(todo, raws, self._hasher.map(RawImage.content_id, raws)):
+                job.hashes[key] = cid
+                if key[0] == "sources":
+                    self.memory.put(cid, raw)  # type: ignore[arg-type]
+        for kind, frame in frames:
+            self._hash(job, kind, frame)
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
         from frdm.engine.pipeline import restore_frames
@@ -264,9 +341,15 @@ class Worker:
         # from the built-in ones), positional like the pipeline's. Two stages: the finished frame (output)
         # and the restorer's output (fill), from which a blend- or output-stage change only re-blends.
         available = sorted(job.req.sources)
+        windows = {f: depends.window_at(f, reach, available) for f in targets}
+        self._hash_all(
+            job,
+            [("sources", n) for n in sorted({n for w in windows.values() for n in w})]
+            + [("masks", f) for f in targets if f in job.req.masks],
+        )
         keys, fill_keys = {}, {}
         for f in targets:
-            window = depends.window_at(f, reach, available)
+            window = windows[f]
             sources = {n: self._hash(job, "sources", n) for n in window}
             masks = {f: self._hash(job, "masks", f)} if f in job.req.masks else None
             keys[f], fill_keys[f] = (
@@ -301,7 +384,25 @@ class Worker:
             job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
-        source = WireSource(job, "sources", self.limits)
+        fill_cache = FillCache(self.cache, fill_keys)
+        by_id = {n for n, ref in job.req.sources.items() if ref.id is not None}
+        if by_id:
+            # A target without a kept restorer output reads its whole window: frames of it that came by id
+            # only are taken from the recent sources, and those not there asked for before anything of this
+            # chunk is restored or delivered.
+            lacking = set()
+            for n in sorted(
+                {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)} & by_id
+            ):
+                if n not in job.recalled:
+                    image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
+                    if image is None:
+                        lacking.add(n)
+                    else:
+                        job.recalled[n] = image
+            if lacking:
+                raise NeedSources(sorted(lacking))
+        source = WireSource(job, "sources", self.limits, self.memory)
         masks = WireSource(job, "masks", self.limits) if job.req.masks else None
         results = restore_frames(
             source,
@@ -310,7 +411,7 @@ class Worker:
             self.restorer,
             mask_source=masks,
             progress=progress,
-            fill_cache=FillCache(self.cache, fill_keys),
+            fill_cache=fill_cache,
         )
         try:
             for frame, image in results:

@@ -183,9 +183,14 @@ def _regions(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def test_fills_on_grainy_footage_match_brightness_and_grain(shared_data):
-    """A grainy, flickering, soft picture (a sky, a wall): each filled defect's mean brightness against the
-    grain-free truth, and its grain (high-pass std) against the truth's there. Grain averages differently over a
-    region in each frame, so a fill made of real grain from another frame cannot match to the last 1/255."""
+    """Issue 11's bounds: on a grainy, flickering, soft picture (a sky, a wall), 90% of filled defects within
+    2/255 of the true brightness and with >= 0.7 of the true grain.
+
+    Each region is a defect grown by the blend's default matte_grow (2 px: what the output replaces at full
+    weight), its fill's mean luma compared with the grain-free truth's there, its grain (high-pass std) with the
+    grainy truth's. Grain averages differently over a region in each frame, so even a perfect fill (the picture
+    with another frame's grain) is off by the grain's mean over the region; the test first checks that such a
+    fill meets the bounds at these region sizes, so the bounds measure the engine, not the grain's luck."""
     import cv2
 
     still = cv2.GaussianBlur(
@@ -194,23 +199,68 @@ def test_fills_on_grainy_footage_match_brightness_and_grain(shared_data):
     rng = np.random.default_rng(21)
     smooth, _ = add_flicker(pan_clip(still, 9, (256, 160), speed=(2.0, 0.5)), rng, swing=0.2, local=0.05)
     truth = add_grain(smooth, rng, strength=0.015)
+    other_grain = add_grain(smooth, np.random.default_rng(99), strength=0.015)
     degraded, dust = add_dust(truth, rng, per_frame=6)
     targets = list(range(2, 7))
     out = list(ClassicalRestorer().restore(Clip(degraded, list(range(9)), targets), P.validate({})))
-    steps, ratios = [], []
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    steps, ratios, ideal = [], [], []
     for t, restored in zip(targets, out):
-        luma = restored.image.mean(-1)
+        luma, true_luma = restored.image.mean(-1), smooth[t].mean(-1)
         hp_got, hp_true = highpass(luma), highpass(truth[t].mean(-1))
-        for region in _regions(dust[t]):
-            if region.sum() < 20 or restored.matte[region].mean() < 0.5:  # detection is tested elsewhere
+        for defect in _regions(dust[t]):
+            if defect.sum() < 20 or restored.matte[defect].mean() < 0.5:  # detection is tested elsewhere
                 continue
-            steps.append(abs(luma[region].mean() - smooth[t].mean(-1)[region].mean()))
+            region = cv2.dilate(defect.astype(np.uint8), grow) > 0
+            steps.append(abs(luma[region].mean() - true_luma[region].mean()))
             ratios.append(hp_got[region].std() / max(hp_true[region].std(), 1e-6))
-    steps, ratios = np.array(steps) * 255, np.array(ratios)
+            ideal.append(abs(other_grain[t].mean(-1)[region].mean() - true_luma[region].mean()))
+    steps, ratios, ideal = np.array(steps) * 255, np.array(ratios), np.array(ideal) * 255
     assert len(steps) >= 18
+    assert np.mean(ideal <= 2) >= 0.95, f"the measurement is unfair to a perfect fill: {np.sort(ideal).round(1)}"
     detail = f"steps (1/255) {np.sort(steps).round(1)}, grain ratios {np.sort(ratios).round(2)}"
-    assert np.mean(steps <= 2) >= 0.6 and np.mean(steps <= 5) >= 0.85, detail
-    assert np.mean(ratios >= 0.7) >= 0.75, detail
+    assert np.mean(steps <= 2) >= 0.9, detail
+    assert np.mean(ratios >= 0.7) >= 0.9, detail
+
+
+def test_a_misaligned_neighbour_is_not_pasted_across_an_edge():
+    """San Francisco earthquake frame 133: a neighbour's content pasted a few px off drew a bright streak across
+    a pillar. A candidate is judged on the region's ring: one whose edge does not line up with the frame's
+    there (beyond the re-alignment search) is dropped, an aligned one is used, and with only the misaligned
+    one the region is left to the spatial fill."""
+    from frdm.engine.classical.fill import SHIFT_SEARCH, region_rings, temporal_fill
+
+    rng = np.random.default_rng(4)
+    h, w = 64, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def picture(offset: float) -> np.ndarray:  # a bright diagonal bar (a pillar) on grey, with fresh grain
+        bar = (np.abs(xx - yy - offset) < 4).astype(np.float32)
+        grey = 0.3 + 0.4 * bar + 0.01 * rng.standard_normal((h, w)).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=-1)
+
+    frame = picture(0.0)
+    aligned, misaligned = picture(0.0) * 1.1, picture(2.0 * SHIFT_SEARCH + 4)  # one brighter (flicker), one off
+    region = np.zeros((h, w), bool)
+    region[26:38, 26:38] = True  # on the bar
+    labels, ring, count = region_rings(region, region)
+    frames = {0: aligned, 1: misaligned}
+
+    def flow(k, ys, xs):  # the flow claims both neighbours are still
+        return np.zeros((len(ys), 2), np.float32), np.ones(len(ys), bool)
+
+    def sample(k, sx, sy):
+        ix, iy = np.clip(np.rint(sx).astype(int), 0, w - 1), np.clip(np.rint(sy).astype(int), 0, h - 1)
+        return frames[k][iy, ix], (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+
+    ys, xs = np.nonzero(labels)
+    truth = frame[ys, xs] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    values, ok = temporal_fill(frame, flow, sample, [1, 0], labels, ring, count)
+    assert ok.all()
+    error = np.abs(values @ np.array([0.2126, 0.7152, 0.0722], np.float32) - truth)
+    assert error.mean() < 0.02, f"mean error {error.mean() * 255:.1f}/255: the misaligned bar was pasted"
+    _, ok = temporal_fill(frame, flow, sample, [1], labels, ring, count)
+    assert not ok.any(), "the misaligned neighbour alone must leave the region to the spatial fill"
 
 
 def test_flow_is_computed_once_per_frame_pair_across_blocks(shot, monkeypatch):

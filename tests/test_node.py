@@ -262,7 +262,8 @@ def test_mask_of_another_format(tmp_path, classical_server):
     with pytest.raises(N.RenderError) as err:
         job.wait(30)
     assert err.value.code == "bad_input"
-    assert "Mask input is 32x24 at frame 1 but the Source is 64x48" in str(err.value)
+    # (only the target's own mask is read: a mask selects its own frame's pixels, context frames need none)
+    assert "Mask input is 32x24 at frame 2 but the Source is 64x48" in str(err.value)
     _assert_nothing_written(tmp_path / "out")
 
 
@@ -284,3 +285,114 @@ def test_unreadable_input_loads_nothing(tmp_path, classical_server):
         job.wait(30)
     assert err.value.code == "bad_input" and "not a readable OpenEXR file" in str(err.value)
     _assert_nothing_written(tmp_path / "out")
+
+
+# --- the preview loop: a blend-stage change sends no context frames ---------------------------------------
+
+
+class Recorder:
+    """Counts the node's EXR decodes and records what each restore request sends per frame."""
+
+    def __init__(self, monkeypatch):
+        from frdm.server import exrfile
+        from frdm.server.client import FrdmClient
+
+        self.decoded: list[int] = []
+        self.sent: list[dict[int, str]] = []
+        decode, restore = exrfile.decode, FrdmClient.restore
+
+        def counting_decode(data):
+            self.decoded.append(len(data))
+            return decode(data)
+
+        def recording_restore(client, params, frames, *, sources, **kw):
+            self.sent.append({f: type(v).__name__ for f, v in sources.items()})
+            return restore(client, params, frames, sources=sources, **kw)
+
+        monkeypatch.setattr(exrfile, "decode", counting_decode)
+        monkeypatch.setattr(FrdmClient, "restore", recording_restore)
+
+    def reset(self) -> None:
+        self.decoded.clear()
+        self.sent.clear()
+
+
+def test_preview_after_a_feather_change_sends_and_decodes_no_context_frames(tmp_path, classical_server, monkeypatch):
+    src = write_clip(tmp_path / "in", count=5)
+    inputs = N.Inputs.from_sequence(src)
+    seen = Recorder(monkeypatch)
+    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=2), timeout=30)
+    out = str(tmp_path / "out" / "p.####.exr")
+    node.preview(3, inputs, out, use_cache=False).wait(60)
+    assert seen.sent == [{n: "RawImage" for n in (1, 2, 3, 4, 5)}] and len(seen.decoded) == 5
+
+    seen.reset()
+    node.set_params({"feather": 4.0})
+    node.preview(3, inputs, out, use_cache=False).wait(60)
+    context = {n: "ContentRef" for n in (1, 2, 4, 5)}
+    assert seen.sent == [{**context, 3: "RawImage"}]  # one request, the target's pixels only
+    assert len(seen.decoded) == 1
+    expect = in_process(src, [3], dict(node.params))[3]
+    np.testing.assert_array_equal(pixels(out.replace("####", "0003")), expect)
+
+    seen.reset()
+    node.set_params({"dust_threshold": 0.2})  # a detection knob: the context is read from the server's memory
+    node.preview(3, inputs, out, use_cache=False).wait(60)
+    assert seen.sent == [{**context, 3: "RawImage"}] and len(seen.decoded) == 1
+    np.testing.assert_array_equal(pixels(out.replace("####", "0003")), in_process(src, [3], dict(node.params))[3])
+
+
+def test_preview_by_id_falls_back_when_the_server_was_restarted(tmp_path, monkeypatch):
+    src = write_clip(tmp_path / "in", count=4, seed=3)
+    inputs = N.Inputs.from_sequence(src)
+    seen = Recorder(monkeypatch)
+    first = ServerProcess(tmp_path / "a", restorer=None).wait_ready()
+    try:
+        node = N.FrdmNode(first.address, dict(SHARED, temporal_radius=1), timeout=30)
+        out = str(tmp_path / "out" / "p.####.exr")
+        node.preview(2, inputs, out, use_cache=False).wait(60)
+    finally:
+        first.stop()
+    # A new server at the same address, with an empty cache and nothing in memory.
+    second = ServerProcess(tmp_path / "b", restorer=None, bind=first.bind).wait_ready()
+    try:
+        seen.reset()
+        node.set_params({"feather": 3.0})
+        result = node.preview(2, inputs, out, use_cache=False).wait(60)
+    finally:
+        second.stop()
+    assert seen.sent == [{1: "ContentRef", 2: "RawImage", 3: "ContentRef"}, {n: "RawImage" for n in (1, 2, 3)}]
+    assert result.frames == {2: out.replace("####", "0002")}
+    np.testing.assert_array_equal(pixels(result.frames[2]), in_process(src, [2], dict(node.params))[2])
+
+
+def test_input_ids_follow_the_file_not_the_path(tmp_path):
+    from frdm.engine import atomic
+
+    ids = N.InputIds()
+    path = str(tmp_path / "f.exr")
+    src = write_clip(tmp_path / "clip", count=2)
+    one, two = (Path(src.replace("####", f"{n:04d}")).read_bytes() for n in (1, 2))
+    atomic.write_bytes(path, one)
+    first = ids.fingerprint(path, "frame")
+    assert ids.fingerprint(path, "frame") is first  # unchanged: not read again
+    ids.learn_wire(path, N._inline(one), first)
+    assert ids.wire(path) is not None
+    atomic.write_bytes(path, two)  # the host renders the input again (a new file renamed over)
+    assert ids.wire(path) is None
+    assert ids.fingerprint(path, "frame").digest != first.digest
+
+
+def test_same_compression_keeps_a_piz_input_piz_inline(tmp_path, classical_server):
+    from frdm.engine.frames import read_frame, write_frame
+
+    src = write_clip(tmp_path / "zip", count=3)
+    piz = str(tmp_path / "piz" / "clip.####.exr")
+    for n in (1, 2, 3):  # the same plates, PIZ-compressed (which the host's own EXR codec does not read)
+        write_frame(piz.replace("####", f"{n:04d}"), read_frame(src.replace("####", f"{n:04d}")), compression="piz")
+    node = N.FrdmNode(classical_server.address, dict(SHARED, compression="same"), timeout=30)
+    out = str(tmp_path / "out" / "r.####.exr")
+    result = node.render([2], N.Inputs.from_sequence(piz), out, path_mode=False).wait(60)
+    written = read_frame(result.frames[2])
+    assert written.compression == "piz"
+    np.testing.assert_array_equal(written.pixels, in_process(piz, [2], dict(node.params))[2])

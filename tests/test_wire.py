@@ -7,10 +7,12 @@ left unchanged back as the source's own bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,19 +136,27 @@ class CountingRestorer:
             yield RestoredFrame(t, image, matte)
 
 
-@pytest.fixture
-def server(tmp_path):
+@contextlib.contextmanager
+def counting_server(cache: Path, **config: Any) -> Iterator[tuple[Any, CountingRestorer]]:
     from frdm.server.server import Server, ServerConfig
 
     restorer = CountingRestorer()
-    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "cache")), restorer=restorer)
+    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(cache), **config), restorer=restorer)
     ready = threading.Event()
     thread = threading.Thread(target=srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
     thread.start()
     assert ready.wait(30)
-    yield srv, restorer
-    srv.request_stop()
-    thread.join(30)
+    try:
+        yield srv, restorer
+    finally:
+        srv.request_stop()
+        thread.join(30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    with counting_server(tmp_path / "cache") as running:
+        yield running
 
 
 def run(address: str, params: dict[str, Any], sources: dict[int, Any], frames=(2, 3), reply="raw") -> dict[int, Any]:
@@ -242,6 +252,7 @@ def test_unchanged_frame_goes_back_as_the_source_bytes(server):
     for _ in range(2):  # restored, then from the cache (which stores no pixels for it)
         out = run(srv.endpoint, {"write_matte": False}, src, frames=(2,))
         assert bytes(memoryview(out[2][0].buffer)) == buf.tobytes()
+    srv.cache.flush()
     cached = [e for e in os.scandir(srv.cache.directory) if e.name.endswith(".frame")]
     assert cached and all(p.stat().st_size < 4096 for p in cached)
 
@@ -403,3 +414,211 @@ def test_server_refuses_malformed_raw_frames_by_field_and_goes_on(server):
         sock.close(0)
     assert restorer.restored == []
     assert run(srv.endpoint, {}, good, frames=(2,))  # the server goes on serving
+
+
+# --- context frames by content id (the preview after a blend-stage change) ----------------------------
+
+
+def events(address: str, params: dict[str, Any], sources: dict[int, Any], frames=(2, 3)) -> list[Any]:
+    with FrdmClient(address, timeout=30) as client:
+        return list(client.restore(dict(params, colorspace="raw"), list(frames), sources=sources, reply="raw"))
+
+
+def test_context_frames_by_content_id_re_blend_without_their_pixels(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 3]
+    by_id = {1: protocol.ContentRef(sources[1].content_id()), 4: protocol.ContentRef(sources[4].content_id())}
+    light = run(srv.endpoint, {"feather": 3.0}, {**by_id, 2: sources[2], 3: sources[3]})
+    assert sorted(restorer.restored) == [2, 3]  # re-blended from the kept restorer outputs
+    assert not any(cached for _, cached in light.values())
+    full = run(srv.endpoint, {"feather": 3.0}, sources)  # the same request with every frame's pixels
+    assert all(cached for _, cached in full.values())  # ... keys the frames alike: the ids are the server's
+    for n in (2, 3):
+        assert light[n][0].spec == full[n][0].spec
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
+def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(server, monkeypatch):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    converted: list[Any] = []
+    to_float32 = RawImage.to_float32
+    monkeypatch.setattr(RawImage, "to_float32", lambda raw: (converted.append(raw), to_float32(raw))[1])
+    by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
+    light = run(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
+    assert sorted(restorer.restored) == [2, 2, 3, 3]  # restored again, its context from memory ...
+    assert converted == []  # ... and every frame's float pixels too (converted by the first request)
+    full = run(srv.endpoint, {"dust_threshold": 0.2}, sources)
+    assert all(cached for _, cached in full.values())
+    for n in (2, 3):
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
+def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
+    with counting_server(tmp_path / "cache", source_memory_bytes=0) as (srv, restorer):
+        sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
+        got = events(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]})
+        assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
+        assert got[-1].frames == [1, 4]
+        assert not [e for e in got if e.kind == "frame"]  # nothing delivered, nothing restored
+        assert sorted(restorer.restored) == [2, 3]
+        # A wrong id is a miss, never another frame's result: the server asks for the pixels.
+        wrong = {1: protocol.ContentRef("0" * 128), 4: by_id[4]}
+        got = events(srv.endpoint, {"feather": 2.0}, {**wrong, 2: sources[2], 3: sources[3]})
+        assert got[-1].code == "need_sources" and got[-1].frames == [1]
+        assert run(srv.endpoint, {"dust_threshold": 0.2}, sources)  # with pixels the server goes on
+        assert sorted(restorer.restored) == [2, 2, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ({"frame": 1, "id": "A" * 64}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": "a" * 63}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": 7}, "64 or 128 lowercase hex"),
+        ({"frame": 1, "id": "a" * 64, "path": "/x.exr"}, "exactly one of"),
+        ({"frame": 1, "id": "a" * 64, "image": {}}, "'image' describes inline pixels"),
+        ({"frame": 2, "id": "a" * 64}, "a target's own pixels must be sent"),
+    ],
+)
+def test_malformed_content_id_sources_are_refused_by_field(entry, why):
+    h, blobs = protocol.restore_header("r", "j", {}, [2], {3: b"exr"})
+    h["sources"] = [entry, *([] if entry["frame"] == 2 else [{"frame": 2, "blob": 1}])]
+    with pytest.raises(ProtocolError, match=why) as err:
+        protocol.parse_restore(h, 1 if entry["frame"] != 2 else 0, Limits())
+    assert err.value.code == "bad_request"
+
+
+def test_a_mask_cannot_be_named_by_content_id():
+    h, _ = protocol.restore_header("r", "j", {}, [2], {2: b"exr"})
+    h["masks"] = [{"frame": 2, "id": "a" * 64}]
+    with pytest.raises(ProtocolError, match=r"masks\[0\]: only a source frame"):
+        protocol.parse_restore(h, 1, Limits())
+
+
+def test_half_to_float_table_is_astype_for_every_half():
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    got = protocol.half_to_float32(every.reshape(256, 256))
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    np.testing.assert_array_equal(got.reshape(-1).view(np.uint32), every.astype(np.float32).view(np.uint32))
+
+
+def test_cache_entries_are_not_synced_and_a_torn_entry_is_a_miss(server, monkeypatch):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    first = run(srv.endpoint, {"feather": 1.0}, sources)
+    srv.cache.flush()
+    assert synced == []  # the cache does not wait for the disk ...
+    for entry in os.scandir(srv.cache.directory):  # ... because what a power cut may leave is a miss
+        if entry.name.endswith((".frame", ".fill")):
+            with open(entry.path, "r+b") as fh:
+                fh.truncate(entry.stat().st_size // 2)
+    again = run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 2, 3, 3] and not any(cached for _, cached in again.values())
+    for n in (2, 3):
+        assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
+
+
+def test_a_raw_frame_declares_its_colour_space_as_its_file_does(server, tmp_path):
+    import OpenImageIO as oiio
+
+    from frdm.server import exrfile
+
+    srv, _ = server
+    files = {}
+    for n in (1, 2, 3):
+        spec = oiio.ImageSpec(W, H, 3, "half")
+        spec.attribute("oiio:ColorSpace", "sRGB")  # OpenImageIO writes it as the header's colorInteropID
+        path = str(tmp_path / f"s.{n}.exr")
+        out = oiio.ImageOutput.create(path)
+        assert out.open(path, spec)
+        out.write_image(np.full((H, W, 3), 0.2 + 0.1 * n, np.float32))
+        out.close()
+        files[n] = Path(path).read_bytes()
+    spaces = {}
+    for form, sources in (("exr", files), ("raw", {n: exrfile.decode(b) for n, b in files.items()})):
+        with FrdmClient(srv.endpoint, timeout=30) as client:
+            for event in client.restore({"colorspace": "auto"}, [2], sources=sources, reply="raw"):
+                assert event.kind != "error", event.message
+                if event.kind == "frame":
+                    spaces[form] = event.image.spec.attributes["frdm:colorspace"][1]
+    assert spaces["raw"] == spaces["exr"] != "linear"  # not guessed from the half type
+
+
+def test_the_cache_writer_serves_waiting_entries_and_writes_them_on_close(tmp_path):
+    from frdm.server.storage import ResultCache
+
+    cache = ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    disk = threading.Event()
+
+    def slow() -> bytes:  # an entry the writer serialises on a disk that is slow to answer
+        disk.wait(30)
+        return b"slow"
+
+    cache.put("s" * 64, slow, "fill")
+    cache.put("k" * 64, lambda: b"entry", "fill")  # waiting behind it, serialised when written or read
+    cache.put("f" * 64, [b"par", b"ts"], "frame")
+    assert not os.path.exists(os.path.join(cache.directory, "f" * 64 + ".frame"))
+    assert cache.get("k" * 64, "fill") == b"entry" and cache.get("f" * 64) == b"parts"  # served while waiting
+    disk.set()
+    cache.close()
+    assert sorted(os.listdir(cache.directory)) == ["f" * 64 + ".frame", "k" * 64 + ".fill", "s" * 64 + ".fill"]
+    cache.put("a" * 64, b"now")  # after close: written at once
+    assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame")) and cache.get("a" * 64) == b"now"
+
+
+@pytest.mark.parametrize("types", [("half",) * 4, ("half", "half", "half", "float")], ids=["half", "mixed"])
+def test_converting_only_the_changed_pixels_gives_the_full_conversion(types):
+    from frdm.server.pixels import changed_from_raw, frame_from_raw, raw_from_frame
+
+    raw = raw_frame(5, types)
+    frame = frame_from_raw(raw, "f")
+    rng = np.random.default_rng(1)
+    pixels = frame.pixels.copy()
+    pixels[rng.random((H, W)) < 0.1, :3] = rng.random((3,), dtype=np.float32)  # scattered repairs
+    pixels[0, 0, 0], pixels[0, 1, 1] = -0.0, 1e-9  # a sign-only change and one half cannot hold
+    out = frame.with_pixels(pixels)
+    out.attributes["frdm:x"] = ("string", "y")
+    got, full = changed_from_raw(raw, frame.pixels, out), raw_from_frame(out)
+    assert got.spec == full.spec
+    assert bytes(memoryview(got.buffer).cast("B")) == bytes(memoryview(full.buffer).cast("B"))
+    assert bytes(memoryview(raw.buffer).cast("B")) == bytes(memoryview(raw_frame(5, types).buffer).cast("B"))
+
+
+def test_huge_finite_float_pixels_are_not_taken_for_inf():
+    from frdm.engine.errors import InputError
+    from frdm.server.pixels import frame_from_raw
+
+    px = np.full((H, W, 3), 3e38, np.float32)  # their sum overflows float32: the exact check decides
+    raw = RawImage.from_float32(px, "RGB", ("float",) * 3, (0, 0, W, H), (0, 0, W, H))
+    np.testing.assert_array_equal(frame_from_raw(raw, "f").pixels, px)
+    px[5, 7, 1] = np.inf
+    raw = RawImage.from_float32(px, "RGB", ("float",) * 3, (0, 0, W, H), (0, 0, W, H))
+    with pytest.raises(InputError, match=r"f: 1 NaN/Inf values \(first at x=7, y=5, channel G\)"):
+        frame_from_raw(raw, "f")
+
+
+def test_recent_sources_keep_to_their_budget_least_recent_first():
+    from frdm.server.storage import SourceMemory
+
+    frames = {n: raw_frame(n) for n in range(4)}
+    size = frames[0].spec.nbytes
+    memory = SourceMemory(3 * size)
+    for n in (0, 1, 2):
+        memory.put(f"{n}", frames[n])
+    assert memory.get("0") is frames[0]  # now the most recent
+    memory.put("3", frames[3])  # over budget: the least recently used goes
+    assert memory.get("1") is None and all(memory.get(f"{n}") is frames[n] for n in (0, 2, 3))
+    pixels = np.zeros((H, W, 4), np.float32)
+    memory.put_pixels("p", pixels)  # counted in the same budget (4 frames' bytes): two raw frames go
+    assert not pixels.flags.writeable and memory.pixels("p") is pixels
+    assert sum(memory.get(f"{n}") is not None for n in (0, 2, 3)) == 1
+    SourceMemory(size - 1).put("big", frames[0])  # larger than the whole budget: not kept, nothing evicted

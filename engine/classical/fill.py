@@ -3,10 +3,12 @@ are trustworthy and agree, spatial inpainting with the frame's own grain elsewhe
 static shots, where every neighbour has the same scratch).
 
 A fill is seen when it is brighter or darker than what surrounds it, or smoother. So:
-- each temporal candidate is brought to the frame's brightness around the region (the ring just outside it):
-  the neighbour may be exposed differently (flicker);
-- a region is filled from one neighbour (the one that agrees best with the median of all), not from their
-  median: a median of several frames averages their grain away and leaves a smooth patch;
+- each temporal candidate is aligned to and checked against the frame on the region's ring (the pixels just
+  outside it, where the frame is known): moved as one piece, re-aligned by a whole-pixel shift, brought to the
+  frame's exposure there (flicker is a gain), and dropped when its ring does not match the frame's beyond the
+  grain (a neighbour pasted misaligned shows edges that do not line up);
+- a region is filled from one neighbour (the best-fitting kept one), not from their median: a median of
+  several frames averages their grain away and leaves a smooth patch;
 - a spatial fill (Telea, smooth by nature) gets grain: the frame's own high frequencies, copied from a clean
   patch next to the region.
 Everything is computed on the region's pixels or a crop around each region, never on the whole frame.
@@ -21,6 +23,20 @@ import numpy as np
 
 RING = 3  # px: the ring around a region whose brightness a fill must match
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+# A temporal candidate is kept for a region when, on the region's ring and after its exposure gain, it differs
+# from the frame by at most GRAIN_TOLERANCE times the frame's grain (8-neighbour high-pass spread; two
+# independent grains differ by ~1.4-2.4 times that, depending on how fine the grain is), and by what a
+# misalignment of SUBPIXEL px leaves on the ring's edges, plus MISFIT_FLOOR. Generous on purpose: the veto is
+# for candidates that are plainly off (edges px apart); a slightly imperfect temporal fill on real film's moving
+# edges still looks better than the spatial fill that replaces it (Telea smears edges into notches and blobs).
+GRAIN_TOLERANCE = 6.0
+SUBPIXEL = 1.5  # px
+MISFIT_FLOOR = 1.0 / 255.0
+MAX_GAIN = 2.0  # a neighbour exposed more than twice or half as bright is no fill material
+RIGID_SIDE = 48  # px: regions up to this size move as one piece
+# px: how far a candidate is re-aligned to its ring. 1 px (9 samplings of every ring) tripled the fill's time
+# (San Francisco 140-147: 0.56 -> 1.57 s) for no gain on real film, and the grainy-fill bounds hold without it.
+SHIFT_SEARCH = 0
 
 
 def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -37,19 +53,37 @@ def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.
 
 def temporal_fill(
     frame: np.ndarray,
+    flow: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     sample: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     neighbours: list[int],
     labels: np.ndarray,
     ring: np.ndarray,
     count: int,
+    known: np.ndarray | None = None,
     max_spread: float = 0.12,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fill values for the labelled region's pixels (row-major order) from motion-compensated neighbours.
 
-    frame: (H, W, 3) the current frame. sample(k, ys, xs) -> (colours (N, 3), valid (N,)): neighbour k seen
-    from the current frame's grid at those pixels. Returns (values (N, 3), ok (N,)). A pixel is ok when at
-    least one neighbour is valid there and the valid neighbours agree (luma spread <= max_spread):
-    disagreeing neighbours mean the motion was not really followed, and any of them would paint a ghost."""
+    frame: (H, W, 3) the current frame. flow(k, ys, xs) -> (vectors (N, 2) x/y px, trusted (N,)): the motion
+    from the frame to neighbour k at those pixels. sample(k, sx, sy) -> (colours (N, 3), valid (N,)):
+    neighbour k at those (sub-pixel) points. known: (H, W) bool, the region's pixels that are no defect (the
+    margin a fill reaches beyond the matte for the blend to feather into): there the frame is probably right,
+    so a candidate that differs from it there beyond the grain is not used there (those pixels are not kept as
+    they are either, the matte may have missed a defect's halo; nor used as ring, a halo would bias the
+    exposure match). Returns (values (N, 3), ok (N,)).
+
+    Each neighbour gives two candidates for a region, judged on the region's ring, where the frame is known:
+    the per-pixel flow, and (small regions) the region moved as one piece by the mean trusted flow on its ring
+    (per-pixel flow is a pixel or two off on soft, grainy pictures, while a flat sky's consistent nonsense flow
+    makes a mean wrong: the ring decides which holds). Each is re-aligned by the whole-pixel shift (within
+    SHIFT_SEARCH px) that best matches its ring to the frame's, brought to the frame's exposure there
+    (flicker: a gain per channel) and dropped when what is left on the ring exceeds the grain and a sub-pixel
+    misalignment (``_ring_tolerance``): edges that do not line up around the region would be pasted
+    misaligned into it. Each pixel takes one kept candidate (one neighbour's real grain, never a median of
+    several, which would average the grain away): per region the one closest to the kept candidates' median,
+    where it is valid and close to that median, else the next. ok when the kept candidates valid there agree
+    (luma spread <= max_spread: disagreeing neighbours mean the motion was not really followed, and any of
+    them would paint a ghost) and one is usable. Elsewhere the caller fills spatially."""
     ys, xs = np.nonzero(labels)
     n = len(ys)
     if n == 0 or not neighbours:
@@ -57,41 +91,160 @@ def temporal_fill(
     lab = labels[ys, xs]
     ry, rx = np.nonzero(ring)
     rlab = ring[ry, rx]
+    known_px = np.zeros(n, bool) if known is None else known[ys, xs]
     ring_frame = frame[ry, rx]
-    matched, valid = [], []
+    ring_size = np.bincount(rlab, minlength=count)
+    tolerance = _ring_tolerance(frame, ry, rx, rlab, count)  # (count,)
+    # Regions small enough to move as one piece (a box side of at most RIGID_SIDE px).
+    top = np.full(count, labels.shape[0]), np.full(count, labels.shape[1])
+    bottom = np.zeros(count, int), np.zeros(count, int)
+    np.minimum.at(top[0], lab, ys)
+    np.minimum.at(top[1], lab, xs)
+    np.maximum.at(bottom[0], lab, ys)
+    np.maximum.at(bottom[1], lab, xs)
+    rigid = np.maximum(bottom[0] - top[0], bottom[1] - top[1]) < RIGID_SIDE
+
+    matched, valid, misfit = [], [], []
     for k in neighbours:
-        colours, ok = sample(k, np.concatenate([ys, ry]), np.concatenate([xs, rx]))
-        c, c_ring = colours[:n], colours[n:]
-        ok, ok_ring = ok[:n], ok[n:]
-        # Brightness of this neighbour around each region -> the frame's (per channel).
-        w = ok_ring.astype(np.float64)
-        ring_n = np.bincount(rlab, w, minlength=count)
-        offset = np.zeros((count, 3), np.float32)
-        for ch in range(3):
-            diff = np.bincount(rlab, w * (ring_frame[:, ch] - c_ring[:, ch]), minlength=count)
-            offset[:, ch] = np.where(ring_n >= 4, diff / np.maximum(ring_n, 1), 0.0)
-        matched.append(c + offset[lab])
-        valid.append(ok)
+        vec_ring, trust_ring = flow(k, ry, rx)
+        vec, trust = flow(k, ys, xs)
+        w = trust_ring.astype(np.float64)
+        seen = np.bincount(rlab, w, minlength=count)
+        whole = np.stack([np.bincount(rlab, w * vec_ring[:, i], minlength=count) for i in range(2)], 1)
+        whole /= np.maximum(seen, 1)[:, None]
+        piece = rigid & (seen > 0)
+        # Two candidates per neighbour: the per-pixel flow, and the region moved as one piece; the ring decides.
+        for one_piece in (False, True):
+            if one_piece:
+                vec_ring = np.where(piece[rlab, None], whole[rlab], vec_ring).astype(np.float32)
+                vec = np.where(piece[lab, None], whole[lab], vec).astype(np.float32)
+            best, shift, gain = _align(ring_frame, sample, k, ry, rx, vec_ring, trust_ring, rlab, ring_size, count)
+            if one_piece:
+                best = np.where(piece, best, np.inf)  # the same as the per-pixel candidate elsewhere
+            colours, ok = sample(k, xs + vec[:, 0] + shift[lab, 0], ys + vec[:, 1] + shift[lab, 1])
+            misfit.append(best)
+            matched.append(colours * gain[lab])
+            valid.append(ok & trust)
     stack = np.stack(matched)  # (K, N, 3)
     ok_k = np.stack(valid)  # (K, N)
+    fit = np.stack(misfit)  # (K, count)
+    # Only candidates that passed their ring check take part from here: one known to be off must not veto the
+    # others either.
+    ok_k &= (fit <= tolerance[None, :])[:, lab]
     luma = stack @ LUMA  # (K, N)
-    median = _valid_median(stack, ok_k)
+    median = _valid_median(luma[..., None], ok_k)[:, 0]
     masked_hi = np.where(ok_k, luma, -np.inf).max(axis=0)
     masked_lo = np.where(ok_k, luma, np.inf).min(axis=0)
-    ok = ok_k.any(axis=0) & (masked_hi - masked_lo <= max_spread)
-    # One neighbour per region keeps real grain: the one closest to the median over the region.
-    distance = np.abs(luma - median @ LUMA)  # (K, N)
-    score = np.full((len(neighbours), count), np.inf)
+    agree = ok_k.any(axis=0) & (masked_hi - masked_lo <= max_spread)
+    usable = ok_k & (np.abs(luma - median) <= 0.5 * max_spread)  # (K, N)
+    # Where the frame is known, a candidate must show what the frame shows: a neighbour's own defect, or
+    # content that changed, lying in the margin would otherwise be pasted over clean picture.
+    here = frame[ys, xs] @ LUMA
+    usable &= ~known_px | (np.abs(luma - here) <= 2.0 * tolerance[lab])
+    # Per region, the kept candidates in order of how close they stay to the kept candidates' median over it
+    # (the ring check is a veto, not a ranking: among aligned candidates it mostly measures grain).
+    distance = np.abs(luma - median)
+    score = np.full((len(stack), count), np.inf)
     for i, (d, o) in enumerate(zip(distance, ok_k)):
         used = np.bincount(lab, o, minlength=count)
         total = np.bincount(lab, np.where(o, d, 0.0), minlength=count)
         score[i] = np.where(used > 0, total / np.maximum(used, 1), np.inf)
-    best = np.argmin(score, axis=0)[lab]  # (N,)
+    order = np.argsort(score, axis=0, kind="stable")[:, lab]  # (K, N)
     pick = np.arange(n)
-    chosen = stack[best, pick]
-    use = ok_k[best, pick] & (distance[best, pick] <= 0.5 * max_spread)
-    values = np.where(use[:, None], chosen, median)
+    chosen = np.full(n, -1)
+    for rank in range(len(stack)):
+        k = order[rank]
+        take = (chosen < 0) & usable[k, pick]
+        chosen[take] = k[take]
+    ok = agree & (chosen >= 0)
+    values = stack[np.maximum(chosen, 0), pick]
     return values.astype(np.float32), ok
+
+
+def _align(
+    ring_frame: np.ndarray,
+    sample: Callable[[int, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    k: int,
+    ry: np.ndarray,
+    rx: np.ndarray,
+    vec_ring: np.ndarray,
+    trust_ring: np.ndarray,
+    rlab: np.ndarray,
+    ring_size: np.ndarray,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per region, the whole-pixel shift (within SHIFT_SEARCH px) of neighbour k's sampling points that best
+    matches its ring to the frame's: (misfit (count,), shift (count, 2), gain (count, 3)) of the best one."""
+    r = np.arange(-SHIFT_SEARCH, SHIFT_SEARCH + 1, dtype=np.float32)
+    dy, dx = (a.ravel() for a in np.meshgrid(r, r, indexing="ij"))  # (S,) every shift, sampled in one go
+    shifts = len(dx)
+    c_ring, ok_ring = sample(
+        k,
+        ((rx + vec_ring[:, 0])[None, :] + dx[:, None]).ravel(),
+        ((ry + vec_ring[:, 1])[None, :] + dy[:, None]).ravel(),
+    )
+    # Each (shift, region) pair is a label of its own.
+    labels = (np.arange(shifts)[:, None] * count + rlab[None, :]).ravel()
+    rms, gain = _ring_misfit(
+        np.tile(ring_frame, (shifts, 1)),
+        c_ring,
+        ok_ring & np.tile(trust_ring, shifts),
+        labels,
+        np.tile(ring_size, shifts),
+        shifts * count,
+    )
+    # A shift must earn its place: ties (flat rings, where any shift fits) keep the flow's own.
+    rms = rms.reshape(shifts, count) * (1.0 + 0.02 * (dx * dx + dy * dy))[:, None]
+    pick = np.argmin(rms, axis=0)  # (count,): a region no shift could check keeps inf
+    best = rms[pick, np.arange(count)]
+    shift = np.stack([dx[pick], dy[pick]], axis=1).astype(np.float32)
+    return best, shift, gain.reshape(shifts, count, 3)[pick, np.arange(count)]
+
+
+def _ring_misfit(
+    ring_frame: np.ndarray, c_ring: np.ndarray, ok: np.ndarray, rlab: np.ndarray, ring_size: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per region: the gain per channel that brings a candidate to the frame's brightness on the ring, and the
+    luma rms by which the two rings still differ then ((count,), (count, 3)). Flicker is a change of exposure:
+    a gain, not an offset (an offset matched on the ring leaves a region that is darker or brighter than its
+    ring off by the gain times that contrast). inf where less than half of the ring (or fewer than 8 pixels)
+    could be sampled: a candidate that cannot be checked is not used."""
+    w = ok.astype(np.float64)
+    n = np.bincount(rlab, w, minlength=count)
+    frame_sum = np.stack([np.bincount(rlab, w * ring_frame[:, ch], minlength=count) for ch in range(3)], axis=1)
+    cand_sum = np.stack([np.bincount(rlab, w * c_ring[:, ch], minlength=count) for ch in range(3)], axis=1)
+    # Near black a ratio means nothing: there the gain is 1 (what is left is grain and the misfit says so).
+    dark = cand_sum < 0.02 * np.maximum(n, 1)[:, None]
+    gain = np.clip(np.where(dark, 1.0, frame_sum / np.maximum(cand_sum, 1e-9)), 1 / MAX_GAIN, MAX_GAIN)
+    left = (ring_frame - c_ring * gain[rlab].astype(np.float32)) @ LUMA
+    rms = np.sqrt(np.bincount(rlab, w * left.astype(np.float64) ** 2, minlength=count) / np.maximum(n, 1))
+    seen = n >= np.maximum(8, 0.5 * ring_size)
+    return np.where(seen, rms, np.inf), gain.astype(np.float32)
+
+
+def _ring_tolerance(frame: np.ndarray, ry: np.ndarray, rx: np.ndarray, rlab: np.ndarray, count: int) -> np.ndarray:
+    """Per region, how far (luma rms) a well-aligned neighbour may differ from the frame on its ring: two
+    independent grains, plus what a sub-pixel misalignment leaves on the ring's edges (whole-pixel sampling
+    keeps the grain but may be half a pixel off: on an edge that is a large difference, and a fair one),
+    plus a little. The frame's grain is read on the rings themselves (each pixel minus the mean of its 8
+    neighbours, robust spread over all ring pixels, so edges crossing a few rings do not count); the edges are
+    the ring's own luma gradient (rms per region). A neighbour SHIFT_SEARCH px off across an edge differs by
+    several times the sub-pixel allowance and is dropped."""
+    if len(ry) == 0:
+        return np.zeros(count)
+    h, w = frame.shape[:2]
+    grey = frame @ LUMA
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return grey[np.clip(ry + dy, 0, h - 1), np.clip(rx + dx, 0, w - 1)]
+
+    around = sum(at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+    high = grey[ry, rx] - around / 8.0
+    grain = 1.4826 * float(np.median(np.abs(high - np.median(high))))
+    gradient2 = ((at(0, 1) - at(0, -1)) / 2.0) ** 2 + ((at(1, 0) - at(-1, 0)) / 2.0) ** 2
+    n = np.maximum(np.bincount(rlab, minlength=count), 1)
+    edges = np.sqrt(np.bincount(rlab, gradient2.astype(np.float64), minlength=count) / n)
+    return np.sqrt((GRAIN_TOLERANCE * grain) ** 2 + (SUBPIXEL * edges) ** 2) + MISFIT_FLOOR
 
 
 def _valid_median(stack: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -143,7 +296,9 @@ def spatial_fill(
             filled[..., c] = cv2.inpaint(u16, m8, radius, cv2.INPAINT_TELEA) / 65535.0
         grain = _grain_patch(image, matte, (y0, y1, x0, x1), mask, (bw, bh))
         if grain is not None:
-            filled[mask] += grain[mask]
+            # Grain has no mean of its own: the patch's high frequencies average to zero over a large area only,
+            # and over a small mask their mean would lift or sink the whole fill.
+            filled[mask] += grain[mask] - grain[mask].mean(axis=0)
         crop[mask] = np.clip(filled[mask], 0.0, 1.0)
     return out
 

@@ -162,6 +162,7 @@ class _Motion:
         window = max(3, (TRUST_WINDOW // scale) | 1)
         self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
         self._full: np.ndarray | None = None
+        self._excluded: np.ndarray | None = None
 
     def exclude(self, suspect: np.ndarray) -> None:
         """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
@@ -169,8 +170,14 @@ class _Motion:
         the neighbour), and can pass the forward-backward check doing so."""
         h, w = self.flow.shape[:2]
         small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
-        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self._excluded = small if self._excluded is None else self._excluded | small  # earlier looks still hold
+        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
         self._full = None
+
+    @property
+    def excluded(self) -> bool:
+        """Whether the flow inside some suspects was already taken from around them."""
+        return self._excluded is not None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
@@ -325,12 +332,21 @@ class ClassicalRestorer:
         frames = data.frames
         h, w = matte.shape
         region = cv2.dilate(matte.astype(np.uint8), _disc(FILL_MARGIN)) > 0 if FILL_MARGIN else matte
+        # The flow inside a defect follows the defect (a blotch drags DIS with it, and the forward-backward
+        # check does not always catch it): the detector took the flow of its two references from around every
+        # candidate speck; the other neighbours' flow is taken from around the defects here.
+        defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
+        for k in neighbours:
+            if not motion[k].excluded:
+                motion[k].exclude(defects)
         labels, ring, count = region_rings(region, matte)
 
-        def sample(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            vec, ok = motion[k].at(ys, xs)
-            sx, sy = xs + vec[:, 0], ys + vec[:, 1]
-            ok = ok & (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
+        def flow(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return motion[k].at(ys, xs)
+
+        def sample(k: int, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            ok = (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
+            # Nearest pixel: a neighbour's own grain, not a blur of it.
             colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
             if use_scratches:
                 # A neighbour's own scratch at this spot is no fill material.
@@ -338,7 +354,8 @@ class ClassicalRestorer:
                 ok &= own <= 25
             return colours, ok
 
-        values, ok = temporal_fill(frames[t], sample, neighbours, labels, ring, count)
+        known = region & ~defects
+        values, ok = temporal_fill(frames[t], flow, sample, neighbours, labels, ring, count, known)
         restored = data.writable(t)
         ys, xs = pixels(labels)
         restored[ys[ok], xs[ok]] = values[ok]
