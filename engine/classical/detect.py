@@ -142,8 +142,13 @@ class SpikeDetector:
         ranges are only taken there (~1% of a real frame, not 3M pixels four times over at 2K). Rounding is
         monotone, so that test never drops a pixel."""
         level = self.exact_share * self.threshold
-        d_p, d_n = frame - prev, frame - nxt
-        maybe = (np.minimum(d_p, d_n) > level) | (np.maximum(d_p, d_n) < -level)
+        # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place.
+        above = np.maximum(prev, nxt)
+        np.subtract(frame, above, out=above)
+        below = np.minimum(prev, nxt)
+        np.subtract(below, frame, out=below)
+        maybe = above > level
+        maybe |= below > level
         ys, xs = pixels(maybe)
         hi_p, lo_p = _range_at(prev, ys, xs)
         hi_n, lo_n = _range_at(nxt, ys, xs)

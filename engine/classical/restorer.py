@@ -57,9 +57,6 @@ TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this n
 
 
 _T = TypeVar("_T")
-# The spike test's first look at a frame: its (prev, next) references, where they can be compared (trusted), where
-# their flow is reliable, and both compensated and matched to the frame's brightness.
-_FirstLook = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
@@ -246,10 +243,10 @@ class ClassicalRestorer:
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
-        def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _FirstLook | None]:
+        def look_around(t: int) -> tuple[list[int], dict[int, _Motion]]:
             """Frame t's usable neighbours, the motion to each, the scratch candidates of its window and the
-            spike test's compensated neighbours: what frame t needs that does not depend on what is found in
-            any frame."""
+            copy its fill writes into: what frame t needs that does not depend on what is found in any frame
+            (and about half the work per frame: the rest is the detection and fill that depend on it)."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -266,26 +263,23 @@ class ClassicalRestorer:
                 for k in range(lo, hi + 1):
                     data.candidates(k)
             data.copy_ahead(t)
-            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
-            if pair is None:
-                return neighbours, motion, None
-            p, n = pair
-            trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
-            trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
-            reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
-            # Flicker: each neighbour brought to this frame's local brightness before any comparison.
-            warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-            warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
-            return neighbours, motion, (pair, trusted, reliable, warped_p, warped_n)
+            return neighbours, motion
 
         targets = [clip.index(n) for n in clip.targets]
-        for done, (t, (neighbours, motion, first)) in enumerate(_one_ahead(look_around, targets)):
+        for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             matte = np.zeros(shape, dtype=bool)
+            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             spike = trusted = None
-            if first is not None:
-                (p, n), trusted, reliable, warped_p, warped_n = first
+            if pair is not None:
+                p, n = pair
+                trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
+                trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
+                reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
+                # Flicker: each neighbour brought to this frame's local brightness before any comparison.
+                warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
+                warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
                 spike = spikes.spikes(grey, warped_p, warped_n)
                 suspect = spikes.suspects(grey, warped_p, warped_n, spike)
                 if suspect.any():
@@ -379,11 +373,11 @@ def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
     """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
 
-    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates,
-    first compensated neighbours and the copy its fill writes into are made while this frame is detected and
-    filled (cv2 and numpy on large arrays release the GIL). One worker, the items in order: the flow cache
-    sees what a sequential run sees, so every result is the same to the bit. The worker only adds frames at
-    or after the current window's start to the shared caches."""
+    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates
+    and the copy its fill writes into are made while this frame is detected and filled (cv2 and numpy on
+    large arrays release the GIL). One worker, the items in order: the flow cache sees what a sequential run
+    sees, so every result is the same to the bit. The worker only adds frames at or after the current
+    window's start to the shared caches."""
     if not items:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="frdm-classical") as worker:
