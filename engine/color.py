@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from frdm.engine.errors import ParamError
+from frdm.engine.halves import every_half
 from frdm.engine.params import BUILTIN_COLORSPACES
 
 IDENTITY = ("srgb", "rec709", "raw")
@@ -172,7 +173,7 @@ _TABLE_MIN_VALUES = 4096
 @lru_cache(maxsize=4)
 def _half_table(colorspace: str) -> np.ndarray:
     """A per-channel curve at every one of the 65536 half-float values, indexed by the half's bit pattern."""
-    halves = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    halves = every_half()
     with np.errstate(all="ignore"):  # Inf/NaN patterns: never looked up (the exactness check refuses them)
         table = _CURVES_TO_MODEL[colorspace](halves)
     table.flags.writeable = False

@@ -16,6 +16,7 @@ HOST_MODULES = [
     "frdm.engine.params",
     "frdm.engine.depends",
     "frdm.engine.atomic",
+    "frdm.engine.halves",
     "frdm.engine.errors",
     "frdm.cli",
 ]
