@@ -144,24 +144,16 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
-    worker's check (which frames must be read) and the pipeline see the same entries."""
+    failing cache disk costs the cache, never the frame."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
-        self.held: dict[int, FillResult] = {}
 
     def get(self, frame: int) -> FillResult | None:
-        if frame in self.held:
-            return self.held[frame]
         data = self.cache.get(self.keys[frame], "fill")
-        result = FillResult.from_bytes(data) if data is not None else None
-        if result is not None:
-            self.held[frame] = result
-        return result
+        return FillResult.from_bytes(data) if data is not None else None
 
     def put(self, frame: int, result: FillResult) -> None:
-        self.held[frame] = result
         try:
             self.cache.put(self.keys[frame], result.to_bytes, "fill")  # serialised where it is written
         except OSError as exc:
@@ -384,16 +376,15 @@ class Worker:
             job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
-        fill_cache = FillCache(self.cache, fill_keys)
         by_id = {n for n, ref in job.req.sources.items() if ref.id is not None}
         if by_id:
-            # A target without a kept restorer output reads its whole window: frames of it that came by id
-            # only are taken from the recent sources, and those not there asked for before anything of this
-            # chunk is restored or delivered.
+            # The pipeline reads every frame in its blocks' reach, the context of targets whose restorer output
+            # is kept included (``restore_frames``' schedule): frames of it that came by id only are taken from
+            # the recent sources, and those not there asked for before anything of this chunk is restored or
+            # delivered (the reach of the whole chunk: a frame between two blocks is asked for at worst).
+            lo, hi = windows[todo[0]][0], windows[todo[-1]][-1]
             lacking = set()
-            for n in sorted(
-                {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)} & by_id
-            ):
+            for n in sorted(n for n in by_id if lo <= n <= hi):
                 if n not in job.recalled:
                     image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
                     if image is None:
@@ -411,7 +402,7 @@ class Worker:
             self.restorer,
             mask_source=masks,
             progress=progress,
-            fill_cache=fill_cache,
+            fill_cache=FillCache(self.cache, fill_keys),
         )
         try:
             for frame, image in results:
