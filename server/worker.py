@@ -358,7 +358,7 @@ class Worker:
                 for stage in ("output", "fill")
             )
         cached = {f: raw for f in targets if (raw := cached_output(self.cache, job, f, keys[f])) is not None}
-        todo = [f for f in targets if f not in cached]
+        todo = sorted(f for f in targets if f not in cached)  # as restore_frames yields them ('frames' may not be)
 
         def deliver_cached(below: float) -> None:
             # Frames leave in increasing order, cached or not.

@@ -462,6 +462,16 @@ def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(serv
         assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
 
 
+def test_frames_listed_out_of_order_find_their_context_by_id(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in (1, 4)}
+    got = events(srv.endpoint, {"dust_threshold": 0.2}, {**by_id, 2: sources[2], 3: sources[3]}, frames=(3, 2))
+    assert got[-1].kind == "done", got[-1].message
+    assert [e.frame for e in got if e.kind == "frame"] == [2, 3]  # in increasing order, as always
+
+
 def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
     with counting_server(tmp_path / "cache", source_memory_bytes=0) as (srv, restorer):
         sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
