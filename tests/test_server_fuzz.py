@@ -190,13 +190,20 @@ def image_refs(draw, root: Path, n_blobs: int):
     entries = []
     for _ in range(draw(st.integers(0, 3))):
         entry: dict = {"frame": draw(st.one_of(st.integers(0, 4), st.integers(0, 4), junk()))}
-        form = draw(st.sampled_from(["blob", "blob", "path", "path", "both", "neither"]))
-        if form in ("blob", "both"):
+        form = draw(st.sampled_from(["blob", "blob", "path", "path", "both", "neither", "id", "id+blob"]))
+        if form in ("blob", "both", "id+blob"):
             entry["blob"] = draw(st.one_of(st.integers(0, n_blobs + 1), junk()))
         if form in ("path", "both"):
             entry["path"] = draw(path_value(root))
+        if form in ("id", "id+blob"):
+            entry["id"] = draw(st.one_of(content_id(), junk()))
         entries.append(entry if draw(often(20)) else draw(junk()))
     return entries
+
+
+def content_id():
+    """A well-formed content id (raw pixels' 128 hex digits or a file's 64)."""
+    return st.sampled_from([64, 128]).flatmap(lambda n: st.text("0123456789abcdef", min_size=n, max_size=n))
 
 
 @st.composite
@@ -205,8 +212,10 @@ def sane_refs(draw, root: Path, frames: list[int], blobs: list[str]):
     wanted = sorted(set(frames) | (set(draw(st.sets(st.integers(0, 4), max_size=2)))))
     entries = []
     for f in wanted:
-        form = draw(st.sampled_from(["blob", "blob", "blob", "path", "path", "odd"]))
-        if form == "blob":
+        form = draw(st.sampled_from(["blob", "blob", "blob", "path", "path", "odd", "id"]))
+        if form == "id" and f not in frames:  # a context frame by content id: one the server never saw
+            entries.append({"frame": f, "id": draw(content_id())})
+        elif form == "blob" or form == "id":
             blobs.append(draw(st.sampled_from(["exr-a", "exr-b", "exr-a", "exr-b", *sorted(_BLOBS)])))
             entries.append({"frame": f, "blob": len(blobs)})
         elif form == "path":
@@ -433,6 +442,7 @@ def test_case_strategy_covers_every_parameter_and_field(tmp_path):
     """The fuzzer's reach, checked without a server: every schema parameter and header field is drawn."""
     seen_params: set[str] = set()
     seen_fields: set[str] = set()
+    seen_entries: set[str] = set()
 
     @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(c=case(tmp_path))
@@ -442,9 +452,14 @@ def test_case_strategy_covers_every_parameter_and_field(tmp_path):
             seen_fields.update(k for k in header if isinstance(k, str))
             if isinstance(header.get("params"), dict):
                 seen_params.update(k for k in header["params"] if isinstance(k, str))
+            if isinstance(header.get("sources"), list):
+                seen_entries.update(
+                    k for e in header["sources"] if isinstance(e, dict) for k in e if isinstance(k, str)
+                )
 
     draw_one()
     assert {p.name for p in SCHEMA.params} <= seen_params
+    assert {"frame", "blob", "path", "id"} <= seen_entries
     assert {
         "v",
         "type",
