@@ -543,8 +543,8 @@ class FrdmNode:
 
         wire_masks = wire(masks, mask_fp) if masks is not None and mask_fp is not None else None
         # Context frames this session already sent to this server go as their content ids: the server
-        # keeps recent sources in memory (the engine reads a target's window even to re-blend its kept
-        # restorer output). If it lacks one after all it answers
+        # holds what it restored from them (a blend-stage change needs no context at all) and keeps recent
+        # sources in memory (a detection change reads them there). If it lacks one after all it answers
         # need_sources and every frame is sent with its pixels. A target always travels with its pixels.
         sent = self._sent.setdefault(self.address, set())
         known = {f: wire_id(f) for f in needed if f not in targets and not as_path(sources[f])}

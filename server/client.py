@@ -238,8 +238,8 @@ class FrdmClient:
 
         Sources are raw pixels (``protocol.RawImage``, the fast form: sent without a copy), EXR bytes, or
         paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``, and
-        may be ``protocol.ContentRef``s (their content id only) when the server still holds them among its
-        recent sources: else the job ends with an ``error`` ``need_sources`` whose ``frames``
+        may be ``protocol.ContentRef``s (their content id only) when the server keeps the restorer output of
+        every target that reads them: else the job ends with an ``error`` ``need_sources`` whose ``frames``
         are to be sent again with pixels.
         With ``output_dir``/``output_pattern`` the server writes the frames and the events carry ``path``;
         else ``image`` (``reply="raw"``: pixels and their description, no codec) or ``data`` (EXR bytes).

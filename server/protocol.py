@@ -46,8 +46,8 @@ ERROR_CODES: dict[str, str] = {
     "unknown_job": "no queued or running job has that id",
     "not_owner": "only the client that sent a job may cancel it",
     "busy": "the server's queue is full; try again later",
-    "need_sources": "frames named only by content id are no longer among the server's recent sources; send the "
-    "request again with their pixels (the error lists them in 'frames')",
+    "need_sources": "frames named only by content id must be read after all (the server holds no restorer output "
+    "for a target that reads them); send the request again with their pixels (the error lists them in 'frames')",
     "cancelled": "the job was cancelled; nothing partial was written",
     "shutting_down": "the server is stopping; restart it and send the request again",
     "bad_weights": "the server's model weights are missing or wrong",
@@ -457,9 +457,9 @@ class RawImage:
 
 @dataclass(frozen=True)
 class ContentRef:
-    """A source frame named by its content id alone (no pixels): a context frame the server is expected to
-    hold among its recent sources. If it does not, the job ends with ``need_sources`` and the client sends
-    it again with pixels."""
+    """A source frame named by its content id alone (no pixels): a context frame of targets whose restorer
+    output the server is expected to hold. If it must read the frame after all, the job ends with
+    ``need_sources`` and the client sends it again with pixels."""
 
     id: str
 

@@ -55,8 +55,8 @@ class _Stop(Exception):
 
 
 class NeedSources(Exception):
-    """Frames the request named by content id only are not among the recent sources: the job ends with
-    ``need_sources`` listing them, and the client resends with pixels."""
+    """Frames the request named by content id only must be read (no restorer output is kept for a target
+    that reads them): the job ends with ``need_sources`` listing them, and the client resends with pixels."""
 
     def __init__(self, frames: list[int]):
         super().__init__(frames)
@@ -243,8 +243,8 @@ class Worker:
                         error_reply(
                             job,
                             "need_sources",
-                            f"job {job.id}: source frames {exc.frames[:10]} came by content id only and are no "
-                            "longer among the server's recent sources; send them with their pixels",
+                            f"job {job.id}: the server holds no restorer output for a target that reads frames "
+                            f"{exc.frames[:10]}, which came by content id only; send them with their pixels",
                             frames=exc.frames,
                         ),
                     )
