@@ -144,16 +144,24 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame."""
+    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
+    worker's check (which frames must be read) and the pipeline see the same entries."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
+        self.held: dict[int, FillResult] = {}
 
     def get(self, frame: int) -> FillResult | None:
+        if frame in self.held:
+            return self.held[frame]
         data = self.cache.get(self.keys[frame], "fill")
-        return FillResult.from_bytes(data) if data is not None else None
+        result = FillResult.from_bytes(data) if data is not None else None
+        if result is not None:
+            self.held[frame] = result
+        return result
 
     def put(self, frame: int, result: FillResult) -> None:
+        self.held[frame] = result
         try:
             self.cache.put(self.keys[frame], result.to_bytes, "fill")  # serialised where it is written
         except OSError as exc:
@@ -376,15 +384,16 @@ class Worker:
             job.done = min(base + protocol.progress_fraction(done, total) * len(todo), job.total)
             job.message = message or job.message
 
+        fill_cache = FillCache(self.cache, fill_keys)
         by_id = {n for n, ref in job.req.sources.items() if ref.id is not None}
         if by_id:
-            # The pipeline reads every frame in its blocks' reach, the context of targets whose restorer output
-            # is kept included (``restore_frames``' schedule): frames of it that came by id only are taken from
-            # the recent sources, and those not there asked for before anything of this chunk is restored or
-            # delivered (the reach of the whole chunk: a frame between two blocks is asked for at worst).
-            lo, hi = windows[todo[0]][0], windows[todo[-1]][-1]
+            # A target without a kept restorer output reads its whole window: frames of it that came by id
+            # only are taken from the recent sources, and those not there asked for before anything of this
+            # chunk is restored or delivered.
             lacking = set()
-            for n in sorted(n for n in by_id if lo <= n <= hi):
+            for n in sorted(
+                {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)} & by_id
+            ):
                 if n not in job.recalled:
                     image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
                     if image is None:
@@ -402,7 +411,7 @@ class Worker:
             self.restorer,
             mask_source=masks,
             progress=progress,
-            fill_cache=FillCache(self.cache, fill_keys),
+            fill_cache=fill_cache,
         )
         try:
             for frame, image in results:
