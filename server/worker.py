@@ -101,8 +101,14 @@ class WireSource(Source):
         from frdm.engine.frames import decode_image
 
         name = f"{self.kind[:-1]} frame {frame}"
-        if self.refs[frame].id is not None and self.raw(frame) is None:  # the worker checks first: a backstop
-            raise NeedSources([frame])
+        ref = self.refs[frame]
+        if ref.id is not None and self.raw(frame) is None:
+            # The worker recalled the windows of the targets it restores; the engine may read a frame beyond
+            # them (one between two targets of a block): that is looked up now, asked for if gone.
+            image = self.memory.get(ref.id) if self.memory is not None else None
+            if image is None:
+                raise NeedSources([frame])
+            self.job.recalled[frame] = image
         raw = self.raw(frame)
         if raw is not None:  # sized against the limits and its description when the job was accepted
             cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None

@@ -467,6 +467,17 @@ def test_frames_listed_out_of_order_find_their_context_by_id(server):
     assert [e.frame for e in got if e.kind == "frame"] == [2, 3]  # in increasing order, as always
 
 
+def test_a_frame_by_id_between_two_targets_is_read_from_the_recent_sources(server):
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 5, 9, 10, 11)}
+    run(srv.endpoint, {"feather": 1.0}, {n: sources[n] for n in (3, 5, 9)}, frames=(5,))  # 5 now in memory
+    # Outside both targets' windows, yet inside the block the engine reads (targets 2 and 10 are one block).
+    light = {**sources, 5: protocol.ContentRef(sources[5].content_id())}
+    got = events(srv.endpoint, {"feather": 1.0}, light, frames=(2, 10))
+    assert got[-1].kind == "done", got[-1].message
+    assert [e.frame for e in got if e.kind == "frame"] == [2, 10]
+
+
 def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
     with counting_server(tmp_path / "cache", source_memory_bytes=0) as (srv, restorer):
         sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
