@@ -208,8 +208,8 @@ def _stamp(path: str) -> tuple[int, ...] | None:
 class InputIds:
     """What this session learnt about input files, by file identity (device, inode, size, modification and
     change times in ns): the fingerprint (hash and size) of an unchanged file is not computed again, and the
-    content id the server gives the frame as the node sends it (``wire``: its raw pixels' id) lets a context
-    frame the server keeps among its recent sources travel as that id alone.
+    content id the server gives the frame as the node sends it (``wire``: its raw pixels' id, or its file's)
+    lets a context frame the server already restored from travel as that id alone.
 
     A file rewritten in place within one clock tick to the same size keeps its stamp: hosts write inputs
     to a temporary and rename it over (a new inode), as the Nuke adapter and ``engine.atomic`` do."""
@@ -238,13 +238,12 @@ class InputIds:
         return known[2] if known is not None and known[0] == _stamp(value) else None  # type: ignore[arg-type]
 
     def learn_wire(self, value: bytes | str, sent: protocol.Inline, fp: Fingerprint) -> None:
-        """Remember the content id of ``value`` as it was sent inline (its fingerprint ``fp`` still holds).
-        Raw pixels only: the server keeps no EXR bytes among its recent sources, so such a frame sent by id
-        would always be asked for again (``need_sources``)."""
+        """Remember the content id of ``value`` as it was sent inline (its fingerprint ``fp`` still holds)."""
         known = self._known.get(value) if isinstance(value, str) else None
-        if known is None or known[1] != fp or known[2] is not None or not isinstance(sent, protocol.RawImage):
+        if known is None or known[1] != fp or known[2] is not None:
             return
-        self._known[value] = (known[0], fp, sent.content_id())  # type: ignore[index]
+        cid = sent.content_id() if isinstance(sent, protocol.RawImage) else fp.digest
+        self._known[value] = (known[0], fp, cid)  # type: ignore[index]
 
 
 # --- results ------------------------------------------------------------------------------------------

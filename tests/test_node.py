@@ -396,23 +396,3 @@ def test_same_compression_keeps_a_piz_input_piz_inline(tmp_path, classical_serve
     written = read_frame(result.frames[2])
     assert written.compression == "piz"
     np.testing.assert_array_equal(written.pixels, in_process(piz, [2], dict(node.params))[2])
-
-
-def test_preview_of_a_clip_sent_as_exr_bytes_sends_its_context_again(tmp_path, classical_server, monkeypatch):
-    from frdm.engine.frames import read_frame, write_frame
-
-    src = write_clip(tmp_path / "zip", count=3)
-    piz = str(tmp_path / "piz" / "clip.####.exr")
-    for n in (1, 2, 3):  # PIZ: the host's codec does not read it, so the frames travel as EXR bytes
-        write_frame(piz.replace("####", f"{n:04d}"), read_frame(src.replace("####", f"{n:04d}")), compression="piz")
-    inputs = N.Inputs.from_sequence(piz)
-    seen = Recorder(monkeypatch)
-    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
-    out = str(tmp_path / "out" / "p.####.exr")
-    node.preview(2, inputs, out, use_cache=False).wait(60)
-    seen.reset()
-    node.set_params({"feather": 4.0})
-    node.preview(2, inputs, out, use_cache=False).wait(60)
-    # The server keeps only raw frames among its recent sources: an id for EXR bytes would only be asked for.
-    assert seen.sent == [{n: "bytes" for n in (1, 2, 3)}]
-    np.testing.assert_array_equal(pixels(out.replace("####", "0002")), in_process(piz, [2], dict(node.params))[2])
