@@ -396,3 +396,28 @@ def test_same_compression_keeps_a_piz_input_piz_inline(tmp_path, classical_serve
     written = read_frame(result.frames[2])
     assert written.compression == "piz"
     np.testing.assert_array_equal(written.pixels, in_process(piz, [2], dict(node.params))[2])
+
+
+def test_preview_of_a_clip_sent_as_exr_bytes(tmp_path, classical_server, monkeypatch):
+    from frdm.engine.frames import read_frame, write_frame
+
+    src = write_clip(tmp_path / "zip", count=3)
+    piz = str(tmp_path / "piz" / "clip.####.exr")
+    for n in (1, 2, 3):  # PIZ: the host's codec does not read it, so the frames travel as EXR bytes
+        write_frame(piz.replace("####", f"{n:04d}"), read_frame(src.replace("####", f"{n:04d}")), compression="piz")
+    inputs = N.Inputs.from_sequence(piz)
+    seen = Recorder(monkeypatch)
+    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
+    out = str(tmp_path / "out" / "p.####.exr")
+    node.preview(2, inputs, out, use_cache=False).wait(60)
+    by_id = {1: "ContentRef", 2: "bytes", 3: "ContentRef"}
+    for change, sent in (
+        ({"feather": 4.0}, [by_id]),  # the kept restorer output is re-blended: no context read
+        # The recent sources keep raw pixels only: a detection change asks for EXR bytes' context, once.
+        ({"dust_threshold": 0.2}, [by_id, {n: "bytes" for n in (1, 2, 3)}]),
+    ):
+        seen.reset()
+        node.set_params(change)
+        node.preview(2, inputs, out, use_cache=False).wait(60)
+        assert seen.sent == sent, change
+        np.testing.assert_array_equal(pixels(out.replace("####", "0002")), in_process(piz, [2], dict(node.params))[2])
