@@ -151,7 +151,7 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
     failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
-    worker's check (which frames must be read) and the pipeline see the same entries."""
+    worker's check (which frames must be read) and the pipeline see the same entries (and read it once)."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
@@ -166,8 +166,7 @@ class FillCache:
             self.held[frame] = result
         return result
 
-    def put(self, frame: int, result: FillResult) -> None:
-        self.held[frame] = result
+    def put(self, frame: int, result: FillResult) -> None:  # not held: a frame is restored once a chunk
         try:
             self.cache.put(self.keys[frame], result.to_bytes, "fill")  # serialised where it is written
         except OSError as exc:

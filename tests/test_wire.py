@@ -643,3 +643,26 @@ def test_recent_sources_keep_to_their_budget_least_recent_first():
     assert not pixels.flags.writeable and memory.pixels("p") is pixels
     assert sum(memory.get(f"{n}") is not None for n in (0, 2, 3)) == 1
     SourceMemory(size - 1).put("big", frames[0])  # larger than the whole budget: not kept, nothing evicted
+
+
+def test_a_chunk_holds_the_fill_results_it_read_not_those_it_made(tmp_path):
+    import gc
+    import weakref
+
+    from frdm.engine.fill import FillResult
+    from frdm.engine.restorer import RestoredFrame
+    from frdm.server.storage import ResultCache
+    from frdm.server.worker import FillCache
+
+    model = np.zeros((H, W, 3), np.float32)
+    image = model.copy()
+    image[BOX] = 0.5
+    made = FillResult.from_restored(RestoredFrame(2, image, np.zeros((H, W), np.float32), model.copy()), model)
+    fills = FillCache(ResultCache(str(tmp_path / "c"), 1 << 30), {2: "a" * 64})
+    fills.put(2, made)  # a frame's deflicker base alone is a whole frame: eight of them at 2K are ~300 MB
+    gone = weakref.ref(made)
+    del made
+    gc.collect()
+    assert gone() is None  # not held for the rest of the chunk
+    read = fills.get(2)
+    assert read is not None and fills.get(2) is read  # one entry for the worker's check and the engine alike
