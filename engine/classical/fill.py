@@ -261,6 +261,36 @@ def _valid_median(stack: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where((count > 0)[:, None], 0.5 * (a + b), 0.0).astype(np.float32)
 
 
+# The black gate (the unexposed film edge a scan often shows at a border, weaving with the picture): border
+# columns or rows whose median luma is below GATE_LEVEL, at most GATE_SHARE of the frame's side, plus the soft
+# column or row beside them. It is no picture: inpainting must not draw from it (Telea would smear black into a
+# fill next to it) and a fill must not replace it.
+GATE_LEVEL = 0.05
+GATE_SHARE = 0.05
+
+
+def gate(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the black gate along the borders of an (H, W, 3) frame in [0, 1] (see GATE_LEVEL)."""
+    h, w = image.shape[:2]
+    out = np.zeros((h, w), bool)
+    luma = image[:: max(1, h // 128), :: max(1, w // 128)] @ LUMA  # medians of a sparse grid are enough
+    for axis, size in ((0, w), (1, h)):  # axis 0: medians over rows -> one per column (the side edges)
+        line = np.median(luma, axis=axis)
+        step = image.shape[1 - axis] / line.size
+        limit = max(1, int(GATE_SHARE * line.size))
+        for edge in (line, line[::-1]):
+            dark = int(np.argmin(np.append(edge[:limit] < GATE_LEVEL, False)))  # dark lines from the edge
+            if dark == 0:
+                continue
+            width = min(size, int(np.ceil((dark + 1) * step)))  # and the soft one beside them
+            band = slice(0, width) if edge is line else slice(size - width, size)
+            if axis == 0:
+                out[:, band] = True
+            else:
+                out[band, :] = True
+    return out
+
+
 def spatial_fill(
     image: np.ndarray,
     region: np.ndarray,
@@ -269,7 +299,8 @@ def spatial_fill(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inpaint ``region`` of an (H, W, 3) image in [0, 1] from its surroundings (Telea), one crop around each
-    connected region, and give the fill the grain of the frame next to it.
+    connected region, and give the fill the grain of the frame next to it. The black gate (``gate``) is neither
+    drawn from nor filled.
 
     Done in 16-bit: OpenCV 5's float32 inpainting returns garbage (values far outside the input range), and
     16 bits keep far more precision than the 1/255 the tests ask for. ``matte``: pixels that are defects (no
@@ -279,6 +310,11 @@ def spatial_fill(
         out = image.copy()
     if not region.any():
         return out
+    border = gate(image)
+    if border.any():
+        region = region & ~border
+        if not region.any():
+            return out
     matte = region if matte is None else (matte | region)
     h, w = region.shape
     n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
@@ -289,7 +325,7 @@ def spatial_fill(
         x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
         mask = labels[y0:y1, x0:x1] == i
         crop = out[y0:y1, x0:x1]
-        m8 = mask.astype(np.uint8)
+        m8 = (mask | border[y0:y1, x0:x1]).astype(np.uint8)  # the gate is no source material
         filled = crop.copy()
         for c in range(crop.shape[-1]):
             u16 = (np.clip(crop[..., c], 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
