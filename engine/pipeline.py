@@ -166,7 +166,14 @@ def restore_frames(
     first = reach(frames[0], frames[0])[0]
     head: tuple[Frame, str] | None = read(first)  # read here: its size decides the block length
     length = _block_length(head[0], before, after)  # type: ignore[index]
-    blocks = [frames[s : s + length] for s in range(0, total, length)]
+    # Each block spans at most ``length`` source frames, not only ``length`` targets: with gaps between the
+    # targets (a resumed run, a list of frames) its reach must still fit the window.
+    blocks: list[list[int]] = []
+    for n in frames:
+        if blocks and position[n] - position[blocks[-1][0]] < length:
+            blocks[-1].append(n)
+        else:
+            blocks.append([n])
     # Every frame any block may need, in the order first needed (a block whose fills are cached needs only
     # its targets, but a few context frames read for nothing cost less than reading out of order).
     schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})

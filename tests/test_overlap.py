@@ -243,3 +243,18 @@ def test_large_frames_restore_in_shorter_blocks_with_the_same_result(monkeypatch
     assert max(len(c) for c in short.clips) == 8
     for n in targets:
         assert np.array_equal(whole[n].pixels, shorter[n].pixels), f"frame {n} differs with shorter blocks"
+
+
+def test_targets_with_gaps_fit_the_window_and_give_the_same_frames():
+    """A resumed run or a frame list has gaps between its targets: a block of 8 targets may span far more than
+    8 source frames, and its reach must still fit the window (it overflowed it: IndexError)."""
+    frames = _clip(40, seed=8)
+    params = P.validate({"colorspace": "linear"})
+    targets = [1, 2, 3, 4, 20, 30, 31, 39]
+    restorer = SpeckRestorer()
+    gapped = dict(pipeline.restore_frames(MemorySource(frames), targets, params, restorer, read_ahead=1))
+    assert sorted(gapped) == targets
+    assert max(len(c) for c in restorer.clips) <= pipeline.BLOCK_FRAMES + 4
+    for n in targets:
+        alone = dict(pipeline.restore_frames(MemorySource(frames), [n], params, SpeckRestorer()))
+        assert np.array_equal(alone[n].pixels, gapped[n].pixels), f"frame {n} differs"
