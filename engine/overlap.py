@@ -29,7 +29,8 @@ def _named(exc: BaseException, what: str) -> BaseException:
         named = InputError(f"{what}: {exc}").with_traceback(exc.__traceback__)
         named.__suppress_context__ = True  # the message says it all; the traceback is the reader's or writer's
         return named
-    exc.add_note(what)
+    # What ``add_note`` does (Python 3.11+); the engine runs on 3.10 too, where a traceback does not show it.
+    exc.__notes__ = [*getattr(exc, "__notes__", []), what]
     return exc
 
 

@@ -258,3 +258,25 @@ def test_targets_with_gaps_fit_the_window_and_give_the_same_frames():
     for n in targets:
         alone = dict(pipeline.restore_frames(MemorySource(frames), [n], params, SpeckRestorer()))
         assert np.array_equal(alone[n].pixels, gapped[n].pixels), f"frame {n} differs"
+
+
+def test_a_thread_error_keeps_its_type_and_gets_the_frame_without_add_note():
+    """The engine runs on Python 3.10, where exceptions have no ``add_note``: naming the frame must not
+    replace the reader's error with an AttributeError."""
+
+    class NoAddNote(RuntimeError):  # an exception as Python 3.10 makes it
+        def __getattribute__(self, name: str) -> Any:
+            if name == "add_note":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    def read(n: int) -> int:
+        if n == 3:
+            raise NoAddNote("decoder crashed")
+        return n
+
+    with ReadAhead(read, [1, 2, 3], depth=1, description="clip") as reader:
+        assert reader.take(1) == 1 and reader.take(2) == 2
+        with pytest.raises(NoAddNote, match="decoder crashed") as caught:
+            reader.take(3)
+    assert caught.value.__notes__ == ["frame 3 of clip"]
