@@ -280,3 +280,16 @@ def test_a_thread_error_keeps_its_type_and_gets_the_frame_without_add_note():
         with pytest.raises(NoAddNote, match="decoder crashed") as caught:
             reader.take(3)
     assert caught.value.__notes__ == ["frame 3 of clip"]
+
+
+def test_an_input_error_from_a_thread_keeps_its_type_and_code():
+    from frdm.engine.errors import ParamError
+
+    def write(n: int, item: Any) -> None:
+        raise ParamError(f"parameter 'colorspace' of frame {n}: unknown")
+
+    writer = WriteBehind(write, depth=1)
+    writer.submit(7, None)
+    with pytest.raises(ParamError, match=r"frame 7: parameter 'colorspace'") as caught:
+        writer.close()
+    assert caught.value.code == "bad_param"
