@@ -127,3 +127,30 @@ def test_a_restore_abandoned_midway_leaves_the_next_one_exact():
     got = list(shared.restore(clip, params))
     for a, b in zip(want, got):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+
+
+def test_a_frame_returned_unchanged_leaves_no_copy_behind(monkeypatch):
+    """The worker copies each target ahead for its fill to write into; a frame without defects is returned as
+    it came, and its copy (a whole frame: 26 MB at 2K) must not stay held for the rest of its window."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.classical import restorer as engine
+    from frdm.engine.restorer import Clip
+
+    made: list[engine._Frames] = []
+    plain_init = engine._Frames.__init__
+
+    def init(self, *args, **kwargs):
+        plain_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(engine._Frames, "__init__", init)
+    rng = np.random.default_rng(6)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((72, 96)).astype(np.float32), (0, 0), 4) - 0.5) * 2.0
+    frames = np.stack([np.repeat(np.roll(base, t, axis=1)[..., None], 3, axis=2) for t in range(5)])
+    restoring = ClassicalRestorer().restore(Clip(frames, list(range(5)), list(range(5))), P.validate({}))
+    for t in range(5):
+        restored = next(restoring)
+        assert not restored.matte.any()  # clean frames
+        assert t not in made[0]._copies, f"frame {t}'s copy is still held"
+    restoring.close()

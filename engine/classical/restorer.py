@@ -143,6 +143,10 @@ class _Frames:
         made = self._copies.pop(i, None)
         return self.frames[i].copy() if made is None else made
 
+    def drop_copy(self, i: int) -> None:
+        """Frame i needed no copy after all (nothing to fill)."""
+        self._copies.pop(i, None)
+
     def forget_before(self, i: int) -> None:
         # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
         # entries, all at or after i.
@@ -308,6 +312,8 @@ class ClassicalRestorer:
             restored = frames[t]  # never written to: a frame without defects is returned as it came
             if matte.any():
                 restored = self._fill(data, t, neighbours, motion, matte, use_scratches)
+            else:
+                data.drop_copy(t)  # not needed: held to the end of its window, a whole frame for nothing
             base = None
             if strength > 0.0 and neighbours:
                 # Deflicker on the flow's grid (the brightness fields are smooth). The fill above matched the
