@@ -155,3 +155,12 @@ def test_texture_on_tiles_equals_the_whole_frame_map():
         cv2.blur(outside, (9, 9), borderType=cv2.BORDER_REFLECT), 1e-3
     )
     assert np.array_equal(SpikeDetector().texture(frame, found, ys, xs), whole[ys, xs])
+
+
+def test_texture_at_no_pixels_is_empty():
+    """No specks, no texture values (the tile loop must not index a first pixel that is not there)."""
+    from frdm.engine.classical import SpikeDetector
+
+    frame = np.random.default_rng(17).random((400, 400), dtype=np.float32)  # large: the tiled path
+    none = np.zeros(0, np.int64)
+    assert SpikeDetector().texture(frame, np.zeros((400, 400), bool), none, none).shape == (0,)
