@@ -22,6 +22,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from frdm.engine.classical.detect import pixels
+
 RING = 3  # px: the ring around a region whose brightness a fill must match
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
 # A temporal candidate is kept for a region when, on the region's ring and after its exposure gain, it differs
@@ -85,12 +87,12 @@ def temporal_fill(
     where it is valid and close to that median, else the next. ok when the kept candidates valid there agree
     (luma spread <= max_spread: disagreeing neighbours mean the motion was not really followed, and any of
     them would paint a ghost) and one is usable. Elsewhere the caller fills spatially."""
-    ys, xs = np.nonzero(labels)
+    ys, xs = pixels(labels)  # the order the caller puts the values back in
     n = len(ys)
     if n == 0 or not neighbours:
         return np.zeros((n, 3), np.float32), np.zeros(n, bool)
     lab = labels[ys, xs]
-    ry, rx = np.nonzero(ring)
+    ry, rx = pixels(ring)
     rlab = ring[ry, rx]
     known_px = np.zeros(n, bool) if known is None else known[ys, xs]
     ring_frame = frame[ry, rx]
@@ -307,7 +309,7 @@ def spatial_fill(
 def _boxes(labels: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
     """(n, 4) bounding boxes (x, y, width, height) of the labelled components, from the mask's own pixels:
     cv2's connectedComponentsWithStats visits every pixel of the frame for its statistics (~20 ms at 2K)."""
-    ys, xs = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    ys, xs = pixels(mask)
     lab = labels[ys, xs]
     lo = np.full((n, 2), np.iinfo(np.int64).max, np.int64)
     hi = np.full((n, 2), -1, np.int64)
