@@ -269,7 +269,9 @@ class ClassicalRestorer:
             data.copy_ahead(t)
             return neighbours, motion
 
-        targets = [clip.index(n) for n in clip.targets]
+        # In increasing order, as the Restorer protocol yields them; forget_before and the worker one target
+        # ahead rely on it too (the worker's window never starts before the one just forgotten).
+        targets = sorted({clip.index(n) for n in clip.targets})
         for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
