@@ -179,3 +179,43 @@ def test_targets_given_out_of_order_come_back_in_increasing_order():
     assert sum(float(r.matte.sum()) for r in want) > 0  # the specks are found
     for a, b in zip(want, got):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+
+
+def test_a_restore_left_unclosed_never_runs_dis_beside_the_next(monkeypatch):
+    """A restore whose generator is dropped without being closed keeps its worker running on the next target;
+    a second restore on the same restorer must not run the shared DIS object at the same time (the flow cache
+    takes its lock around it). The estimator is slowed down so that the two workers surely meet."""
+    import threading
+    import time
+
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer, flow
+    from frdm.engine.restorer import Clip
+
+    inside, most = [0], [0]
+    count = threading.Lock()
+    real = flow.FlowEstimator.__call__
+
+    def slow(self, a, b):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.03)
+        try:
+            return real(self, a, b)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    monkeypatch.setattr(flow.FlowEstimator, "__call__", slow)
+    rng = np.random.default_rng(8)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 4) - 0.5) * 2.0
+    frames = np.stack([np.repeat(np.roll(base, t, axis=1)[..., None], 3, axis=2) for t in range(6)])
+    clip = Clip(frames, list(range(6)), list(range(6)))
+    params = P.validate({})
+    shared = ClassicalRestorer()
+    left = shared.restore(clip, params)
+    next(left)  # its worker now computes frame 1's flows; the generator stays open
+    list(shared.restore(clip, params))
+    assert most[0] == 1, "two DIS runs on one DIS object at once"
+    left.close()
