@@ -163,27 +163,36 @@ def restore_frames(
         frame = source.read(n)
         return frame, resolve_colorspace(params["colorspace"], frame, params["ocio_config"])
 
-    first = reach(frames[0], frames[0])[0]
-    head: tuple[Frame, str] | None = read(first)  # read here: its size decides the block length
+    # The stage cache: targets whose fill result is kept skip the restorer, and so need no context frames
+    # (a blend-stage change reads and converts only its targets; the server may not even have the others).
+    kept = {n for n in frames if fill_cache is not None and fill_cache.get(n) is not None}
+    first = frames[0]  # every target is read: the first one's size decides the block length
+    head: tuple[Frame, str] | None = read(first)
     length = _block_length(head[0], before, after)  # type: ignore[index]
     blocks = [frames[s : s + length] for s in range(0, total, length)]
-    # Every frame any block may need, in the order first needed (a block whose fills are cached needs only
-    # its targets, but a few context frames read for nothing cost less than reading out of order).
-    schedule = sorted({n for block in blocks for n in reach(block[0], block[-1])})
+
+    def needed(block: list[int]) -> list[int]:
+        misses = [n for n in block if n not in kept]
+        return sorted(set(block) | (set(reach(misses[0], misses[-1])) if misses else set()))
+
+    # Every frame any block needs, in increasing order (the window and the reader take them so).
+    schedule = sorted({n for block in blocks for n in needed(block)})
     targets = set(frames)
     window = _Window(length + before + after)
     originals: dict[int, tuple[Frame, str]] = {}  # targets read and not finished: (frame, its colour space)
     reference: tuple[int, Frame] | None = None
     done_before = 0
-    with ReadAhead(read, schedule[1:], read_ahead, source.description) as reader:
+    with ReadAhead(read, [n for n in schedule if n != first], read_ahead, source.description) as reader:
         taken = 0
         for block in blocks:
             numbers = reach(block[0], block[-1])
             window.keep_from(numbers[0])
             while taken < len(schedule) and schedule[taken] <= numbers[-1]:
                 n = schedule[taken]
-                frame, space = head if n == first and head is not None else reader.take(n)
-                head = None
+                if n == first and head is not None:
+                    (frame, space), head = head, None
+                else:
+                    frame, space = reader.take(n)
                 taken += 1
                 reference = reference or (n, frame)
                 _check_geometry([frame], [n], source.description, reference)
@@ -191,8 +200,13 @@ def restore_frames(
                 if n in targets:
                     originals[n] = (frame, space)
                 del frame  # a context frame is needed no more: its model-space view is in the window
-            # The stage cache: frames whose fill result is kept skip the restorer.
-            fills = {n: f for n in block if fill_cache is not None and (f := fill_cache.get(n)) is not None}
+            fills = {n: f for n in block if n in kept and (f := fill_cache.get(n)) is not None}  # type: ignore[union-attr]
+            if len(fills) < len(kept.intersection(block)):
+                gone = sorted(kept.intersection(block) - set(fills))
+                raise InputError(
+                    f"the kept restorer output of frame {gone[0]} went away during the run (removed or damaged "
+                    "beside the output?); run again: it is restored then"
+                )
             misses = [n for n in block if n not in fills]
             clip: Clip | None = None
             restored_frames: Iterator[RestoredFrame] = iter(())

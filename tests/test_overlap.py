@@ -119,6 +119,47 @@ def test_a_fill_cache_hit_block_then_a_miss_block_still_gives_the_same_frames():
         assert np.array_equal(plain[n].pixels, again[n].pixels), f"frame {n} differs with the fill cache"
 
 
+def test_targets_whose_fill_is_kept_read_no_context_frames():
+    """A blend-stage change (the stage cache hits) reads and converts only the targets: the server may hold
+    the context frames by content id only, and reading them would cost what the cache is there to save."""
+    frames = _clip(12, seed=2)
+    params = P.validate({"colorspace": "linear"})
+    store: dict[int, FillResult] = {}
+
+    class Store:
+        def get(self, n: int) -> FillResult | None:
+            return store.get(n)
+
+        def put(self, n: int, result: FillResult) -> None:
+            store[n] = result
+
+    targets = [5, 6, 9]
+    first = dict(pipeline.restore_frames(MemorySource(frames), targets, params, SpeckRestorer(), fill_cache=Store()))
+
+    class Counting(MemorySource):
+        def __init__(self, frames: dict[int, Frame]) -> None:
+            super().__init__(frames)
+            self.reads: list[int] = []
+
+        def read(self, frame: int) -> Frame:
+            self.reads.append(frame)
+            return super().read(frame)
+
+    for ahead in (0, 1):
+        source = Counting(frames)
+        feathered = P.SCHEMA.update(params, {"feather": 5.0})
+        again = dict(
+            pipeline.restore_frames(source, targets, feathered, SpeckRestorer(), fill_cache=Store(), read_ahead=ahead)
+        )
+        assert sorted(source.reads) == targets, f"read {source.reads} for cached targets {targets}"
+        assert set(again) == set(first)
+    # One kept, one not: the miss reads its window, the hit nothing more.
+    del store[9]
+    source = Counting(frames)
+    list(pipeline.restore_frames(source, targets, params, SpeckRestorer(), fill_cache=Store()))
+    assert sorted(source.reads) == [5, 6, 7, 8, 9, 10, 11], source.reads
+
+
 def test_restore_sequence_threads_write_the_serial_bits(tmp_path, monkeypatch):
     src = _write_clip(tmp_path, _clip(11, seed=2))
     outputs = {}
