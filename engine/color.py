@@ -174,14 +174,15 @@ _TABLE_MIN_VALUES = 4096
 def _half_table(colorspace: str) -> np.ndarray:
     """A per-channel curve at every one of the 65536 half-float values, indexed by the half's bit pattern."""
     halves = every_half()
-    with np.errstate(all="ignore"):  # Inf/NaN patterns: never looked up (the exactness check refuses them)
+    # Inf patterns are looked up (Inf is a half exactly: the formula's own value); NaN never is (NaN != NaN).
+    with np.errstate(all="ignore"):
         table = _CURVES_TO_MODEL[colorspace](halves)
     table.flags.writeable = False
     return table
 
 
 def _half_codes(values: np.ndarray) -> np.ndarray | None:
-    """The half-float bit patterns of ``values`` when every one of them is a finite half exactly, else None."""
+    """The half-float bit patterns of ``values`` when every one of them is a half exactly (NaN is not), else None."""
     head = values[: max(1, _TABLE_MIN_VALUES // max(1, values[0].size))]  # a view, whatever the strides
     if not np.array_equal(head.astype(np.float16), head):  # float or integer-coded data: known at once
         return None

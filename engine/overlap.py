@@ -26,10 +26,12 @@ def _named(exc: BaseException, what: str) -> BaseException:
     """``exc`` with the frame it concerns said: an InputError's message names the file already and gets the
     frame in front; any other error keeps its type and gets a note."""
     if isinstance(exc, InputError):
-        named = InputError(f"{what}: {exc}").with_traceback(exc.__traceback__)
+        # Its own type (a ParamError stays one): the error's code travels to the user and on the wire.
+        named = type(exc)(f"{what}: {exc}").with_traceback(exc.__traceback__)
         named.__suppress_context__ = True  # the message says it all; the traceback is the reader's or writer's
         return named
-    exc.add_note(what)
+    # What ``add_note`` does (Python 3.11+); the engine runs on 3.10 too, where a traceback does not show it.
+    exc.__notes__ = [*getattr(exc, "__notes__", []), what]
     return exc
 
 

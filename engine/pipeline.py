@@ -169,7 +169,14 @@ def restore_frames(
     first = frames[0]  # every target is read: the first one's size decides the block length
     head: tuple[Frame, str] | None = read(first)
     length = _block_length(head[0], before, after)  # type: ignore[index]
-    blocks = [frames[s : s + length] for s in range(0, total, length)]
+    # Each block spans at most ``length`` source frames, not only ``length`` targets: with gaps between the
+    # targets (a resumed run, a list of frames) its reach must still fit the window.
+    blocks: list[list[int]] = []
+    for n in frames:
+        if blocks and position[n] - position[blocks[-1][0]] < length:
+            blocks[-1].append(n)
+        else:
+            blocks.append([n])
 
     def needed(block: list[int]) -> list[int]:
         misses = [n for n in block if n not in kept]

@@ -322,3 +322,26 @@ def test_live_action_scene_linear_exr_masked_psnr(shared_data, tmp_path):
     before = masked_psnr(degraded[targets], clean[targets], dust[targets])
     after = masked_psnr(out, clean[targets], dust[targets])
     assert after >= before + 10.0, f"MaskedPSNR {before:.2f} -> {after:.2f} dB"
+
+
+def test_a_spatial_fill_beside_the_black_gate_draws_nothing_from_it():
+    """Market Street 52: a speck two pixels from the frame's black border was inpainted with the border's black
+    (a dark disc in the sky). The gate is no picture: nothing is drawn from it, and it is not filled."""
+    from frdm.engine.classical.fill import gate, spatial_fill
+
+    rng = np.random.default_rng(5)
+    image = np.clip(0.6 + rng.normal(0.0, 0.01, (96, 128, 3)), 0, 1).astype(np.float32)
+    image[:, -3:] = 0.0  # the gate at the right edge
+    image[:, -4] = 0.3  # and its soft edge
+    yy, xx = np.mgrid[:96, :128]
+    speck = (yy - 60) ** 2 + (xx - 120) ** 2 <= 16  # reaches into the soft column and the gate
+    degraded = image.copy()
+    degraded[speck] = 1.0
+    assert gate(image)[:, -4:].all() and not gate(image)[:, :-4].any()
+    out = spatial_fill(degraded, speck)
+    inside = speck & ~gate(image)
+    assert abs(float(out[inside].mean()) - 0.6) < 4 / 255, out[inside].mean()
+    # The gate pixels of the region keep what they were.
+    assert np.array_equal(out[speck & gate(image)], degraded[speck & gate(image)])
+    # A frame without a gate has none.
+    assert not gate(np.full((96, 128, 3), 0.52, np.float32)).any()

@@ -151,7 +151,18 @@ def test_texture_on_tiles_equals_the_whole_frame_map():
     box = np.ones((3, 3), np.uint8)
     contrast = cv2.morphologyEx(frame, cv2.MORPH_GRADIENT, box)
     outside = (cv2.dilate(found.view(np.uint8), box) == 0).astype(np.float32)
-    whole = cv2.blur(contrast * outside, (9, 9), borderType=cv2.BORDER_REFLECT) / np.maximum(
-        cv2.blur(outside, (9, 9), borderType=cv2.BORDER_REFLECT), 1e-3
+    detector = SpikeDetector()
+    ring = (detector.texture_ring, detector.texture_ring)
+    whole = cv2.blur(contrast * outside, ring, borderType=cv2.BORDER_REFLECT) / np.maximum(
+        cv2.blur(outside, ring, borderType=cv2.BORDER_REFLECT), 1e-3
     )
-    assert np.array_equal(SpikeDetector().texture(frame, found, ys, xs), whole[ys, xs])
+    assert np.array_equal(detector.texture(frame, found, ys, xs), whole[ys, xs])
+
+
+def test_texture_at_no_pixels_is_empty():
+    """No specks, no texture values (the tile loop must not index a first pixel that is not there)."""
+    from frdm.engine.classical import SpikeDetector
+
+    frame = np.random.default_rng(17).random((400, 400), dtype=np.float32)  # large: the tiled path
+    none = np.zeros(0, np.int64)
+    assert SpikeDetector().texture(frame, np.zeros((400, 400), bool), none, none).shape == (0,)

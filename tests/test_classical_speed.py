@@ -127,3 +127,95 @@ def test_a_restore_abandoned_midway_leaves_the_next_one_exact():
     got = list(shared.restore(clip, params))
     for a, b in zip(want, got):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+
+
+def test_a_frame_returned_unchanged_leaves_no_copy_behind(monkeypatch):
+    """The worker copies each target ahead for its fill to write into; a frame without defects is returned as
+    it came, and its copy (a whole frame: 26 MB at 2K) must not stay held for the rest of its window."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.classical import restorer as engine
+    from frdm.engine.restorer import Clip
+
+    made: list[engine._Frames] = []
+    plain_init = engine._Frames.__init__
+
+    def init(self, *args, **kwargs):
+        plain_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(engine._Frames, "__init__", init)
+    rng = np.random.default_rng(6)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((72, 96)).astype(np.float32), (0, 0), 4) - 0.5) * 2.0
+    frames = np.stack([np.repeat(np.roll(base, t, axis=1)[..., None], 3, axis=2) for t in range(5)])
+    restoring = ClassicalRestorer().restore(Clip(frames, list(range(5)), list(range(5))), P.validate({}))
+    for t in range(5):
+        restored = next(restoring)
+        assert not restored.matte.any()  # clean frames
+        assert t not in made[0]._copies, f"frame {t}'s copy is still held"
+    restoring.close()
+
+
+def test_targets_given_out_of_order_come_back_in_increasing_order():
+    """The Restorer protocol yields targets in increasing frame order, and the worker one frame ahead relies on
+    it (the restore forgets what frames before the current window derived while the worker looks at the next
+    target's window): targets listed out of order give the frames of an ordered run, in order."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer
+    from frdm.engine.restorer import Clip
+
+    rng = np.random.default_rng(7)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((72, 96)).astype(np.float32), (0, 0), 4) - 0.5) * 2.0
+    frames = []
+    for t in range(7):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[30:33, 20 + 6 * t : 23 + 6 * t] = 1.0  # a speck on each frame, elsewhere
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    frames = np.stack(frames)
+    params = P.validate({})
+    want = list(ClassicalRestorer().restore(Clip(frames, list(range(7)), [1, 3, 5]), params))
+    got = list(ClassicalRestorer().restore(Clip(frames, list(range(7)), [5, 1, 3]), params))
+    assert [r.frame_number for r in got] == [1, 3, 5]
+    assert sum(float(r.matte.sum()) for r in want) > 0  # the specks are found
+    for a, b in zip(want, got):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+
+
+def test_a_restore_left_unclosed_never_runs_dis_beside_the_next(monkeypatch):
+    """A restore whose generator is dropped without being closed keeps its worker running on the next target;
+    a second restore on the same restorer must not run the shared DIS object at the same time (the flow cache
+    takes its lock around it). The estimator is slowed down so that the two workers surely meet."""
+    import threading
+    import time
+
+    from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer, flow
+    from frdm.engine.restorer import Clip
+
+    inside, most = [0], [0]
+    count = threading.Lock()
+    real = flow.FlowEstimator.__call__
+
+    def slow(self, a, b):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.03)
+        try:
+            return real(self, a, b)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    monkeypatch.setattr(flow.FlowEstimator, "__call__", slow)
+    rng = np.random.default_rng(8)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 4) - 0.5) * 2.0
+    frames = np.stack([np.repeat(np.roll(base, t, axis=1)[..., None], 3, axis=2) for t in range(6)])
+    clip = Clip(frames, list(range(6)), list(range(6)))
+    params = P.validate({})
+    shared = ClassicalRestorer()
+    left = shared.restore(clip, params)
+    next(left)  # its worker now computes frame 1's flows; the generator stays open
+    list(shared.restore(clip, params))
+    assert most[0] == 1, "two DIS runs on one DIS object at once"
+    left.close()

@@ -545,9 +545,12 @@ def test_the_script_colour_management_is_used_unless_a_knob_overrides(nk, tmp_pa
     assert settle(giz).startswith("restored 3-3"), status(giz)
     out = giz.knob("frdm_result_file").value().replace("####", "0003")
     acescg = in_process(src, [3], {"colorspace": "ACEScg", "ocio_config": "ocio://studio-config-latest"})[3]
-    linear = in_process(src, [3], {"colorspace": "linear"})[3]
     np.testing.assert_array_equal(pixels(out), acescg)  # the engine saw ACEScg primaries
-    assert not np.array_equal(acescg, linear)
+    from frdm.engine.frames import read_attributes
+
+    # The written frame says which colour space converted it (a fill copied from a neighbour can give the same
+    # pixels in either space on this grey clip, so the pixels alone cannot tell).
+    assert read_attributes(out)["frdm:colorspace"] == "ACEScg"
 
     giz.knob("frdm_colorspace").setValue("srgb")  # the knob overrides the script
     assert nk.resolved_params(giz)["colorspace"] == "srgb"

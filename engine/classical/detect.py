@@ -204,6 +204,8 @@ class SpikeDetector:
         Computed on the 64 px tiles that hold the pixels, each with the margin the gradient, the dilation and
         the window reach across (the whole-frame values, exactly), or on the whole frame when the tiles would
         cover most of it: specks are sparse, and a 2K frame's whole map costs ~50 ms."""
+        if len(ys) == 0:
+            return np.zeros(0, np.float32)
         h, w = frame.shape
         box = np.ones((3, 3), np.uint8)
         size = (self.texture_ring, self.texture_ring)

@@ -4,9 +4,10 @@ static shots, where every neighbour has the same scratch).
 
 A fill is seen when it is brighter or darker than what surrounds it, or smoother. So:
 - each temporal candidate is aligned to and checked against the frame on the region's ring (the pixels just
-  outside it, where the frame is known): moved as one piece, re-aligned by a whole-pixel shift, brought to the
-  frame's exposure there (flicker is a gain), and dropped when its ring does not match the frame's beyond the
-  grain (a neighbour pasted misaligned shows edges that do not line up);
+  outside it, where the frame is known): moved as one piece (re-aligned by a whole-pixel shift only when
+  SHIFT_SEARCH > 0; by default not), brought to the frame's exposure there (flicker is a gain), and dropped
+  when its ring does not match the frame's beyond the grain (a neighbour pasted misaligned shows edges that
+  do not line up);
 - a region is filled from one neighbour (the best-fitting kept one), not from their median: a median of
   several frames averages their grain away and leaves a smooth patch;
 - a spatial fill (Telea, smooth by nature) gets grain: the frame's own high frequencies, copied from a clean
@@ -20,6 +21,8 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+
+from frdm.engine.classical.detect import pixels
 
 RING = 3  # px: the ring around a region whose brightness a fill must match
 LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
@@ -76,20 +79,20 @@ def temporal_fill(
     the per-pixel flow, and (small regions) the region moved as one piece by the mean trusted flow on its ring
     (per-pixel flow is a pixel or two off on soft, grainy pictures, while a flat sky's consistent nonsense flow
     makes a mean wrong: the ring decides which holds). Each is re-aligned by the whole-pixel shift (within
-    SHIFT_SEARCH px) that best matches its ring to the frame's, brought to the frame's exposure there
-    (flicker: a gain per channel) and dropped when what is left on the ring exceeds the grain and a sub-pixel
-    misalignment (``_ring_tolerance``): edges that do not line up around the region would be pasted
-    misaligned into it. Each pixel takes one kept candidate (one neighbour's real grain, never a median of
+    SHIFT_SEARCH px; 0, none, by default) that best matches its ring to the frame's, brought to the frame's
+    exposure there (flicker: a gain per channel) and dropped when what is left on the ring exceeds the grain
+    and a sub-pixel misalignment (``_ring_tolerance``): edges that do not line up around the region would be
+    pasted misaligned into it. Each pixel takes one kept candidate (one neighbour's real grain, never a median of
     several, which would average the grain away): per region the one closest to the kept candidates' median,
     where it is valid and close to that median, else the next. ok when the kept candidates valid there agree
     (luma spread <= max_spread: disagreeing neighbours mean the motion was not really followed, and any of
     them would paint a ghost) and one is usable. Elsewhere the caller fills spatially."""
-    ys, xs = np.nonzero(labels)
+    ys, xs = pixels(labels)  # the order the caller puts the values back in
     n = len(ys)
     if n == 0 or not neighbours:
         return np.zeros((n, 3), np.float32), np.zeros(n, bool)
     lab = labels[ys, xs]
-    ry, rx = np.nonzero(ring)
+    ry, rx = pixels(ring)
     rlab = ring[ry, rx]
     known_px = np.zeros(n, bool) if known is None else known[ys, xs]
     ring_frame = frame[ry, rx]
@@ -228,7 +231,7 @@ def _ring_tolerance(frame: np.ndarray, ry: np.ndarray, rx: np.ndarray, rlab: np.
     keeps the grain but may be half a pixel off: on an edge that is a large difference, and a fair one),
     plus a little. The frame's grain is read on the rings themselves (each pixel minus the mean of its 8
     neighbours, robust spread over all ring pixels, so edges crossing a few rings do not count); the edges are
-    the ring's own luma gradient (rms per region). A neighbour SHIFT_SEARCH px off across an edge differs by
+    the ring's own luma gradient (rms per region). A neighbour a pixel or more off across an edge differs by
     several times the sub-pixel allowance and is dropped."""
     if len(ry) == 0:
         return np.zeros(count)
@@ -261,6 +264,36 @@ def _valid_median(stack: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where((count > 0)[:, None], 0.5 * (a + b), 0.0).astype(np.float32)
 
 
+# The black gate (the unexposed film edge a scan often shows at a border, weaving with the picture): border
+# columns or rows whose median luma is below GATE_LEVEL, at most GATE_SHARE of the frame's side, plus the soft
+# column or row beside them. It is no picture: inpainting must not draw from it (Telea would smear black into a
+# fill next to it) and a fill must not replace it.
+GATE_LEVEL = 0.05
+GATE_SHARE = 0.05
+
+
+def gate(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the black gate along the borders of an (H, W, 3) frame in [0, 1] (see GATE_LEVEL)."""
+    h, w = image.shape[:2]
+    out = np.zeros((h, w), bool)
+    luma = image[:: max(1, h // 128), :: max(1, w // 128)] @ LUMA  # medians of a sparse grid are enough
+    for axis, size in ((0, w), (1, h)):  # axis 0: medians over rows -> one per column (the side edges)
+        line = np.median(luma, axis=axis)
+        step = image.shape[1 - axis] / line.size
+        limit = max(1, int(GATE_SHARE * line.size))
+        for edge in (line, line[::-1]):
+            dark = int(np.argmin(np.append(edge[:limit] < GATE_LEVEL, False)))  # dark lines from the edge
+            if dark == 0:
+                continue
+            width = min(size, int(np.ceil((dark + 1) * step)))  # and the soft one beside them
+            band = slice(0, width) if edge is line else slice(size - width, size)
+            if axis == 0:
+                out[:, band] = True
+            else:
+                out[band, :] = True
+    return out
+
+
 def spatial_fill(
     image: np.ndarray,
     region: np.ndarray,
@@ -269,7 +302,8 @@ def spatial_fill(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inpaint ``region`` of an (H, W, 3) image in [0, 1] from its surroundings (Telea), one crop around each
-    connected region, and give the fill the grain of the frame next to it.
+    connected region, and give the fill the grain of the frame next to it. The black gate (``gate``) is neither
+    drawn from nor filled.
 
     Done in 16-bit: OpenCV 5's float32 inpainting returns garbage (values far outside the input range), and
     16 bits keep far more precision than the 1/255 the tests ask for. ``matte``: pixels that are defects (no
@@ -279,6 +313,11 @@ def spatial_fill(
         out = image.copy()
     if not region.any():
         return out
+    border = gate(image)
+    if border.any():
+        region = region & ~border
+        if not region.any():
+            return out
     matte = region if matte is None else (matte | region)
     h, w = region.shape
     n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
@@ -289,7 +328,7 @@ def spatial_fill(
         x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(w, x + bw + pad), min(h, y + bh + pad)
         mask = labels[y0:y1, x0:x1] == i
         crop = out[y0:y1, x0:x1]
-        m8 = mask.astype(np.uint8)
+        m8 = (mask | border[y0:y1, x0:x1]).astype(np.uint8)  # the gate is no source material
         filled = crop.copy()
         for c in range(crop.shape[-1]):
             u16 = (np.clip(crop[..., c], 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
@@ -306,7 +345,7 @@ def spatial_fill(
 def _boxes(labels: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
     """(n, 4) bounding boxes (x, y, width, height) of the labelled components, from the mask's own pixels:
     cv2's connectedComponentsWithStats visits every pixel of the frame for its statistics (~20 ms at 2K)."""
-    ys, xs = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    ys, xs = pixels(mask)
     lab = labels[ys, xs]
     lo = np.full((n, 2), np.iinfo(np.int64).max, np.int64)
     hi = np.full((n, 2), -1, np.int64)

@@ -143,6 +143,10 @@ class _Frames:
         made = self._copies.pop(i, None)
         return self.frames[i].copy() if made is None else made
 
+    def drop_copy(self, i: int) -> None:
+        """Frame i needed no copy after all (nothing to fill)."""
+        self._copies.pop(i, None)
+
     def forget_before(self, i: int) -> None:
         # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
         # entries, all at or after i.
@@ -265,7 +269,9 @@ class ClassicalRestorer:
             data.copy_ahead(t)
             return neighbours, motion
 
-        targets = [clip.index(n) for n in clip.targets]
+        # In increasing order, as the Restorer protocol yields them; forget_before and the worker one target
+        # ahead rely on it too (the worker's window never starts before the one just forgotten).
+        targets = sorted({clip.index(n) for n in clip.targets})
         for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
@@ -308,6 +314,8 @@ class ClassicalRestorer:
             restored = frames[t]  # never written to: a frame without defects is returned as it came
             if matte.any():
                 restored = self._fill(data, t, neighbours, motion, matte, use_scratches)
+            else:
+                data.drop_copy(t)  # not needed: held to the end of its window, a whole frame for nothing
             base = None
             if strength > 0.0 and neighbours:
                 # Deflicker on the flow's grid (the brightness fields are smooth). The fill above matched the
