@@ -582,6 +582,7 @@ class FrdmNode:
                     # its own id (the server may not have retired the first one yet)
                     by_id = False
                     server_job[0] = uuid.uuid4().hex
+                    cached.clear()  # the next try answers for every frame again
             missing = [f for f in targets if f not in staged]
             if missing:
                 raise RenderError("internal", f"the server finished without frames {format_frame_range(missing)}")
