@@ -345,3 +345,20 @@ def test_a_spatial_fill_beside_the_black_gate_draws_nothing_from_it():
     assert np.array_equal(out[speck & gate(image)], degraded[speck & gate(image)])
     # A frame without a gate has none.
     assert not gate(np.full((96, 128, 3), 0.52, np.float32)).any()
+
+
+def test_a_temporal_fill_takes_nothing_from_a_neighbours_weaving_gate():
+    """Market Street 40: the black gate weaves, so a neighbour's gate lies where this frame shows picture; a
+    speck there was filled with the neighbour's black. The gate is no fill material."""
+    rng = np.random.default_rng(8)
+    base = np.clip(0.55 + rng.normal(0.0, 0.01, (80, 96, 1)), 0, 1).repeat(3, -1).astype(np.float32)
+    frames = np.stack([base + rng.normal(0.0, 0.004, base.shape).astype(np.float32) for _ in range(5)])
+    for k, width in enumerate((8, 8, 3, 8, 8)):  # the gate weaves by five pixels
+        frames[k, :, :width] = 0.0
+    degraded = frames.copy()
+    degraded[2, 38:43, 4:9] = 0.95  # a speck beside this frame's gate, where the neighbours show theirs
+    out = next(ClassicalRestorer().restore(Clip(degraded, list(range(5)), [2]), P.validate({})))
+    assert out.matte[38:43, 4:9].mean() > 0.5, "the speck was not found: nothing to check"
+    fill = out.image[38:43, 4:9]
+    assert abs(float(fill.mean()) - 0.55) < 4 / 255, fill.mean(-1)
+    np.testing.assert_array_equal(out.image[:, :3], degraded[2, :, :3])  # the gate itself is not filled

@@ -31,7 +31,7 @@ import numpy as np
 from frdm.engine import depends
 from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
-from frdm.engine.classical.fill import region_rings, spatial_fill, temporal_fill
+from frdm.engine.classical.fill import gate, region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
     FlowEstimator,
     fb_error,
@@ -347,6 +347,10 @@ class ClassicalRestorer:
         for k in neighbours:
             if not motion[k].excluded:
                 motion[k].exclude(defects)
+        # The black gate is no picture: not filled here, and no fill material in a neighbour (it weaves, so a
+        # neighbour's gate lies where this frame shows picture).
+        gates = {k: gate(frames[k]) for k in [t, *neighbours]}
+        region = region & ~gates[t]
         labels, ring, count = region_rings(region, matte)
 
         def flow(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,6 +358,10 @@ class ClassicalRestorer:
 
         def sample(k: int, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             ok = (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
+            if gates[k].any():
+                gy = np.clip(np.rint(sy), 0, h - 1).astype(np.intp)
+                gx = np.clip(np.rint(sx), 0, w - 1).astype(np.intp)
+                ok &= ~gates[k][gy, gx]
             # Nearest pixel: a neighbour's own grain, not a blur of it.
             colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
             if use_scratches:
