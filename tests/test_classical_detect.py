@@ -166,3 +166,17 @@ def test_texture_at_no_pixels_is_empty():
     frame = np.random.default_rng(17).random((400, 400), dtype=np.float32)  # large: the tiled path
     none = np.zeros(0, np.int64)
     assert SpikeDetector().texture(frame, np.zeros((400, 400), bool), none, none).shape == (0,)
+
+
+def test_a_clip_end_does_not_take_what_its_later_frames_show_for_a_defect(shared_data):
+    """San Francisco 133, the clip's first frame: a bright streak on a pillar that only frames 134 and 135 show
+    was read as a dark defect of 133 and pasted in (188 pixels of the pillar changed). At a clip's end a defect
+    must stand out from its surroundings in the frame itself; the frame's real dust is still removed."""
+    from frdm.engine.frames import read_frame
+
+    folder = shared_data / "real_film" / "san_francisco_earthquake_and_fire"
+    frames = np.stack([np.clip(read_frame(folder / f"{n:05d}.png").pixels[..., :3], 0, 1) for n in range(133, 138)])
+    out = next(ClassicalRestorer().restore(Clip(frames.astype(np.float32), list(range(5)), [0]), P.validate({})))
+    changed = np.abs(out.image - frames[0]).max(-1) > 0.5 / 255
+    assert changed[80:100, 140:165].sum() < 40, "the later frames' streak was pasted onto the pillar"
+    assert out.matte.mean() > 0.002, "the frame's own dust is no longer found"

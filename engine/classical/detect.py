@@ -128,6 +128,7 @@ class SpikeDetector:
     # the evidence asked for is this much stronger.
     one_sided_gain: float = 1.5
     texture_ring: int = 9  # px: the ring's outer size
+    stand_out_ring: int = 3  # px: the ring a clip end's component is compared with (``_stands_out``)
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
@@ -195,6 +196,33 @@ class SpikeDetector:
         rank = int((1.0 - self.frame_share) * (sample.size - 1))
         level = float(np.partition(sample, rank)[rank])
         return max(self.threshold, self.frame_gain * level)
+
+    def _stands_out(
+        self,
+        frame: np.ndarray,
+        reference: np.ndarray,
+        labels: np.ndarray,
+        ys: np.ndarray,
+        xs: np.ndarray,
+        lab: np.ndarray,
+        n: int,
+    ) -> np.ndarray:
+        """(n,) bool, per component: it stands out from its ring more in the frame than in the references. With
+        both references on one side (a clip's first or last frame) a difference is a defect of this frame or
+        something the later (earlier) frames show and this one does not yet (San Francisco 133: a streak on a
+        pillar in frames 134 and 135 was pasted into 133). A speck stands out from what surrounds it in its own
+        frame; a feature of the references stands out there instead."""
+        box = np.ones((2 * self.stand_out_ring + 1,) * 2, np.uint8)
+        grown = cv2.dilate(labels.astype(np.float32), box)  # each component's ring takes its label
+        ry, rx = pixels((grown > 0) & (labels == 0))
+        rlab = grown[ry, rx].astype(np.intp)
+
+        def step(image: np.ndarray) -> np.ndarray:
+            inside = np.bincount(lab, image[ys, xs], minlength=n) / np.maximum(np.bincount(lab, minlength=n), 1)
+            ring = np.bincount(rlab, image[ry, rx], minlength=n) / np.maximum(np.bincount(rlab, minlength=n), 1)
+            return np.abs(inside - ring)
+
+        return step(frame) > step(reference)
 
     def texture(self, frame: np.ndarray, found: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """At the pixels (ys, xs): the mean 3x3 range (morphological gradient) of ``frame`` in a
@@ -303,6 +331,8 @@ class SpikeDetector:
         if motion is not None:
             large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
             keep &= ~large_moving | (agree & (peak > 2.0 * threshold))
+        if one_sided is not None and keep.any():
+            keep &= self._stands_out(frame, 0.5 * (prev + nxt), labels, ys, xs, lab, n)
         # The kept components' pixels, set from the weak pixels' labels (not a gather over the whole frame).
         matte = np.zeros(frame.shape, bool)
         matte[ys, xs] = keep[lab]
