@@ -273,24 +273,26 @@ GATE_SHARE = 0.05
 
 
 def gate(image: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the black gate along the borders of an (H, W, 3) frame in [0, 1] (see GATE_LEVEL)."""
+    """(H, W) bool: the black gate along the borders of an (H, W, 3) frame in [0, 1] (see GATE_LEVEL). Every
+    column (row) near an edge is judged, by its median over ~128 of its pixels."""
     h, w = image.shape[:2]
     out = np.zeros((h, w), bool)
-    luma = image[:: max(1, h // 128), :: max(1, w // 128)] @ LUMA  # medians of a sparse grid are enough
-    for axis, size in ((0, w), (1, h)):  # axis 0: medians over rows -> one per column (the side edges)
-        line = np.median(luma, axis=axis)
-        step = image.shape[1 - axis] / line.size
-        limit = max(1, int(GATE_SHARE * line.size))
-        for edge in (line, line[::-1]):
-            dark = int(np.argmin(np.append(edge[:limit] < GATE_LEVEL, False)))  # dark lines from the edge
+    for axis, size in ((0, w), (1, h)):  # axis 0: the columns at the left and right edges; 1: the rows
+        limit = max(1, int(GATE_SHARE * size))
+        for far in (False, True):
+            band = slice(size - limit, size) if far else slice(0, limit)
+            strip = image[:: max(1, h // 128), band] if axis == 0 else image[band, :: max(1, w // 128)]
+            line = np.median(strip @ LUMA, axis=axis)  # one value per column (row) of the band
+            edge = line[::-1] if far else line
+            dark = int(np.argmin(np.append(edge < GATE_LEVEL, False)))  # dark lines from the edge inwards
             if dark == 0:
                 continue
-            width = min(size, int(np.ceil((dark + 1) * step)))  # and the soft one beside them
-            band = slice(0, width) if edge is line else slice(size - width, size)
+            width = min(size, dark + 1)  # and the soft one beside them
+            lines = slice(size - width, size) if far else slice(0, width)
             if axis == 0:
-                out[:, band] = True
+                out[:, lines] = True
             else:
-                out[band, :] = True
+                out[lines, :] = True
     return out
 
 
