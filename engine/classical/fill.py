@@ -302,10 +302,11 @@ def spatial_fill(
     matte: np.ndarray | None = None,
     radius: int = 5,
     out: np.ndarray | None = None,
+    border: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inpaint ``region`` of an (H, W, 3) image in [0, 1] from its surroundings (Telea), one crop around each
-    connected region, and give the fill the grain of the frame next to it. The black gate (``gate``) is neither
-    drawn from nor filled.
+    connected region, and give the fill the grain of the frame next to it. The black gate (``border``, by
+    default ``gate(image)``) is neither drawn from nor filled.
 
     Done in 16-bit: OpenCV 5's float32 inpainting returns garbage (values far outside the input range), and
     16 bits keep far more precision than the 1/255 the tests ask for. ``matte``: pixels that are defects (no
@@ -315,7 +316,7 @@ def spatial_fill(
         out = image.copy()
     if not region.any():
         return out
-    border = gate(image)
+    border = gate(image) if border is None else border
     if border.any():
         region = region & ~border
         if not region.any():

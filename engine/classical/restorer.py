@@ -378,7 +378,7 @@ class ClassicalRestorer:
         leftover = np.zeros_like(region)
         leftover[ys[~ok], xs[~ok]] = True
         if leftover.any():
-            spatial_fill(restored, leftover, matte, out=restored)
+            spatial_fill(restored, leftover, matte, out=restored, border=gates[t])
         return restored
 
 
