@@ -109,6 +109,7 @@ class _Frames:
         self._flow_in: dict[int, tuple[bytes, np.ndarray]] = {}
         self._cand: dict[int, np.ndarray] = {}
         self._copies: dict[int, np.ndarray] = {}
+        self._gate: dict[int, np.ndarray] = {}
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
@@ -133,6 +134,13 @@ class _Frames:
             self._cand[i] = self.scratch_detector.candidates(self.grey(i))
         return self._cand[i]
 
+    def gate(self, i: int) -> np.ndarray:
+        """The black gate along the frame's borders (``fill.gate``); a frame is a fill's neighbour for several
+        targets."""
+        if i not in self._gate:
+            self._gate[i] = gate(self.frames[i])
+        return self._gate[i]
+
     def copy_ahead(self, i: int) -> None:
         """Copy frame i now (in the worker thread) for its fill to write into: a fresh 2K RGB frame costs
         ~50 ms of page faults, more than the copy itself, and the fill waits for none of it then."""
@@ -150,7 +158,7 @@ class _Frames:
     def forget_before(self, i: int) -> None:
         # list(store): taken at once (no Python code runs inside it) while the worker thread may be adding
         # entries, all at or after i.
-        for store in (self._grey, self._small, self._flow_in, self._cand, self._copies):
+        for store in (self._grey, self._small, self._flow_in, self._cand, self._copies, self._gate):
             for k in [k for k in list(store) if k < i]:
                 del store[k]
 
@@ -349,7 +357,7 @@ class ClassicalRestorer:
                 motion[k].exclude(defects)
         # The black gate is no picture: not filled here, and no fill material in a neighbour (it weaves, so a
         # neighbour's gate lies where this frame shows picture).
-        gates = {k: gate(frames[k]) for k in [t, *neighbours]}
+        gates = {k: data.gate(k) for k in [t, *neighbours]}
         region = region & ~gates[t]
         labels, ring, count = region_rings(region, matte)
 
