@@ -270,14 +270,20 @@ class SourceMemory:
     a knob change sends only its target's pixels. The buffers are the received message parts, not copied.
     Also their float32 pixels once converted (read-only: the engine never writes into an original), so
     the frames of a shot being previewed are converted once, not per request. Least recently used entries
-    go past ``max_bytes`` (raw and converted together). The worker thread alone uses it."""
+    go past ``max_bytes`` (raw and converted together). The worker thread and its read-ahead thread use it,
+    so every step holds the lock (an eviction interleaved with a recall would lose the size count)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._entries: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._size = 0
+        self._lock = threading.Lock()
 
     def _keep(self, key: tuple[str, str], value: Any, size: int) -> None:
+        with self._lock:
+            self._keep_locked(key, value, size)
+
+    def _keep_locked(self, key: tuple[str, str], value: Any, size: int) -> None:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
@@ -290,11 +296,12 @@ class SourceMemory:
             self._size -= old
 
     def _recall(self, key: tuple[str, str]) -> Any:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
 
     def put(self, content_id: str, image: RawImage) -> None:
         self._keep(("raw", content_id), image, image.spec.nbytes)

@@ -328,7 +328,7 @@ class Worker:
             self._hash(job, kind, frame)
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
-        from frdm.engine.pipeline import restore_frames
+        from frdm.engine.pipeline import READ_AHEAD, restore_frames
 
         params = job.req.params
         if job.cancel.is_set():
@@ -417,6 +417,9 @@ class Worker:
             mask_source=masks,
             progress=progress,
             fill_cache=fill_cache,
+            # Sources are read and converted to float on a thread of their own, ahead of the restorer (the
+            # model-space conversion, the restorer and the reply of the frame before run beside it).
+            read_ahead=READ_AHEAD,
         )
         try:
             for frame, image in results:
