@@ -150,12 +150,17 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
-    worker's check (which frames must be read) and the pipeline see the same entries (and read it once)."""
+    failing cache disk costs the cache, never the frame. An entry once read is held until its frame is
+    finished (``release``), so the worker's check (which frames must be read) and the pipeline see the same
+    entries (and read each once), and a chunk does not keep its finished frames' entries (with deflicker a
+    2K entry holds two frame-sized arrays)."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
         self.held: dict[int, FillResult] = {}
+
+    def release(self, frame: int) -> None:
+        self.held.pop(frame, None)
 
     def get(self, frame: int) -> FillResult | None:
         if frame in self.held:
@@ -423,6 +428,7 @@ class Worker:
         )
         try:
             for frame, image in results:
+                fill_cache.release(frame)  # finished: the pipeline reads a frame's entry no more
                 raw, same = source.output(frame, image, params["pixel_type"])
                 try:
                     self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")

@@ -666,3 +666,30 @@ def test_a_chunk_holds_the_fill_results_it_read_not_those_it_made(tmp_path):
     assert gone() is None  # not held for the rest of the chunk
     read = fills.get(2)
     assert read is not None and fills.get(2) is read  # one entry for the worker's check and the engine alike
+
+
+def test_a_fill_entry_is_let_go_once_its_frame_is_finished(server, monkeypatch):
+    from frdm.server import worker
+
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)  # the restorer's outputs of 2 and 3 are kept
+    chunks: list[worker.FillCache] = []
+    held_at: dict[int, set[int]] = {}
+
+    class Recording(worker.FillCache):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            chunks.append(self)
+
+    deliver = worker.Worker._deliver
+
+    def recorded(self, job, frame, *args, **kwargs):
+        held_at[frame] = set(chunks[-1].held)
+        return deliver(self, job, frame, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "FillCache", Recording)
+    monkeypatch.setattr(worker.Worker, "_deliver", recorded)
+    run(srv.endpoint, {"feather": 3.0}, sources)  # re-blended from both entries, in one chunk
+    assert sorted(restorer.restored) == [2, 3]
+    assert held_at == {2: {3}, 3: set()}  # frame 2's entry went when frame 2 was finished
