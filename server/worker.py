@@ -332,6 +332,18 @@ class Worker:
         for kind, frame in frames:
             self._hash(job, kind, frame)
 
+    @staticmethod
+    def _let_go_recalled(job: Job, unfinished: list[int], reach: tuple[int, int], available: list[int]) -> None:
+        """Frames by id recalled for earlier chunks that no unfinished target reads are let go (a long job
+        sent by id held every one it recalled until it ended); a target's stays, for a re-attach's replay
+        of a frame stored as the source's own pixels."""
+        if not job.recalled:
+            return
+        needed = {n for f in unfinished for n in depends.window_at(f, reach, available)}
+        targets = set(job.req.frames)
+        for n in [n for n in job.recalled if n not in needed and n not in targets]:
+            del job.recalled[n]
+
     def _run_chunk(self, job: Job, emit: Emit) -> None:
         from frdm.engine.pipeline import READ_AHEAD, restore_frames
 
@@ -352,6 +364,7 @@ class Worker:
         # and the restorer's output (fill), from which a blend- or output-stage change only re-blends.
         available = sorted(job.req.sources)
         windows = {f: depends.window_at(f, reach, available) for f in targets}
+        self._let_go_recalled(job, [*targets, *job.remaining], reach, available)
         self._hash_all(
             job,
             [("sources", n) for n in sorted({n for w in windows.values() for n in w})]

@@ -693,3 +693,29 @@ def test_a_fill_entry_is_let_go_once_its_frame_is_finished(server, monkeypatch):
     run(srv.endpoint, {"feather": 3.0}, sources)  # re-blended from both entries, in one chunk
     assert sorted(restorer.restored) == [2, 3]
     assert held_at == {2: {3}, 3: set()}  # frame 2's entry went when frame 2 was finished
+
+
+def test_frames_recalled_by_id_are_let_go_once_no_unfinished_target_reads_them(tmp_path, monkeypatch):
+    from frdm.server import worker
+
+    with counting_server(tmp_path / "cache", chunk=1) as (srv, restorer):
+        sources = {n: raw_frame(n) for n in range(1, 7)}
+        targets = (2, 3, 4, 5)
+        run(srv.endpoint, {"feather": 1.0}, sources, frames=targets)  # every frame now in the recent sources
+        recalled_at: dict[int, set[int]] = {}
+        deliver = worker.Worker._deliver
+
+        def recorded(self, job, frame, *args, **kwargs):
+            recalled_at[frame] = set(job.recalled)
+            return deliver(self, job, frame, *args, **kwargs)
+
+        monkeypatch.setattr(worker.Worker, "_deliver", recorded)
+        light = {
+            **sources,
+            1: protocol.ContentRef(sources[1].content_id()),
+            6: protocol.ContentRef(sources[6].content_id()),
+        }
+        run(srv.endpoint, {"dust_threshold": 0.2}, light, frames=targets)  # restored again: context read
+        assert restorer.restored[-4:] == [2, 3, 4, 5]
+        # One chunk per target: frame 1 (read by target 2 only) goes after it; frame 6 is read by 5.
+        assert recalled_at == {2: {1}, 3: set(), 4: set(), 5: {6}}
