@@ -346,6 +346,7 @@ class ResultCache:
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] | None = None
         self._writer: threading.Thread | None = None
+        self._writer_lost = False
         if background:
             self._queue = queue.Queue(self.PENDING)
             self._writer = threading.Thread(target=self._write_pending, name="frdm-cache-writer", daemon=True)
@@ -379,19 +380,45 @@ class ResultCache:
             return
         with self._lock:
             self._pending[path] = data
-        self._queue.put(path)
+        if not self._hand_over(path):
+            # The writer is gone (it catches every Exception, so only something that ends a thread gets
+            # here): the entry is written in the caller's thread, which never waits for a writer that left.
+            with self._lock:
+                data = self._pending.pop(path, data)
+            self._write(path, data)
+
+    def _hand_over(self, path: str | None) -> bool:
+        """Queue ``path`` for the writer (None: stop); False if the writer thread has ended."""
+        assert self._queue is not None and self._writer is not None
+        while self._writer.is_alive():
+            try:
+                self._queue.put(path, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        if not self._writer_lost:
+            self._writer_lost = True
+            log.error("cache: the writer thread has ended; entries are written by the worker from now on")
+        return False
 
     def flush(self) -> None:
         """Wait until every entry put so far is on disk (or failed)."""
-        if self._queue is not None:
+        if self._queue is not None and self._writer is not None and self._writer.is_alive():
             self._queue.join()
 
     def close(self) -> None:
         """Write every waiting entry, then stop the writer thread (a no-op without one)."""
         if self._queue is not None and self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
+            if self._hand_over(None):
+                self._writer.join()
             self._queue = None
+            with self._lock:
+                left, self._pending = self._pending, {}
+            for path, data in left.items():  # what a writer that ended left waiting
+                try:
+                    self._write(path, data)
+                except OSError as exc:
+                    log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
 
     def _write_pending(self) -> None:
         assert self._queue is not None

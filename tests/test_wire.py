@@ -719,3 +719,39 @@ def test_frames_recalled_by_id_are_let_go_once_no_unfinished_target_reads_them(t
         assert restorer.restored[-4:] == [2, 3, 4, 5]
         # One chunk per target: frame 1 (read by target 2 only) goes after it; frame 6 is read by 5.
         assert recalled_at == {2: {1}, 3: set(), 4: set(), 5: {6}}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's end, on purpose
+def test_the_cache_writer_outlives_a_failing_disk_and_nothing_waits_for_a_writer_that_ended(tmp_path, monkeypatch):
+    from frdm.server import storage
+
+    cache = storage.ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    write = storage.ResultCache._write
+    failures = iter([OSError(28, "No space left on device"), MemoryError(), SystemExit()])
+
+    def failing(self, path, data):
+        if os.path.basename(path).startswith("x"):
+            raise next(failures)
+        write(self, path, data)
+
+    monkeypatch.setattr(storage.ResultCache, "_write", failing)
+    cache.put("x" * 64, b"lost")
+    cache.put("x" * 63 + "y", b"lost too")
+    cache.put("a" * 64, b"kept")
+    cache.flush()  # an OSError and a MemoryError cost their entries, not the writer
+    assert cache._writer is not None and cache._writer.is_alive()
+    assert cache.get("a" * 64) == b"kept" and cache.get("x" * 64) is None
+    cache.put("x" * 63 + "z", b"ends the writer")  # SystemExit ends a thread without a word
+    cache._writer.join(10)
+    assert not cache._writer.is_alive()
+    done = threading.Event()
+
+    def many() -> None:  # more than the writer's queue holds: with no writer, put used to block for ever
+        for i in range(2 * storage.ResultCache.PENDING):
+            cache.put(f"{i:064d}", b"entry %d" % i)
+        cache.close()
+        done.set()
+
+    threading.Thread(target=many, daemon=True).start()
+    assert done.wait(30), "put or close waited for a writer that had ended"
+    assert all(cache.get(f"{i:064d}") == b"entry %d" % i for i in range(2 * storage.ResultCache.PENDING))
