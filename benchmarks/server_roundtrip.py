@@ -157,6 +157,24 @@ class Server:
         self.proc.terminate()
         self.proc.wait(30)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the server process has used so far (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_of(server: Server, run: Any) -> tuple[Any, float]:
+    """``run()``'s result and the CPU seconds it cost here and in the server, the server's cache writer
+    included (it writes after the reply: given ``SETTLE`` to finish). CPU time counts what a frame costs,
+    not how long it waited for a core: on a loaded machine it compares like with like where wall time
+    cannot."""
+    here, there = time.process_time(), server.cpu_seconds()
+    result = run()
+    here = time.process_time() - here
+    time.sleep(SETTLE)
+    return result, here + server.cpu_seconds() - there
+
 
 def server_round(
     address: str, params: dict[str, Any], sources: dict[int, Any], frames: list[int] | None = None
@@ -219,13 +237,19 @@ def transport(tmp: str, args: argparse.Namespace) -> None:
     n = args.frames
     server = Server(os.path.join(tmp, "cache-pass"), "--restorer", "server_roundtrip:passthrough")
     raw, fresh, cached_s, exr = [], [], [], []
+    raw_cpu: list[float] = []
+    fresh_cpu: list[float] = []
     try:
         # Warm-up (imports, first allocations) on frames of their own, so the timed rounds miss.
         server_round(server.address, PASS, make_raw(1, args.width, args.height, seed=1000))
         for r in range(args.repeats):
             sources = make_raw(n, args.width, args.height, seed=r + 1)
+            cpu = time.process_time()
             raw.append(raw_socket_pair([sources[f].buffer for f in sorted(sources)], 1))
-            fresh.append(server_round(server.address, PASS, sources)[0])
+            raw_cpu.append(time.process_time() - cpu)
+            (seconds, _), cpu = cpu_of(server, lambda s=sources: server_round(server.address, PASS, s))
+            fresh.append(seconds)
+            fresh_cpu.append(cpu)
             seconds, cached = server_round(server.address, PASS, sources)
             assert cached == n, f"{cached} of {n} frames came from the cache"
             cached_s.append(seconds)
@@ -243,6 +267,12 @@ def transport(tmp: str, args: argparse.Namespace) -> None:
     print(f"frdm serve raw round trip, all from cache:   {spread(fps(cached_s))} frames/s   ratio {ratio(cached_s)}")
     if exr:
         print(f"frdm serve EXR round trip, pass-through:     {spread(fps(exr))} frames/s   ratio {ratio(exr)}")
+    print(f"CPU per frame, socket pair (both ends):      {spread(raw_cpu, 1000 / n, ' ms')}")
+    print(f"CPU per frame, pass-through (client+server): {spread(fresh_cpu, 1000 / n, ' ms')}")
+    print(
+        f"  socket pair's CPU over the server round's:  "
+        f"{spread([r / s for r, s in zip(raw_cpu, fresh_cpu)], digits=3)} (per pair)"
+    )
 
 
 CLASSICAL = {"colorspace": "srgb", "write_matte": False}
@@ -280,24 +310,30 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
         pass  # the same warm-up as the server's
     few = make_raw(count, w, h)
     server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
-    inproc, served = [], []
+    inproc, served, inproc_cpu, served_cpu = [], [], [], []
     try:
         server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
+        time.sleep(SETTLE)
         for r in range(repeats):
             params = dict(CLASSICAL, dust_threshold=0.05 + 0.002 * r)
-            time.sleep(SETTLE)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in restore_frames(memory, sorted(pixels), params, resident):
                 pass
             inproc.append((time.perf_counter() - start) / count)
-            seconds, _ = server_round(server.address, params, few)
+            inproc_cpu.append((time.process_time() - cpu) / count)
+            (seconds, _), cpu = cpu_of(server, lambda p=params: server_round(server.address, p, few))
             served.append(seconds / count)
+            served_cpu.append(cpu / count)
     finally:
         server.stop()
     over = [(s - i) / i * 100 for i, s in zip(inproc, served)]
+    over_cpu = [(s - i) / i * 100 for i, s in zip(inproc_cpu, served_cpu)]
     print(f"classical engine in process (restore_frames): {spread(inproc, 1000, ' ms')}/frame")
     print(f"classical engine through frdm serve (raw):    {spread(served, 1000, ' ms')}/frame")
     print(f"server overhead per frame, per pair:          {spread(over, 1, ' %')} of the engine's time")
+    print(f"CPU per frame in process:                     {spread(inproc_cpu, 1000, ' ms')}")
+    print(f"CPU per frame through the server (+client):   {spread(served_cpu, 1000, ' ms')}")
+    print(f"server overhead in CPU per frame, per pair:   {spread(over_cpu, 1, ' %')} of the engine's CPU")
 
 
 def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:
