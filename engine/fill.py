@@ -201,8 +201,8 @@ def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: in
     if mask_frame is None:
         if not channel:
             raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
-        return np.clip(frame.pixels[..., frame.channel_index(channel)], 0.0, 1.0)
-    if mask_frame.pixels.shape[:2] != frame.pixels.shape[:2]:
+        return np.clip(frame.samples[..., frame.channel_index(channel)], 0.0, 1.0, dtype=np.float32)
+    if mask_frame.samples.shape[:2] != frame.samples.shape[:2]:
         raise InputError(
             f"{mask_frame.path}: mask for frame {number} is {mask_frame.width}x{mask_frame.height} but the "
             f"source is {frame.width}x{frame.height}; render the mask at the source's resolution"
@@ -213,7 +213,7 @@ def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: in
         idx = mask_frame.channels.index("A")
     else:
         idx = 0
-    return np.clip(mask_frame.pixels[..., idx], 0.0, 1.0)
+    return np.clip(mask_frame.samples[..., idx], 0.0, 1.0, dtype=np.float32)
 
 
 def finish_frame(
@@ -224,22 +224,29 @@ def finish_frame(
     mask_frame: Frame | None,
     number: int,
     matte_channel: str,
+    *,
+    halves_out: bool = False,
 ) -> Frame:
     """Blend a fill result into its original: out = original + mask * (restored - original).
 
     Only the box where the mask, the change and the representable range overlap is converted and blended;
     every other pixel is the original's value. A frame nothing changes in shares the original's pixel
     array (no copy), which tells a caller it may send the input's own bytes back. ``colorspace`` is the
-    frame's own (``color.resolve_colorspace``: 'auto' resolved)."""
+    frame's own (``color.resolve_colorspace``: 'auto' resolved).
+
+    ``halves_out``: the caller stores half channels as half (an EXR or TIFF written with pixel type 'same' or
+    'half', the wire): an original that holds half samples (``Frame.half``) then gives an output of half
+    samples, its own copied as they are and the blended ones rounded to half here as the writer would round
+    them (to nearest, ties to even), instead of a float32 frame converted back whole."""
     if fill.shape != (original.height, original.width):
         raise InputError(
             f"frame {number}: the cached fill result is {fill.shape[1]}x{fill.shape[0]} but the source is "
             f"{original.width}x{original.height}"
         )
     if fill.base is not None and params["mask"] == "auto":
-        return finish_frame(
-            original, _over_base(fill, params), {**params, "mask": "none"}, colorspace, None, number, matte_channel
-        )
+        over = _over_base(fill, params)
+        none = {**params, "mask": "none"}
+        return finish_frame(original, over, none, colorspace, None, number, matte_channel, halves_out=halves_out)
     idx = original.rgb_indices()
     if params["mask"] == "none":
         mask_box: Box | None = (0, fill.shape[0], 0, fill.shape[1])
@@ -252,6 +259,7 @@ def finish_frame(
         raw = artist_mask(original, mask_frame, params["mask_channel"], number)
         mask_box = nonzero_box(raw > 0)
         mask = raw[mask_box[0] : mask_box[1], mask_box[2] : mask_box[3]] if mask_box is not None else None
+    held = original.samples  # the original's half samples or float32 pixels (both read exactly as float32)
     region = intersect(mask_box, fill.box)
     blended: tuple[Any, Any, list[int], np.ndarray] | None = None  # rows, columns (indices or slices), channels, values
     if region is not None:
@@ -265,11 +273,11 @@ def finish_frame(
         ys, xs = np.nonzero(m)
         dense = ys.size == m.size  # every pixel of the region (mask 'none', deflicker): slices, not gathers
         if dense:
-            crop = original.pixels[y0:y1, x0:x1].reshape(-1, original.pixels.shape[-1])
+            crop = held[y0:y1, x0:x1].reshape(-1, held.shape[-1])
             restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0].reshape(-1, 3)
             weight = m.reshape(-1)
         elif ys.size:
-            crop = original.pixels[y0 + ys, x0 + xs]  # (N, C)
+            crop = held[y0 + ys, x0 + xs]  # (N, C)
             restored = fill.image[fy + ys, fx + xs]
             weight = m[ys, xs]
         if ys.size:
@@ -283,7 +291,7 @@ def finish_frame(
                 back = from_model(restored, colorspace, params["ocio_config"])
                 if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                     back, idx = back.mean(axis=-1, keepdims=True), idx[:1]
-                values = blend(crop[:, idx], back, weight)
+                values = blend(crop[:, idx].astype(np.float32), back, weight)
                 if dense:
                     blended = (slice(y0, y1), slice(x0, x1), idx, values.reshape(y1 - y0, x1 - x0, len(idx)))
                 else:
@@ -291,11 +299,12 @@ def finish_frame(
     channels, formats = list(original.channels), list(original.formats)
     add_matte = bool(params["write_matte"]) and matte_channel not in channels
     if blended is None and not params["write_matte"]:
-        return original.with_pixels(original.pixels, channels, formats)  # shares the original's array
+        return original.with_pixels(held, channels, formats)  # shares the original's array
     # One new array for the output (the original stays as it was: it may be a source's own frame).
-    h, w, c = original.pixels.shape
-    pixels = np.empty((h, w, c + add_matte), np.float32)
-    pixels[..., :c] = original.pixels
+    h, w, c = held.shape
+    as_halves = halves_out and original.half is not None  # every channel half (the matte's is too)
+    pixels = np.empty((h, w, c + add_matte), np.float16 if as_halves else np.float32)
+    pixels[..., :c] = held
     if blended is not None:
         rows, cols, chans, values = blended
         if isinstance(rows, slice):

@@ -26,6 +26,7 @@ from frdm.engine.frames import (
     SequencePattern,
     Source,
     format_frame_range,
+    halves_written,
     open_source,
     read_attributes,
     write_frame,
@@ -69,9 +70,10 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
 
 def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
     """The restorer's view of a frame, clipped to [0, 1], written into ``out`` (R, G, B side by side are read
-    as a view, not gathered)."""
+    as a view, not gathered; a frame's half samples are converted as they are held, by table)."""
     idx = frame.rgb_indices()
-    rgb = frame.pixels[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else frame.pixels[..., idx]
+    held = frame.samples
+    rgb = held[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else held[..., idx]
     if space in IDENTITY:
         np.clip(rgb, 0.0, 1.0, out=out)
     else:
@@ -130,6 +132,7 @@ def restore_frames(
     progress: ProgressFn = no_progress,
     fill_cache: FillStore | None = None,
     read_ahead: int = 0,
+    halves_out: bool = False,
 ) -> Iterator[tuple[int, Frame]]:
     """Yield (frame number, restored Frame) for each of ``frames``, in order. Nothing is written here.
 
@@ -139,7 +142,10 @@ def restore_frames(
 
     Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
     thread of its own, that many frames ahead of the restorer (``engine/overlap.py``). What is held: the
-    model-space frames of one block and its context, and each target's source frame until it is finished."""
+    model-space frames of one block and its context, and each target's source frame until it is finished.
+
+    ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
+    come back as halves."""
     params = P.validate(params)
     frames = sorted(set(frames))
     source.check_frames(frames)
@@ -244,7 +250,9 @@ def restore_frames(
                         progress(done_before + block.index(n) + 1, total, f"frame {n} (restorer output cached)")
                     original, space = originals.pop(n)
                     mask_frame = mask_source.read(n) if params["mask"] == "artist" and mask_source is not None else None
-                    out = finish_frame(original, fill, params, space, mask_frame, n, MATTE_CHANNEL)
+                    out = finish_frame(
+                        original, fill, params, space, mask_frame, n, MATTE_CHANNEL, halves_out=halves_out
+                    )
                     out.attributes[ATTR_HASH] = ("string", digest)
                     out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
                     out.attributes[ATTR_COLORSPACE] = ("string", space)
@@ -505,13 +513,14 @@ def restore_sequence(
             progress=progress,
             fill_cache=fill_store,
             read_ahead=READ_AHEAD,
+            halves_out=halves_written(plan.out.extension, plan.params["pixel_type"]),
         )
         # closing: a failed write stops the reader thread at once, not when the generator is collected.
         with WriteBehind(write, WRITE_BEHIND) as writer, contextlib.closing(restored):
             for n, frame in restored:
                 frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
                 if MATTE_CHANNEL in frame.channels:
-                    matte = frame.pixels[..., frame.channels.index(MATTE_CHANNEL)]
+                    matte = frame.samples[..., frame.channels.index(MATTE_CHANNEL)]
                     report.matte_coverage[n] = float((matte > 0.5).mean())
                 writer.submit(n, frame)
                 del frame
