@@ -39,10 +39,11 @@ BLOCK_FRAMES = 8  # targets per restorer call (fewer for large frames: _block_le
 # The model-space window's budget (block and context frames, float32 RGB): at 2K it holds 4 targets and their
 # 4 context frames. The block length changes no result (each frame depends on its own window only).
 WINDOW_BYTES = 320 << 20
-# `frdm restore`: source frames decoded ahead of the restorer, finished frames waiting to be encoded. Each is
-# a full frame in RAM; two keep a thread busy while the other side works.
-READ_AHEAD = 1
-WRITE_BEHIND = 1
+# `frdm restore`: source frames decoded ahead of the restorer (in blocks: a block takes all its new frames at
+# once when it starts, so the reader decodes the next block's while this one is restored; one frame ahead
+# left the restorer waiting for a block's worth of serial reads), and finished frames waiting to be encoded.
+READ_AHEAD = 1  # blocks
+WRITE_BEHIND = 1  # frames
 
 # Metadata written into every restored frame: what made it, so a re-run can skip it and a TD can trace it.
 ATTR_HASH = "frdm:params_hash"
@@ -141,7 +142,7 @@ def restore_frames(
     in comes back sharing its original's pixel array.
 
     Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
-    thread of its own, that many frames ahead of the restorer (``engine/overlap.py``). What is held: the
+    thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``). What is held: the
     model-space frames of one block and its context, and each target's source frame until it is finished.
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
@@ -195,7 +196,7 @@ def restore_frames(
     originals: dict[int, tuple[Frame, str]] = {}  # targets read and not finished: (frame, its colour space)
     reference: tuple[int, Frame] | None = None
     done_before = 0
-    with ReadAhead(read, [n for n in schedule if n != first], read_ahead, source.description) as reader:
+    with ReadAhead(read, [n for n in schedule if n != first], read_ahead * length, source.description) as reader:
         taken = 0
         for block in blocks:
             numbers = reach(block[0], block[-1])
