@@ -17,7 +17,7 @@ import numpy as np
 
 from frdm.engine import atomic, depends
 from frdm.engine import params as P
-from frdm.engine.color import IDENTITY, check_colorspace, resolve_colorspace, to_model
+from frdm.engine.color import check_colorspace, model_view, resolve_colorspace
 from frdm.engine.errors import InputError
 from frdm.engine.fill import FillResult, FillStore, FolderFillStore, finish_frame
 from frdm.engine.frames import (
@@ -75,10 +75,7 @@ def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndar
     idx = frame.rgb_indices()
     held = frame.samples
     rgb = held[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else held[..., idx]
-    if space in IDENTITY:
-        np.clip(rgb, 0.0, 1.0, out=out)
-    else:
-        np.clip(to_model(rgb, space, params["ocio_config"], out=out), 0.0, 1.0, out=out)
+    model_view(rgb, space, params["ocio_config"], out=out)
 
 
 class _Window:
