@@ -100,10 +100,9 @@ def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -
 def check_finite(samples: np.ndarray, raw: RawImage, name: str) -> None:
     """Refuse NaN and Inf in a frame's float32 pixels or half samples, naming the first."""
     if samples.dtype == np.float16:
-        # A half is NaN or Inf when its exponent bits are all ones: a test of the bits, no float arithmetic.
-        bad = (samples.view(np.uint16) & 0x7C00) == 0x7C00
-        if not bad.any():
+        if not _any_half_not_finite(samples):
             return
+        bad = (samples.view(np.uint16) & 0x7C00) == 0x7C00
     else:
         # A NaN or an Inf makes the sum non-finite: one vector reduction, no temporary (floats near 3e38 can
         # overflow it, and then the exact search below finds nothing to refuse). Only a bad frame pays for the
@@ -121,6 +120,23 @@ def check_finite(samples: np.ndarray, raw: RawImage, name: str) -> None:
             f"y={ys[0] + s.data_window[1]}, channel {s.channels[cs[0]]}); clamp or fix them upstream "
             "(e.g. Nuke's Expression or Clamp node) before restoring"
         )
+
+
+_HALF_BAND = 1 << 18  # samples tested at a time (512 KB: the band and its masked copy stay in the cache)
+
+
+def _any_half_not_finite(samples: np.ndarray) -> bool:
+    """Whether any half is NaN or Inf: its exponent bits all ones, i.e. its bits without the sign at least
+    0x7C00. A test of the bits, no float arithmetic, in bands: ~2 ms a 2K RGBA frame, against ~6 for one
+    mask of the whole frame and ~20 for ``np.isfinite`` of halves."""
+    flat = np.ravel(samples).view(np.uint16)
+    masked = np.empty(min(flat.size, _HALF_BAND), np.uint16)
+    for i in range(0, flat.size, _HALF_BAND):
+        band = masked[: min(_HALF_BAND, flat.size - i)]
+        np.bitwise_and(flat[i : i + _HALF_BAND], 0x7FFF, out=band)
+        if band.size and int(band.max()) >= 0x7C00:
+            return True
+    return False
 
 
 #: Where a frame declares its colour space, first wins: OpenImageIO's own attribute (a host may send it),

@@ -797,16 +797,19 @@ def test_half_frames_are_never_decoded_and_reply_what_float32_frames_reply(serve
     assert not np.array_equal(out[2][0].to_float32()[..., :3], src[2].to_float32()[..., :3])  # frame 2 repaired
 
 
-@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
-def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value):
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, -np.nan])
+@pytest.mark.parametrize("y, x", [(4, 9), (H - 1, W - 1)], ids=["first-band", "last-band"])
+def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value, y, x, monkeypatch):
     from frdm.engine.errors import InputError
+    from frdm.server import pixels
     from frdm.server.pixels import frame_from_raw
 
+    monkeypatch.setattr(pixels, "_HALF_BAND", 1000)  # tested in bands, the last one short
     raw = raw_frame(2)
     assert frame_from_raw(raw, "f").half is not None
     bad = raw.array().copy()
-    bad[4, 9, 3] = value
-    with pytest.raises(InputError, match=r"f: 1 NaN/Inf values \(first at x=9, y=4, channel A\)"):
+    bad[y, x, 3] = value
+    with pytest.raises(InputError, match=rf"f: 1 NaN/Inf values \(first at x={x}, y={y}, channel A\)"):
         frame_from_raw(RawImage(raw.spec, bad), "f")
-    bad[4, 9, 3] = np.float16(65504)  # the largest half is finite
+    bad[y, x, 3] = np.float16(-65504)  # the largest half is finite
     assert frame_from_raw(RawImage(raw.spec, bad), "f").half is not None
