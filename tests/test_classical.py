@@ -362,3 +362,29 @@ def test_a_temporal_fill_takes_nothing_from_a_neighbours_weaving_gate():
     fill = out.image[38:43, 4:9]
     assert abs(float(fill.mean()) - 0.55) < 4 / 255, fill.mean(-1)
     np.testing.assert_array_equal(out.image[:, :3], degraded[2, :, :3])  # the gate itself is not filled
+
+
+def test_a_spatial_fill_takes_grain_not_the_edges_beside_it():
+    """Market Street 39: a dark smudge beside the tower was filled with a ghost of the building's edges, and
+    Train Robbery 23 got patches of wainscot over its dirt: the spatial fill's grain was the high frequencies of
+    the patch beside the region, edges and all. Boards on the left, plain grainy wall elsewhere: the fill
+    carries the wall's grain (neither the boards nor a smooth patch)."""
+    from frdm.engine.classical.fill import spatial_fill
+
+    rng = np.random.default_rng(6)
+    h, w = 96, 160
+    grain = 0.012
+    image = 0.5 + grain * rng.standard_normal((h, w, 1)).astype(np.float32).repeat(3, -1)
+    xx = np.arange(w)
+    boards = (xx < 62) & (xx % 6 < 2)  # dark grooves every 6 px, left of the region only
+    image[:, boards] -= 0.25
+    region = np.zeros((h, w), bool)
+    region[40:56, 70:86] = True
+    degraded = image.copy()
+    degraded[region] = 0.9
+    out = spatial_fill(degraded, region)
+    got = highpass(out.mean(-1))[region].std()
+    wall = highpass(image.mean(-1))[:, 100:].std()
+    assert got < 1.5 * wall, f"the fill carries {got / wall:.1f}x the wall's grain: the boards were pasted in"
+    assert got > 0.6 * wall, f"the fill carries {got / wall:.2f}x the wall's grain: too smooth"
+    assert abs(float(out[region].mean()) - 0.5) < 3 / 255

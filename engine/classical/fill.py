@@ -40,6 +40,7 @@ RIGID_SIDE = 48  # px: regions up to this size move as one piece
 # px: how far a candidate is re-aligned to its ring. 1 px (9 samplings of every ring) tripled the fill's time
 # (San Francisco 140-147: 0.56 -> 1.57 s) for no gain on real film, and the grainy-fill bounds hold without it.
 SHIFT_SEARCH = 0
+GRAIN_CLIP = 3.0  # a spatial fill's copied grain is clipped to this many robust spreads (``_grain_patch``)
 
 
 def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -370,11 +371,20 @@ def _grain_patch(
     mask: np.ndarray,
     size: tuple[int, int],
 ) -> np.ndarray | None:
-    """The frame's own grain for a crop: the high frequencies of the nearest same-size patch beside it (left,
-    right, above, below) that holds no defect. None when there is no such patch (the region is too large)."""
+    """The frame's own grain for a crop: the high frequencies of a same-size patch beside it (left, right,
+    above, below) that holds no defect, the one with the least structure in it, clipped to what grain reaches.
+    None when there is no such patch (the region is too large).
+
+    High frequencies are grain and edges alike: a patch across a building's edge or a wall's boards pasted
+    them into the fill (Market Street 39: a ghost of building edges beside the tower; Train Robbery 23: patches
+    of wainscot over the dirt). Grain is noise-like, its spread about the robust one (median absolute
+    deviation); an edge makes the plain spread far larger. So the patch whose ratio of the two is smallest is
+    taken, and its high frequencies are clipped to GRAIN_CLIP times the robust spread: grain passes, what is
+    left of an edge does not stand out."""
     h, w = matte.shape
     y0, y1, x0, x1 = box
     bw, bh = size
+    best, best_structure = None, np.inf
     for dy, dx in ((0, -(bw + 4)), (0, bw + 4), (-(bh + 4), 0), (bh + 4, 0)):
         sy0, sy1, sx0, sx1 = y0 + dy, y1 + dy, x0 + dx, x1 + dx
         if sy0 < 0 or sx0 < 0 or sy1 > h or sx1 > w:
@@ -384,5 +394,12 @@ def _grain_patch(
         # High-pass over a 4 px wider window so the patch's own edges are not those of the blur's border.
         py0, py1, px0, px1 = max(0, sy0 - 4), min(h, sy1 + 4), max(0, sx0 - 4), min(w, sx1 + 4)
         high = _highpass(image[py0:py1, px0:px1])
-        return high[sy0 - py0 : sy0 - py0 + (y1 - y0), sx0 - px0 : sx0 - px0 + (x1 - x0)]
-    return None
+        high = high[sy0 - py0 : sy0 - py0 + (y1 - y0), sx0 - px0 : sx0 - px0 + (x1 - x0)]
+        luma = high[mask] @ LUMA  # only what the fill receives is judged
+        robust = 1.4826 * float(np.median(np.abs(luma - np.median(luma))))
+        structure = float(luma.std()) / max(robust, 1e-6)
+        if structure < best_structure:
+            best, best_structure, spread = high, structure, robust
+    if best is None:
+        return None
+    return np.clip(best, -GRAIN_CLIP * spread, GRAIN_CLIP * spread)
