@@ -407,3 +407,26 @@ def test_a_spatial_fill_takes_grain_not_the_edges_beside_it():
     assert got < 1.5 * wall, f"the fill carries {got / wall:.1f}x the wall's grain: the boards were pasted in"
     assert got > 0.6 * wall, f"the fill carries {got / wall:.2f}x the wall's grain: too smooth"
     assert abs(float(out[region].mean()) - 0.5) < 3 / 255
+
+
+def test_a_large_blotch_is_filled_from_the_neighbours_without_patches(shared_data, monkeypatch):
+    """Train Robbery 23: a blotch larger than the flow's trust window was filled mostly by inpainting, with
+    temporal pieces here and there (patches). Its flow is taken from the motion around it for every neighbour
+    (the detector's two references included) and is as trustworthy as that motion, so a blotch in one frame
+    of a pan is filled from the neighbours as a whole. The matte is given (finding such a blotch is the
+    detector's business, tested elsewhere)."""
+    from frdm.engine.classical import restorer as R
+
+    still = still_from_movie(shared_data / "clean" / "bigbuckbunny.mp4", index=60, width=360)
+    rng = np.random.default_rng(7)
+    truth = add_grain(pan_clip(still, 5, (200, 144), speed=(2.0, 0.5)), rng, strength=0.02)
+    yy, xx = np.mgrid[:144, :200]
+    blotch = ((yy - 70) / 30.0) ** 2 + ((xx - 100) / 22.0) ** 2 <= 1  # 44 x 60 px, over the arm and body
+    degraded = truth.copy()
+    degraded[2][blotch] = degraded[2][blotch] * 0.3 + 0.7
+    monkeypatch.setattr(R.SpikeDetector, "__call__", lambda self, *args, **kwargs: blotch.copy())
+    out = next(ClassicalRestorer().restore(Clip(degraded, list(range(5)), [2]), P.validate({})))
+    error = np.abs(out.image - truth[2]).mean(-1)[blotch] * 255
+    detail = f"mean error {error.mean():.1f}/255, {np.mean(error > 30):.1%} of the blotch off by > 30/255"
+    assert error.mean() < 9, detail
+    assert np.mean(error > 30) < 0.03, detail

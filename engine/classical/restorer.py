@@ -175,25 +175,26 @@ class _Motion:
         reliable = fb_error(forward, backward) < reliability / scale
         self.forward, self.reliable_raw = forward, reliable
         self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
-        window = max(3, (TRUST_WINDOW // scale) | 1)
-        self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+        self.window = max(3, (TRUST_WINDOW // scale) | 1)
+        self.trusted = cv2.blur(reliable.astype(np.float32), (self.window, self.window)) > 0.5
         self._full: np.ndarray | None = None
         self._excluded: np.ndarray | None = None
 
     def exclude(self, suspect: np.ndarray) -> None:
         """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
         blotch larger than the flow's median filter drags the flow with it (to some bright or dark patch of
-        the neighbour), and can pass the forward-backward check doing so."""
+        the neighbour), and can pass the forward-backward check doing so. Inside a large one the flow is then
+        as trustworthy as the motion around it (``_trusted``)."""
         h, w = self.flow.shape[:2]
         small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
-        self._excluded = small if self._excluded is None else self._excluded | small  # earlier looks still hold
-        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
+        if self._excluded is not None:
+            if not (small & ~self._excluded).any():
+                return  # taken from around already
+            small |= self._excluded  # earlier looks still hold
+        self._excluded = small
+        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self.trusted = _trusted(self.reliable_raw, small, self.window)
         self._full = None
-
-    @property
-    def excluded(self) -> bool:
-        """Whether the flow inside some suspects was already taken from around them."""
-        return self._excluded is not None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
@@ -357,8 +358,9 @@ class ClassicalRestorer:
         # candidate speck; the other neighbours' flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
         for k in neighbours:
-            if not motion[k].excluded:
-                motion[k].exclude(defects)
+            # Also the detector's two references: their flow was taken from around its candidate specks, which
+            # need not hold a large blotch found otherwise.
+            motion[k].exclude(defects)
         # The black gate is no picture: not filled here, and no fill material in a neighbour (it weaves, so a
         # neighbour's gate lies where this frame shows picture).
         gates = {k: data.gate(k) for k in [t, *neighbours]}
@@ -392,6 +394,25 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored, border=gates[t])
         return restored
+
+
+def _trusted(reliable: np.ndarray, excluded: np.ndarray, window: int) -> np.ndarray:
+    """Where most of the ``window``-px neighbourhood had reliable flow. Inside an ``excluded`` area (flow
+    taken from around it) wider than the window, with less than a quarter of the neighbourhood outside it,
+    the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
+    neighbourhood 3 or 9 times as wide (a blotch larger than the window was left to the spatial fill)."""
+    trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+    outside = (~excluded).astype(np.float32)
+    todo = cv2.blur(outside, (window, window)) <= 0.25
+    good = (reliable & ~excluded).astype(np.float32)
+    for size in (3 * window, 9 * window):
+        if not todo.any():
+            break
+        num, den = cv2.blur(good, (size, size)), cv2.blur(outside, (size, size))
+        seen = todo & (den > 0.25)
+        trusted[seen] = num[seen] > 0.5 * den[seen]
+        todo &= ~seen
+    return trusted
 
 
 def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
