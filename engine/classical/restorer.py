@@ -46,12 +46,12 @@ from frdm.engine.classical.flow import (
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
 # px: how far a fill reaches beyond the matte, for the blend's grow and feather to have restored pixels to
-# mix in: as far as the feathered matte reaches with the default knobs (matte_grow 2, feather 0.5: full weight
-# to 2 px, 0.5 at 3, 0.02 at 4, 0 beyond). On the real films a defect's halo ends ~2 px outside the detector's
-# matte (the fill's change there falls to the two grains' difference by 2-3 px); beyond that a fill only
-# swaps the frame's grain for a neighbour's, and each pixel of margin is changed picture (6 px made the
-# changed area ~8x the matte for small specks). Fixed, not derived from 'feather'/'matte_grow': those are
-# blend-stage knobs, and a cache keyed by the fill stage must stay valid when they change (engine/params.py).
+# mix in: about as far as the feathered matte reaches with the default knobs (matte_grow 2, feather 0.5: full
+# weight to 2 px, ~0.9 at 3, <= 0.18 at 4, nothing beyond 5). On the real films a defect's halo ends ~2 px
+# outside the detector's matte (the fill's change there falls to the two grains' difference by 2-3 px); beyond
+# that a fill only swaps the frame's grain for a neighbour's, and each pixel of margin is changed picture (6 px
+# made the changed area ~8x the matte for small specks). Fixed, not derived from 'feather'/'matte_grow': those
+# are blend-stage knobs, and a cache keyed by the fill stage must stay valid when they change (engine/params.py).
 FILL_MARGIN = 4
 # px: larger frames get their flow on a reduced copy (1280x720: half size, 2K: quarter size). The spike test
 # compares 3x3 ranges at full size and the fill follows smooth motion: neither needs flow finer than this, and
