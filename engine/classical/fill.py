@@ -41,6 +41,9 @@ RIGID_SIDE = 48  # px: regions up to this size move as one piece
 # (San Francisco 140-147: 0.56 -> 1.57 s) for no gain on real film, and the grainy-fill bounds hold without it.
 SHIFT_SEARCH = 0
 GRAIN_CLIP = 3.0  # a spatial fill's copied grain is clipped to this many robust spreads (``_grain_patch``)
+# A patch whose plain spread is at most this many robust spreads holds grain only (Gaussian grain: 1.0; the
+# boards beside a fill, ~5): taken without looking further (``_grain_patch``).
+PLAIN_GRAIN = 1.15
 
 
 def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -411,6 +414,8 @@ def _grain_patch(
         structure = float(luma.std()) / max(patch_spread, 1e-6)
         if structure < best_structure:
             best, best_structure, spread = high, structure, patch_spread
+            if structure <= PLAIN_GRAIN:
+                break  # as plain as grain gets: the others need not be looked at
     if best is None:
         return None
     if level <= 0.0 or spread <= 0.0:
