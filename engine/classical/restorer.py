@@ -176,16 +176,16 @@ class _Motion:
         self.forward, self.reliable_raw = forward, reliable
         self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
         self.window = max(3, (TRUST_WINDOW // scale) | 1)
-        self.trusted = cv2.blur(reliable.astype(np.float32), (self.window, self.window)) > 0.5
+        self.trusted = _trusted(reliable, self.window)
         self._full: np.ndarray | None = None
         self._excluded: np.ndarray | None = None
 
     def exclude(self, suspect: np.ndarray) -> None:
-        """Take the flow inside ``suspect`` (bool, full size or already on the flow's grid (``on_grid``): likely
+        """Take the flow inside ``suspect`` (bool, full size or already on the flow's grid (``_on_grid``): likely
         defects) from the motion around it. A blotch larger than the flow's median filter drags the flow with
         it (to some bright or dark patch of the neighbour), and can pass the forward-backward check doing so.
         Inside a large one the flow is then as trustworthy as the motion around it (``_trusted``)."""
-        small = on_grid(suspect, self.flow.shape)
+        small = _on_grid(suspect, self.flow.shape)
         if self._excluded is not None:
             # Taken from around already, but for specks the flow's 5x5 median filter removed before the flow
             # saw them (nothing 3x3 on the flow's grid): they did not drag it, and one more hole filling of the
@@ -195,7 +195,7 @@ class _Motion:
             small |= self._excluded  # earlier looks still hold
         self._excluded = small
         self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
-        self.trusted = _trusted(self.reliable_raw, small, self.window)
+        self.trusted = _trusted(self.reliable_raw, self.window, small)
         self._full = None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -356,10 +356,9 @@ class ClassicalRestorer:
         h, w = matte.shape
         region = cv2.dilate(matte.astype(np.uint8), _disc(FILL_MARGIN)) > 0 if FILL_MARGIN else matte
         # The flow inside a defect follows the defect (a blotch drags DIS with it, and the forward-backward
-        # check does not always catch it): the detector took the flow of its two references from around every
-        # candidate speck; the other neighbours' flow is taken from around the defects here.
+        # check does not always catch it): every neighbour's flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
-        grid = on_grid(defects, motion[neighbours[0]].flow.shape) if neighbours else defects
+        grid = _on_grid(defects, motion[neighbours[0]].flow.shape) if neighbours else defects
         for k in neighbours:
             # Also the detector's two references: their flow was taken from around its candidate specks, which
             # need not hold a large blotch found otherwise.
@@ -399,7 +398,7 @@ class ClassicalRestorer:
         return restored
 
 
-def on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A full-size bool mask on a (possibly reduced) grid of ``shape``: a cell is set where any of its pixels
     is. A new array even when the mask is on that grid already."""
     h, w = shape[:2]
@@ -408,12 +407,14 @@ def on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
 
-def _trusted(reliable: np.ndarray, excluded: np.ndarray, window: int) -> np.ndarray:
+def _trusted(reliable: np.ndarray, window: int, excluded: np.ndarray | None = None) -> np.ndarray:
     """Where most of the ``window``-px neighbourhood had reliable flow. Inside an ``excluded`` area (flow
     taken from around it) wider than the window, with less than a quarter of the neighbourhood outside it,
     the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
     neighbourhood 3 or 9 times as wide (a blotch larger than the window was left to the spatial fill)."""
     trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+    if excluded is None:
+        return trusted
     outside = (~excluded).astype(np.float32)
     todo = cv2.blur(outside, (window, window)) <= 0.25
     good = (reliable & ~excluded).astype(np.float32)
