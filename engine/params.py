@@ -257,7 +257,7 @@ SCHEMA = Schema(
         Param(
             "feather",
             "float",
-            2.0,
+            0.5,
             "soft edge of the auto defect matte in pixels (Gaussian sigma, outwards); an artist mask is used "
             "as given (its softness is the artist's)",
             stage="blend",

@@ -5,6 +5,7 @@ The Python fake (tests/fake_nuke.py) reads the gizmo with a regex; this reads it
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -75,6 +76,6 @@ def test_the_stand_in_catches_broken_wiring_and_undeclared_knobs(tmp_path):
     with pytest.raises(AssertionError):
         check_wiring(evaluate(unwired))
     undeclared = tmp_path / "undeclared.gizmo"
-    undeclared.write_text(text.replace(" frdm_feather 2.0\n", " frdm_feathr 2.0\n"))
+    undeclared.write_text(re.sub(r"^ frdm_feather ", " frdm_feathr ", text, count=1, flags=re.M))
     with pytest.raises(RuntimeError, match="frdm_feathr of the gizmo is set before addUserKnob"):
         evaluate(undeclared)

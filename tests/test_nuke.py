@@ -210,7 +210,9 @@ def test_on_create_adds_knobs_an_older_script_lacks(nk):
     giz = fake_nuke.fake_load_gizmo(str(GIZMO))
     del giz._knobs["frdm_feather"], giz._knobs["frdm_engine"]
     nk.on_create(giz)
-    assert giz.knob("frdm_feather").value() == 2.0
+    from frdm.engine.params import defaults
+
+    assert giz.knob("frdm_feather").value() == defaults()["feather"]
     assert giz.knob("frdm_engine").value() == "classical" and giz.knob("frdm_engine").values() == [
         "classical",
         "diffusion",

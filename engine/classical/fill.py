@@ -40,6 +40,10 @@ RIGID_SIDE = 48  # px: regions up to this size move as one piece
 # px: how far a candidate is re-aligned to its ring. 1 px (9 samplings of every ring) tripled the fill's time
 # (San Francisco 140-147: 0.56 -> 1.57 s) for no gain on real film, and the grainy-fill bounds hold without it.
 SHIFT_SEARCH = 0
+GRAIN_CLIP = 3.0  # a spatial fill's copied grain is clipped to this many robust spreads (``_grain_patch``)
+# A patch whose plain spread is at most this many robust spreads holds grain only (Gaussian grain: 1.0; the
+# boards beside a fill, ~5): taken without looking further (``_grain_patch``).
+PLAIN_GRAIN = 1.15
 
 
 def region_rings(region: np.ndarray, matte: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -370,19 +374,51 @@ def _grain_patch(
     mask: np.ndarray,
     size: tuple[int, int],
 ) -> np.ndarray | None:
-    """The frame's own grain for a crop: the high frequencies of the nearest same-size patch beside it (left,
-    right, above, below) that holds no defect. None when there is no such patch (the region is too large)."""
+    """The frame's own grain for a crop: the high frequencies of a same-size patch beside it (left, right,
+    above, below or diagonally) that holds no defect, the one with the least structure in it, brought to the
+    grain level around the region and clipped to what grain reaches. None when there is no such patch.
+
+    High frequencies are grain and edges alike: a patch across a building's edge or a wall's boards pasted
+    them into the fill (Market Street 39: a ghost of building edges beside the tower; Train Robbery 23: patches
+    of wainscot over the dirt). Grain is noise-like, its spread about the robust one (median absolute
+    deviation); an edge makes the plain spread far larger. So the patch whose ratio of the two is smallest is
+    taken, scaled so that its robust spread is that of the crop around the region (a patch of coarser or
+    mottled picture would stand out as a blotchy fill), and clipped to GRAIN_CLIP times that spread: grain
+    passes, what is left of an edge or a speck does not stand out."""
     h, w = matte.shape
     y0, y1, x0, x1 = box
+
+    def high_pass(sy0: int, sy1: int, sx0: int, sx1: int) -> np.ndarray:
+        # Over a 4 px wider window so the patch's own edges are not those of the blur's border.
+        py0, py1, px0, px1 = max(0, sy0 - 4), min(h, sy1 + 4), max(0, sx0 - 4), min(w, sx1 + 4)
+        high = _highpass(image[py0:py1, px0:px1])
+        return high[sy0 - py0 : sy1 - py0, sx0 - px0 : sx1 - px0]
+
+    def robust(values: np.ndarray) -> float:
+        return 1.4826 * float(np.median(np.abs(values - np.median(values)))) if len(values) else 0.0
+
+    around = ~matte[y0:y1, x0:x1]  # the crop's clean pixels: the grain the fill must carry
+    level = robust(high_pass(y0, y1, x0, x1)[around] @ LUMA)
     bw, bh = size
-    for dy, dx in ((0, -(bw + 4)), (0, bw + 4), (-(bh + 4), 0), (bh + 4, 0)):
+    sx, sy = bw + 4, bh + 4
+    best, best_structure, spread = None, np.inf, 0.0
+    for dy, dx in ((0, -sx), (0, sx), (-sy, 0), (sy, 0), (-sy, -sx), (-sy, sx), (sy, -sx), (sy, sx)):
         sy0, sy1, sx0, sx1 = y0 + dy, y1 + dy, x0 + dx, x1 + dx
         if sy0 < 0 or sx0 < 0 or sy1 > h or sx1 > w:
             continue
         if (matte[sy0:sy1, sx0:sx1] & mask).any():
             continue
-        # High-pass over a 4 px wider window so the patch's own edges are not those of the blur's border.
-        py0, py1, px0, px1 = max(0, sy0 - 4), min(h, sy1 + 4), max(0, sx0 - 4), min(w, sx1 + 4)
-        high = _highpass(image[py0:py1, px0:px1])
-        return high[sy0 - py0 : sy0 - py0 + (y1 - y0), sx0 - px0 : sx0 - px0 + (x1 - x0)]
-    return None
+        high = high_pass(sy0, sy1, sx0, sx1)
+        luma = high[mask] @ LUMA  # only what the fill receives is judged
+        patch_spread = robust(luma)
+        structure = float(luma.std()) / max(patch_spread, 1e-6)
+        if structure < best_structure:
+            best, best_structure, spread = high, structure, patch_spread
+            if structure <= PLAIN_GRAIN:
+                break  # as plain as grain gets: the others need not be looked at
+    if best is None:
+        return None
+    if level <= 0.0 or spread <= 0.0:
+        return best
+    scaled = best * np.float32(level / spread)
+    return np.clip(scaled, -GRAIN_CLIP * level, GRAIN_CLIP * level)

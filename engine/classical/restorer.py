@@ -45,10 +45,14 @@ from frdm.engine.classical.flow import (
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
-# Fill a few pixels beyond the matte so the blend's grow and feather have restored pixels to mix in. Fixed,
-# not derived from 'feather'/'matte_grow': those are blend-stage knobs, and a cache keyed by the fill stage
-# must stay valid when they change (engine/params.py).
-FILL_MARGIN = 6
+# px: how far a fill reaches beyond the matte, for the blend's grow and feather to have restored pixels to
+# mix in: about as far as the feathered matte reaches with the default knobs (matte_grow 2, feather 0.5: full
+# weight to 2 px, ~0.9 at 3, <= 0.18 at 4, nothing beyond 5). On the real films a defect's halo ends ~2 px
+# outside the detector's matte (the fill's change there falls to the two grains' difference by 2-3 px); beyond
+# that a fill only swaps the frame's grain for a neighbour's, and each pixel of margin is changed picture (6 px
+# made the changed area ~8x the matte for small specks). Fixed, not derived from 'feather'/'matte_grow': those
+# are blend-stage knobs, and a cache keyed by the fill stage must stay valid when they change (engine/params.py).
+FILL_MARGIN = 4
 # px: larger frames get their flow on a reduced copy (1280x720: half size, 2K: quarter size). The spike test
 # compares 3x3 ranges at full size and the fill follows smooth motion: neither needs flow finer than this, and
 # DIS plus its checks are most of the time per frame.
@@ -171,25 +175,28 @@ class _Motion:
         reliable = fb_error(forward, backward) < reliability / scale
         self.forward, self.reliable_raw = forward, reliable
         self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
-        window = max(3, (TRUST_WINDOW // scale) | 1)
-        self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+        self.window = max(3, (TRUST_WINDOW // scale) | 1)
+        self.trusted = _trusted(reliable, self.window)
         self._full: np.ndarray | None = None
         self._excluded: np.ndarray | None = None
 
     def exclude(self, suspect: np.ndarray) -> None:
-        """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
-        blotch larger than the flow's median filter drags the flow with it (to some bright or dark patch of
-        the neighbour), and can pass the forward-backward check doing so."""
-        h, w = self.flow.shape[:2]
-        small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
-        self._excluded = small if self._excluded is None else self._excluded | small  # earlier looks still hold
-        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
+        """Take the flow inside ``suspect`` (bool, full size or already on the flow's grid (``_on_grid``): likely
+        defects) from the motion around it. A blotch larger than the flow's median filter drags the flow with
+        it (to some bright or dark patch of the neighbour), and can pass the forward-backward check doing so.
+        Inside a large one the flow is then as trustworthy as the motion around it (``_trusted``)."""
+        small = _on_grid(suspect, self.flow.shape)
+        if self._excluded is not None:
+            # Taken from around already, but for specks the flow's 5x5 median filter removed before the flow
+            # saw them (nothing 3x3 on the flow's grid): they did not drag it, and one more hole filling of the
+            # whole flow costs ~15 ms at 2K.
+            if not cv2.erode((small & ~self._excluded).astype(np.uint8), np.ones((3, 3), np.uint8)).any():
+                return
+            small |= self._excluded  # earlier looks still hold
+        self._excluded = small
+        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self.trusted = _trusted(self.reliable_raw, self.window, small)
         self._full = None
-
-    @property
-    def excluded(self) -> bool:
-        """Whether the flow inside some suspects was already taken from around them."""
-        return self._excluded is not None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
         """The flow at full size, in full-size px."""
@@ -349,12 +356,13 @@ class ClassicalRestorer:
         h, w = matte.shape
         region = cv2.dilate(matte.astype(np.uint8), _disc(FILL_MARGIN)) > 0 if FILL_MARGIN else matte
         # The flow inside a defect follows the defect (a blotch drags DIS with it, and the forward-backward
-        # check does not always catch it): the detector took the flow of its two references from around every
-        # candidate speck; the other neighbours' flow is taken from around the defects here.
+        # check does not always catch it): every neighbour's flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
+        grid = _on_grid(defects, motion[neighbours[0]].flow.shape) if neighbours else defects
         for k in neighbours:
-            if not motion[k].excluded:
-                motion[k].exclude(defects)
+            # Also the detector's two references: their flow was taken from around its candidate specks, which
+            # need not hold a large blotch found otherwise.
+            motion[k].exclude(grid)
         # The black gate is no picture: not filled here, and no fill material in a neighbour (it weaves, so a
         # neighbour's gate lies where this frame shows picture).
         gates = {k: data.gate(k) for k in [t, *neighbours]}
@@ -388,6 +396,36 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored, border=gates[t])
         return restored
+
+
+def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A full-size bool mask on a (possibly reduced) grid of ``shape``: a cell is set where any of its pixels
+    is. A new array even when the mask is on that grid already."""
+    h, w = shape[:2]
+    if mask.shape[:2] == (h, w):
+        return mask.copy()
+    return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+
+
+def _trusted(reliable: np.ndarray, window: int, excluded: np.ndarray | None = None) -> np.ndarray:
+    """Where most of the ``window``-px neighbourhood had reliable flow. Inside an ``excluded`` area (flow
+    taken from around it) wider than the window, with less than a quarter of the neighbourhood outside it,
+    the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
+    neighbourhood 3 or 9 times as wide (a blotch larger than the window was left to the spatial fill)."""
+    trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+    if excluded is None:
+        return trusted
+    outside = (~excluded).astype(np.float32)
+    todo = cv2.blur(outside, (window, window)) <= 0.25
+    good = (reliable & ~excluded).astype(np.float32)
+    for size in (3 * window, 9 * window):
+        if not todo.any():
+            break
+        num, den = cv2.blur(good, (size, size)), cv2.blur(outside, (size, size))
+        seen = todo & (den > 0.25)
+        trusted[seen] = num[seen] > 0.5 * den[seen]
+        todo &= ~seen
+    return trusted
 
 
 def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
