@@ -437,3 +437,21 @@ def test_the_next_run_reuses_a_window_array_nothing_holds_and_never_one_still_vi
     assert run(third, other) == [f.pixels.tobytes() for f in other.values()]
     assert None is not third.arrays[0]() is not viewing.arrays[0]()  # a view of it is held: a fresh array
     assert np.array_equal(viewing.kept[0], seen)  # and what that view shows was not overwritten
+
+
+def test_a_restored_view_of_the_input_pixels_is_unchanged_without_a_compare(monkeypatch):
+    from frdm.engine.fill import FillResult
+    from frdm.engine.restorer import RestoredFrame
+
+    window = np.random.default_rng(4).random((3, 16, 20, 3), dtype=np.float32)
+    matte = np.zeros((16, 20), np.float32)
+    compared = []
+    real_equal = np.array_equal
+    monkeypatch.setattr(np, "array_equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    same = FillResult.from_restored(RestoredFrame(1, window[1], matte), window[1])  # two views, one memory
+    assert same.box is None and compared == []
+    flipped = window[1][::-1]  # the same memory laid out otherwise: compared, and found changed
+    moved = FillResult.from_restored(RestoredFrame(1, flipped, matte), window[1])
+    assert compared == [1] and moved.box == (0, 16, 0, 20)
+    copy = FillResult.from_restored(RestoredFrame(1, window[1].copy(), matte), window[1])  # equal values
+    assert compared == [1, 1] and copy.box is None
