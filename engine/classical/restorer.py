@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from frdm.engine import depends
-from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
+from frdm.engine.classical.brightness import Reference, apply_fields, deflicker_fields, match
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
 from frdm.engine.classical.fill import gate, region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
@@ -41,6 +41,7 @@ from frdm.engine.classical.flow import (
     luminance,
     magnitude,
     remap_points,
+    rewarp,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -255,10 +256,11 @@ class ClassicalRestorer:
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
-        def look_around(t: int) -> tuple[list[int], dict[int, _Motion]]:
-            """Frame t's usable neighbours, the motion to each, the scratch candidates of its window and the
-            copy its fill writes into: what frame t needs that does not depend on what is found in any frame
-            (and about half the work per frame: the rest is the detection and fill that depend on it)."""
+        def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _Look | None]:
+            """Frame t's usable neighbours, the motion to each, the spike test's first look, the scratch
+            candidates of its window and the copy its fill writes into: what frame t needs that does not
+            depend on what is found in any frame (and about half the work per frame: the rest is the detection
+            and fill that depend on it)."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -271,45 +273,35 @@ class ClassicalRestorer:
                 forward = self._flows(key_t, key_k, in_t, in_k)
                 backward = self._flows(key_k, key_t, in_k, in_t)
                 motion[k] = _Motion(forward, backward, reliability, scale)
+            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
+            look = None if pair is None else _Look(data, t, *pair, motion, spikes, shape)
             if use_scratches:
                 for k in range(lo, hi + 1):
                     data.candidates(k)
             data.copy_ahead(t)
-            return neighbours, motion
+            return neighbours, motion, look
 
         # In increasing order, as the Restorer protocol yields them; forget_before and the worker one target
         # ahead rely on it too (the worker's window never starts before the one just forgotten).
         targets = sorted({clip.index(n) for n in clip.targets})
-        for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
+        for done, (t, (neighbours, motion, look)) in enumerate(_one_ahead(look_around, targets)):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             matte = np.zeros(shape, dtype=bool)
-            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             spike = trusted = None
-            if pair is not None:
-                p, n = pair
-                trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
-                trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
-                reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
-                # Flicker: each neighbour brought to this frame's local brightness before any comparison.
-                warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-                warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
-                spike = spikes.spikes(grey, warped_p, warped_n)
-                suspect = spikes.suspects(grey, warped_p, warped_n, spike)
-                if suspect.any():
+            if look is not None:
+                p, n, trusted, spike = look.p, look.n, look.trusted, look.spike
+                warped_p, warped_n = look.warped_p, look.warped_n
+                if look.suspect.any():
                     # Second look with the flow inside every candidate speck taken from around it.
-                    suspect = cv2.dilate(suspect.astype(np.uint8), _disc(2)) > 0
-                    for k in {p, n}:
-                        motion[k].exclude(suspect)
-                    warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-                    warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+                    warped_p, warped_n = look.again(data, motion, shape)
                     spike = spikes.spikes(grey, warped_p, warped_n)
                 speed = magnitude(motion[p].full(shape))
                 own = None
                 if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
                     dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
                     own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, own)
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
@@ -388,6 +380,75 @@ class ClassicalRestorer:
         if leftover.any():
             spatial_fill(restored, leftover, matte, out=restored, border=gates[t])
         return restored
+
+
+class _Look:
+    """The spike test's first look at frame t: its two references p and n (t-1 and t+1, or two on one side at a
+    clip end) warped onto it and brought to its local brightness (flicker) where the motion lets them be
+    compared, and the spikes and suspects found then. It depends on nothing found in any frame, so the worker
+    makes it one frame ahead."""
+
+    def __init__(self, data: _Frames, t: int, p: int, n: int, motion: dict[int, _Motion], spikes: SpikeDetector, shape):
+        self.p, self.n = p, n
+        grey = data.grey(t)
+        self.trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
+        self.trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
+        self.reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
+        self.threshold = spikes.threshold
+        self.reference = Reference(grey, self.trusted)
+        # The warps before the brightness match, kept for the second look to redo only where the flow changed.
+        self.raw = {k: warp(data.grey(k), motion[k].full(shape)) for k in (p, n)}
+        self.warped_p = match(self.reference, self.raw[p], self.threshold)
+        self.warped_n = match(self.reference, self.raw[n], self.threshold)
+        self.spike = spikes.spikes(grey, self.warped_p, self.warped_n)
+        self.suspect = spikes.suspects(grey, self.warped_p, self.warped_n, self.spike)
+
+    def again(self, data: _Frames, motion: dict[int, _Motion], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The references warped and matched again with the flow inside every suspect (grown by 2 px) taken from
+        around it (``_Motion.exclude``): (warped_p, warped_n)."""
+        suspect = cv2.dilate(self.suspect.astype(np.uint8), _disc(2)) > 0
+        for k in self.raw:
+            before = motion[k].flow
+            motion[k].exclude(suspect)
+            rewarp(data.grey(k), motion[k].full(shape), self.raw[k], _changed_boxes(before, motion[k].flow, shape))
+        return (
+            match(self.reference, self.raw[self.p], self.threshold),
+            match(self.reference, self.raw[self.n], self.threshold),
+        )
+
+
+CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
+
+
+def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Full-size boxes (y0, y1, x0, x1) that hold every pixel whose enlarged flow (``_enlarge``: bilinear from
+    the reduced grid) can differ between the reduced flows ``before`` and ``after``: each differing reduced
+    pixel grown by one (bilinear reads two on each axis), taken as runs of tiles along each row of tiles."""
+    changed = (before != after).any(axis=2)
+    if not changed.any():
+        return []
+    changed = cv2.dilate(changed.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    h, w = changed.shape
+    big_h, big_w = shape[:2]
+    tile = CHANGED_TILE
+    rows, cols = -(-h // tile), -(-w // tile)
+    padded = np.zeros((rows * tile, cols * tile), bool)
+    padded[:h, :w] = changed
+    tiles = padded.reshape(rows, tile, cols, tile).any(axis=(1, 3))
+
+    def lo(i: int, big: int, small: int) -> int:  # first full-size pixel of reduced pixel i, less one
+        return max(0, i * big // small - 1)
+
+    def hi(i: int, big: int, small: int) -> int:  # past the last full-size pixel of reduced pixel i, plus one
+        return min(big, -(-(i + 1) * big // small) + 1)
+
+    boxes = []
+    for r in np.flatnonzero(tiles.any(axis=1)):
+        y0, y1 = lo(r * tile, big_h, h), hi(min(h, (r + 1) * tile) - 1, big_h, h)
+        run = np.diff(np.concatenate([[0], tiles[r].astype(np.int8), [0]]))
+        for c0, c1 in zip(np.flatnonzero(run == 1), np.flatnonzero(run == -1)):
+            boxes.append((y0, y1, lo(c0 * tile, big_w, w), hi(min(w, c1 * tile) - 1, big_w, w)))
+    return boxes
 
 
 def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
