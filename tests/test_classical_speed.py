@@ -219,3 +219,95 @@ def test_a_restore_left_unclosed_never_runs_dis_beside_the_next(monkeypatch):
     list(shared.restore(clip, params))
     assert most[0] == 1, "two DIS runs on one DIS object at once"
     left.close()
+
+
+def test_luminance_in_row_blocks_equals_the_one_line_formula():
+    """Blocks of rows (and a last, shorter block) give the bits of the whole-frame formula."""
+    from frdm.engine.classical import flow
+
+    rng = np.random.default_rng(8)
+    rgb = rng.random((flow.LUMA_ROWS * 2 + 5, 37, 3)).astype(np.float32) * 1.5 - 0.2
+    plain = (rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722).astype(np.float32)
+    assert np.array_equal(flow.luminance(rgb), plain)
+
+
+def test_match_to_a_reference_equals_the_plain_match():
+    """A frame's brightness Reference, made once and used for several neighbours, gives what reducing the frame
+    and its valid pixels for each neighbour gives; at full resolution (factor 1) and on a reduced grid."""
+    from frdm.engine.classical import brightness as B
+
+    rng = np.random.default_rng(9)
+    for shape in ((96, 120), (400, 530)):
+        frame = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 5)
+        valid = rng.random(shape) > 0.2
+        ref = B.Reference(frame, valid)
+        for _ in range(2):
+            other = frame * 1.3 - 0.1 + rng.normal(0, 0.01, shape).astype(np.float32)
+            plain = B.match(frame, other, 0.05, valid)
+            assert np.array_equal(B.match(ref, other, 0.05), plain)
+            assert not np.array_equal(plain, other)
+        assert np.array_equal(B.match(B.Reference(frame), other, 0.05), B.match(frame, other, 0.05))
+
+
+def _smooth_flow(rng: np.random.Generator, shape: tuple[int, int], amount: float) -> np.ndarray:
+    flow = cv2.GaussianBlur(rng.normal(0, 1, (*shape, 2)).astype(np.float32), (0, 0), 3) * amount
+    return np.ascontiguousarray(flow)
+
+
+def test_rewarp_of_the_changed_boxes_equals_a_fresh_warp():
+    """Where a reduced flow changed in a few places, enlarging it and re-warping only the boxes
+    ``_changed_boxes`` names gives the warp of the whole new flow, bit for bit: on exact and inexact size
+    ratios, at full resolution (scale 1), for changes at the borders, and with nothing changed."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.flow import rewarp, warp
+
+    rng = np.random.default_rng(10)
+    for small_shape, shape in (((48, 64), (192, 256)), ((37, 51), (150, 205)), ((60, 80), (60, 80))):
+        image = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 2)
+        before = _smooth_flow(rng, small_shape, 20.0)
+        after = before.copy()
+        h, w = small_shape
+        for y, x in ((0, 0), (h - 1, w - 1), (h // 2, 3), (5, w // 2)):
+            after[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] += rng.normal(0, 3, 2).astype(np.float32)
+        for new in (after, before.copy()):
+            old_full, new_full = R._enlarge(before, shape), R._enlarge(new, shape)
+            warped = warp(image, old_full)
+            boxes = R._changed_boxes(before, new, shape)
+            rewarp(image, new_full, warped, boxes)
+            assert np.array_equal(warped, warp(image, new_full))
+            covered = np.zeros(shape, bool)
+            for y0, y1, x0, x1 in boxes:
+                covered[y0:y1, x0:x1] = True
+            assert covered.mean() < 0.5  # only where the flow changed, not the whole frame
+            if new is not after:
+                assert boxes == []
+
+
+def test_the_second_look_equals_warping_the_excluded_flow_anew():
+    """_Look.again (the warps of the first look redone only where excluding the suspects changed the flow)
+    gives the neighbours warped and brightness-matched from scratch with the new flow."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.brightness import match
+    from frdm.engine.classical.detect import SpikeDetector
+    from frdm.engine.classical.flow import FlowEstimator, flow_input, warp
+
+    rng = np.random.default_rng(11)
+    shape = (300, 400)
+    base = 0.4 + (cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(3):
+        grey = np.roll(base, 2 * t, axis=1) + rng.normal(0, 0.01, shape).astype(np.float32)
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    frames[1][100:130, 150:185] = 0.95  # a blotch the flow would follow
+    frames[1][20:23, 40:43] = 0.0
+    data = R._Frames(np.stack(frames), 2, None)
+    dis = FlowEstimator()
+    small = {i: flow_input(data.small(i)) for i in range(3)}
+    motion = {k: R._Motion(dis(small[1], small[k]), dis(small[k], small[1]), 1.0, 2) for k in (0, 2)}
+    spikes = SpikeDetector()
+    look = R._Look(data, 1, 0, 2, motion, spikes, shape)
+    assert look.suspect.any()
+    got = look.again(data, motion, shape)
+    for k, warped in zip((0, 2), got):
+        plain = match(data.grey(1), warp(data.grey(k), motion[k].full(shape)), spikes.threshold, look.trusted)
+        assert np.array_equal(warped, plain)
