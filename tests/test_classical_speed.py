@@ -311,3 +311,58 @@ def test_the_second_look_equals_warping_the_excluded_flow_anew():
     for k, warped in zip((0, 2), got):
         plain = match(data.grey(1), warp(data.grey(k), motion[k].full(shape)), spikes.threshold, look.trusted)
         assert np.array_equal(warped, plain)
+
+
+def _plain_fill_unreliable(flow: np.ndarray, reliable: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    from frdm.engine.classical.flow import _smooth
+
+    out, reliable = flow.copy(), reliable.copy()
+    for s in (sigma, sigma * 4, sigma * 16):
+        weight = reliable.astype(np.float32)
+        num = _smooth(out * weight[..., None], s)
+        den = _smooth(weight, s)[..., None]
+        todo = (~reliable) & (den[..., 0] > 1e-3)
+        out[todo] = (num / np.maximum(den, 1e-6))[todo]
+        reliable |= todo
+        if reliable.all():
+            break
+    return out
+
+
+def test_fill_unreliable_divides_at_the_holes_only_with_the_same_result():
+    """Holes small and large (filled at the first, second or third scale) get the quotients the whole-grid
+    division gives."""
+    from frdm.engine.classical.flow import fill_unreliable
+
+    rng = np.random.default_rng(12)
+    flow = _smooth_flow(rng, (120, 160), 5.0)
+    reliable = rng.random((120, 160)) > 0.3
+    reliable[20:100, 30:140] = False  # wide enough to need the larger scales
+    got = fill_unreliable(flow, reliable)
+    assert np.array_equal(got, _plain_fill_unreliable(flow, reliable))
+    assert not np.array_equal(got, flow)
+
+
+def test_a_neighbours_flow_is_filled_only_when_read(monkeypatch):
+    """A neighbour's unreliable flow is filled when first read; one whose flow is taken from around the
+    defects before anything reads it is filled once (not once before and once after), with the same result
+    as filling it in that order."""
+    from frdm.engine.classical import restorer as R
+
+    calls = []
+    plain = R.fill_unreliable
+    monkeypatch.setattr(R, "fill_unreliable", lambda f, r: calls.append(1) or plain(f, r))
+    rng = np.random.default_rng(13)
+    forward = _smooth_flow(rng, (48, 64), 4.0)
+    backward = -forward + rng.normal(0, 0.3, forward.shape).astype(np.float32)
+    defects = np.zeros((96, 128), bool)
+    defects[30:40, 50:70] = True
+    lazy = R._Motion(forward, backward, 1.0, 2)
+    assert calls == []
+    lazy.exclude(lazy.on_grid(defects))
+    got = lazy.flow
+    assert len(calls) == 1
+    eager = R._Motion(forward, backward, 1.0, 2)
+    first = eager.flow
+    eager.exclude(eager.on_grid(defects))
+    assert np.array_equal(got, eager.flow) and not np.array_equal(got, first)

@@ -131,7 +131,7 @@ def fill_unreliable(flow: np.ndarray, reliable: np.ndarray, sigma: float = 6.0) 
         num = _smooth(out * weight[..., None], s)
         den = _smooth(weight, s)[..., None]
         todo = (~reliable) & (den[..., 0] > 1e-3)
-        out[todo] = (num / np.maximum(den, 1e-6))[todo]
+        out[todo] = num[todo] / np.maximum(den[todo], 1e-6)  # at the holes only: the same quotients
         reliable |= todo
         if reliable.all():
             break

@@ -74,6 +74,11 @@ def _enlarge(image: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 
+def _enlarge_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool mask on the flow's grid at full size (each pixel takes its nearest reduced pixel's value)."""
+    return _enlarge(mask.astype(np.uint8), shape, nearest=True) > 0
+
+
 class _FlowCache:
     """Raw DIS flows by the content of the two frames they join, most recent kept. Blocks of a run and chunks
     sent to a server share frames at their edges; keying by content (not by clip position) lets them share the
@@ -171,21 +176,34 @@ class _Motion:
         self.scale = scale
         reliable = fb_error(forward, backward) < reliability / scale
         self.forward, self.reliable_raw = forward, reliable
-        self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
         window = max(3, (TRUST_WINDOW // scale) | 1)
         self.trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
+        self._flow: np.ndarray | None = None
         self._full: np.ndarray | None = None
         self._excluded: np.ndarray | None = None
 
+    @property
+    def flow(self) -> np.ndarray:
+        """The flow on the reduced grid, in reduced-grid px, unreliable flow filled from around it. Made when
+        first asked for: a neighbour that is neither reference of the spike test nor asked by the scratch test
+        has its flow taken from around the defects (``exclude``) before anything reads it."""
+        if self._flow is None:
+            self._flow = fill_unreliable(self.forward, self.reliable_raw)
+        return self._flow
+
     def exclude(self, suspect: np.ndarray) -> None:
-        """Take the flow inside ``suspect`` (full-size bool: likely defects) from the motion around it. A
-        blotch larger than the flow's median filter drags the flow with it (to some bright or dark patch of
-        the neighbour), and can pass the forward-backward check doing so."""
-        h, w = self.flow.shape[:2]
-        small = cv2.resize(suspect.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
-        self._excluded = small if self._excluded is None else self._excluded | small  # earlier looks still hold
-        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
+        """Take the flow inside ``suspect`` (bool on the flow's grid, ``on_grid``: likely defects) from the
+        motion around it. A blotch larger than the flow's median filter drags the flow with it (to some bright
+        or dark patch of the neighbour), and can pass the forward-backward check doing so."""
+        self._excluded = suspect if self._excluded is None else self._excluded | suspect  # earlier looks hold
+        self._flow = fill_unreliable(self.forward, self.reliable_raw & ~self._excluded)
         self._full = None
+
+    def on_grid(self, mask: np.ndarray) -> np.ndarray:
+        """A full-size bool mask on the flow's grid: set where any of its pixels is (one reduction for all the
+        neighbours a mask is excluded from: they share the grid)."""
+        h, w = self.forward.shape[:2]
+        return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
     @property
     def excluded(self) -> bool:
@@ -202,16 +220,11 @@ class _Motion:
                 self._full *= float(self.scale)  # in place: a second full-size temporary costs ~3x the multiply
         return self._full
 
-    def comparable(self, shape: tuple[int, ...], max_gradient: float) -> np.ndarray:
-        """(H, W) bool at full size: where the compensated neighbour can be compared with the frame at all. Not
+    def comparable(self, max_gradient: float) -> np.ndarray:
+        """Bool on the flow's grid: where the compensated neighbour can be compared with the frame at all. Not
         at motion boundaries (the gradient in px per px is the same on the reduced grid), not where the sample
         comes from outside the picture."""
-        good = (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
-        return _enlarge(good.astype(np.uint8), shape, nearest=True) > 0
-
-    def reliable(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(H, W) bool at full size: the flow passed its forward-backward check in most of the neighbourhood."""
-        return _enlarge(self.trusted.astype(np.uint8), shape, nearest=True) > 0
+        return (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
 
     def at(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-size flow vectors (N, 2) and trust (N,) at full-size pixels."""
@@ -344,9 +357,11 @@ class ClassicalRestorer:
         # check does not always catch it): the detector took the flow of its two references from around every
         # candidate speck; the other neighbours' flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
-        for k in neighbours:
-            if not motion[k].excluded:
-                motion[k].exclude(defects)
+        todo = [k for k in neighbours if not motion[k].excluded]
+        if todo:
+            on_grid = motion[todo[0]].on_grid(defects)
+            for k in todo:
+                motion[k].exclude(on_grid)
         # The black gate is no picture: not filled here, and no fill material in a neighbour (it weaves, so a
         # neighbour's gate lies where this frame shows picture).
         gates = {k: data.gate(k) for k in [t, *neighbours]}
@@ -391,9 +406,12 @@ class _Look:
     def __init__(self, data: _Frames, t: int, p: int, n: int, motion: dict[int, _Motion], spikes: SpikeDetector, shape):
         self.p, self.n = p, n
         grey = data.grey(t)
-        self.trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
-        self.trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
-        self.reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
+        # Both references' masks joined on the flow's grid and enlarged once (nearest: the same as joining
+        # them at full size).
+        both = motion[p].comparable(spikes.max_flow_gradient) & motion[n].comparable(spikes.max_flow_gradient)
+        self.trusted = _enlarge_mask(both, shape)
+        # The flow passed its forward-backward check in most of the neighbourhood.
+        self.reliable = _enlarge_mask(motion[p].trusted & motion[n].trusted, shape)
         self.threshold = spikes.threshold
         self.reference = Reference(grey, self.trusted)
         # The warps before the brightness match, kept for the second look to redo only where the flow changed.
@@ -407,9 +425,10 @@ class _Look:
         """The references warped and matched again with the flow inside every suspect (grown by 2 px) taken from
         around it (``_Motion.exclude``): (warped_p, warped_n)."""
         suspect = cv2.dilate(self.suspect.astype(np.uint8), _disc(2)) > 0
+        on_grid = motion[self.p].on_grid(suspect)
         for k in self.raw:
             before = motion[k].flow
-            motion[k].exclude(suspect)
+            motion[k].exclude(on_grid)
             rewarp(data.grey(k), motion[k].full(shape), self.raw[k], _changed_boxes(before, motion[k].flow, shape))
         return (
             match(self.reference, self.raw[self.p], self.threshold),
