@@ -366,3 +366,14 @@ def test_a_neighbours_flow_is_filled_only_when_read(monkeypatch):
     first = eager.flow
     eager.exclude(eager.on_grid(defects))
     assert np.array_equal(got, eager.flow) and not np.array_equal(got, first)
+
+
+def test_pixels_of_a_label_image_equal_numpy_nonzero():
+    """pixels() on int32 labels (made bool first) gives np.nonzero's pixels in np.nonzero's order."""
+    rng = np.random.default_rng(14)
+    mask = cv2.dilate((rng.random((90, 130)) > 0.99).astype(np.uint8), np.ones((3, 3), np.uint8))
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    labels[0, 0], labels[-1, -1] = 7, -3  # the corners, and a negative value
+    ys, xs = pixels(labels)
+    want = np.nonzero(labels)
+    assert np.array_equal(ys, want[0]) and np.array_equal(xs, want[1]) and len(ys) > 50
