@@ -270,10 +270,9 @@ class ClassicalRestorer:
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
         def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _Look | None]:
-            """Frame t's usable neighbours, the motion to each, the spike test's first look, the scratch
-            candidates of its window and the copy its fill writes into: what frame t needs that does not
-            depend on what is found in any frame (and about half the work per frame: the rest is the detection
-            and fill that depend on it)."""
+            """Frame t's usable neighbours, the motion to each, the spike test's first look and the copy its
+            fill writes into: what frame t needs that does not depend on what is found in any frame (about
+            half the work per frame: the rest is the detection and fill that depend on it)."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -288,9 +287,8 @@ class ClassicalRestorer:
                 motion[k] = _Motion(forward, backward, reliability, scale)
             pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             look = None if pair is None else _Look(data, t, *pair, motion, spikes, shape)
-            if use_scratches:
-                for k in range(lo, hi + 1):
-                    data.candidates(k)
+            # (The window's scratch candidates are left to the detection: with the first look here, this thread
+            # had the larger share of the work.)
             data.copy_ahead(t)
             return neighbours, motion, look
 
