@@ -377,3 +377,16 @@ def test_pixels_of_a_label_image_equal_numpy_nonzero():
     ys, xs = pixels(labels)
     want = np.nonzero(labels)
     assert np.array_equal(ys, want[0]) and np.array_equal(xs, want[1]) and len(ys) > 50
+
+
+def test_warp_in_row_blocks_equals_one_remap_of_the_whole_frame():
+    """warp() remaps a block of rows at a time (a last, shorter block too), for one- and two-channel images."""
+    from frdm.engine.classical import flow as F
+
+    rng = np.random.default_rng(15)
+    h, w = F.WARP_ROWS * 2 + 7, 90
+    motion = _smooth_flow(rng, (h, w), 15.0)
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
+    for image in (rng.random((h, w)).astype(np.float32), rng.random((h, w, 2)).astype(np.float32)):
+        plain = cv2.remap(image, motion + grid, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert np.array_equal(F.warp(image, motion), plain)
