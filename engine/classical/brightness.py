@@ -58,6 +58,16 @@ class Reference:
         self.small = _reduce(frame, self.factor)
         self.sigma = max(1.0, WINDOW * max(self.shape) / self.factor)
         self.weight = np.ones_like(self.small) if valid is None else _reduce(valid.astype(np.float32), self.factor)
+        # match()'s full-size offset field, one for all its calls (a fresh 12 MB array at 2K costs its page
+        # faults each time). The neighbours of one frame are matched one after another, never at once.
+        self._offset: np.ndarray | None = None
+
+    def fields(self, other: np.ndarray, outlier: float) -> tuple[np.ndarray, np.ndarray]:
+        """(gain, offset) on the statistics grid with ``frame ~ gain * other + offset`` (``gain_offset``)."""
+        f, o, weight = self.small, _reduce(other, self.factor), self.weight
+        gain, offset = _fit(f, o, weight, self.sigma)
+        explained = (np.abs(f - (gain * o + offset)) < outlier).astype(np.float32)
+        return _fit(f, o, weight * explained, self.sigma)
 
 
 def gain_offset(
@@ -70,10 +80,7 @@ def gain_offset(
     after the first fit marks a pixel as not explained (dirt, occlusion) and leaves it out of the second.
     ``valid``: (H, W) bool, pixels that may take part at all."""
     ref = frame if isinstance(frame, Reference) else Reference(frame, valid)
-    f, o, weight = ref.small, _reduce(other, ref.factor), ref.weight
-    gain, offset = _fit(f, o, weight, ref.sigma)
-    explained = (np.abs(f - (gain * o + offset)) < outlier).astype(np.float32)
-    gain, offset = _fit(f, o, weight * explained, ref.sigma)
+    gain, offset = ref.fields(other, outlier)
     if ref.factor == 1:
         return gain, offset
     h, w = ref.shape
@@ -88,7 +95,17 @@ def match(
 ) -> np.ndarray:
     """``other`` (H, W) brought to ``frame``'s local brightness and contrast (``frame``: the luminance or its
     ``Reference``)."""
-    gain, offset = gain_offset(frame, other, outlier, valid)
+    ref = frame if isinstance(frame, Reference) else Reference(frame, valid)
+    gain, offset = ref.fields(other, outlier)
+    if ref.factor > 1:
+        h, w = ref.shape
+        gain = cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR)
+        if ref._offset is None:
+            ref._offset = np.empty((h, w), np.float32)
+        done = cv2.resize(offset, (w, h), dst=ref._offset, interpolation=cv2.INTER_LINEAR)
+        if done is not ref._offset:  # cv2 made an array of its own after all
+            ref._offset = done
+        offset = ref._offset
     out = np.multiply(gain, other, out=gain)  # in place: a fresh full-frame temporary costs its page faults
     out += offset
     return out
