@@ -144,13 +144,17 @@ class SpikeDetector:
         ranges are only taken there (~1% of a real frame, not 3M pixels four times over at 2K). Rounding is
         monotone, so that test never drops a pixel."""
         level = self.exact_share * self.threshold
-        # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place.
-        above = np.maximum(prev, nxt)
-        np.subtract(frame, above, out=above)
-        below = np.minimum(prev, nxt)
-        np.subtract(below, frame, out=below)
-        maybe = above > level
-        maybe |= below > level
+        # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place,
+        # a block of rows at a time (whole-frame temporaries are fresh memory: two 12 MB arrays at 2K).
+        maybe = np.empty(frame.shape, bool)
+        for y in range(0, frame.shape[0], 64):
+            rows = slice(y, y + 64)
+            above = np.maximum(prev[rows], nxt[rows])
+            np.subtract(frame[rows], above, out=above)
+            below = np.minimum(prev[rows], nxt[rows])
+            np.subtract(below, frame[rows], out=below)
+            np.greater(above, level, out=maybe[rows])
+            maybe[rows] |= below > level
         ys, xs = pixels(maybe)
         hi_p, lo_p = _range_at(prev, ys, xs)
         hi_n, lo_n = _range_at(nxt, ys, xs)
