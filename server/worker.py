@@ -23,6 +23,7 @@ from frdm.engine.fill import FillResult
 from frdm.engine.frames import Source
 from frdm.server import protocol, sniff
 from frdm.server.jobs import Job, JobBoard
+from frdm.server.ocio_files import check_ocio_files
 from frdm.server.pixels import (
     changed_from_raw,
     entry_bytes,
@@ -340,6 +341,7 @@ class Worker:
             # Checked again here, just before the engine may load it: the file may have changed since the
             # socket loop accepted it, and OpenImageIO's loader blocks every thread on a FIFO.
             check_ocio_config(ocio_config, self.roots)
+            check_ocio_files(ocio_config, self.roots)  # and the LUTs it names
         reach = self.restorer.context(params)
         targets = [job.remaining.popleft() for _ in range(min(self.chunk, len(job.remaining)))]
         # Keys from frdm.engine.depends; the window is the restorer's own context (a site's engine may differ

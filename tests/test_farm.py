@@ -298,3 +298,28 @@ def test_a_cancelled_chunk_task_stops_its_job_and_writes_nothing(tmp_path):
         server.stop()
     assert proc.returncode == 2 and "cancelled" in err, err
     assert not list(out.glob("o.*.exr"))  # nothing partial in place
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Unix sockets")
+def test_the_resident_server_listens_where_only_its_user_can_connect(tmp_path):
+    """A loopback TCP port is open to every user of a shared render node (and the server has no keys on
+    loopback): the session's resident server listens on a Unix socket in a folder only its user may enter,
+    and server-stop removes that folder."""
+    import stat
+
+    from frdm.server.client import FrdmClient
+
+    state = tmp_path / "session" / "frdm-server.json"
+    state.parent.mkdir()
+    assert main(["farm", "server-start", "--state", str(state), "--engine", "classical", "--ready-timeout", "120"]) == 0
+    recorded = json.loads(state.read_text())
+    try:
+        assert recorded["address"].startswith("ipc://")
+        folder = os.path.dirname(recorded["address"][len("ipc://") :])
+        mode = os.stat(folder).st_mode
+        assert stat.S_IMODE(mode) == 0o700 and os.stat(folder).st_uid == os.getuid()
+        with FrdmClient(recorded["address"], timeout=10.0, retries=0) as client:
+            assert client.hello()["engine"] == "classical"
+    finally:
+        assert main(["farm", "server-stop", "--state", str(state)]) == 0
+    assert not os.path.exists(folder) and not state.exists()

@@ -322,3 +322,43 @@ def test_a_failing_cache_disk_delivers_frames_uncached(tmp_path):
     finally:
         proc.stop()
     assert any("not cached" in line for line in proc.lines)
+
+
+def test_ocio_luts_outside_the_roots_are_refused_before_the_loader_reads_them(server, root, outside):
+    """A config under a root names more files (its search_path, each FileTransform's src); OpenColorIO opens
+    them wherever they point, so each must lie under a root too, after '..' and symlinks."""
+    lut = "Version 1\nFrom 0.0 1.0\nLength 2\nComponents 1\n{\n0.0\n0.5\n}\n"
+    (outside / "private.spi1d").write_text(lut)
+    (root / "luts").mkdir()
+    (root / "luts" / "film.spi1d").write_text(lut)
+    (root / "luts" / "link.spi1d").symlink_to(outside / "private.spi1d")
+
+    def config(name: str, search_path: str, src: str) -> str:
+        path = root / name
+        path.write_text(
+            "ocio_profile_version: 2\n"
+            f"search_path: {search_path}\n"
+            "roles: {default: sRGB, scene_linear: sRGB}\n"
+            "displays: {sRGB: [!<View> {name: Raw, colorspace: sRGB}]}\n"
+            "colorspaces:\n"
+            "  - !<ColorSpace> {name: sRGB}\n"
+            f"  - !<ColorSpace> {{name: film, to_scene_reference: !<FileTransform> {{src: '{src}'}}}}\n"
+        )
+        return str(path)
+
+    cases = {
+        config("lut-absolute.ocio", "luts", str(outside / "private.spi1d")): "private.spi1d",
+        config("lut-search.ocio", f"luts:../{outside.name}", "private.spi1d"): "search_path",
+        config("lut-dotdot.ocio", "luts", f"../../{outside.name}/private.spi1d"): "private.spi1d",
+        config("lut-link.ocio", "luts", "link.spi1d"): "link.spi1d",
+        config("lut-context.ocio", "luts", "$SHOT/film.spi1d"): "context variable",
+    }
+    source = {1: exr_bytes(0.3)}
+    with FrdmClient(server.address, timeout=5, retries=0) as client:
+        for path, words in cases.items():
+            events = collect(client.restore(dict(RAW, colorspace="film", ocio_config=path), [1], sources=source))
+            assert events[-1].kind == "error" and events[-1].code == "forbidden_path", (path, events[-1])
+            assert "ocio_config" in events[-1].message and words in events[-1].message, events[-1].message
+        good = config("lut-good.ocio", "luts", "film.spi1d")
+        events = collect(client.restore(dict(RAW, colorspace="film", ocio_config=good), [1], sources=source))
+        assert events[-1].kind == "done", events[-1]

@@ -5,7 +5,8 @@
   frdm farm server-stop --state S/frdm-server.json
 
 server-start (a step environment's onEnter) starts one `frdm serve` for the worker session, detached from the
-action, on a free loopback port, waits until it answers and records its address and process id; task (each
+action, on a socket only the worker's user can reach (see _private_endpoint), waits until it answers and records
+its address and process id; task (each
 chunk) sends its frames to that server (paths on the worker's storage: nothing is copied) and writes the
 chunk's frames atomically; server-stop (onExit, also after a cancel) ends it.
 """
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from frdm.engine import params as P
@@ -50,10 +53,21 @@ def run(args: argparse.Namespace) -> int:
     return {"server-start": _server_start, "server-stop": _server_stop, "task": _task}[args.farm_command](args)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _private_endpoint() -> tuple[str, str | None]:
+    """An endpoint for the session's resident server that other users of the render node cannot reach, and the
+    private folder it lives in (None on Windows).
+
+    A loopback TCP port is open to every local user, and the server has no keys on loopback: on a shared render
+    node anyone could send it jobs that read and write under the job's roots. A Unix socket in a folder only this
+    user may enter (mkdtemp makes it 0700) keeps them out. The folder is under the system temp dir, not the
+    session's working directory: a Unix socket path must stay under ~100 bytes. Windows has no such socket for
+    ZeroMQ, so there it stays on a loopback port (a Windows render node is usually one user's)."""
+    if os.name == "nt":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{int(s.getsockname()[1])}", None
+    folder = tempfile.mkdtemp(prefix="frdm-serve-")
+    return f"ipc://{folder}/socket", folder
 
 
 def _server_start(args: argparse.Namespace) -> int:
@@ -61,7 +75,7 @@ def _server_start(args: argparse.Namespace) -> int:
     from frdm.engine.errors import InputError
     from frdm.server.client import FrdmClient
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address, folder = _private_endpoint()
     log_path = f"{os.path.splitext(args.state)[0]}.log"
     cmd = [sys.executable, "-m", "frdm.cli", "serve", "--bind", address, "--engine", args.engine]
     if args.weights:
@@ -83,6 +97,7 @@ def _server_start(args: argparse.Namespace) -> int:
         if proc.poll() is not None:
             with open(log_path, encoding="utf-8", errors="replace") as fh:
                 tail = fh.read()[-2000:]
+            _remove_folder(folder)
             raise InputError(f"frdm serve exited with {proc.returncode} before answering:\n{tail}")
         try:
             with FrdmClient(address, timeout=2.0, retries=0) as client:
@@ -91,13 +106,25 @@ def _server_start(args: argparse.Namespace) -> int:
         except Exception:  # not listening yet (loading its model)
             if time.monotonic() > deadline:
                 proc.kill()
+                _remove_folder(folder)
                 raise InputError(
                     f"frdm serve did not answer within {args.ready_timeout:.0f} s (log: {log_path})"
                 ) from None
             time.sleep(0.5)
-    write_text(args.state, json.dumps({"address": address, "pid": proc.pid, "log": log_path}))
+    write_text(args.state, json.dumps({"address": address, "pid": proc.pid, "log": log_path, "folder": folder}))
     print(f"openjd_status: frdm serve ready at {address} (engine {info.get('engine')})", flush=True)
     return 0
+
+
+def _remove_folder(folder: str | None) -> None:
+    # Only a folder _private_endpoint made: the state file names it, and a state file is not trusted to name
+    # anything else for deletion.
+    if (
+        folder
+        and os.path.dirname(folder) == tempfile.gettempdir()
+        and os.path.basename(folder).startswith("frdm-serve-")
+    ):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_state(path: str) -> dict:
@@ -115,10 +142,12 @@ def _read_state(path: str) -> dict:
 def _server_stop(args: argparse.Namespace) -> int:
     if not os.path.exists(args.state):
         return 0  # never started (onEnter failed or was cancelled): nothing to stop
-    pid = int(_read_state(args.state)["pid"])
+    state = _read_state(args.state)
+    pid = int(state["pid"])
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
+        _remove_folder(state.get("folder"))
         return 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -135,6 +164,7 @@ def _server_stop(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     else:
         os.kill(pid, signal.SIGKILL)
+    _remove_folder(state.get("folder"))
     os.remove(args.state)
     print("openjd_status: frdm serve stopped", flush=True)
     return 0
