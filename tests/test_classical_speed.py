@@ -390,3 +390,19 @@ def test_warp_in_row_blocks_equals_one_remap_of_the_whole_frame():
     for image in (rng.random((h, w)).astype(np.float32), rng.random((h, w, 2)).astype(np.float32)):
         plain = cv2.remap(image, motion + grid, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         assert np.array_equal(F.warp(image, motion), plain)
+
+
+def test_scratch_candidates_of_a_tall_frame_equal_the_reduced_rows_repeated():
+    """A frame taller than ~400 rows is searched on a copy of averaged rows; each found row goes back onto the
+    rows it averaged and the last onto the rows left over (h not a multiple of the rows averaged)."""
+    rng = np.random.default_rng(16)
+    h, w = 1001, 120
+    grey = (0.4 + rng.normal(0, 0.01, (h, w))).astype(np.float32)
+    grey[50:950, 60] += 0.2
+    det = ScratchDetector()
+    rows = h // 384
+    found = det._candidates(cv2.resize(grey, (w, h // rows), interpolation=cv2.INTER_AREA))
+    want = np.repeat(found, rows, axis=0)
+    want = np.concatenate([want, np.repeat(want[-1:], h - want.shape[0], axis=0)])
+    got = det.candidates(grey)
+    assert np.array_equal(got, want) and got[:, 60].sum() > 800 and h % rows

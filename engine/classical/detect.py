@@ -383,8 +383,12 @@ class ScratchDetector:
         rows = max(1, h // 384)
         if rows > 1:
             small = cv2.resize(grey, (w, h // rows), interpolation=cv2.INTER_AREA)
-            found = np.repeat(self._candidates(small), rows, axis=0)
-            return np.concatenate([found, np.repeat(found[-1:], h - found.shape[0], axis=0)])
+            found = self._candidates(small)
+            # Each row of the copy back onto its rows, the last onto the rest (in place: no repeated temporary).
+            out = np.empty((h, w), bool)
+            out[: found.shape[0] * rows].reshape(found.shape[0], rows, w)[:] = found[:, None, :]
+            out[found.shape[0] * rows :] = found[-1]
+            return out
         return self._candidates(grey)
 
     def _candidates(self, grey: np.ndarray) -> np.ndarray:
