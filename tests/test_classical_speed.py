@@ -406,3 +406,18 @@ def test_scratch_candidates_of_a_tall_frame_equal_the_reduced_rows_repeated():
     want = np.concatenate([want, np.repeat(want[-1:], h - want.shape[0], axis=0)])
     got = det.candidates(grey)
     assert np.array_equal(got, want) and got[:, 60].sum() > 800 and h % rows
+
+
+def test_a_mask_on_the_flows_grid_equals_its_area_mean_above_zero():
+    """_Motion.on_grid: a reduced pixel is set when any pixel of its block is, as cv2's area reduction says;
+    for sizes a whole number of blocks (the corner dilation) and others (the area reduction itself)."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(17)
+    for scale, small, shape in ((4, (24, 32), (96, 128)), (3, (20, 30), (60, 90)), (2, (25, 33), (51, 67))):
+        motion = R._Motion(np.zeros((*small, 2), np.float32), np.zeros((*small, 2), np.float32), 1.0, scale)
+        mask = rng.random(shape) > 0.97
+        mask[0, 0] = mask[-1, -1] = True
+        want = cv2.resize(mask.astype(np.float32), small[::-1], interpolation=cv2.INTER_AREA) > 0
+        got = motion.on_grid(mask)
+        assert got.shape == small and np.array_equal(got, want) and 0 < got.mean() < 1

@@ -203,6 +203,13 @@ class _Motion:
         """A full-size bool mask on the flow's grid: set where any of its pixels is (one reduction for all the
         neighbours a mask is excluded from: they share the grid)."""
         h, w = self.forward.shape[:2]
+        big_h, big_w = mask.shape
+        if (big_h, big_w) == (h * self.scale, w * self.scale):
+            # Each reduced pixel is a whole scale x scale block: the block's maximum (a dilation anchored at its
+            # corner, read at every block's corner) is what an area mean above 0 says, without a float copy.
+            block = np.ones((self.scale, self.scale), np.uint8)
+            grown = cv2.dilate(np.ascontiguousarray(mask).view(np.uint8), block, anchor=(0, 0))
+            return grown[:: self.scale, :: self.scale] > 0
         return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
     @property
