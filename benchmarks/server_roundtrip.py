@@ -69,10 +69,10 @@ def passthrough() -> PassThroughRestorer:
     return PassThroughRestorer()
 
 
-def make_pixels(count: int, width: int, height: int) -> dict[int, np.ndarray]:
+def make_pixels(count: int, width: int, height: int, seed: int = 0) -> dict[int, np.ndarray]:
     """A graded, grainy scan-like RGBA image per frame (compresses like film, not like noise or flat grey),
-    with a few dust specks for the classical engine."""
-    rng = np.random.default_rng(0)
+    with a few dust specks for the classical engine. Another ``seed``, other grain: frames no cache knows."""
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     base = 0.35 + 0.25 * np.sin(x / width * 6.0)[..., None] * np.cos(y / height * 4.0)[..., None]
     out = {}
@@ -86,24 +86,24 @@ def make_pixels(count: int, width: int, height: int) -> dict[int, np.ndarray]:
     return out
 
 
-def make_raw(count: int, width: int, height: int) -> dict[int, Any]:
+def make_raw(count: int, width: int, height: int, seed: int = 0) -> dict[int, Any]:
     from frdm.server.protocol import RawImage
 
     win = (0, 0, width, height)
     return {
         n: RawImage.from_float32(px, ("R", "G", "B", "A"), ("half",) * 4, win, win)
-        for n, px in make_pixels(count, width, height).items()
+        for n, px in make_pixels(count, width, height, seed).items()
     }
 
 
-def make_frames(count: int, width: int, height: int) -> dict[int, bytes]:
+def make_frames(count: int, width: int, height: int, seed: int = 0) -> dict[int, bytes]:
     """The same frames as EXR bytes."""
     from frdm.engine.frames import Frame, encode_image
 
     win = (0, 0, width, height)
     return {
         n: encode_image(Frame(px, ("R", "G", "B", "A"), ("half",) * 4, win, win))
-        for n, px in make_pixels(count, width, height).items()
+        for n, px in make_pixels(count, width, height, seed).items()
     }
 
 
@@ -157,6 +157,24 @@ class Server:
         self.proc.terminate()
         self.proc.wait(30)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the server process has used so far (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_of(server: Server, run: Any) -> tuple[Any, float]:
+    """``run()``'s result and the CPU seconds it cost here and in the server, the server's cache writer
+    included (it writes after the reply: given ``SETTLE`` to finish). CPU time counts what a frame costs,
+    not how long it waited for a core: on a loaded machine it compares like with like where wall time
+    cannot."""
+    here, there = time.process_time(), server.cpu_seconds()
+    result = run()
+    here = time.process_time() - here
+    time.sleep(SETTLE)
+    return result, here + server.cpu_seconds() - there
+
 
 def server_round(
     address: str, params: dict[str, Any], sources: dict[int, Any], frames: list[int] | None = None
@@ -182,7 +200,7 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=1556)
     ap.add_argument("--frames", type=int, default=12, help="frames per round trip")
     ap.add_argument(
-        "--repeats", type=int, default=3, help="raw socket rounds (the best is kept); classical and preview pairs"
+        "--repeats", type=int, default=3, help="interleaved repeats: socket/server pairs, classical and preview pairs"
     )
     ap.add_argument("--exr", action="store_true", help="also time the round trip with EXR bytes both ways")
     ap.add_argument("--classical-frames", type=int, default=4, help="frames for the classical overhead (0: skip)")
@@ -195,38 +213,12 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures appear as they are measured
 
     size = lambda text, default: tuple(int(v) for v in text.lower().split("x")) if text else default  # noqa: E731
-    sources = make_raw(args.frames, args.width, args.height)
-    blobs = [sources[n].buffer for n in sorted(sources)]
-    megabytes = sum(b.nbytes for b in blobs) / 1e6
-    print(f"frames: {args.frames} x {args.width}x{args.height} RGBA half raw, {megabytes / args.frames:.1f} MB each")
-
-    raw = min(raw_socket_pair(blobs, 1) for _ in range(args.repeats))
-    raw_fps = args.frames / raw
-    print(f"plain zmq socket pair (send all, echo each): {raw_fps:8.2f} frames/s")
-
+    print(
+        f"frames: {args.frames} x {args.width}x{args.height} RGBA half raw, "
+        f"{args.width * args.height * 8 / 1e6:.1f} MB each; {args.repeats} interleaved repeats"
+    )
     with tempfile.TemporaryDirectory(prefix="frdm-bench-") as tmp:
-        server = Server(os.path.join(tmp, "cache-pass"), "--restorer", "server_roundtrip:passthrough")
-        try:
-            # Warm-up (imports, first allocations) on other parameters and frames, so the timed round misses.
-            server_round(server.address, dict(PASS, feather=1.0), make_raw(1, args.width, args.height))
-            seconds, _ = server_round(server.address, PASS, sources)
-            cached_seconds, cached = server_round(server.address, PASS, sources)
-            assert cached == args.frames
-            fps, cached_fps = args.frames / seconds, args.frames / cached_seconds
-            print(f"frdm serve raw round trip, pass-through:    {fps:8.2f} frames/s   ratio {fps / raw_fps:.3f}")
-            print(
-                f"frdm serve raw round trip, all from cache:  {cached_fps:8.2f} frames/s   "
-                f"ratio {cached_fps / raw_fps:.3f}"
-            )
-            if args.exr:
-                exr = make_frames(args.frames, args.width, args.height)
-                seconds, _ = server_round(server.address, dict(PASS, feather=0.5), exr)
-                fps = args.frames / seconds
-                print(f"frdm serve EXR round trip, pass-through:    {fps:8.2f} frames/s   ratio {fps / raw_fps:.3f}")
-        finally:
-            server.stop()
-        del sources, blobs
-
+        transport(tmp, args)
         if args.classical_frames:
             wh = size(args.classical_size, (args.width, args.height))
             classical_overhead(tmp, args.classical_frames, wh, args.repeats)
@@ -237,16 +229,62 @@ def main() -> int:
     return 0
 
 
+def transport(tmp: str, args: argparse.Namespace) -> None:
+    """Each repeat: the plain socket pair, then the server on frames it has never seen (other grain each
+    repeat, so neither the stage cache nor the recent sources know them), then the same request again (every
+    frame from the cache). Each server round is compared with the socket round right before it, so a load
+    change on the machine hits both of a pair alike; the medians and the spread of the pairs are reported."""
+    n = args.frames
+    server = Server(os.path.join(tmp, "cache-pass"), "--restorer", "server_roundtrip:passthrough")
+    raw, fresh, cached_s, exr = [], [], [], []
+    raw_cpu: list[float] = []
+    fresh_cpu: list[float] = []
+    try:
+        # Warm-up (imports, first allocations) on frames of their own, so the timed rounds miss.
+        server_round(server.address, PASS, make_raw(1, args.width, args.height, seed=1000))
+        for r in range(args.repeats):
+            sources = make_raw(n, args.width, args.height, seed=r + 1)
+            cpu = time.process_time()
+            raw.append(raw_socket_pair([sources[f].buffer for f in sorted(sources)], 1))
+            raw_cpu.append(time.process_time() - cpu)
+            (seconds, _), cpu = cpu_of(server, lambda s=sources: server_round(server.address, PASS, s))
+            fresh.append(seconds)
+            fresh_cpu.append(cpu)
+            seconds, cached = server_round(server.address, PASS, sources)
+            assert cached == n, f"{cached} of {n} frames came from the cache"
+            cached_s.append(seconds)
+            del sources
+            if args.exr:
+                frames = make_frames(n, args.width, args.height, seed=100 + r)
+                exr.append(server_round(server.address, PASS, frames)[0])
+                del frames
+    finally:
+        server.stop()
+    fps = lambda seconds: [n / s for s in seconds]  # noqa: E731
+    ratio = lambda seconds: spread([r / s for r, s in zip(raw, seconds)], digits=3)  # noqa: E731  (each pair's)
+    print(f"plain zmq socket pair (send all, echo each): {spread(fps(raw))} frames/s")
+    print(f"frdm serve raw round trip, pass-through:     {spread(fps(fresh))} frames/s   ratio {ratio(fresh)}")
+    print(f"frdm serve raw round trip, all from cache:   {spread(fps(cached_s))} frames/s   ratio {ratio(cached_s)}")
+    if exr:
+        print(f"frdm serve EXR round trip, pass-through:     {spread(fps(exr))} frames/s   ratio {ratio(exr)}")
+    print(f"CPU per frame, socket pair (both ends):      {spread(raw_cpu, 1000 / n, ' ms')}")
+    print(f"CPU per frame, pass-through (client+server): {spread(fresh_cpu, 1000 / n, ' ms')}")
+    print(
+        f"  socket pair's CPU over the server round's:  "
+        f"{spread([r / s for r, s in zip(raw_cpu, fresh_cpu)], digits=3)} (per pair)"
+    )
+
+
 CLASSICAL = {"colorspace": "srgb", "write_matte": False}
 # Seconds to let the server's cache writer finish a round's entries (it writes after the reply) before an
 # in-process run, so that run does not pay for the server's disk work on a machine of few cores.
 SETTLE = 1.5
 
 
-def spread(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+def spread(values: list[float], scale: float = 1.0, unit: str = "", digits: int = 2) -> str:
     """median [min - max] of repeated measurements."""
     v = sorted(x * scale for x in values)
-    return f"{statistics.median(v):8.2f}{unit} [{v[0]:.2f} - {v[-1]:.2f}]"
+    return f"{statistics.median(v):8.{digits}f}{unit} [{v[0]:.{digits}f} - {v[-1]:.{digits}f}]"
 
 
 def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) -> None:
@@ -272,24 +310,30 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
         pass  # the same warm-up as the server's
     few = make_raw(count, w, h)
     server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
-    inproc, served = [], []
+    inproc, served, inproc_cpu, served_cpu = [], [], [], []
     try:
         server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
+        time.sleep(SETTLE)
         for r in range(repeats):
             params = dict(CLASSICAL, dust_threshold=0.05 + 0.002 * r)
-            time.sleep(SETTLE)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in restore_frames(memory, sorted(pixels), params, resident):
                 pass
             inproc.append((time.perf_counter() - start) / count)
-            seconds, _ = server_round(server.address, params, few)
+            inproc_cpu.append((time.process_time() - cpu) / count)
+            (seconds, _), cpu = cpu_of(server, lambda p=params: server_round(server.address, p, few))
             served.append(seconds / count)
+            served_cpu.append(cpu / count)
     finally:
         server.stop()
     over = [(s - i) / i * 100 for i, s in zip(inproc, served)]
+    over_cpu = [(s - i) / i * 100 for i, s in zip(inproc_cpu, served_cpu)]
     print(f"classical engine in process (restore_frames): {spread(inproc, 1000, ' ms')}/frame")
     print(f"classical engine through frdm serve (raw):    {spread(served, 1000, ' ms')}/frame")
     print(f"server overhead per frame, per pair:          {spread(over, 1, ' %')} of the engine's time")
+    print(f"CPU per frame in process:                     {spread(inproc_cpu, 1000, ' ms')}")
+    print(f"CPU per frame through the server (+client):   {spread(served_cpu, 1000, ' ms')}")
+    print(f"server overhead in CPU per frame, per pair:   {spread(over_cpu, 1, ' %')} of the engine's CPU")
 
 
 def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:

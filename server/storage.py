@@ -270,14 +270,20 @@ class SourceMemory:
     a knob change sends only its target's pixels. The buffers are the received message parts, not copied.
     Also their float32 pixels once converted (read-only: the engine never writes into an original), so
     the frames of a shot being previewed are converted once, not per request. Least recently used entries
-    go past ``max_bytes`` (raw and converted together). The worker thread alone uses it."""
+    go past ``max_bytes`` (raw and converted together). The worker thread and its read-ahead thread use it,
+    so every step holds the lock (an eviction interleaved with a recall would lose the size count)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self._entries: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._size = 0
+        self._lock = threading.Lock()
 
     def _keep(self, key: tuple[str, str], value: Any, size: int) -> None:
+        with self._lock:
+            self._keep_locked(key, value, size)
+
+    def _keep_locked(self, key: tuple[str, str], value: Any, size: int) -> None:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
@@ -290,11 +296,12 @@ class SourceMemory:
             self._size -= old
 
     def _recall(self, key: tuple[str, str]) -> Any:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
 
     def put(self, content_id: str, image: RawImage) -> None:
         self._keep(("raw", content_id), image, image.spec.nbytes)
@@ -339,6 +346,7 @@ class ResultCache:
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] | None = None
         self._writer: threading.Thread | None = None
+        self._writer_lost = False
         if background:
             self._queue = queue.Queue(self.PENDING)
             self._writer = threading.Thread(target=self._write_pending, name="frdm-cache-writer", daemon=True)
@@ -372,19 +380,45 @@ class ResultCache:
             return
         with self._lock:
             self._pending[path] = data
-        self._queue.put(path)
+        if not self._hand_over(path):
+            # The writer is gone (it catches every Exception, so only something that ends a thread gets
+            # here): the entry is written in the caller's thread, which never waits for a writer that left.
+            with self._lock:
+                data = self._pending.pop(path, data)
+            self._write(path, data)
+
+    def _hand_over(self, path: str | None) -> bool:
+        """Queue ``path`` for the writer (None: stop); False if the writer thread has ended."""
+        assert self._queue is not None and self._writer is not None
+        while self._writer.is_alive():
+            try:
+                self._queue.put(path, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        if not self._writer_lost:
+            self._writer_lost = True
+            log.error("cache: the writer thread has ended; entries are written by the worker from now on")
+        return False
 
     def flush(self) -> None:
         """Wait until every entry put so far is on disk (or failed)."""
-        if self._queue is not None:
+        if self._queue is not None and self._writer is not None and self._writer.is_alive():
             self._queue.join()
 
     def close(self) -> None:
         """Write every waiting entry, then stop the writer thread (a no-op without one)."""
         if self._queue is not None and self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
+            if self._hand_over(None):
+                self._writer.join()
             self._queue = None
+            with self._lock:
+                left, self._pending = self._pending, {}
+            for path, data in left.items():  # what a writer that ended left waiting
+                try:
+                    self._write(path, data)
+                except OSError as exc:
+                    log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
 
     def _write_pending(self) -> None:
         assert self._queue is not None

@@ -151,12 +151,17 @@ def job_raw(job: Job, ref: ImageRef | None) -> RawImage | None:
 
 class FillCache:
     """The fill-stage entries of one chunk: ``restore_frames`` asks by frame number, keys are ours. A
-    failing cache disk costs the cache, never the frame. An entry once read is held for the chunk, so the
-    worker's check (which frames must be read) and the pipeline see the same entries (and read it once)."""
+    failing cache disk costs the cache, never the frame. An entry once read is held until its frame is
+    finished (``release``), so the worker's check (which frames must be read) and the pipeline see the same
+    entries (and read each once), and a chunk does not keep its finished frames' entries (with deflicker a
+    2K entry holds two frame-sized arrays)."""
 
     def __init__(self, cache: ResultCache, keys: dict[int, str]):
         self.cache, self.keys = cache, keys
         self.held: dict[int, FillResult] = {}
+
+    def release(self, frame: int) -> None:
+        self.held.pop(frame, None)
 
     def get(self, frame: int) -> FillResult | None:
         if frame in self.held:
@@ -328,8 +333,20 @@ class Worker:
         for kind, frame in frames:
             self._hash(job, kind, frame)
 
+    @staticmethod
+    def _let_go_recalled(job: Job, unfinished: list[int], reach: tuple[int, int], available: list[int]) -> None:
+        """Frames by id recalled for earlier chunks that no unfinished target reads are let go (a long job
+        sent by id held every one it recalled until it ended); a target's stays, for a re-attach's replay
+        of a frame stored as the source's own pixels."""
+        if not job.recalled:
+            return
+        needed = {n for f in unfinished for n in depends.window_at(f, reach, available)}
+        targets = set(job.req.frames)
+        for n in [n for n in job.recalled if n not in needed and n not in targets]:
+            del job.recalled[n]
+
     def _run_chunk(self, job: Job, emit: Emit) -> None:
-        from frdm.engine.pipeline import restore_frames
+        from frdm.engine.pipeline import READ_AHEAD, restore_frames
 
         params = job.req.params
         if job.cancel.is_set():
@@ -349,6 +366,7 @@ class Worker:
         # and the restorer's output (fill), from which a blend- or output-stage change only re-blends.
         available = sorted(job.req.sources)
         windows = {f: depends.window_at(f, reach, available) for f in targets}
+        self._let_go_recalled(job, [*targets, *job.remaining], reach, available)
         self._hash_all(
             job,
             [("sources", n) for n in sorted({n for w in windows.values() for n in w})]
@@ -419,9 +437,13 @@ class Worker:
             mask_source=masks,
             progress=progress,
             fill_cache=fill_cache,
+            # Sources are read and converted to float on a thread of their own, ahead of the restorer (the
+            # model-space conversion, the restorer and the reply of the frame before run beside it).
+            read_ahead=READ_AHEAD,
         )
         try:
             for frame, image in results:
+                fill_cache.release(frame)  # finished: the pipeline reads a frame's entry no more
                 raw, same = source.output(frame, image, params["pixel_type"])
                 try:
                     self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")

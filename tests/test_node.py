@@ -421,3 +421,35 @@ def test_preview_of_a_clip_sent_as_exr_bytes(tmp_path, classical_server, monkeyp
         node.preview(2, inputs, out, use_cache=False).wait(60)
         assert seen.sent == sent, change
         np.testing.assert_array_equal(pixels(out.replace("####", "0002")), in_process(piz, [2], dict(node.params))[2])
+
+
+def test_a_need_sources_retry_lists_the_cached_frames_of_its_own_try_only(tmp_path, classical_server, monkeypatch):
+    from frdm.server.client import Event, FrdmClient
+
+    src = write_clip(tmp_path / "in", count=4, seed=5)
+    inputs = N.Inputs.from_sequence(src)
+    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
+    out = str(tmp_path / "out" / "p.####.exr")
+    node.render([2, 3], inputs, out, use_cache=False).wait(60)  # the server now holds both; 1 and 4 were sent
+    restore, tries = FrdmClient.restore, []
+
+    def backstop_after_one_frame(client, params, frames, *, sources, **kw):
+        # The first try (context by id) gets frame 2, then need_sources, as when the server finds a frame by
+        # id gone mid-job: frames of earlier chunks are delivered already.
+        tries.append({f: type(v).__name__ for f, v in sources.items()})
+        events = restore(client, params, frames, sources=sources, **kw)
+        if len(tries) > 1:
+            yield from events
+            return
+        for event in events:
+            yield event
+            if event.kind == "frame":
+                events.close()
+                yield Event("error", event.job_id, code="need_sources", message="gone", frames=[4])
+                return
+
+    monkeypatch.setattr(FrdmClient, "restore", backstop_after_one_frame)
+    result = node.render([2, 3], inputs, out, use_cache=False).wait(60)
+    assert [t[1] for t in tries] == ["ContentRef", "RawImage"]  # by id, then everything with its pixels
+    assert result.cached == [2, 3]  # the retry's answers, each frame once (it listed 2 twice)
+    np.testing.assert_array_equal(pixels(result.frames[3]), in_process(src, [3], dict(node.params))[3])

@@ -666,3 +666,92 @@ def test_a_chunk_holds_the_fill_results_it_read_not_those_it_made(tmp_path):
     assert gone() is None  # not held for the rest of the chunk
     read = fills.get(2)
     assert read is not None and fills.get(2) is read  # one entry for the worker's check and the engine alike
+
+
+def test_a_fill_entry_is_let_go_once_its_frame_is_finished(server, monkeypatch):
+    from frdm.server import worker
+
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    run(srv.endpoint, {"feather": 1.0}, sources)  # the restorer's outputs of 2 and 3 are kept
+    chunks: list[worker.FillCache] = []
+    held_at: dict[int, set[int]] = {}
+
+    class Recording(worker.FillCache):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            chunks.append(self)
+
+    deliver = worker.Worker._deliver
+
+    def recorded(self, job, frame, *args, **kwargs):
+        held_at[frame] = set(chunks[-1].held)
+        return deliver(self, job, frame, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "FillCache", Recording)
+    monkeypatch.setattr(worker.Worker, "_deliver", recorded)
+    run(srv.endpoint, {"feather": 3.0}, sources)  # re-blended from both entries, in one chunk
+    assert sorted(restorer.restored) == [2, 3]
+    assert held_at == {2: {3}, 3: set()}  # frame 2's entry went when frame 2 was finished
+
+
+def test_frames_recalled_by_id_are_let_go_once_no_unfinished_target_reads_them(tmp_path, monkeypatch):
+    from frdm.server import worker
+
+    with counting_server(tmp_path / "cache", chunk=1) as (srv, restorer):
+        sources = {n: raw_frame(n) for n in range(1, 7)}
+        targets = (2, 3, 4, 5)
+        run(srv.endpoint, {"feather": 1.0}, sources, frames=targets)  # every frame now in the recent sources
+        recalled_at: dict[int, set[int]] = {}
+        deliver = worker.Worker._deliver
+
+        def recorded(self, job, frame, *args, **kwargs):
+            recalled_at[frame] = set(job.recalled)
+            return deliver(self, job, frame, *args, **kwargs)
+
+        monkeypatch.setattr(worker.Worker, "_deliver", recorded)
+        light = {
+            **sources,
+            1: protocol.ContentRef(sources[1].content_id()),
+            6: protocol.ContentRef(sources[6].content_id()),
+        }
+        run(srv.endpoint, {"dust_threshold": 0.2}, light, frames=targets)  # restored again: context read
+        assert restorer.restored[-4:] == [2, 3, 4, 5]
+        # One chunk per target: frame 1 (read by target 2 only) goes after it; frame 6 is read by 5.
+        assert recalled_at == {2: {1}, 3: set(), 4: set(), 5: {6}}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's end, on purpose
+def test_the_cache_writer_outlives_a_failing_disk_and_nothing_waits_for_a_writer_that_ended(tmp_path, monkeypatch):
+    from frdm.server import storage
+
+    cache = storage.ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    write = storage.ResultCache._write
+    failures = iter([OSError(28, "No space left on device"), MemoryError(), SystemExit()])
+
+    def failing(self, path, data):
+        if os.path.basename(path).startswith("x"):
+            raise next(failures)
+        write(self, path, data)
+
+    monkeypatch.setattr(storage.ResultCache, "_write", failing)
+    cache.put("x" * 64, b"lost")
+    cache.put("x" * 63 + "y", b"lost too")
+    cache.put("a" * 64, b"kept")
+    cache.flush()  # an OSError and a MemoryError cost their entries, not the writer
+    assert cache._writer is not None and cache._writer.is_alive()
+    assert cache.get("a" * 64) == b"kept" and cache.get("x" * 64) is None
+    cache.put("x" * 63 + "z", b"ends the writer")  # SystemExit ends a thread without a word
+    cache._writer.join(10)
+    assert not cache._writer.is_alive()
+    done = threading.Event()
+
+    def many() -> None:  # more than the writer's queue holds: with no writer, put used to block for ever
+        for i in range(2 * storage.ResultCache.PENDING):
+            cache.put(f"{i:064d}", b"entry %d" % i)
+        cache.close()
+        done.set()
+
+    threading.Thread(target=many, daemon=True).start()
+    assert done.wait(30), "put or close waited for a writer that had ended"
+    assert all(cache.get(f"{i:064d}") == b"entry %d" % i for i in range(2 * storage.ResultCache.PENDING))
