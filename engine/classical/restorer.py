@@ -212,6 +212,10 @@ class _Motion:
             return grown[:: self.scale, :: self.scale] > 0
         return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
+    def forget_full(self) -> None:
+        """Drop the full-size flow (made again when next asked for)."""
+        self._full = None
+
     @property
     def excluded(self) -> bool:
         """Whether the flow inside some suspects was already taken from around them."""
@@ -308,12 +312,13 @@ class ClassicalRestorer:
             matte = np.zeros(shape, dtype=bool)
             spike = trusted = None
             if look is not None:
-                p, n, trusted, spike = look.p, look.n, look.trusted, look.spike
-                warped_p, warped_n = look.warped_p, look.warped_n
+                p, n, trusted = look.p, look.n, look.trusted
                 if look.suspect.any():
                     # Second look with the flow inside every candidate speck taken from around it.
                     warped_p, warped_n = look.again(data, motion, shape)
                     spike = spikes.spikes(grey, warped_p, warped_n)
+                else:
+                    warped_p, warped_n, spike = look.warped_p, look.warped_n, look.spike
                 speed = magnitude(motion[p].full(shape))
                 own = None
                 if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
@@ -408,7 +413,16 @@ class _Look:
     compared, and the spikes and suspects found then. It depends on nothing found in any frame, so the worker
     makes it one frame ahead."""
 
-    def __init__(self, data: _Frames, t: int, p: int, n: int, motion: dict[int, _Motion], spikes: SpikeDetector, shape):
+    def __init__(
+        self,
+        data: _Frames,
+        t: int,
+        p: int,
+        n: int,
+        motion: dict[int, _Motion],
+        spikes: SpikeDetector,
+        shape: tuple[int, int],
+    ) -> None:
         self.p, self.n = p, n
         grey = data.grey(t)
         # Both references' masks joined on the flow's grid and enlarged once (nearest: the same as joining
@@ -421,10 +435,20 @@ class _Look:
         self.reference = Reference(grey, self.trusted)
         # The warps before the brightness match, kept for the second look to redo only where the flow changed.
         self.raw = {k: warp(data.grey(k), motion[k].full(shape)) for k in (p, n)}
-        self.warped_p = match(self.reference, self.raw[p], self.threshold)
-        self.warped_n = match(self.reference, self.raw[n], self.threshold)
-        self.spike = spikes.spikes(grey, self.warped_p, self.warped_n)
+        self.warped_p: np.ndarray | None = match(self.reference, self.raw[p], self.threshold)
+        self.warped_n: np.ndarray | None = match(self.reference, self.raw[n], self.threshold)
+        self.spike: np.ndarray | None = spikes.spikes(grey, self.warped_p, self.warped_n)
         self.suspect = spikes.suspects(grey, self.warped_p, self.warped_n, self.spike)
+        # Held while the frame before is restored: only what the detection will read (at 2K, 12 MB per image
+        # and 25 MB per full-size flow).
+        if self.suspect.any():
+            # The second look takes the flow inside the suspects from around them, so it makes the full-size
+            # flows, the warps and the spikes anew; it needs the warps before the match.
+            for k in (p, n):
+                motion[k].forget_full()
+            self.warped_p = self.warped_n = self.spike = None
+        else:
+            self.raw = {}
 
     def again(self, data: _Frames, motion: dict[int, _Motion], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The references warped and matched again with the flow inside every suspect (grown by 2 px) taken from
