@@ -422,3 +422,28 @@ def test_a_mask_on_the_flows_grid_equals_its_area_mean_above_zero():
         got = R._on_grid(mask, small)
         assert got.shape == small and np.array_equal(got, want) and 0 < got.mean() < 1
         assert R._on_grid(got, small) is got
+
+
+def test_excluding_one_grid_from_every_neighbour_leaves_that_grid_as_it_was():
+    """_fill gives every neighbour the same defects on the flow's grid (and _on_grid returns a mask on the grid
+    as it is): a neighbour whose flow was already taken from around other specks joins them into a new mask,
+    not into the one the next neighbour is given, and both end with the same flow as if each had its own copy."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(18)
+    forward = _smooth_flow(rng, (48, 64), 4.0)
+    backward = -forward + rng.normal(0, 0.3, forward.shape).astype(np.float32)
+    earlier = np.zeros((48, 64), bool)
+    earlier[5:12, 5:12] = True
+    defects = np.zeros((48, 64), bool)
+    defects[30:40, 40:55] = True
+    grid = defects.copy()
+    seen, fresh = R._Motion(forward, backward, 1.0, 2), R._Motion(forward, backward, 1.0, 2)
+    seen.exclude(earlier)
+    for motion in (seen, fresh):
+        motion.exclude(grid)
+    assert np.array_equal(grid, defects)
+    alone = R._Motion(forward, backward, 1.0, 2)
+    alone.exclude(defects.copy())
+    assert np.array_equal(fresh.flow, alone.flow) and np.array_equal(fresh.trusted, alone.trusted)
+    assert seen._excluded[5:12, 5:12].all() and seen._excluded[30:40, 40:55].all()
