@@ -1,7 +1,7 @@
 """Classical restorer throughput at 480x368, 1280x720 and 2048x1536 (engine only: frames already in memory, in
-model space), the share of its time spent in optical flow, and the peak memory of 2K runs of 12, 24 and 48 frames
-through the pipeline (``restore_frames``: window, context, blending; no files), which must stay flat in the clip
-length.
+model space), the share of its time spent in optical flow, and the peak memory (VmHWM, in MiB and MB) of 2K runs of
+12, 24 and 48 frames through the pipeline alone (``restore_frames``: window, context, blending; no files) and file to
+file (``restore_sequence`` on half EXRs, as ``frdm restore`` runs), which must stay flat in the clip length.
 
 The frames are real scanned film (the shared data's The Great Train Robbery, 480x368, resized to each size), so
 the detector sees real dust, grain and flicker. The benchmark stops with an error if that data is missing: a
@@ -123,34 +123,77 @@ def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer
     }
 
 
-def pipeline_peak_rss(frames: int, size: tuple[int, int] = (2048, 1536)) -> dict:
-    """Peak RSS of ``restore_frames`` over ``frames`` 2K frames read one by one from a lazy source (in a fresh
-    process, so earlier measurements do not count)."""
-    code = f"""
-import resource, sys, cv2, numpy as np
-sys.path.insert(0, {HERE!r})
-from classical_speed import FILM_DIR, real_film_files
+def _lazy_source(files: list[str], size: tuple[int, int]):
+    """The real film frames resized to ``size``, decoded when the pipeline reads each, held as an EXR half
+    sequence's frames are (the file's half samples, ``Frame.half``)."""
+    from frdm.engine.frames import Frame, Source
+
+    class Lazy(Source):
+        description = f"real film at {size[0]}x{size[1]}, read lazily"
+        frame_numbers = list(range(len(files)))
+
+        def read(self, n: int) -> Frame:
+            rgb = cv2.resize(cv2.imread(files[n])[..., ::-1], size, interpolation=cv2.INTER_CUBIC)
+            h, w = rgb.shape[:2]
+            px = (rgb.astype(np.float32) / 255.0).astype(np.float16)
+            return Frame(px, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h), {}, 0, files[n])
+
+    return Lazy()
+
+
+# Run in a fresh process: its VmHWM (peak resident set, kB) starts at its exec, not at its parent's peak (which
+# ru_maxrss of a forked child would carry).
+_PEAK_CHILD = """
+import sys
+sys.path.insert(0, {here!r})
+from classical_speed import _lazy_source, real_film_files
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
-from frdm.engine.frames import Frame, Source
-from frdm.engine.pipeline import restore_frames
-files = real_film_files({frames})
-class Lazy(Source):
-    # Decodes and resizes each frame when the pipeline reads it, as a file sequence would.
-    description = 'real film at 2K, read lazily'
-    frame_numbers = list(range({frames}))
-    def read(self, n):
-        rgb = cv2.resize(cv2.imread(files[n])[..., ::-1], {size!r}, interpolation=cv2.INTER_CUBIC)
-        h, w = rgb.shape[:2]
-        px = rgb.astype(np.float32) / 255.0
-        return Frame(px, ('R','G','B'), ('half',)*3, (0,0,w,h), (0,0,w,h), {{}}, 0, files[n])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for _ in restore_frames(Lazy(), list(range({frames})), P.validate({{'colorspace': 'raw'}}), ClassicalRestorer()):
-    pass
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+from frdm.engine.pipeline import restore_frames, restore_sequence
+params = P.validate({{"colorspace": "raw"}})
+if {folder!r}:
+    frames = list(range(1, {frames} + 1))
+    restore_sequence({folder!r} + "/src.####.exr", {folder!r} + "/out/r.####.exr", frames=frames, params=params,
+                     restorer=ClassicalRestorer(), resume=False)
+else:
+    for _ in restore_frames(_lazy_source(real_film_files({frames}), {size!r}), list(range({frames})), params,
+                            ClassicalRestorer()):
+        pass
+print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
 """
+
+
+def pipeline_peak_rss(frames: int, size: tuple[int, int] = (2048, 1536), folder: str = "") -> dict:
+    """Peak RSS of a run over ``frames`` 2K frames, in a fresh process: ``restore_frames`` from the lazy source
+    (the pipeline alone: no files, no threads), or with ``folder`` (half EXRs src.0001.exr ... there) file to
+    file, ``restore_sequence`` as ``frdm restore`` runs it (reader and writer threads, EXR out)."""
+    code = _PEAK_CHILD.format(here=HERE, folder=folder, frames=frames, size=size)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
-    return {"frames": frames, "peak_rss_mb": round(int(out[-1]) / 1024, 1), "before_run_mb": round(int(out[-2]) / 1024)}
+    kib = int(out[-1])
+    return {"frames": frames, "peak_rss_mib": round(kib / 1024, 1), "peak_rss_mb": round(kib * 1024 / 1e6, 1)}
+
+
+def peak_rss_runs(lengths: list[int], size: tuple[int, int] = (2048, 1536)) -> dict:
+    """``pipeline_peak_rss`` for each clip length, the pipeline alone and file to file (the frames written once
+    as half EXR, zip, to a temporary folder)."""
+    import shutil
+    import tempfile
+
+    from frdm.engine.frames import write_frame
+
+    folder = tempfile.mkdtemp(prefix="frdm-rss-")
+    try:
+        source = _lazy_source(real_film_files(max(lengths)), size)
+        for n in source.frame_numbers:
+            frame = source.read(n)
+            frame.attributes["compression"] = ("string", "zip")
+            write_frame(os.path.join(folder, f"src.{n + 1:04d}.exr"), frame)
+        return {
+            "pipeline": [pipeline_peak_rss(n, size) for n in lengths],
+            "file_to_file": [pipeline_peak_rss(n, size, folder) for n in lengths],
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -165,8 +208,8 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(2)
     summary: dict = {"data": f"real film {FILM} (shared data), resized", "threads": 2}
-    if args.rss:  # first: a child's peak RSS starts from its parent's at the fork
-        summary["peak_rss_2k"] = [pipeline_peak_rss(n) for n in args.rss_frames]
+    if args.rss:
+        summary["peak_rss_2k"] = peak_rss_runs(args.rss_frames)
     engines = [(ClassicalRestorer, "this checkout")]
     if args.reference:
         engines.append((reference_engine(args.reference), f"reference {args.reference}"))

@@ -10,8 +10,10 @@ ground truth); written as scene-linear half EXR (zip), which both tools read and
   frames/s from its own timing of the file-to-file loop (reading, colour, restoring, writing).
 - SpotLess: benchmarks/spotless_peer.py in the peer's venv (make it with benchmarks/spotless_setup.sh), in a
   subprocess: the same file-to-file loop, then the filter alone on frames already in memory.
-- Peak RSS of each subprocess (its own VmHWM). MaskedPSNR (the paper's Eq. 7, engine/metrics) and the change outside
-  the defect masks are measured display-referred (sRGB-encoded), per frame, averaged over the frames.
+- Peak RSS of each subprocess (its own VmHWM, in MiB). MaskedPSNR (the paper's Eq. 7, engine/metrics) and the change
+  outside the defect masks are measured display-referred (sRGB-encoded), per frame, averaged over the frames.
+- FRDM writes EXR zip at zlib level 1 (``engine/frames.py`` EXR_ZIP_LEVEL: the same pixels, ~2% larger files),
+  SpotLess at OpenImageIO's default level (4): each as its user gets it.
 
     python benchmarks/spotless_vs_frdm.py [--frames 24] [--sizes 1280x720 2048x1536] [--json out.json]
     (FRDM_SHARED=/path/to/shared when the shared folder is not beside the checkout; FRDM_PEER_VENV or
@@ -82,7 +84,7 @@ finally:
 
 
 def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float, float]:
-    """Run ``target`` (a script, or -m:MODULE) under ``python``; (stdout, wall seconds, its peak RSS in MB)."""
+    """Run ``target`` (a script, or -m:MODULE) under ``python``; (stdout, wall seconds, its peak RSS in MiB)."""
     with tempfile.TemporaryDirectory(prefix="frdm-bench-") as tmp:
         peak_file = os.path.join(tmp, "peak_kb")
         t0 = time.perf_counter()
@@ -91,8 +93,8 @@ def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float,
         if proc.returncode != 0:
             fail(f"{target} {' '.join(args[:3])} ... failed (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
         with open(peak_file) as fh:
-            peak_mb = int(fh.read()) / 1024.0
-    return proc.stdout, wall, peak_mb
+            peak_mib = int(fh.read()) / 1024.0  # VmHWM is in kB (KiB)
+    return proc.stdout, wall, peak_mib
 
 
 def make_clip(
@@ -197,10 +199,10 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
     peer_args = ["--src", src, "--count", str(args.frames), "--threads", threads]
     spot_out = os.path.join(folder, "spotless.####.exr")
     text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "file", "--out", spot_out])
-    spot_file = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": rss}
+    spot_file = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss}
     print(f"{w}x{h}: SpotLess filter alone ...", file=sys.stderr)
     text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "filter"])
-    spot_filter = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mb": rss}
+    spot_filter = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss}
 
     print(f"{w}x{h}: FRDM file to file ...", file=sys.stderr)
     frdm_args = ["restore", src, os.path.join(folder, "frdm.####.exr")]
@@ -212,7 +214,7 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
         "seconds": report["seconds"],
         "frames_per_second": len(report["written"]) / report["seconds"],
         "wall_seconds": wall,
-        "peak_rss_mb": rss,
+        "peak_rss_mib": rss,
     }
     print(f"{w}x{h}: metrics ...", file=sys.stderr)
     return {
@@ -228,7 +230,7 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
 def table(results: list[dict]) -> str:
     lines = [
         "| size | tool | file to file frames/s | filter alone frames/s | MaskedPSNR input -> output (gain) dB "
-        "| gain without first/last frame dB | change outside defects /255 (share changed) | peak RSS MB |",
+        "| gain without first/last frame dB | change outside defects /255 (share changed) | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -239,7 +241,7 @@ def table(results: list[dict]) -> str:
                 f"{tool['masked_psnr_input']:.2f} -> {tool['masked_psnr']:.2f} ({tool['masked_psnr_gain']:+.2f}) | "
                 f"{tool['masked_psnr_gain_inner']:+.2f} | "
                 f"{tool['change_outside_defects']:.3f} ({100 * tool['share_outside_changed']:.1f}%) | "
-                f"{tool['file']['peak_rss_mb']:.0f} |"
+                f"{tool['file']['peak_rss_mib']:.0f} |"
             )
         lines.append(
             f"| {r['size']} | FRDM / SpotLess file to file | {r['frdm_over_spotless_file_fps']:.2f}x | | | | | |"

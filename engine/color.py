@@ -194,11 +194,15 @@ def to_model(
     rgb: np.ndarray, colorspace: str, ocio_config: str = "ocio://default", out: np.ndarray | None = None
 ) -> np.ndarray:
     """(..., 3) source-encoded values -> model space (display-referred; in range means within [0, 1]).
-    ``out``: a float32 array of ``rgb``'s shape to write into (returned)."""
+    ``rgb``: float32, or float16 (a frame's half samples, ``Frame.samples``). ``out``: a float32 array of
+    ``rgb``'s shape to write into (returned)."""
     _resolved(colorspace)
     if colorspace in _CURVES_TO_MODEL:
         # Half-float data (EXR half: most renders and scans) has 65536 possible values: a look-up of the very
-        # values the formula gives, bit for bit, at a fraction of the float64 formula's cost per pixel.
+        # values the formula gives, bit for bit, at a fraction of the float64 formula's cost per pixel. Float32
+        # data is looked up when every value is a half (checked); halves held as such are their own codes.
+        if rgb.dtype == np.float16:
+            return np.take(_half_table(colorspace), rgb.view(np.uint16), out=out)
         codes = _half_codes(rgb) if rgb.size >= _TABLE_MIN_VALUES else None
         if codes is not None:
             return np.take(_half_table(colorspace), codes, out=out)

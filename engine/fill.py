@@ -118,7 +118,8 @@ class FillResult:
         out[...] = 0.0
         if self.matte_box is not None:
             y0, y1, x0, x1 = self.matte_box
-            out[y0:y1, x0:x1] = self.matte
+            # Converted to ``out``'s type in one contiguous pass first (a half channel of a frame is strided).
+            out[y0:y1, x0:x1] = self.matte.astype(out.dtype, copy=False)
 
     # --- storage (safetensors: arrays and a small text header, never pickle) ---------------------------
 
@@ -201,8 +202,8 @@ def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: in
     if mask_frame is None:
         if not channel:
             raise InputError("mask 'artist' needs a mask sequence (--mask SEQ) or a source channel (--mask-channel)")
-        return np.clip(frame.pixels[..., frame.channel_index(channel)], 0.0, 1.0)
-    if mask_frame.pixels.shape[:2] != frame.pixels.shape[:2]:
+        return np.clip(frame.samples[..., frame.channel_index(channel)], 0.0, 1.0, dtype=np.float32)
+    if mask_frame.samples.shape[:2] != frame.samples.shape[:2]:
         raise InputError(
             f"{mask_frame.path}: mask for frame {number} is {mask_frame.width}x{mask_frame.height} but the "
             f"source is {frame.width}x{frame.height}; render the mask at the source's resolution"
@@ -213,7 +214,7 @@ def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: in
         idx = mask_frame.channels.index("A")
     else:
         idx = 0
-    return np.clip(mask_frame.pixels[..., idx], 0.0, 1.0)
+    return np.clip(mask_frame.samples[..., idx], 0.0, 1.0, dtype=np.float32)
 
 
 def finish_frame(
@@ -224,22 +225,29 @@ def finish_frame(
     mask_frame: Frame | None,
     number: int,
     matte_channel: str,
+    *,
+    halves_out: bool = False,
 ) -> Frame:
     """Blend a fill result into its original: out = original + mask * (restored - original).
 
     Only the box where the mask, the change and the representable range overlap is converted and blended;
     every other pixel is the original's value. A frame nothing changes in shares the original's pixel
     array (no copy), which tells a caller it may send the input's own bytes back. ``colorspace`` is the
-    frame's own (``color.resolve_colorspace``: 'auto' resolved)."""
+    frame's own (``color.resolve_colorspace``: 'auto' resolved).
+
+    ``halves_out``: the caller stores half channels as half (an EXR or TIFF written with pixel type 'same' or
+    'half', the wire): an original that holds half samples (``Frame.half``) then gives an output of half
+    samples, its own copied as they are and the blended ones rounded to half here as the writer would round
+    them (to nearest, ties to even), instead of a float32 frame converted back whole."""
     if fill.shape != (original.height, original.width):
         raise InputError(
             f"frame {number}: the cached fill result is {fill.shape[1]}x{fill.shape[0]} but the source is "
             f"{original.width}x{original.height}"
         )
     if fill.base is not None and params["mask"] == "auto":
-        return finish_frame(
-            original, _over_base(fill, params), {**params, "mask": "none"}, colorspace, None, number, matte_channel
-        )
+        over = _over_base(fill, params)
+        none = {**params, "mask": "none"}
+        return finish_frame(original, over, none, colorspace, None, number, matte_channel, halves_out=halves_out)
     idx = original.rgb_indices()
     if params["mask"] == "none":
         mask_box: Box | None = (0, fill.shape[0], 0, fill.shape[1])
@@ -252,26 +260,32 @@ def finish_frame(
         raw = artist_mask(original, mask_frame, params["mask_channel"], number)
         mask_box = nonzero_box(raw > 0)
         mask = raw[mask_box[0] : mask_box[1], mask_box[2] : mask_box[3]] if mask_box is not None else None
+    held = original.samples  # the original's half samples or float32 pixels (both read exactly as float32)
     region = intersect(mask_box, fill.box)
     blended: tuple[Any, Any, list[int], np.ndarray] | None = None  # rows, columns (indices or slices), channels, values
     if region is not None:
         y0, y1, x0, x1 = region
         fy, fx = y0 - fill.box[0], x0 - fill.box[2]  # type: ignore[index]
-        m = fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0].astype(np.float32)
-        if mask is not None:
-            m *= mask[y0 - mask_box[0] : y1 - mask_box[0], x0 - mask_box[2] : x1 - mask_box[2]]  # type: ignore[index]
         # Only the pixels that both changed and lie under the mask are converted and blended (dust covers a
         # percent of a frame whose bounding box is most of it); every other pixel keeps the original's value.
-        ys, xs = np.nonzero(m)
-        dense = ys.size == m.size  # every pixel of the region (mask 'none', deflicker): slices, not gathers
+        # Found in the boolean map of changes (a flat search of bytes: several times faster than a search of
+        # the float weights), then weighted by the mask there.
+        changed = np.ascontiguousarray(fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0])
+        ys, xs = np.divmod(np.flatnonzero(changed), x1 - x0)
+        if mask is None:
+            weight = np.ones(ys.size, np.float32)
+        else:
+            weight = mask[y0 - mask_box[0] + ys, x0 - mask_box[2] + xs]  # type: ignore[index]
+            under = weight > 0
+            if not under.all():
+                ys, xs, weight = ys[under], xs[under], weight[under]
+        dense = ys.size == changed.size  # every pixel of the region (mask 'none', deflicker): slices, not gathers
         if dense:
-            crop = original.pixels[y0:y1, x0:x1].reshape(-1, original.pixels.shape[-1])
+            crop = held[y0:y1, x0:x1].reshape(-1, held.shape[-1])
             restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0].reshape(-1, 3)
-            weight = m.reshape(-1)
         elif ys.size:
-            crop = original.pixels[y0 + ys, x0 + xs]  # (N, C)
+            crop = held[y0 + ys, x0 + xs]  # (N, C)
             restored = fill.image[fy + ys, fx + xs]
-            weight = m[ys, xs]
         if ys.size:
             # Values the model cannot hold (above 1, below 0 in model space) come from the original: the
             # colour round trip (OCIO: ~1e-5) never touches them.
@@ -283,7 +297,7 @@ def finish_frame(
                 back = from_model(restored, colorspace, params["ocio_config"])
                 if len(set(idx)) == 1:  # one grey channel shown to the model as RGB
                     back, idx = back.mean(axis=-1, keepdims=True), idx[:1]
-                values = blend(crop[:, idx], back, weight)
+                values = blend(crop[:, idx].astype(np.float32), back, weight)
                 if dense:
                     blended = (slice(y0, y1), slice(x0, x1), idx, values.reshape(y1 - y0, x1 - x0, len(idx)))
                 else:
@@ -291,11 +305,13 @@ def finish_frame(
     channels, formats = list(original.channels), list(original.formats)
     add_matte = bool(params["write_matte"]) and matte_channel not in channels
     if blended is None and not params["write_matte"]:
-        return original.with_pixels(original.pixels, channels, formats)  # shares the original's array
+        return original.with_pixels(held, channels, formats)  # shares the original's array
     # One new array for the output (the original stays as it was: it may be a source's own frame).
-    h, w, c = original.pixels.shape
-    pixels = np.empty((h, w, c + add_matte), np.float32)
-    pixels[..., :c] = original.pixels
+    h, w, c = held.shape
+    as_halves = halves_out and original.half is not None  # every channel half (the matte's is too)
+    pixels = np.empty((h, w, c + add_matte), np.float16 if as_halves else np.float32)
+    for i in range(c):  # channel by channel: numpy copies a long strided run faster than many short ones
+        pixels[..., i] = held[..., i]
     if blended is not None:
         rows, cols, chans, values = blended
         if isinstance(rows, slice):

@@ -26,6 +26,7 @@ from frdm.engine.frames import (
     SequencePattern,
     Source,
     format_frame_range,
+    halves_written,
     open_source,
     read_attributes,
     write_frame,
@@ -38,10 +39,11 @@ BLOCK_FRAMES = 8  # targets per restorer call (fewer for large frames: _block_le
 # The model-space window's budget (block and context frames, float32 RGB): at 2K it holds 4 targets and their
 # 4 context frames. The block length changes no result (each frame depends on its own window only).
 WINDOW_BYTES = 320 << 20
-# `frdm restore`: source frames decoded ahead of the restorer, finished frames waiting to be encoded. Each is
-# a full frame in RAM; two keep a thread busy while the other side works.
-READ_AHEAD = 1
-WRITE_BEHIND = 1
+# `frdm restore`: source frames decoded ahead of the restorer (in blocks: a block takes all its new frames at
+# once when it starts, so the reader decodes the next block's while this one is restored; one frame ahead
+# left the restorer waiting for a block's worth of serial reads), and finished frames waiting to be encoded.
+READ_AHEAD = 1  # blocks
+WRITE_BEHIND = 1  # frames
 
 # Metadata written into every restored frame: what made it, so a re-run can skip it and a TD can trace it.
 ATTR_HASH = "frdm:params_hash"
@@ -69,9 +71,10 @@ def _check_geometry(frames: list[Frame], numbers: list[int], description: str, r
 
 def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
     """The restorer's view of a frame, clipped to [0, 1], written into ``out`` (R, G, B side by side are read
-    as a view, not gathered)."""
+    as a view, not gathered; a frame's half samples are converted as they are held, by table)."""
     idx = frame.rgb_indices()
-    rgb = frame.pixels[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else frame.pixels[..., idx]
+    held = frame.samples
+    rgb = held[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else held[..., idx]
     if space in IDENTITY:
         np.clip(rgb, 0.0, 1.0, out=out)
     else:
@@ -130,6 +133,7 @@ def restore_frames(
     progress: ProgressFn = no_progress,
     fill_cache: FillStore | None = None,
     read_ahead: int = 0,
+    halves_out: bool = False,
 ) -> Iterator[tuple[int, Frame]]:
     """Yield (frame number, restored Frame) for each of ``frames``, in order. Nothing is written here.
 
@@ -138,8 +142,11 @@ def restore_frames(
     in comes back sharing its original's pixel array.
 
     Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
-    thread of its own, that many frames ahead of the restorer (``engine/overlap.py``). What is held: the
-    model-space frames of one block and its context, and each target's source frame until it is finished."""
+    thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``). What is held: the
+    model-space frames of one block and its context, and each target's source frame until it is finished.
+
+    ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
+    come back as halves."""
     params = P.validate(params)
     frames = sorted(set(frames))
     source.check_frames(frames)
@@ -189,7 +196,7 @@ def restore_frames(
     originals: dict[int, tuple[Frame, str]] = {}  # targets read and not finished: (frame, its colour space)
     reference: tuple[int, Frame] | None = None
     done_before = 0
-    with ReadAhead(read, [n for n in schedule if n != first], read_ahead, source.description) as reader:
+    with ReadAhead(read, [n for n in schedule if n != first], read_ahead * length, source.description) as reader:
         taken = 0
         for block in blocks:
             numbers = reach(block[0], block[-1])
@@ -244,7 +251,9 @@ def restore_frames(
                         progress(done_before + block.index(n) + 1, total, f"frame {n} (restorer output cached)")
                     original, space = originals.pop(n)
                     mask_frame = mask_source.read(n) if params["mask"] == "artist" and mask_source is not None else None
-                    out = finish_frame(original, fill, params, space, mask_frame, n, MATTE_CHANNEL)
+                    out = finish_frame(
+                        original, fill, params, space, mask_frame, n, MATTE_CHANNEL, halves_out=halves_out
+                    )
                     out.attributes[ATTR_HASH] = ("string", digest)
                     out.attributes[ATTR_ENGINE] = ("string", restorer.engine_version)
                     out.attributes[ATTR_COLORSPACE] = ("string", space)
@@ -505,13 +514,14 @@ def restore_sequence(
             progress=progress,
             fill_cache=fill_store,
             read_ahead=READ_AHEAD,
+            halves_out=halves_written(plan.out.extension, plan.params["pixel_type"]),
         )
         # closing: a failed write stops the reader thread at once, not when the generator is collected.
         with WriteBehind(write, WRITE_BEHIND) as writer, contextlib.closing(restored):
             for n, frame in restored:
                 frame.attributes[ATTR_KEY] = ("string", plan.keys[n])
                 if MATTE_CHANNEL in frame.channels:
-                    matte = frame.pixels[..., frame.channels.index(MATTE_CHANNEL)]
+                    matte = frame.samples[..., frame.channels.index(MATTE_CHANNEL)]
                     report.matte_coverage[n] = float((matte > 0.5).mean())
                 writer.submit(n, frame)
                 del frame

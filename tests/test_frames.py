@@ -262,3 +262,61 @@ def test_multi_part_exr_is_refused_by_name(tmp_path):
     out.close()
     with pytest.raises(InputError, match=r"multi\.exr: a multi-part EXR"):
         read_frame(path)
+
+
+def test_an_all_half_exr_is_held_as_its_halves_and_decoded_exactly_when_asked(tmp_path):
+    """The file path never converts an all-half frame to float32: it holds the file's halves (half the
+    memory), ``pixels`` decodes them exactly on first use, and from then on the float32 pixels are the truth
+    (a change to them is what is written, not the halves read)."""
+    rng = np.random.default_rng(7)
+    halves = rng.normal(0.4, 2.0, (20, 30, 4)).astype(np.float16)
+    halves[0, :4, 0] = np.float16([0.0, -0.0, 6e-8, 65504.0])  # zero's sign, a subnormal, the largest half
+    _write_raw_exr(tmp_path / "in.exr", halves, ("R", "G", "B", "A"), compression="zip")
+    frame = read_frame(tmp_path / "in.exr")
+    assert frame.half is not None and frame.samples.dtype == np.float16
+    assert frame.samples.nbytes == halves.nbytes and (frame.height, frame.width) == (20, 30)
+    write_frame(tmp_path / "same.exr", frame)
+    assert frame.half is not None, "writing a frame of halves does not decode it"
+    assert np.array_equal(_raw_pixels(tmp_path / "same.exr").view(np.uint16), halves.view(np.uint16))
+    as_float = oiio.ImageInput.open(str(tmp_path / "in.exr")).read_image("float")
+    assert np.array_equal(frame.pixels.view(np.uint32), np.asarray(as_float, np.float32).view(np.uint32))
+    assert frame.half is None and frame.samples.dtype == np.float32
+    frame.pixels[3, 5, 1] = 0.25
+    write_frame(tmp_path / "changed.exr", frame)
+    expected = halves.copy()
+    expected[3, 5, 1] = 0.25
+    assert np.array_equal(_raw_pixels(tmp_path / "changed.exr").view(np.uint16), expected.view(np.uint16))
+    # Mixed types (a float channel) are read as float32 as before; a half frame is written as float on request.
+    mixed = np.ones((4, 5, 2), np.float32)
+    _write_raw_exr(tmp_path / "mixed.exr", mixed, ("Y", "depth"), channelformats=("half", "float"))
+    assert read_frame(tmp_path / "mixed.exr").half is None
+    write_frame(tmp_path / "float.exr", read_frame(tmp_path / "in.exr"), pixel_type="float")
+    assert np.array_equal(_raw_pixels(tmp_path / "float.exr"), halves.astype(np.float32))
+
+
+def test_a_nan_in_half_data_is_found_by_its_bits(tmp_path):
+    halves = np.ones((6, 7, 3), np.float16)
+    halves[4, 1, 2] = np.inf
+    _write_raw_exr(tmp_path / "inf.exr", halves, ("R", "G", "B"))
+    with pytest.raises(InputError, match=r"inf\.exr: 1 NaN/Inf values \(first at x=1, y=4, channel B\)"):
+        read_frame(tmp_path / "inf.exr")
+    assert read_frame(tmp_path / "inf.exr", check_finite=False).half is not None
+
+
+def test_zip_is_written_at_the_fast_level_with_the_same_pixels(tmp_path):
+    """'zip' (asked for or the input's own) is written at ``EXR_ZIP_LEVEL``: the file says zip, holds the same
+    pixels, and is the file OpenImageIO writes at that level (not at its default level)."""
+    from frdm.engine.frames import EXR_ZIP_LEVEL
+
+    rng = np.random.default_rng(8)
+    halves = (rng.normal(0.3, 0.1, (96, 128, 3)) + np.linspace(0, 1, 128)[None, :, None]).astype(np.float16)
+    _write_raw_exr(tmp_path / "in.exr", halves, ("R", "G", "B"), compression="zip")
+    write_frame(tmp_path / "out.exr", read_frame(tmp_path / "in.exr"))
+    assert read_frame(tmp_path / "out.exr").compression == "zip"
+    assert np.array_equal(_raw_pixels(tmp_path / "out.exr").view(np.uint16), halves.view(np.uint16))
+    for level in (EXR_ZIP_LEVEL, 9):
+        _write_raw_exr(tmp_path / f"zip{level}.exr", halves, ("R", "G", "B"), compression=f"zip:{level}")
+    size = os.path.getsize(tmp_path / "out.exr")
+    assert size == os.path.getsize(tmp_path / f"zip{EXR_ZIP_LEVEL}.exr") != os.path.getsize(tmp_path / "zip9.exr")
+    write_frame(tmp_path / "nine.exr", read_frame(tmp_path / "in.exr"), compression="zip:9")
+    assert os.path.getsize(tmp_path / "nine.exr") == os.path.getsize(tmp_path / "zip9.exr")

@@ -335,3 +335,50 @@ def test_an_input_error_from_a_thread_keeps_its_type_and_code():
     with pytest.raises(ParamError, match=r"frame 7: parameter 'colorspace'") as caught:
         writer.close()
     assert caught.value.code == "bad_param"
+
+
+@pytest.mark.parametrize("mask", ["auto", "none"])
+def test_a_frame_of_halves_blends_into_the_halves_the_float_path_writes(tmp_path, mask):
+    """An original held as the file's halves, blended with ``halves_out``, gives half samples bit for bit what
+    the float32 path gives once written as half (the writer rounds the same way), and the unchanged pixels are
+    the original's own halves; without ``halves_out`` (e.g. a PNG is written) the output stays float32."""
+    frames = _clip(5, seed=9)
+    params = P.validate({"colorspace": "linear", "mask": mask, "write_matte": True})
+    model = np.stack([np.clip(to_model(frames[n].pixels[..., :3], "linear"), 0, 1) for n in range(1, 6)])
+    restored = next(iter(SpeckRestorer().restore(Clip(model, [1, 2, 3, 4, 5], [3]), params)))
+    fill = FillResult.from_restored(restored, model[2])
+    as_float = finish_frame(frames[3], fill, params, "linear", None, 3, pipeline.MATTE_CHANNEL)
+    write_frame(tmp_path / "float.exr", as_float)
+    halves = frames[3].with_pixels(frames[3].pixels.astype(np.float16))
+    out = finish_frame(halves, fill, params, "linear", None, 3, pipeline.MATTE_CHANNEL, halves_out=True)
+    assert out.half is not None and out.formats == ("half",) * 5
+    written = read_frame(tmp_path / "float.exr").half
+    assert np.array_equal(out.half.view(np.uint16), written.view(np.uint16))
+    unchanged = (as_float.pixels[..., :4] == frames[3].pixels).all(axis=-1)
+    assert 0 < (~unchanged).mean() < 0.2
+    assert np.array_equal(out.half[..., :4][unchanged].view(np.uint16), halves.half[unchanged].view(np.uint16))
+    kept_float = finish_frame(halves, fill, params, "linear", None, 3, pipeline.MATTE_CHANNEL)
+    assert kept_float.half is None
+    assert np.array_equal(kept_float.pixels.view(np.uint32), as_float.pixels.view(np.uint32))
+
+
+def test_float32_to_half_rounds_as_the_exr_writer_does(tmp_path):
+    """``halves_out`` rounds blended values with numpy; the file path used to let OpenImageIO round them.
+    Every half, the midpoints between neighbours (ties), one float32 step either side of them, overflow and
+    subnormals: the same halves either way."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    every = every[np.isfinite(every)].astype(np.float32)
+    every = np.sort(every)
+    mid = ((every[:-1].astype(np.float64) + every[1:]) / 2).astype(np.float32)
+    values = np.concatenate(
+        [every, mid, np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(-np.inf))]
+        + [np.float32([65519.99, 65520.0, 1e6, -1e6, 1e-9, -1e-9])]
+    )
+    values = np.concatenate([values, np.zeros(-values.size % 1024, np.float32)]).reshape(-1, 1024, 1)
+    write_frame(
+        tmp_path / "r.exr",
+        Frame(values, ("Y",), ("half",), (0, 0, 1024, values.shape[0]), (0, 0, 1024, values.shape[0])),
+    )
+    with np.errstate(over="ignore"):
+        ours = values.astype(np.float16)
+    assert np.array_equal(read_frame(tmp_path / "r.exr", check_finite=False).half.view(np.uint16), ours.view(np.uint16))
