@@ -219,3 +219,231 @@ def test_a_restore_left_unclosed_never_runs_dis_beside_the_next(monkeypatch):
     list(shared.restore(clip, params))
     assert most[0] == 1, "two DIS runs on one DIS object at once"
     left.close()
+
+
+def test_luminance_in_row_blocks_equals_the_one_line_formula():
+    """Blocks of rows (and a last, shorter block) give the bits of the whole-frame formula."""
+    from frdm.engine.classical import flow
+
+    rng = np.random.default_rng(8)
+    rgb = rng.random((flow.LUMA_ROWS * 2 + 5, 37, 3)).astype(np.float32) * 1.5 - 0.2
+    plain = (rgb[..., 0] * 0.2126 + rgb[..., 1] * 0.7152 + rgb[..., 2] * 0.0722).astype(np.float32)
+    assert np.array_equal(flow.luminance(rgb), plain)
+
+
+def test_match_to_a_reference_equals_the_plain_match():
+    """A frame's brightness Reference, made once and used for several neighbours, gives what reducing the frame
+    and its valid pixels for each neighbour gives; at full resolution (factor 1) and on a reduced grid."""
+    from frdm.engine.classical import brightness as B
+
+    rng = np.random.default_rng(9)
+    for shape in ((96, 120), (400, 530)):
+        frame = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 5)
+        valid = rng.random(shape) > 0.2
+        ref = B.Reference(frame, valid)
+        for _ in range(2):
+            other = frame * 1.3 - 0.1 + rng.normal(0, 0.01, shape).astype(np.float32)
+            plain = B.match(frame, other, 0.05, valid)
+            assert np.array_equal(B.match(ref, other, 0.05), plain)
+            assert not np.array_equal(plain, other)
+        assert np.array_equal(B.match(B.Reference(frame), other, 0.05), B.match(frame, other, 0.05))
+
+
+def _smooth_flow(rng: np.random.Generator, shape: tuple[int, int], amount: float) -> np.ndarray:
+    flow = cv2.GaussianBlur(rng.normal(0, 1, (*shape, 2)).astype(np.float32), (0, 0), 3) * amount
+    return np.ascontiguousarray(flow)
+
+
+def test_rewarp_of_the_changed_boxes_equals_a_fresh_warp():
+    """Where a reduced flow changed in a few places, enlarging it and re-warping only the boxes
+    ``_changed_boxes`` names gives the warp of the whole new flow, bit for bit: on exact and inexact size
+    ratios, at full resolution (scale 1), for changes at the borders, and with nothing changed."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.flow import rewarp, warp
+
+    rng = np.random.default_rng(10)
+    for small_shape, shape in (((48, 64), (192, 256)), ((37, 51), (150, 205)), ((60, 80), (60, 80))):
+        image = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 2)
+        before = _smooth_flow(rng, small_shape, 20.0)
+        after = before.copy()
+        h, w = small_shape
+        for y, x in ((0, 0), (h - 1, w - 1), (h // 2, 3), (5, w // 2)):
+            after[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] += rng.normal(0, 3, 2).astype(np.float32)
+        for new in (after, before.copy()):
+            old_full, new_full = R._enlarge(before, shape), R._enlarge(new, shape)
+            warped = warp(image, old_full)
+            boxes = R._changed_boxes(before, new, shape)
+            rewarp(image, new_full, warped, boxes)
+            assert np.array_equal(warped, warp(image, new_full))
+            covered = np.zeros(shape, bool)
+            for y0, y1, x0, x1 in boxes:
+                covered[y0:y1, x0:x1] = True
+            assert covered.mean() < 0.5  # only where the flow changed, not the whole frame
+            if new is not after:
+                assert boxes == []
+
+
+def test_the_second_look_equals_warping_the_excluded_flow_anew():
+    """_Look.again (the warps of the first look redone only where excluding the suspects changed the flow)
+    gives the neighbours warped and brightness-matched from scratch with the new flow."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.brightness import match
+    from frdm.engine.classical.detect import SpikeDetector
+    from frdm.engine.classical.flow import FlowEstimator, flow_input, warp
+
+    rng = np.random.default_rng(11)
+    shape = (300, 400)
+    base = 0.4 + (cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(3):
+        grey = np.roll(base, 2 * t, axis=1) + rng.normal(0, 0.01, shape).astype(np.float32)
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    frames[1][100:130, 150:185] = 0.95  # a blotch the flow would follow
+    frames[1][20:23, 40:43] = 0.0
+    data = R._Frames(np.stack(frames), 2, None)
+    dis = FlowEstimator()
+    small = {i: flow_input(data.small(i)) for i in range(3)}
+    motion = {k: R._Motion(dis(small[1], small[k]), dis(small[k], small[1]), 1.0, 2) for k in (0, 2)}
+    spikes = SpikeDetector()
+    look = R._Look(data, 1, 0, 2, motion, spikes, shape)
+    assert look.suspect.any()
+    got = look.again(data, motion, shape)
+    for k, warped in zip((0, 2), got):
+        plain = match(data.grey(1), warp(data.grey(k), motion[k].full(shape)), spikes.threshold, look.trusted)
+        assert np.array_equal(warped, plain)
+
+
+def _plain_fill_unreliable(flow: np.ndarray, reliable: np.ndarray, sigma: float = 6.0) -> np.ndarray:
+    from frdm.engine.classical.flow import _smooth
+
+    out, reliable = flow.copy(), reliable.copy()
+    for s in (sigma, sigma * 4, sigma * 16):
+        weight = reliable.astype(np.float32)
+        num = _smooth(out * weight[..., None], s)
+        den = _smooth(weight, s)[..., None]
+        todo = (~reliable) & (den[..., 0] > 1e-3)
+        out[todo] = (num / np.maximum(den, 1e-6))[todo]
+        reliable |= todo
+        if reliable.all():
+            break
+    return out
+
+
+def test_fill_unreliable_divides_at_the_holes_only_with_the_same_result():
+    """Holes small and large (filled at the first, second or third scale) get the quotients the whole-grid
+    division gives."""
+    from frdm.engine.classical.flow import fill_unreliable
+
+    rng = np.random.default_rng(12)
+    flow = _smooth_flow(rng, (120, 160), 5.0)
+    reliable = rng.random((120, 160)) > 0.3
+    reliable[20:100, 30:140] = False  # wide enough to need the larger scales
+    got = fill_unreliable(flow, reliable)
+    assert np.array_equal(got, _plain_fill_unreliable(flow, reliable))
+    assert not np.array_equal(got, flow)
+
+
+def test_a_neighbours_flow_is_filled_only_when_read(monkeypatch):
+    """A neighbour's unreliable flow is filled when first read; one whose flow is taken from around the
+    defects before anything reads it is filled once (not once before and once after), with the same result
+    as filling it in that order."""
+    from frdm.engine.classical import restorer as R
+
+    calls = []
+    plain = R.fill_unreliable
+    monkeypatch.setattr(R, "fill_unreliable", lambda f, r: calls.append(1) or plain(f, r))
+    rng = np.random.default_rng(13)
+    forward = _smooth_flow(rng, (48, 64), 4.0)
+    backward = -forward + rng.normal(0, 0.3, forward.shape).astype(np.float32)
+    defects = np.zeros((96, 128), bool)
+    defects[30:40, 50:70] = True
+    lazy = R._Motion(forward, backward, 1.0, 2)
+    assert calls == []
+    lazy.exclude(R._on_grid(defects, forward.shape))
+    got = lazy.flow
+    assert len(calls) == 1
+    eager = R._Motion(forward, backward, 1.0, 2)
+    first = eager.flow
+    eager.exclude(R._on_grid(defects, forward.shape))
+    assert np.array_equal(got, eager.flow) and not np.array_equal(got, first)
+
+
+def test_pixels_of_a_label_image_equal_numpy_nonzero():
+    """pixels() on int32 labels (made bool first) gives np.nonzero's pixels in np.nonzero's order."""
+    rng = np.random.default_rng(14)
+    mask = cv2.dilate((rng.random((90, 130)) > 0.99).astype(np.uint8), np.ones((3, 3), np.uint8))
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    labels[0, 0], labels[-1, -1] = 7, -3  # the corners, and a negative value
+    ys, xs = pixels(labels)
+    want = np.nonzero(labels)
+    assert np.array_equal(ys, want[0]) and np.array_equal(xs, want[1]) and len(ys) > 50
+
+
+def test_warp_in_row_blocks_equals_one_remap_of_the_whole_frame():
+    """warp() remaps a block of rows at a time (a last, shorter block too), for one- and two-channel images."""
+    from frdm.engine.classical import flow as F
+
+    rng = np.random.default_rng(15)
+    h, w = F.WARP_ROWS * 2 + 7, 90
+    motion = _smooth_flow(rng, (h, w), 15.0)
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=2)
+    for image in (rng.random((h, w)).astype(np.float32), rng.random((h, w, 2)).astype(np.float32)):
+        plain = cv2.remap(image, motion + grid, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert np.array_equal(F.warp(image, motion), plain)
+
+
+def test_scratch_candidates_of_a_tall_frame_equal_the_reduced_rows_repeated():
+    """A frame taller than ~400 rows is searched on a copy of averaged rows; each found row goes back onto the
+    rows it averaged and the last onto the rows left over (h not a multiple of the rows averaged)."""
+    rng = np.random.default_rng(16)
+    h, w = 1001, 120
+    grey = (0.4 + rng.normal(0, 0.01, (h, w))).astype(np.float32)
+    grey[50:950, 60] += 0.2
+    det = ScratchDetector()
+    rows = h // 384
+    found = det._candidates(cv2.resize(grey, (w, h // rows), interpolation=cv2.INTER_AREA))
+    want = np.repeat(found, rows, axis=0)
+    want = np.concatenate([want, np.repeat(want[-1:], h - want.shape[0], axis=0)])
+    got = det.candidates(grey)
+    assert np.array_equal(got, want) and got[:, 60].sum() > 800 and h % rows
+
+
+def test_a_mask_on_the_flows_grid_equals_its_area_mean_above_zero():
+    """_on_grid: a reduced pixel is set when any pixel of its block is, as cv2's area reduction says; for sizes
+    a whole number of blocks (the corner dilation) and others (the area reduction itself); a mask on the grid
+    already is that mask."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(17)
+    for small, shape in (((24, 32), (96, 128)), ((20, 30), (60, 90)), ((25, 33), (51, 67))):
+        mask = rng.random(shape) > 0.97
+        mask[0, 0] = mask[-1, -1] = True
+        want = cv2.resize(mask.astype(np.float32), small[::-1], interpolation=cv2.INTER_AREA) > 0
+        got = R._on_grid(mask, small)
+        assert got.shape == small and np.array_equal(got, want) and 0 < got.mean() < 1
+        assert R._on_grid(got, small) is got
+
+
+def test_excluding_one_grid_from_every_neighbour_leaves_that_grid_as_it_was():
+    """_fill gives every neighbour the same defects on the flow's grid (and _on_grid returns a mask on the grid
+    as it is): a neighbour whose flow was already taken from around other specks joins them into a new mask,
+    not into the one the next neighbour is given, and both end with the same flow as if each had its own copy."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(18)
+    forward = _smooth_flow(rng, (48, 64), 4.0)
+    backward = -forward + rng.normal(0, 0.3, forward.shape).astype(np.float32)
+    earlier = np.zeros((48, 64), bool)
+    earlier[5:12, 5:12] = True
+    defects = np.zeros((48, 64), bool)
+    defects[30:40, 40:55] = True
+    grid = defects.copy()
+    seen, fresh = R._Motion(forward, backward, 1.0, 2), R._Motion(forward, backward, 1.0, 2)
+    seen.exclude(earlier)
+    for motion in (seen, fresh):
+        motion.exclude(grid)
+    assert np.array_equal(grid, defects)
+    alone = R._Motion(forward, backward, 1.0, 2)
+    alone.exclude(defects.copy())
+    assert np.array_equal(fresh.flow, alone.flow) and np.array_equal(fresh.trusted, alone.trusted)
+    assert seen._excluded[5:12, 5:12].all() and seen._excluded[30:40, 40:55].all()

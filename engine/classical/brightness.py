@@ -47,33 +47,65 @@ def _fit(frame: np.ndarray, other: np.ndarray, weight: np.ndarray, sigma: float)
     return gain, m_f - gain * m_o
 
 
+class Reference:
+    """A frame as neighbours are matched to it: its luminance and the pixels that may take part, on the
+    statistics grid. Made once per frame: every neighbour matched to it (two per look of the spike test) would
+    otherwise reduce the same two full-size images again."""
+
+    def __init__(self, frame: np.ndarray, valid: np.ndarray | None = None):
+        self.shape = frame.shape[:2]
+        self.factor = _stats_factor(frame.shape)
+        self.small = _reduce(frame, self.factor)
+        self.sigma = max(1.0, WINDOW * max(self.shape) / self.factor)
+        self.weight = np.ones_like(self.small) if valid is None else _reduce(valid.astype(np.float32), self.factor)
+        # match()'s full-size offset field, one for all its calls (a fresh 12 MB array at 2K costs its page
+        # faults each time). The neighbours of one frame are matched one after another, never at once.
+        self._offset: np.ndarray | None = None
+
+    def fields(self, other: np.ndarray, outlier: float) -> tuple[np.ndarray, np.ndarray]:
+        """(gain, offset) on the statistics grid with ``frame ~ gain * other + offset`` (``gain_offset``)."""
+        f, o, weight = self.small, _reduce(other, self.factor), self.weight
+        gain, offset = _fit(f, o, weight, self.sigma)
+        explained = (np.abs(f - (gain * o + offset)) < outlier).astype(np.float32)
+        return _fit(f, o, weight * explained, self.sigma)
+
+
 def gain_offset(
-    frame: np.ndarray, other: np.ndarray, outlier: float, valid: np.ndarray | None = None
+    frame: np.ndarray | Reference, other: np.ndarray, outlier: float, valid: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth (gain, offset) fields, at ``frame``'s size, with ``frame ~ gain * other + offset``.
 
-    frame, other: (H, W) luminance on the same grid (other already motion-compensated). ``outlier``: a
-    residual beyond this (0-1 units) after the first fit marks a pixel as not explained (dirt, occlusion) and
-    leaves it out of the second. ``valid``: (H, W) bool, pixels that may take part at all."""
-    factor = _stats_factor(frame.shape)
-    f, o = _reduce(frame, factor), _reduce(other, factor)
-    sigma = max(1.0, WINDOW * max(frame.shape[:2]) / factor)
-    weight = np.ones_like(f) if valid is None else _reduce(valid.astype(np.float32), factor)
-    gain, offset = _fit(f, o, weight, sigma)
-    explained = (np.abs(f - (gain * o + offset)) < outlier).astype(np.float32)
-    gain, offset = _fit(f, o, weight * explained, sigma)
-    if factor == 1:
+    frame, other: (H, W) luminance on the same grid (other already motion-compensated); ``frame`` may be its
+    ``Reference`` (then ``valid`` is the one given to it). ``outlier``: a residual beyond this (0-1 units)
+    after the first fit marks a pixel as not explained (dirt, occlusion) and leaves it out of the second.
+    ``valid``: (H, W) bool, pixels that may take part at all."""
+    ref = frame if isinstance(frame, Reference) else Reference(frame, valid)
+    gain, offset = ref.fields(other, outlier)
+    if ref.factor == 1:
         return gain, offset
-    h, w = frame.shape[:2]
+    h, w = ref.shape
     return (
         cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR),
         cv2.resize(offset, (w, h), interpolation=cv2.INTER_LINEAR),
     )
 
 
-def match(frame: np.ndarray, other: np.ndarray, outlier: float, valid: np.ndarray | None = None) -> np.ndarray:
-    """``other`` (H, W) brought to ``frame``'s local brightness and contrast."""
-    gain, offset = gain_offset(frame, other, outlier, valid)
+def match(
+    frame: np.ndarray | Reference, other: np.ndarray, outlier: float, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """``other`` (H, W) brought to ``frame``'s local brightness and contrast (``frame``: the luminance or its
+    ``Reference``)."""
+    ref = frame if isinstance(frame, Reference) else Reference(frame, valid)
+    gain, offset = ref.fields(other, outlier)
+    if ref.factor > 1:
+        h, w = ref.shape
+        gain = cv2.resize(gain, (w, h), interpolation=cv2.INTER_LINEAR)
+        if ref._offset is None:
+            ref._offset = np.empty((h, w), np.float32)
+        done = cv2.resize(offset, (w, h), dst=ref._offset, interpolation=cv2.INTER_LINEAR)
+        if done is not ref._offset:  # cv2 made an array of its own after all
+            ref._offset = done
+        offset = ref._offset
     out = np.multiply(gain, other, out=gain)  # in place: a fresh full-frame temporary costs its page faults
     out += offset
     return out

@@ -69,8 +69,9 @@ def _areas(labels: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
 
 def pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs) of a 2-D mask's nonzero pixels in row-major order, as np.nonzero gives them; np.nonzero on a
-    2-D array is ~5x slower than finding the flat indices and dividing (a 2K frame: ~6 ms against ~1)."""
-    ys, xs = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    2-D array is ~5x slower than finding the flat indices and dividing (a 2K frame: ~6 ms against ~1). A mask of
+    labels is made bool first: flatnonzero is ~6x slower on int32 than on bool, more than the comparison."""
+    ys, xs = np.divmod(np.flatnonzero(mask if mask.dtype == bool else mask != 0), mask.shape[1])
     return ys, xs
 
 
@@ -143,13 +144,17 @@ class SpikeDetector:
         ranges are only taken there (~1% of a real frame, not 3M pixels four times over at 2K). Rounding is
         monotone, so that test never drops a pixel."""
         level = self.exact_share * self.threshold
-        # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place.
-        above = np.maximum(prev, nxt)
-        np.subtract(frame, above, out=above)
-        below = np.minimum(prev, nxt)
-        np.subtract(below, frame, out=below)
-        maybe = above > level
-        maybe |= below > level
+        # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place,
+        # a block of rows at a time (whole-frame temporaries are fresh memory: two 12 MB arrays at 2K).
+        maybe = np.empty(frame.shape, bool)
+        for y in range(0, frame.shape[0], 64):
+            rows = slice(y, y + 64)
+            above = np.maximum(prev[rows], nxt[rows])
+            np.subtract(frame[rows], above, out=above)
+            below = np.minimum(prev[rows], nxt[rows])
+            np.subtract(below, frame[rows], out=below)
+            np.greater(above, level, out=maybe[rows])
+            maybe[rows] |= below > level
         ys, xs = pixels(maybe)
         hi_p, lo_p = _range_at(prev, ys, xs)
         hi_n, lo_n = _range_at(nxt, ys, xs)
@@ -378,8 +383,12 @@ class ScratchDetector:
         rows = max(1, h // 384)
         if rows > 1:
             small = cv2.resize(grey, (w, h // rows), interpolation=cv2.INTER_AREA)
-            found = np.repeat(self._candidates(small), rows, axis=0)
-            return np.concatenate([found, np.repeat(found[-1:], h - found.shape[0], axis=0)])
+            found = self._candidates(small)
+            # Each row of the copy back onto its rows, the last onto the rest (in place: no repeated temporary).
+            out = np.empty((h, w), bool)
+            out[: found.shape[0] * rows].reshape(found.shape[0], rows, w)[:] = found[:, None, :]
+            out[found.shape[0] * rows :] = found[-1]
+            return out
         return self._candidates(grey)
 
     def _candidates(self, grey: np.ndarray) -> np.ndarray:

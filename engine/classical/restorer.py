@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from frdm.engine import depends
-from frdm.engine.classical.brightness import apply_fields, deflicker_fields, match
+from frdm.engine.classical.brightness import Reference, apply_fields, deflicker_fields, match
 from frdm.engine.classical.detect import ScratchDetector, SpikeDetector, pixels
 from frdm.engine.classical.fill import gate, region_rings, spatial_fill, temporal_fill
 from frdm.engine.classical.flow import (
@@ -41,6 +41,7 @@ from frdm.engine.classical.flow import (
     luminance,
     magnitude,
     remap_points,
+    rewarp,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -75,6 +76,11 @@ def _enlarge(image: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -
     if image.shape[:2] == (h, w):
         return image
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+def _enlarge_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool mask on the flow's grid at full size (each pixel takes its nearest reduced pixel's value)."""
+    return _enlarge(mask.astype(np.uint8), shape, nearest=True) > 0
 
 
 class _FlowCache:
@@ -174,28 +180,42 @@ class _Motion:
         self.scale = scale
         reliable = fb_error(forward, backward) < reliability / scale
         self.forward, self.reliable_raw = forward, reliable
-        self.flow = fill_unreliable(forward, reliable)  # reduced grid, reduced-grid px
         self.window = max(3, (TRUST_WINDOW // scale) | 1)
         self.trusted = _trusted(reliable, self.window)
+        self._flow: np.ndarray | None = None
         self._full: np.ndarray | None = None
         self._excluded: np.ndarray | None = None
+
+    @property
+    def flow(self) -> np.ndarray:
+        """The flow on the reduced grid, in reduced-grid px, unreliable flow filled from around it. Made when
+        first asked for: a neighbour that is neither reference of the spike test nor asked by the scratch test
+        has its flow taken from around the defects (``exclude``) before anything reads it."""
+        if self._flow is None:
+            self._flow = fill_unreliable(self.forward, self.reliable_raw)
+        return self._flow
 
     def exclude(self, suspect: np.ndarray) -> None:
         """Take the flow inside ``suspect`` (bool, full size or already on the flow's grid (``_on_grid``): likely
         defects) from the motion around it. A blotch larger than the flow's median filter drags the flow with
         it (to some bright or dark patch of the neighbour), and can pass the forward-backward check doing so.
         Inside a large one the flow is then as trustworthy as the motion around it (``_trusted``)."""
-        small = _on_grid(suspect, self.flow.shape)
+        small = _on_grid(suspect, self.forward.shape)
         if self._excluded is not None:
             # Taken from around already, but for specks the flow's 5x5 median filter removed before the flow
             # saw them (nothing 3x3 on the flow's grid): they did not drag it, and one more hole filling of the
             # whole flow costs ~15 ms at 2K.
             if not cv2.erode((small & ~self._excluded).astype(np.uint8), np.ones((3, 3), np.uint8)).any():
                 return
-            small |= self._excluded  # earlier looks still hold
+            # Earlier looks still hold. A new array: ``small`` may be the grid every neighbour is given.
+            small = small | self._excluded
         self._excluded = small
-        self.flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
+        self._flow = fill_unreliable(self.forward, self.reliable_raw & ~small)
         self.trusted = _trusted(self.reliable_raw, self.window, small)
+        self._full = None
+
+    def forget_full(self) -> None:
+        """Drop the full-size flow (made again when next asked for)."""
         self._full = None
 
     def full(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -208,16 +228,11 @@ class _Motion:
                 self._full *= float(self.scale)  # in place: a second full-size temporary costs ~3x the multiply
         return self._full
 
-    def comparable(self, shape: tuple[int, ...], max_gradient: float) -> np.ndarray:
-        """(H, W) bool at full size: where the compensated neighbour can be compared with the frame at all. Not
+    def comparable(self, max_gradient: float) -> np.ndarray:
+        """Bool on the flow's grid: where the compensated neighbour can be compared with the frame at all. Not
         at motion boundaries (the gradient in px per px is the same on the reduced grid), not where the sample
         comes from outside the picture."""
-        good = (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
-        return _enlarge(good.astype(np.uint8), shape, nearest=True) > 0
-
-    def reliable(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(H, W) bool at full size: the flow passed its forward-backward check in most of the neighbourhood."""
-        return _enlarge(self.trusted.astype(np.uint8), shape, nearest=True) > 0
+        return (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
 
     def at(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-size flow vectors (N, 2) and trust (N,) at full-size pixels."""
@@ -262,10 +277,10 @@ class ClassicalRestorer:
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
 
-        def look_around(t: int) -> tuple[list[int], dict[int, _Motion]]:
-            """Frame t's usable neighbours, the motion to each, the scratch candidates of its window and the
-            copy its fill writes into: what frame t needs that does not depend on what is found in any frame
-            (and about half the work per frame: the rest is the detection and fill that depend on it)."""
+        def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _Look | None]:
+            """Frame t's usable neighbours, the motion to each, the spike test's first look and the copy its
+            fill writes into: what frame t needs that does not depend on what is found in any frame (about
+            half the work per frame: the rest is the detection and fill that depend on it)."""
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
@@ -278,45 +293,35 @@ class ClassicalRestorer:
                 forward = self._flows(key_t, key_k, in_t, in_k)
                 backward = self._flows(key_k, key_t, in_k, in_t)
                 motion[k] = _Motion(forward, backward, reliability, scale)
-            if use_scratches:
-                for k in range(lo, hi + 1):
-                    data.candidates(k)
+            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
+            look = None if pair is None else _Look(data, t, *pair, motion, spikes, shape)
+            # (The window's scratch candidates are left to the detection: with the first look here, this thread
+            # had the larger share of the work.)
             data.copy_ahead(t)
-            return neighbours, motion
+            return neighbours, motion, look
 
         # In increasing order, as the Restorer protocol yields them; forget_before and the worker one target
         # ahead rely on it too (the worker's window never starts before the one just forgotten).
         targets = sorted({clip.index(n) for n in clip.targets})
-        for done, (t, (neighbours, motion)) in enumerate(_one_ahead(look_around, targets)):
+        for done, (t, (neighbours, motion, look)) in enumerate(_one_ahead(look_around, targets)):
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             matte = np.zeros(shape, dtype=bool)
-            pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             spike = trusted = None
-            if pair is not None:
-                p, n = pair
-                trusted = motion[p].comparable(shape, spikes.max_flow_gradient)
-                trusted &= motion[n].comparable(shape, spikes.max_flow_gradient)
-                reliable = motion[p].reliable(shape) & motion[n].reliable(shape)
-                # Flicker: each neighbour brought to this frame's local brightness before any comparison.
-                warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-                warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
-                spike = spikes.spikes(grey, warped_p, warped_n)
-                suspect = spikes.suspects(grey, warped_p, warped_n, spike)
-                if suspect.any():
+            if look is not None:
+                p, n, trusted = look.p, look.n, look.trusted
+                if look.suspect.any():
                     # Second look with the flow inside every candidate speck taken from around it.
-                    suspect = cv2.dilate(suspect.astype(np.uint8), _disc(2)) > 0
-                    for k in {p, n}:
-                        motion[k].exclude(suspect)
-                    warped_p = match(grey, warp(data.grey(p), motion[p].full(shape)), spikes.threshold, trusted)
-                    warped_n = match(grey, warp(data.grey(n), motion[n].full(shape)), spikes.threshold, trusted)
+                    warped_p, warped_n = look.again(data, motion, shape)
                     spike = spikes.spikes(grey, warped_p, warped_n)
+                else:
+                    warped_p, warped_n, spike = look.warped_p, look.warped_n, look.spike
                 speed = magnitude(motion[p].full(shape))
                 own = None
                 if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
                     dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
                     own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, reliable, own)
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
@@ -358,7 +363,8 @@ class ClassicalRestorer:
         # The flow inside a defect follows the defect (a blotch drags DIS with it, and the forward-backward
         # check does not always catch it): every neighbour's flow is taken from around the defects here.
         defects = cv2.dilate(matte.astype(np.uint8), _disc(2)) > 0
-        grid = _on_grid(defects, motion[neighbours[0]].flow.shape) if neighbours else defects
+        # One reduction for all the neighbours: they share the flow's grid.
+        grid = _on_grid(defects, motion[neighbours[0]].forward.shape) if neighbours else defects
         for k in neighbours:
             # Also the detector's two references: their flow was taken from around its candidate specks, which
             # need not hold a large blotch found otherwise.
@@ -398,12 +404,116 @@ class ClassicalRestorer:
         return restored
 
 
+class _Look:
+    """The spike test's first look at frame t: its two references p and n (t-1 and t+1, or two on one side at a
+    clip end) warped onto it and brought to its local brightness (flicker) where the motion lets them be
+    compared, and the spikes and suspects found then. It depends on nothing found in any frame, so the worker
+    makes it one frame ahead."""
+
+    def __init__(
+        self,
+        data: _Frames,
+        t: int,
+        p: int,
+        n: int,
+        motion: dict[int, _Motion],
+        spikes: SpikeDetector,
+        shape: tuple[int, int],
+    ) -> None:
+        self.p, self.n = p, n
+        grey = data.grey(t)
+        # Both references' masks joined on the flow's grid and enlarged once (nearest: the same as joining
+        # them at full size).
+        both = motion[p].comparable(spikes.max_flow_gradient) & motion[n].comparable(spikes.max_flow_gradient)
+        self.trusted = _enlarge_mask(both, shape)
+        # The flow passed its forward-backward check in most of the neighbourhood. Read before any exclusion
+        # (``_Motion.exclude`` remakes ``trusted``): t's motions are its own, made just above in this thread, and
+        # the detection reads this, not the trust its second look and the fill leave.
+        self.reliable = _enlarge_mask(motion[p].trusted & motion[n].trusted, shape)
+        self.threshold = spikes.threshold
+        self.reference = Reference(grey, self.trusted)
+        # The warps before the brightness match, kept for the second look to redo only where the flow changed.
+        self.raw = {k: warp(data.grey(k), motion[k].full(shape)) for k in (p, n)}
+        self.warped_p: np.ndarray | None = match(self.reference, self.raw[p], self.threshold)
+        self.warped_n: np.ndarray | None = match(self.reference, self.raw[n], self.threshold)
+        self.spike: np.ndarray | None = spikes.spikes(grey, self.warped_p, self.warped_n)
+        self.suspect = spikes.suspects(grey, self.warped_p, self.warped_n, self.spike)
+        # Held while the frame before is restored: only what the detection will read (at 2K, 12 MB per image
+        # and 25 MB per full-size flow).
+        if self.suspect.any():
+            # The second look takes the flow inside the suspects from around them, so it makes the full-size
+            # flows, the warps and the spikes anew; it needs the warps before the match.
+            for k in (p, n):
+                motion[k].forget_full()
+            self.warped_p = self.warped_n = self.spike = None
+        else:
+            self.raw = {}
+
+    def again(self, data: _Frames, motion: dict[int, _Motion], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The references warped and matched again with the flow inside every suspect (grown by 2 px) taken from
+        around it (``_Motion.exclude``): (warped_p, warped_n)."""
+        suspect = cv2.dilate(self.suspect.astype(np.uint8), _disc(2)) > 0
+        grid = _on_grid(suspect, motion[self.p].forward.shape)  # once for both references: they share the grid
+        for k in self.raw:
+            before = motion[k].flow
+            motion[k].exclude(grid)
+            rewarp(data.grey(k), motion[k].full(shape), self.raw[k], _changed_boxes(before, motion[k].flow, shape))
+        return (
+            match(self.reference, self.raw[self.p], self.threshold),
+            match(self.reference, self.raw[self.n], self.threshold),
+        )
+
+
+CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
+
+
+def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """Full-size boxes (y0, y1, x0, x1) that hold every pixel whose enlarged flow (``_enlarge``: bilinear from
+    the reduced grid) can differ between the reduced flows ``before`` and ``after``: each differing reduced
+    pixel grown by one (bilinear reads two on each axis), taken as runs of tiles along each row of tiles."""
+    changed = (before[..., 0] != after[..., 0]) | (before[..., 1] != after[..., 1])  # numpy's any(axis=2) is slow
+    if not changed.any():
+        return []
+    changed = cv2.dilate(changed.view(np.uint8), np.ones((3, 3), np.uint8))
+    h, w = changed.shape
+    big_h, big_w = shape[:2]
+    tile = CHANGED_TILE
+    rows, cols = -(-h // tile), -(-w // tile)
+    padded = np.zeros((rows * tile, cols * tile), np.float32)
+    padded[:h, :w] = changed
+    # Any pixel of a tile: its mean above 0 (the padded grid is a whole number of tiles).
+    tiles = cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA) > 0
+
+    def lo(i: int, big: int, small: int) -> int:  # first full-size pixel of reduced pixel i, less one
+        return max(0, i * big // small - 1)
+
+    def hi(i: int, big: int, small: int) -> int:  # past the last full-size pixel of reduced pixel i, plus one
+        return min(big, -(-(i + 1) * big // small) + 1)
+
+    boxes = []
+    for r in np.flatnonzero(tiles.any(axis=1)):
+        y0, y1 = lo(r * tile, big_h, h), hi(min(h, (r + 1) * tile) - 1, big_h, h)
+        run = np.diff(np.concatenate([[0], tiles[r].astype(np.int8), [0]]))
+        for c0, c1 in zip(np.flatnonzero(run == 1), np.flatnonzero(run == -1)):
+            boxes.append((y0, y1, lo(c0 * tile, big_w, w), hi(min(w, c1 * tile) - 1, big_w, w)))
+    return boxes
+
+
 def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """A full-size bool mask on a (possibly reduced) grid of ``shape``: a cell is set where any of its pixels
-    is. A new array even when the mask is on that grid already."""
+    is (as an area reduction's mean above 0 says). The mask itself when it is on that grid already: callers
+    share it and never write into it."""
     h, w = shape[:2]
-    if mask.shape[:2] == (h, w):
-        return mask.copy()
+    big_h, big_w = mask.shape[:2]
+    if (big_h, big_w) == (h, w):
+        return mask
+    scale = big_h // h
+    if (big_h, big_w) == (h * scale, w * scale):
+        # Each cell is a whole scale x scale block: the block's maximum (a dilation anchored at its corner, read
+        # at every block's corner) without the float copy and the area reduction.
+        block = np.ones((scale, scale), np.uint8)
+        grown = cv2.dilate(np.ascontiguousarray(mask).view(np.uint8), block, anchor=(0, 0))
+        return grown[::scale, ::scale] > 0
     return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
 
 
