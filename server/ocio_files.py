@@ -8,7 +8,8 @@ engine loads a config, every folder it searches and every place a ``src`` can re
 root, after symlinks. Context variables (``$SHOT``) would resolve to paths nobody checked: refused.
 
 Parsing is the YAML the config is written in, with OCIO's own tags (``!<ColorSpace>``, ``!<FileTransform>``)
-read as plain mappings: the check needs where files are named, not what the transforms do. A config YAML
+read as plain mappings and every scalar as text, as yaml-cpp hands it to OCIO (``src: 123`` names a file
+'123', not a number): the check needs where files are named, not what the transforms do. A config YAML
 cannot parse is left to the loader, whose error names it. Not covered: a LUT swapped for a symlink between this
 check and the loader's read (the roots' other files are opened without following links; OCIO's are not).
 """
@@ -55,7 +56,9 @@ def check_ocio_files(value: str, roots: list[str]) -> None:
 def _parse(text: bytes) -> Any:
     import yaml
 
-    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    # The base loader: no implicit types, so a src or search_path that looks like a number, a date or a
+    # boolean stays the text OCIO opens.
+    class Loader(getattr(yaml, "CBaseLoader", yaml.BaseLoader)):  # type: ignore[misc]
         pass
 
     def any_tag(loader: Any, suffix: str, node: Any) -> Any:  # OCIO's !<Name> tags as plain YAML
@@ -67,7 +70,7 @@ def _parse(text: bytes) -> Any:
 
     Loader.add_multi_constructor("", any_tag)
     try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506 (a safe loader; unknown tags become plain data)
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (the base loader builds no objects; tags become plain data)
     except yaml.YAMLError:
         return None
 
@@ -92,7 +95,7 @@ def _search_folders(search_path: Any, folder: str, value: str) -> list[str]:
                 "which the server cannot hold to its allowed roots",
             )
         if entry:
-            out.append(os.path.normpath(os.path.join(folder, entry)))
+            out.append(os.path.realpath(os.path.join(folder, entry)))  # see _confined
     return out or [folder]
 
 
@@ -119,9 +122,11 @@ def _sources(document: Any) -> list[str]:
 
 
 def _confined(path: str, roots: list[str], what: str) -> None:
-    # normpath first: '..' inside a config is ordinary (a LUT folder beside the config's), and what matters is
-    # where it lands; resolve_under_roots then follows symlinks and refuses anything outside.
-    resolve_under_roots(os.path.normpath(path), roots, what=what, must_exist=False)
+    # '..' inside a config is ordinary (a LUT folder beside the config's), and what matters is where it lands
+    # as the kernel opens it: realpath climbs from a symlink's target, component by component (normpath would
+    # climb from the link's own folder, so 'link/../x' under a root could open x beside what the link points
+    # to). resolve_under_roots then refuses anything outside.
+    resolve_under_roots(os.path.realpath(path), roots, what=what, must_exist=False)
 
 
 __all__ = ["check_ocio_files"]

@@ -362,3 +362,36 @@ def test_ocio_luts_outside_the_roots_are_refused_before_the_loader_reads_them(se
         good = config("lut-good.ocio", "luts", "film.spi1d")
         events = collect(client.restore(dict(RAW, colorspace="film", ocio_config=good), [1], sources=source))
         assert events[-1].kind == "done", events[-1]
+
+
+def test_ocio_lut_checks_resolve_symlinks_before_dotdot_and_read_every_scalar_as_text(tmp_path):
+    """'..' after a symlink climbs from the link's target, as the kernel (and so OpenColorIO) opens it, not
+    from the link's folder; a src YAML would read as a number or a date is still a file name to yaml-cpp."""
+    from frdm.server.ocio_files import check_ocio_files
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "private.spi1d").write_text("lut")
+    root.mkdir()
+    (root / "film.spi1d").write_text("lut")
+    (root / "link").symlink_to(outside / "deep")  # a folder under the root that leads out
+    (root / "123").symlink_to(outside / "private.spi1d")
+    roots = [str(root)]
+
+    def config(name: str, search_path: str, src: str) -> str:
+        path = root / name
+        path.write_text(
+            f"ocio_profile_version: 2\nsearch_path: {search_path}\n"
+            f"colorspaces:\n  - !<ColorSpace> {{name: film, to_scene_reference: !<FileTransform> {{src: {src}}}}}\n"
+        )
+        return str(path)
+
+    for path, words in {
+        config("src-link-up.ocio", ".", "link/../private.spi1d"): "private.spi1d",
+        config("search-link-up.ocio", "link/..", "private.spi1d"): "search_path",
+        config("src-number.ocio", ".", "123"): "'123'",
+    }.items():
+        with pytest.raises(ProtocolError) as err:
+            check_ocio_files(path, roots)
+        assert err.value.code == "forbidden_path" and words in str(err.value), (path, err.value)
+    check_ocio_files(config("good.ocio", ".", "film.spi1d"), roots)
