@@ -102,6 +102,19 @@ def window_at(frame: int, reach: tuple[int, int], available: Sequence[int]) -> l
     return available[max(0, i - before) : i + after + 1]
 
 
+def readers_at(frame: int, reach: tuple[int, int], available: Sequence[int]) -> list[int]:
+    """The frames whose ``window_at`` holds ``frame``: the inverse of ``window_at`` (a frame ``before``
+    positions ahead of a reader is in its window, so the readers lie up to ``after`` positions back and
+    ``before`` on); ``available`` sorted."""
+    import bisect
+
+    before, after = reach
+    i = bisect.bisect_left(available, frame)
+    if i == len(available) or available[i] != frame:
+        raise ValueError(f"frame {frame} is not among the available frames")
+    return available[max(0, i - after) : i + before + 1]
+
+
 def frames_needed(
     targets: int | Iterable[int], params: Mapping[str, Any], available: Sequence[int] | None = None
 ) -> list[int]:

@@ -343,13 +343,14 @@ class Worker:
     def _let_go_recalled(job: Job, unfinished: list[int], reach: tuple[int, int], available: list[int]) -> None:
         """Frames by id recalled for earlier chunks that no unfinished target reads are let go (a long job
         sent by id held every one it recalled until it ended); a target's stays, for a re-attach's replay
-        of a frame stored as the source's own pixels."""
+        of a frame stored as the source's own pixels. Asked per recalled frame (a few), not per unfinished
+        target: every chunk of a long job asks again."""
         if not job.recalled:
             return
-        needed = {n for f in unfinished for n in depends.window_at(f, reach, available)}
-        targets = set(job.req.frames)
-        for n in [n for n in job.recalled if n not in needed and n not in targets]:
-            del job.recalled[n]
+        pending, targets = set(unfinished), set(job.req.frames)
+        for n in [n for n in job.recalled if n not in targets]:
+            if not pending.intersection(depends.readers_at(n, reach, available)):
+                del job.recalled[n]
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
         from frdm.engine.frames import halves_written

@@ -225,3 +225,18 @@ def test_server_cache_misses_on_other_weights_and_on_the_diffusion_matte_paramet
         assert cached(server, diffusion) == [False]  # (b): other weights, not the old frame
     finally:
         server.stop()
+
+
+def test_readers_at_is_the_inverse_of_window_at():
+    """The frames whose window holds a frame, for gaps in the available frames, edges and lopsided reaches."""
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        available = sorted(rng.sample(range(-5, 60), rng.randint(1, 30)))
+        reach = (rng.randint(0, 4), rng.randint(0, 4))
+        for n in available:
+            expected = [f for f in available if n in D.window_at(f, reach, available)]
+            assert D.readers_at(n, reach, available) == expected, (n, reach, available)
+    with pytest.raises(ValueError):
+        D.readers_at(7, (1, 1), [1, 2, 3])
