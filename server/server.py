@@ -69,8 +69,9 @@ class ServerConfig:
     cache_dir: str | None = None
     cache_max_bytes: int = 20 << 30
     # Raw source frames of recent requests kept in memory, so a request may name them by content id
-    # (a preview after a knob change sends its target's pixels only), and their float32 pixels once converted:
-    # ~28 frames of 2K RGBA half (25 MB raw + 51 MB float each).
+    # (a preview after a knob change sends its target's pixels only), and, for frames of mixed sample types,
+    # their float32 pixels once converted (an all-half frame is held as its received halves): ~80 frames of 2K
+    # RGBA half (25 MB each).
     source_memory_bytes: int = 2 << 30
     limits: Limits = field(default_factory=Limits)
     chunk: int = 8  # frames a job runs before the worker turns to the next client

@@ -268,8 +268,9 @@ class SourceMemory:
     """The raw source frames of recent requests, by the content id the server computed for each (never the
     client's word): a later request may name a frame by that id alone (``ContentRef``), so a preview after
     a knob change sends only its target's pixels. The buffers are the received message parts, not copied.
-    Also their float32 pixels once converted (read-only: the engine never writes into an original), so
-    the frames of a shot being previewed are converted once, not per request. Least recently used entries
+    Also the float32 pixels of a frame of mixed sample types once converted (read-only: the engine never
+    writes into an original), so the frames of a shot being previewed are converted once, not per request
+    (an all-half frame needs none: the engine holds its received halves). Least recently used entries
     go past ``max_bytes`` (raw and converted together). The worker thread and its read-ahead thread use it,
     so every step holds the lock (an eviction interleaved with a recall would lose the size count)."""
 
