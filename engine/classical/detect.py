@@ -328,8 +328,14 @@ class SpikeDetector:
             # the rest of the picture. Their agreement proves nothing there, only flow that passed its checks.
             agree &= mean(one_sided[ys, xs]) <= self.moving_px
         keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
-        texture = self.texture(frame, weak, ys, xs)
-        needed = (threshold + self.texture_gain * mean(texture)) * (
+        # The texture around a component is the costliest evidence: it is taken only for those still kept after
+        # the cheaper tests, at the same values (``texture`` is exact at any pixel).
+        held = keep[lab]
+        texture = np.zeros(n)
+        if held.any():
+            at = self.texture(frame, weak, ys[held], xs[held])
+            texture = np.bincount(lab[held], at, minlength=n) / np.maximum(np.bincount(lab[held], minlength=n), 1)
+        needed = (threshold + self.texture_gain * texture) * (
             1.0 + np.maximum(disagree / np.maximum(strength, 1e-6) - self.agree_share, 0.0)
         )
         keep &= _component_max(lab, s, n) >= needed
