@@ -43,6 +43,7 @@ from frdm.engine.classical.flow import (
     remap_points,
     rewarp,
     warp,
+    warp_box,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
@@ -234,6 +235,14 @@ class _Motion:
         comes from outside the picture."""
         return (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
 
+    def full_in(self, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+        """The flow at full size, in full-size px, inside ``box`` (y0, y1, x0, x1): bilinear on the reduced grid
+        (``_in_box``), each pixel from its own sample, so any box gives the bits the whole frame gives."""
+        y0, y1, x0, x1 = box
+        if self.scale == 1:
+            return self.flow[y0:y1, x0:x1]
+        return _in_box(self.flow, box, shape) * np.float32(self.scale)
+
     def at(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-size flow vectors (N, 2) and trust (N,) at full-size pixels."""
         if self.scale == 1:
@@ -252,8 +261,11 @@ class _Motion:
 class ClassicalRestorer:
     engine_version = depends.ENGINE_VERSIONS["classical"]
 
-    def __init__(self) -> None:
+    def __init__(self, fast_pairs: bool = True) -> None:
         self._flows = _FlowCache()
+        # The other reference pairs tested in boxes around the frame's spikes (False: on the whole frame, the
+        # plain form the boxes must equal; tests compare the two).
+        self.fast_pairs = fast_pairs
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})
@@ -321,7 +333,19 @@ class ClassicalRestorer:
                 if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
                     dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
                     own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own)
+                spike = spikes.without_edges(spike)
+                level = spikes.frame_level(spike, own is not None)
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own, level)
+                # Where t-1 or t+1 has a speck of its own over this frame's (dust is dense enough for that on
+                # some frames), or is occluded or mis-compensated there, the two references disagree and the
+                # speck is left alone (or only the part of it outside the other speck is found). The next frame
+                # beyond on that side is a reference too: each other pair must pass every test by itself.
+                others = _other_pairs(t, p, n, neighbours)
+                if others and (spike > level).any():
+                    near = {p: warped_p, n: warped_n}
+                    for new, old in others:
+                        pair = _OtherPair(data, t, new, old, near[old], motion, look, spikes, spike, level, speed)
+                        matte |= pair.matte(self.fast_pairs)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
@@ -462,6 +486,155 @@ class _Look:
             match(self.reference, self.raw[self.p], self.threshold),
             match(self.reference, self.raw[self.n], self.threshold),
         )
+
+
+class _OtherPair:
+    """The spike test of frame t with one nearer reference ``old`` (t-1 or t+1, already warped and matched: the
+    first look's) and one farther ``new`` (t-2 or t+2). Its components must lie outside both nearest neighbours
+    over ``support_share`` of their pixels (``support``: the nearest pair's spikes), so each holds pixels above
+    the frame's threshold there (``level``, one for all pairs: a property of the frame): it can find nothing
+    away from those. So the new reference is warped and matched only in boxes around them, each grown until
+    no component of its own reaches near its edge (then every component inside is the whole-frame one, to the
+    bit: each step is exact at a pixel given enough margin)."""
+
+    TILE = 32  # px: boxes are runs of these tiles around the nearest pair's spikes, one tile beyond
+    EDGE = 12  # px: no rim pixel this near a box's inner edge (the rim's dilation, 3x3 ranges, texture ring)
+    GROWTH = 3  # times a box grows by a tile before the whole frame is taken
+
+    def __init__(
+        self,
+        data: _Frames,
+        t: int,
+        new: int,
+        old: int,
+        warped_old: np.ndarray,
+        motion: dict[int, _Motion],
+        look: _Look,
+        spikes: SpikeDetector,
+        support: np.ndarray,
+        level: float,
+        speed: np.ndarray,
+    ) -> None:
+        self.grey, self.grey_new, self.warped_old = data.grey(t), data.grey(new), warped_old
+        self.shape = self.grey.shape
+        self.spikes, self.support, self.level, self.speed = spikes, support, level, speed
+        # The farther reference's flow taken from around the first look's suspects too (a speck drags DIS to
+        # t-2 as to t-1); the fill's own exclusion then adds only what the detection finds beyond them.
+        self.motion = motion[new]
+        if look.suspect.any():
+            self.motion.exclude(cv2.dilate(look.suspect.astype(np.uint8), _disc(2)) > 0)
+        gradient = spikes.max_flow_gradient
+        self.trusted = self.motion.comparable(gradient) & motion[old].comparable(gradient)
+        self.reliable = self.motion.trusted & motion[old].trusted
+        # Its brightness matched to t's on the statistics grid (the fields are smooth at ~5 cells: the reference
+        # warped there, by the flow reduced there, has the local means of the full-size warp reduced).
+        ref = look.reference
+        small = cv2.resize(self.grey_new, ref.small.shape[::-1], interpolation=cv2.INTER_AREA)
+        flow = cv2.resize(self.motion.flow, ref.small.shape[::-1], interpolation=cv2.INTER_AREA)
+        flow *= np.float32(ref.small.shape[1] / self.motion.flow.shape[1])
+        self.gain, self.offset = ref.fit(warp(small, flow), spikes.threshold)
+
+    def matte(self, fast: bool = True) -> np.ndarray:
+        """The bool matte this pair finds: in boxes (``fast``) or on the whole frame; the same bits."""
+        h, w = self.shape
+        out = np.zeros(self.shape, bool)
+        if not fast:
+            out[:] = self._box((0, h, 0, w))[0]
+            return out
+        for box in self._boxes():
+            for _ in range(self.GROWTH):
+                found, reaching = self._box(box)
+                if not reaching:
+                    break
+                t = self.TILE
+                box = (max(0, box[0] - t), min(h, box[1] + t), max(0, box[2] - t), min(w, box[3] + t))
+            else:
+                box = (0, h, 0, w)
+                found = self._box(box)[0]
+            y0, y1, x0, x1 = box
+            out[y0:y1, x0:x1] |= found
+        return out
+
+    def _boxes(self) -> list[tuple[int, int, int, int]]:
+        """Full-size boxes (y0, y1, x0, x1): the bounding boxes of 8-connected groups of the tiles that hold a
+        pixel above the level, each grown by a tile."""
+        h, w = self.shape
+        t = self.TILE
+        rows, cols = -(-h // t), -(-w // t)
+        padded = np.zeros((rows * t, cols * t), np.float32)
+        padded[:h, :w] = self.support > self.level
+        tiles = cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA) > 0
+        tiles = cv2.dilate(tiles.view(np.uint8), np.ones((3, 3), np.uint8))
+        n, _, stats, _ = cv2.connectedComponentsWithStats(tiles, connectivity=8)
+        return [(y * t, min(h, (y + bh) * t), x * t, min(w, (x + bw) * t)) for x, y, bw, bh, _ in stats[1:].tolist()]
+
+    def _box(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, bool]:
+        """(the matte inside ``box``, whether a rim pixel of it lies within EDGE of an edge of the box that is
+        not the frame's: then a component may go on outside, and the box must grow)."""
+        y0, y1, x0, x1 = box
+        h, w = self.shape
+        grey = self.grey[y0:y1, x0:x1]
+        raw = warp_box(self.grey_new, self.motion.full_in(box, self.shape), y0, x0)
+        warped_new = _in_box(self.gain, box, self.shape)
+        warped_new *= raw
+        warped_new += _in_box(self.offset, box, self.shape)
+        warped_old = self.warped_old[y0:y1, x0:x1]
+        spike = self.spikes.without_edges(self.spikes.spikes(grey, warped_old, warped_new))
+        weak = self.spikes.seeds(spike, self.level)[1]
+        e = self.EDGE
+        inner = weak[e * (y0 > 0) : weak.shape[0] - e * (y1 < h), e * (x0 > 0) : weak.shape[1] - e * (x1 < w)]
+        if int(inner.sum()) < int(weak.sum()):
+            return weak, True
+        trusted = _nearest_in(self.trusted, box, self.shape)
+        reliable = _nearest_in(self.reliable, box, self.shape)
+        found = self.spikes(
+            grey,
+            warped_old,
+            warped_new,
+            trusted,
+            self.speed[y0:y1, x0:x1],
+            spike,
+            reliable,
+            threshold=self.level,
+            support=self.support[y0:y1, x0:x1],
+            area=h * w,
+        )
+        return found, False
+
+
+def _other_pairs(t: int, p: int, n: int, neighbours: list[int]) -> list[tuple[int, int]]:
+    """(farther reference, nearer one) for the pairs (t-2, t+1) and (t-1, t+2), where those frames are
+    neighbours (none at a clip end, whose pair is on one side already)."""
+    if not p < t < n:
+        return []
+    before = [k for k in neighbours if k < p]
+    after = [k for k in neighbours if k > n]
+    return ([(before[-1], n)] if before else []) + ([(after[0], p)] if after else [])
+
+
+def _in_box(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """A field on a reduced grid (H', W'[, C]) enlarged bilinearly to ``shape`` (pixel centres aligned as
+    cv2.resize aligns them), inside ``box`` only: each pixel sampled on its own (cv2.remap), so a box gives
+    the bits the whole frame gives."""
+    y0, y1, x0, x1 = box
+    big_h, big_w = shape[:2]
+    h, w = small.shape[:2]
+    fx = (np.arange(x0, x1, dtype=np.float32) + 0.5) * np.float32(w / big_w) - 0.5
+    fy = (np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(h / big_h) - 0.5
+    mx = np.broadcast_to(fx[None, :], (y1 - y0, x1 - x0))
+    my = np.broadcast_to(fy[:, None], (y1 - y0, x1 - x0))
+    return cv2.remap(
+        small, np.ascontiguousarray(mx), np.ascontiguousarray(my), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def _nearest_in(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """A bool mask on a reduced grid at full size inside ``box``: each pixel takes its reduced pixel's value."""
+    y0, y1, x0, x1 = box
+    h, w = small.shape[:2]
+    rows = np.minimum(np.arange(y0, y1) * h // shape[0], h - 1)
+    cols = np.minimum(np.arange(x0, x1) * w // shape[1], w - 1)
+    return small[np.ix_(rows, cols)]
 
 
 CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
