@@ -319,6 +319,7 @@ class SpikeDetector:
         threshold: float | None = None,
         support: np.ndarray | None = None,
         area: int | None = None,
+        doubtful: np.ndarray | None = None,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
         its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
@@ -328,7 +329,9 @@ class SpikeDetector:
         motion. spike: ``self.spikes(frame, prev, nxt)`` if the caller has it. threshold: the frame's
         (``frame_level``) if the caller has it. support: given when prev and nxt are not the nearest neighbours
         (t-1, t+1): the spike strength against those (``support_share``). area: the whole frame's pixel count
-        when ``frame`` is a crop of it. Returns a bool matte.
+        when ``frame`` is a crop of it. doubtful: (H, W) bool, if given set at the pixels of components left out
+        where the neighbours disagreed (beyond ``agree_share`` of the spike: other references may agree there).
+        Returns a bool matte.
 
         Untrusted or unreliable flow is not a veto: in flat sky DIS wanders by tens of pixels and the
         compensated neighbours are still right (flat is flat), and a speck disturbs the flow around itself.
@@ -347,6 +350,7 @@ class SpikeDetector:
         frame_area = frame.size if area is None else area
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
+        tested = keep.copy()
         # Evidence per component, from its own pixels only (a few thousand, not the frame).
         ys, xs = pixels(weak)
         lab = labels[ys, xs]
@@ -392,6 +396,8 @@ class SpikeDetector:
         # The kept components' pixels, set from the weak pixels' labels (not a gather over the whole frame).
         matte = np.zeros(frame.shape, bool)
         matte[ys, xs] = keep[lab]
+        if doubtful is not None:
+            doubtful[ys, xs] |= (tested & ~keep & (disagree > self.agree_share * strength))[lab]
         return matte
 
 

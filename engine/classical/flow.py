@@ -86,11 +86,9 @@ def rewarp(image: np.ndarray, flow: np.ndarray, warped: np.ndarray, boxes: list[
 
 def warp_box(image: np.ndarray, flow: np.ndarray, y0: int, x0: int) -> np.ndarray:
     """``warp(image, full_flow)`` inside a box whose top left pixel is (y0, x0), given the flow there: the same
-    coordinates to the bit (pixel position plus flow, in float32), so the same samples."""
+    coordinates to the bit (the same grid plus the flow), so the same samples."""
     h, w = flow.shape[:2]
-    coords = np.empty((h, w, 2), np.float32)
-    np.add(flow[..., 0], np.arange(x0, x0 + w, dtype=np.float32)[None, :], out=coords[..., 0])
-    np.add(flow[..., 1], np.arange(y0, y0 + h, dtype=np.float32)[:, None], out=coords[..., 1])
+    coords = flow + _grid(*image.shape[:2])[y0 : y0 + h, x0 : x0 + w]
     return cv2.remap(image, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 

@@ -335,17 +335,21 @@ class ClassicalRestorer:
                     own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
                 spike = spikes.without_edges(spike)
                 level = spikes.frame_level(spike, own is not None)
-                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own, level)
+                doubtful = np.zeros(shape, bool)
+                matte |= spikes(
+                    grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own, level, doubtful=doubtful
+                )
                 # Where t-1 or t+1 has a speck of its own over this frame's (dust is dense enough for that on
                 # some frames), or is occluded or mis-compensated there, the two references disagree and the
                 # speck is left alone (or only the part of it outside the other speck is found). The next frame
                 # beyond on that side is a reference too: each other pair must pass every test by itself.
                 others = _other_pairs(t, p, n, neighbours)
-                if others and (spike > level).any():
+                boxes = _undecided(grey, warped_p, warped_n, spike, level, matte, doubtful) if others else []
+                if boxes:
                     near = {p: warped_p, n: warped_n}
                     for new, old in others:
                         pair = _OtherPair(data, t, new, old, near[old], motion, look, spikes, spike, level, speed)
-                        matte |= pair.matte(self.fast_pairs)
+                        matte |= pair.matte(boxes, self.fast_pairs)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
@@ -497,7 +501,6 @@ class _OtherPair:
     no component of its own reaches near its edge (then every component inside is the whole-frame one, to the
     bit: each step is exact at a pixel given enough margin)."""
 
-    TILE = 32  # px: boxes are runs of these tiles around the nearest pair's spikes, one tile beyond
     EDGE = 12  # px: no rim pixel this near a box's inner edge (the rim's dilation, 3x3 ranges, texture ring)
     GROWTH = 3  # times a box grows by a tile before the whole frame is taken
 
@@ -524,29 +527,40 @@ class _OtherPair:
         if look.suspect.any():
             self.motion.exclude(cv2.dilate(look.suspect.astype(np.uint8), _disc(2)) > 0)
         gradient = spikes.max_flow_gradient
-        self.trusted = self.motion.comparable(gradient) & motion[old].comparable(gradient)
-        self.reliable = self.motion.trusted & motion[old].trusted
+        trusted = self.motion.comparable(gradient) & motion[old].comparable(gradient)
+        reliable = self.motion.trusted & motion[old].trusted
+        self.trust = trusted.view(np.uint8) | (reliable.view(np.uint8) << 1)  # one gather per box for both
         # Its brightness matched to t's on the statistics grid (the fields are smooth at ~5 cells: the reference
         # warped there, by the flow reduced there, has the local means of the full-size warp reduced).
-        ref = look.reference
-        small = cv2.resize(self.grey_new, ref.small.shape[::-1], interpolation=cv2.INTER_AREA)
-        flow = cv2.resize(self.motion.flow, ref.small.shape[::-1], interpolation=cv2.INTER_AREA)
-        flow *= np.float32(ref.small.shape[1] / self.motion.flow.shape[1])
-        self.gain, self.offset = ref.fit(warp(small, flow), spikes.threshold)
+        ref, flow = look.reference, self.motion.flow
+        stats = ref.small.shape[::-1]
+        small = cv2.resize(data.small(new), stats, interpolation=cv2.INTER_AREA)
+        reduced = cv2.resize(flow, stats, interpolation=cv2.INTER_AREA) * np.float32(stats[0] / flow.shape[1])
+        gain, offset = ref.fit(warp(small, reduced), spikes.threshold)
+        # The flow and both fields on the flow's grid, enlarged in a box by one remap (``_in_box``).
+        grid = flow.shape[1::-1]
+        self.fields = np.dstack(
+            [
+                flow,
+                cv2.resize(gain, grid, interpolation=cv2.INTER_LINEAR),
+                cv2.resize(offset, grid, interpolation=cv2.INTER_LINEAR),
+            ]
+        ).astype(np.float32)
 
-    def matte(self, fast: bool = True) -> np.ndarray:
-        """The bool matte this pair finds: in boxes (``fast``) or on the whole frame; the same bits."""
+    def matte(self, boxes: list[tuple[int, int, int, int]], fast: bool = True) -> np.ndarray:
+        """The bool matte this pair finds in ``boxes`` (``_undecided``), each grown as it needs (``fast``), or
+        on the whole frame: inside the boxes the same bits."""
         h, w = self.shape
         out = np.zeros(self.shape, bool)
         if not fast:
             out[:] = self._box((0, h, 0, w))[0]
             return out
-        for box in self._boxes():
+        for box in boxes:
             for _ in range(self.GROWTH):
                 found, reaching = self._box(box)
                 if not reaching:
                     break
-                t = self.TILE
+                t = OTHER_TILE
                 box = (max(0, box[0] - t), min(h, box[1] + t), max(0, box[2] - t), min(w, box[3] + t))
             else:
                 box = (0, h, 0, w)
@@ -555,29 +569,17 @@ class _OtherPair:
             out[y0:y1, x0:x1] |= found
         return out
 
-    def _boxes(self) -> list[tuple[int, int, int, int]]:
-        """Full-size boxes (y0, y1, x0, x1): the bounding boxes of 8-connected groups of the tiles that hold a
-        pixel above the level, each grown by a tile."""
-        h, w = self.shape
-        t = self.TILE
-        rows, cols = -(-h // t), -(-w // t)
-        padded = np.zeros((rows * t, cols * t), np.float32)
-        padded[:h, :w] = self.support > self.level
-        tiles = cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA) > 0
-        tiles = cv2.dilate(tiles.view(np.uint8), np.ones((3, 3), np.uint8))
-        n, _, stats, _ = cv2.connectedComponentsWithStats(tiles, connectivity=8)
-        return [(y * t, min(h, (y + bh) * t), x * t, min(w, (x + bw) * t)) for x, y, bw, bh, _ in stats[1:].tolist()]
-
     def _box(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, bool]:
         """(the matte inside ``box``, whether a rim pixel of it lies within EDGE of an edge of the box that is
         not the frame's: then a component may go on outside, and the box must grow)."""
         y0, y1, x0, x1 = box
         h, w = self.shape
         grey = self.grey[y0:y1, x0:x1]
-        raw = warp_box(self.grey_new, self.motion.full_in(box, self.shape), y0, x0)
-        warped_new = _in_box(self.gain, box, self.shape)
-        warped_new *= raw
-        warped_new += _in_box(self.offset, box, self.shape)
+        fields = _in_box(self.fields, box, self.shape)
+        flow = fields[..., :2] if self.motion.scale == 1 else fields[..., :2] * np.float32(self.motion.scale)
+        warped_new = warp_box(self.grey_new, flow, y0, x0)
+        warped_new *= fields[..., 2]
+        warped_new += fields[..., 3]
         warped_old = self.warped_old[y0:y1, x0:x1]
         spike = self.spikes.without_edges(self.spikes.spikes(grey, warped_old, warped_new))
         weak = self.spikes.seeds(spike, self.level)[1]
@@ -585,8 +587,8 @@ class _OtherPair:
         inner = weak[e * (y0 > 0) : weak.shape[0] - e * (y1 < h), e * (x0 > 0) : weak.shape[1] - e * (x1 < w)]
         if int(inner.sum()) < int(weak.sum()):
             return weak, True
-        trusted = _nearest_in(self.trusted, box, self.shape)
-        reliable = _nearest_in(self.reliable, box, self.shape)
+        trust = _nearest_in(self.trust, box, self.shape)
+        trusted, reliable = (trust & 1) > 0, trust > 1
         found = self.spikes(
             grey,
             warped_old,
@@ -600,6 +602,58 @@ class _OtherPair:
             area=h * w,
         )
         return found, False
+
+
+OTHER_TILE = 32  # px: the other pairs' boxes are runs of these tiles around undecided spikes, one tile beyond
+
+
+def _undecided(
+    grey: np.ndarray,
+    warped_p: np.ndarray,
+    warped_n: np.ndarray,
+    spike: np.ndarray,
+    level: float,
+    found: np.ndarray,
+    doubtful: np.ndarray,
+) -> list[tuple[int, int, int, int]]:
+    """Full-size boxes (y0, y1, x0, x1) where another reference pair can change the matte: around the tiles
+    with a spike above the frame's level (``spike``: the nearest pair's; a component of another pair must hold
+    some, ``support_share``) of a component the nearest pair left out because its references disagreed
+    (``doubtful``), and the tiles beside a component it found (``found``) where the frame stands out from one
+    nearest reference alone (a speck of t-1 or t+1 over part of this frame's, which then goes on there).
+    Elsewhere another pair meets what the nearest one met: the same frame, threshold and texture, and
+    references that agree. Boxes are the bounding boxes of 8-connected groups of such tiles, grown by a tile."""
+    h, w = grey.shape
+    t = OTHER_TILE
+    rows, cols = -(-h // t), -(-w // t)
+
+    def tiles_of(mask: np.ndarray) -> np.ndarray:
+        padded = np.zeros((rows * t, cols * t), np.float32)
+        padded[:h, :w] = mask
+        return cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA) > 0  # any pixel of a tile
+
+    seeds = spike > level
+    if not seeds.any():
+        return []
+    held = tiles_of(found)
+    undecided = tiles_of(seeds & doubtful)
+    # The frame outside the 3x3 range of one nearest reference by the level where the pair's spike is not
+    # (not by half of it): only in the tiles next to what was found.
+    near = cv2.dilate(held.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    box = np.ones((3, 3), np.uint8)
+    for r, c in zip(*np.nonzero(near & ~undecided)):
+        # The tile and a pixel around it: the 3x3 ranges of its pixels.
+        y0, y1, x0, x1 = max(0, r * t - 1), min(h, (r + 1) * t + 1), max(0, c * t - 1), min(w, (c + 1) * t + 1)
+        f = grey[y0:y1, x0:x1]
+        one = np.zeros(f.shape, bool)
+        for ref in (warped_p[y0:y1, x0:x1], warped_n[y0:y1, x0:x1]):
+            one |= (f - cv2.dilate(ref, box) > level) | (cv2.erode(ref, box) - f > level)
+        undecided[r, c] = bool((one & (spike[y0:y1, x0:x1] <= 0.5 * level))[1:-1, 1:-1].any())
+    if not undecided.any():
+        return []
+    grown = cv2.dilate(undecided.view(np.uint8), np.ones((3, 3), np.uint8))
+    stats = cv2.connectedComponentsWithStats(grown, connectivity=8)[2]
+    return [(y * t, min(h, (y + bh) * t), x * t, min(w, (x + bw) * t)) for x, y, bw, bh, _ in stats[1:].tolist()]
 
 
 def _other_pairs(t: int, p: int, n: int, neighbours: list[int]) -> list[tuple[int, int]]:
@@ -619,13 +673,10 @@ def _in_box(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int,
     y0, y1, x0, x1 = box
     big_h, big_w = shape[:2]
     h, w = small.shape[:2]
-    fx = (np.arange(x0, x1, dtype=np.float32) + 0.5) * np.float32(w / big_w) - 0.5
-    fy = (np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(h / big_h) - 0.5
-    mx = np.broadcast_to(fx[None, :], (y1 - y0, x1 - x0))
-    my = np.broadcast_to(fy[:, None], (y1 - y0, x1 - x0))
-    return cv2.remap(
-        small, np.ascontiguousarray(mx), np.ascontiguousarray(my), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    coords = np.empty((y1 - y0, x1 - x0, 2), np.float32)
+    coords[..., 0] = (np.arange(x0, x1, dtype=np.float32) + 0.5) * np.float32(w / big_w) - 0.5
+    coords[..., 1] = ((np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(h / big_h) - 0.5)[:, None]
+    return cv2.remap(small, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _nearest_in(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -634,7 +685,7 @@ def _nearest_in(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[
     h, w = small.shape[:2]
     rows = np.minimum(np.arange(y0, y1) * h // shape[0], h - 1)
     cols = np.minimum(np.arange(x0, x1) * w // shape[1], w - 1)
-    return small[np.ix_(rows, cols)]
+    return small.take(rows, axis=0).take(cols, axis=1)
 
 
 CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
