@@ -264,7 +264,7 @@ def test_other_pairs_in_boxes_equal_the_whole_frame(monkeypatch):
     pair left undecided, each grown until no component reaches near its edge: inside those boxes the matte is
     that of the same test on the whole frame, to the bit, and outside them it holds only whole components of
     it. On a frame whose flow is taken on a reduced grid (720 px wide), and with tiny tiles (most boxes grow,
-    some give up for the whole frame)."""
+    the boxes grow many times)."""
     from frdm.engine.classical import restorer as R
 
     matte = R._OtherPair.matte

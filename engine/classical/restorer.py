@@ -502,7 +502,6 @@ class _OtherPair:
     bit: each step is exact at a pixel given enough margin)."""
 
     EDGE = 12  # px: no rim pixel this near a box's inner edge (the rim's dilation, 3x3 ranges, texture ring)
-    GROWTH = 3  # times a box grows by a tile before the whole frame is taken
 
     def __init__(
         self,
@@ -556,22 +555,28 @@ class _OtherPair:
             out[:] = self._box((0, h, 0, w))[0]
             return out
         for box in boxes:
-            for _ in range(self.GROWTH):
-                found, reaching = self._box(box)
-                if not reaching:
+            step = 2 * OTHER_TILE
+            while True:
+                found, sides = self._box(box)
+                if not any(sides):
                     break
-                t = OTHER_TILE
-                box = (max(0, box[0] - t), min(h, box[1] + t), max(0, box[2] - t), min(w, box[3] + t))
-            else:
-                box = (0, h, 0, w)
-                found = self._box(box)[0]
+                # Grown on the sides a rim reaches, by twice as much each time (large blotches at 2K).
+                top, bottom, left, right = sides
+                y0, y1, x0, x1 = box
+                box = (
+                    max(0, y0 - step * top),
+                    min(h, y1 + step * bottom),
+                    max(0, x0 - step * left),
+                    min(w, x1 + step * right),
+                )
+                step *= 2
             y0, y1, x0, x1 = box
             out[y0:y1, x0:x1] |= found
         return out
 
-    def _box(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, bool]:
-        """(the matte inside ``box``, whether a rim pixel of it lies within EDGE of an edge of the box that is
-        not the frame's: then a component may go on outside, and the box must grow)."""
+    def _box(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[bool, bool, bool, bool]]:
+        """(the matte inside ``box``, for its top, bottom, left and right edges whether a rim pixel lies within
+        EDGE of it where it is not the frame's: then a component may go on outside, and the box must grow)."""
         y0, y1, x0, x1 = box
         h, w = self.shape
         grey = self.grey[y0:y1, x0:x1]
@@ -584,9 +589,14 @@ class _OtherPair:
         spike = self.spikes.without_edges(self.spikes.spikes(grey, warped_old, warped_new))
         weak = self.spikes.seeds(spike, self.level)[1]
         e = self.EDGE
-        inner = weak[e * (y0 > 0) : weak.shape[0] - e * (y1 < h), e * (x0 > 0) : weak.shape[1] - e * (x1 < w)]
-        if int(inner.sum()) < int(weak.sum()):
-            return weak, True
+        sides = (
+            y0 > 0 and bool(weak[:e].any()),
+            y1 < h and bool(weak[-e:].any()),
+            x0 > 0 and bool(weak[:, :e].any()),
+            x1 < w and bool(weak[:, -e:].any()),
+        )
+        if any(sides):
+            return weak, sides
         trust = _nearest_in(self.trust, box, self.shape)
         trusted, reliable = (trust & 1) > 0, trust > 1
         found = self.spikes(
@@ -601,10 +611,10 @@ class _OtherPair:
             support=self.support[y0:y1, x0:x1],
             area=h * w,
         )
-        return found, False
+        return found, (False, False, False, False)
 
 
-OTHER_TILE = 32  # px: the other pairs' boxes are runs of these tiles around undecided spikes, one tile beyond
+OTHER_TILE = 16  # px: the other pairs' boxes are groups of these tiles around undecided spikes
 
 
 def _undecided(
@@ -622,7 +632,7 @@ def _undecided(
     (``doubtful``), and the tiles beside a component it found (``found``) where the frame stands out from one
     nearest reference alone (a speck of t-1 or t+1 over part of this frame's, which then goes on there).
     Elsewhere another pair meets what the nearest one met: the same frame, threshold and texture, and
-    references that agree. Boxes are the bounding boxes of 8-connected groups of such tiles, grown by a tile."""
+    references that agree. Boxes are the bounding boxes of 8-connected groups of such tiles."""
     h, w = grey.shape
     t = OTHER_TILE
     rows, cols = -(-h // t), -(-w // t)
@@ -640,18 +650,21 @@ def _undecided(
     # The frame outside the 3x3 range of one nearest reference by the level where the pair's spike is not
     # (not by half of it): only in the tiles next to what was found.
     near = cv2.dilate(held.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    box = np.ones((3, 3), np.uint8)
+    box, reach = np.ones((3, 3), np.uint8), np.ones((7, 7), np.uint8)
     for r, c in zip(*np.nonzero(near & ~undecided)):
-        # The tile and a pixel around it: the 3x3 ranges of its pixels.
-        y0, y1, x0, x1 = max(0, r * t - 1), min(h, (r + 1) * t + 1), max(0, c * t - 1), min(w, (c + 1) * t + 1)
+        # The tile and 3 px around it: the 3x3 ranges of its pixels, what was found beside them.
+        y0, y1, x0, x1 = max(0, r * t - 3), min(h, (r + 1) * t + 3), max(0, c * t - 3), min(w, (c + 1) * t + 3)
         f = grey[y0:y1, x0:x1]
         one = np.zeros(f.shape, bool)
         for ref in (warped_p[y0:y1, x0:x1], warped_n[y0:y1, x0:x1]):
             one |= (f - cv2.dilate(ref, box) > level) | (cv2.erode(ref, box) - f > level)
-        undecided[r, c] = bool((one & (spike[y0:y1, x0:x1] <= 0.5 * level))[1:-1, 1:-1].any())
+        one &= spike[y0:y1, x0:x1] <= 0.5 * level
+        one &= cv2.dilate(found[y0:y1, x0:x1].view(np.uint8), reach) > 0  # going on from a found component
+        undecided[r, c] = bool(one[r * t - y0 : r * t - y0 + t, c * t - x0 : c * t - x0 + t].any())
     if not undecided.any():
         return []
-    grown = cv2.dilate(undecided.view(np.uint8), np.ones((3, 3), np.uint8))
+    # Each group of tiles as found: a component of another pair that goes on beyond grows its box (``_box``).
+    grown = undecided.view(np.uint8)
     stats = cv2.connectedComponentsWithStats(grown, connectivity=8)[2]
     return [(y * t, min(h, (y + bh) * t), x * t, min(w, (x + bw) * t)) for x, y, bw, bh, _ in stats[1:].tolist()]
 
