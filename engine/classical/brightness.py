@@ -64,11 +64,7 @@ class Reference:
 
     def fields(self, other: np.ndarray, outlier: float) -> tuple[np.ndarray, np.ndarray]:
         """(gain, offset) on the statistics grid with ``frame ~ gain * other + offset`` (``gain_offset``)."""
-        return self.fit(_reduce(other, self.factor), outlier)
-
-    def fit(self, other: np.ndarray, outlier: float) -> tuple[np.ndarray, np.ndarray]:
-        """``fields`` of a neighbour given on the statistics grid already."""
-        f, o, weight = self.small, other, self.weight
+        f, o, weight = self.small, _reduce(other, self.factor), self.weight
         gain, offset = _fit(f, o, weight, self.sigma)
         explained = (np.abs(f - (gain * o + offset)) < outlier).astype(np.float32)
         return _fit(f, o, weight * explained, self.sigma)

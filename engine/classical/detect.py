@@ -128,13 +128,6 @@ class SpikeDetector:
     # Both references on one side (a clip's first or last frame): occlusions look like spikes in both, so
     # the evidence asked for is this much stronger.
     one_sided_gain: float = 1.5
-    # Other reference pairs ((t-2, t+1), (t-1, t+2)) see a speck whose t-1 or t+1 has a speck of its own over it,
-    # or is occluded there; but with t-1 (t+1) left out, what t shares with it alone (a moving object the flow
-    # to the farther frame missed) looks like a speck too. A speck differs from both nearest neighbours over
-    # much of itself (not where the other speck overlaps it); so a component another pair finds is kept only
-    # if at least this share of its pixels lies outside both nearest neighbours by the threshold (``support``),
-    # and only over content that moves at most ``moving_px``: the farther frame is where fast motion is missed.
-    support_share: float = 0.25
     texture_ring: int = 9  # px: the ring's outer size
     stand_out_ring: int = 3  # px: the ring a clip end's component is compared with (``_stands_out``)
 
@@ -219,31 +212,6 @@ class SpikeDetector:
             level = float(np.partition(above, k)[k])
         return max(self.threshold, self.frame_gain * level)
 
-    def frame_level(self, spike: np.ndarray, one_sided: bool) -> float:
-        """The threshold a frame's seeds must exceed: ``frame_threshold`` of its spikes (``without_edges``),
-        raised by ``one_sided_gain`` when both references lie on one side (a clip's ends)."""
-        return self.frame_threshold(spike) * (self.one_sided_gain if one_sided else 1.0)
-
-    def without_edges(self, spike: np.ndarray) -> np.ndarray:
-        """``spike`` with its outermost rows and columns 0 (a copy, unless they are 0 already). There the 3x3
-        range is one-sided, and the scan's gate edge weaves in and out of the picture: no evidence of dust."""
-        if not (spike[[0, -1], :].any() or spike[:, [0, -1]].any()):
-            return spike
-        spike = spike.copy()
-        spike[[0, -1], :] = 0.0
-        spike[:, [0, -1]] = 0.0
-        return spike
-
-    def seeds(self, spike: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """(seeds, weak): the pixels above the threshold, and those above half of it within 3 px of a seed.
-        Seeds grow into the soft rim of each speck (hysteresis), but only a few pixels: a rim is thin, and a
-        long weak trail is mis-compensated texture, not dust."""
-        seeds = spike > threshold
-        if not seeds.any():
-            return seeds, seeds
-        near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-        return seeds, (spike > 0.5 * threshold) & near
-
     def _stands_out(
         self,
         frame: np.ndarray,
@@ -316,22 +284,14 @@ class SpikeDetector:
         spike: np.ndarray | None = None,
         reliable: np.ndarray | None = None,
         one_sided: np.ndarray | None = None,
-        threshold: float | None = None,
-        support: np.ndarray | None = None,
-        area: int | None = None,
-        doubtful: np.ndarray | None = None,
     ) -> np.ndarray:
         """frame, prev, nxt: (H, W) luminance, neighbours already warped onto ``frame``'s grid and matched to
         its brightness. trusted: (H, W) bool, where the neighbours can be compared at all (not at motion
         boundaries, not from outside the picture). motion: (H, W) px per frame. reliable: (H, W) bool, where
         the flow passed its forward-backward check around. one_sided: given when both references lie on one
         side of the frame (a clip's ends): each pixel's motion (px per frame) against the picture's dominant
-        motion. spike: ``self.spikes(frame, prev, nxt)`` if the caller has it. threshold: the frame's
-        (``frame_level``) if the caller has it. support: given when prev and nxt are not the nearest neighbours
-        (t-1, t+1): the spike strength against those (``support_share``). area: the whole frame's pixel count
-        when ``frame`` is a crop of it. doubtful: (H, W) bool, if given set at the pixels of components left out
-        where the neighbours disagreed (beyond ``agree_share`` of the spike: other references may agree there).
-        Returns a bool matte.
+        motion. spike: ``self.spikes(frame, prev, nxt)`` if the
+        caller has it. Returns a bool matte.
 
         Untrusted or unreliable flow is not a veto: in flat sky DIS wanders by tens of pixels and the
         compensated neighbours are still right (flat is flat), and a speck disturbs the flow around itself.
@@ -341,16 +301,21 @@ class SpikeDetector:
         twice as strong."""
         if spike is None:
             spike = self.spikes(frame, prev, nxt)
-        spike = self.without_edges(spike)
-        if threshold is None:
-            threshold = self.frame_level(spike, one_sided is not None)
-        seeds, weak = self.seeds(spike, threshold)
+        # The outermost row and column have a one-sided 3x3 range, and there the scan's gate edge weaves in
+        # and out of the picture: no evidence of dust.
+        spike = spike.copy()
+        spike[[0, -1], :] = 0.0
+        spike[:, [0, -1]] = 0.0
+        threshold = self.frame_threshold(spike) * (1.0 if one_sided is None else self.one_sided_gain)
+        seeds = spike > threshold
         if not seeds.any():
             return seeds
-        frame_area = frame.size if area is None else area
+        # Grow seeds into the soft rim of each speck (hysteresis at half the threshold), but only a few
+        # pixels: a rim is thin, and a long weak trail is mis-compensated texture, not dust.
+        near = cv2.dilate(seeds.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        weak = (spike > 0.5 * threshold) & near
         labels, keep, area = _components_touching(weak, seeds)
         keep &= area <= self.max_area
-        tested = keep.copy()
         # Evidence per component, from its own pixels only (a few thousand, not the frame).
         ys, xs = pixels(weak)
         lab = labels[ys, xs]
@@ -373,10 +338,6 @@ class SpikeDetector:
             # the rest of the picture. Their agreement proves nothing there, only flow that passed its checks.
             agree &= mean(one_sided[ys, xs]) <= self.moving_px
         keep &= (mean(ok.astype(np.float64)) >= 0.5) | agree
-        if support is not None:
-            keep &= mean(support[ys, xs] > threshold) >= self.support_share
-            if motion is not None:
-                keep &= mean(motion[ys, xs]) <= self.moving_px
         # The texture around a component is the costliest evidence: it is taken only for those still kept after
         # the cheaper tests, at the same values (``texture`` is exact at any pixel).
         held = keep[lab]
@@ -389,15 +350,13 @@ class SpikeDetector:
         )
         keep &= _component_max(lab, s, n) >= needed
         if motion is not None:
-            large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame_area)
+            large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
             keep &= ~large_moving | (agree & (peak > 2.0 * threshold))
         if one_sided is not None and keep.any():
             keep &= self._stands_out(frame, 0.5 * (prev + nxt), labels, ys, xs, lab, n)
         # The kept components' pixels, set from the weak pixels' labels (not a gather over the whole frame).
         matte = np.zeros(frame.shape, bool)
         matte[ys, xs] = keep[lab]
-        if doubtful is not None:
-            doubtful[ys, xs] |= (tested & ~keep & (disagree > self.agree_share * strength))[lab]
         return matte
 
 

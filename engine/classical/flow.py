@@ -84,14 +84,6 @@ def rewarp(image: np.ndarray, flow: np.ndarray, warped: np.ndarray, boxes: list[
             block[...] = done
 
 
-def warp_box(image: np.ndarray, flow: np.ndarray, y0: int, x0: int) -> np.ndarray:
-    """``warp(image, full_flow)`` inside a box whose top left pixel is (y0, x0), given the flow there: the same
-    coordinates to the bit (the same grid plus the flow), so the same samples."""
-    h, w = flow.shape[:2]
-    coords = flow + _grid(*image.shape[:2])[y0 : y0 + h, x0 : x0 + w]
-    return cv2.remap(image, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def remap_points(
     image: np.ndarray, sx: np.ndarray, sy: np.ndarray, interpolation: int = cv2.INTER_LINEAR
 ) -> np.ndarray:

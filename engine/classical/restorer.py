@@ -43,7 +43,6 @@ from frdm.engine.classical.flow import (
     remap_points,
     rewarp,
     warp,
-    warp_box,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
@@ -235,14 +234,6 @@ class _Motion:
         comes from outside the picture."""
         return (flow_gradient(self.flow) <= max_gradient) & ~_outside(self.flow)
 
-    def full_in(self, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-        """The flow at full size, in full-size px, inside ``box`` (y0, y1, x0, x1): bilinear on the reduced grid
-        (``_in_box``), each pixel from its own sample, so any box gives the bits the whole frame gives."""
-        y0, y1, x0, x1 = box
-        if self.scale == 1:
-            return self.flow[y0:y1, x0:x1]
-        return _in_box(self.flow, box, shape) * np.float32(self.scale)
-
     def at(self, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-size flow vectors (N, 2) and trust (N,) at full-size pixels."""
         if self.scale == 1:
@@ -261,11 +252,8 @@ class _Motion:
 class ClassicalRestorer:
     engine_version = depends.ENGINE_VERSIONS["classical"]
 
-    def __init__(self, fast_pairs: bool = True) -> None:
+    def __init__(self) -> None:
         self._flows = _FlowCache()
-        # The other reference pairs tested in boxes around the frame's spikes (False: on the whole frame, the
-        # plain form the boxes must equal; tests compare the two).
-        self.fast_pairs = fast_pairs
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})
@@ -333,23 +321,7 @@ class ClassicalRestorer:
                 if (p < t) == (n < t):  # a clip's end: what moves against the picture may be occluded
                     dominant = np.median(motion[p].flow.reshape(-1, 2), axis=0) * float(scale)
                     own = magnitude(motion[p].full(shape) - dominant.astype(np.float32))
-                spike = spikes.without_edges(spike)
-                level = spikes.frame_level(spike, own is not None)
-                doubtful = np.zeros(shape, bool)
-                matte |= spikes(
-                    grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own, level, doubtful=doubtful
-                )
-                # Where t-1 or t+1 has a speck of its own over this frame's (dust is dense enough for that on
-                # some frames), or is occluded or mis-compensated there, the two references disagree and the
-                # speck is left alone (or only the part of it outside the other speck is found). The next frame
-                # beyond on that side is a reference too: each other pair must pass every test by itself.
-                others = _other_pairs(t, p, n, neighbours)
-                boxes = _undecided(grey, warped_p, warped_n, spike, level, matte, doubtful) if others else []
-                if boxes:
-                    near = {p: warped_p, n: warped_n}
-                    for new, old in others:
-                        pair = _OtherPair(data, t, new, old, near[old], motion, look, spikes, spike, level, speed)
-                        matte |= pair.matte(boxes, self.fast_pairs)
+                matte |= spikes(grey, warped_p, warped_n, trusted, speed, spike, look.reliable, own)
             if use_scratches:
                 window = list(range(lo, hi + 1))
                 # Horizontal motion from t to each window frame, to tell the scene's own lines from scratches.
@@ -490,215 +462,6 @@ class _Look:
             match(self.reference, self.raw[self.p], self.threshold),
             match(self.reference, self.raw[self.n], self.threshold),
         )
-
-
-class _OtherPair:
-    """The spike test of frame t with one nearer reference ``old`` (t-1 or t+1, already warped and matched: the
-    first look's) and one farther ``new`` (t-2 or t+2). Its components must lie outside both nearest neighbours
-    over ``support_share`` of their pixels (``support``: the nearest pair's spikes), so each holds pixels above
-    the frame's threshold there (``level``, one for all pairs: a property of the frame): it can find nothing
-    away from those. So the new reference is warped and matched only in boxes around them, each grown until
-    no component of its own reaches near its edge (then every component inside is the whole-frame one, to the
-    bit: each step is exact at a pixel given enough margin)."""
-
-    EDGE = 12  # px: no rim pixel this near a box's inner edge (the rim's dilation, 3x3 ranges, texture ring)
-
-    def __init__(
-        self,
-        data: _Frames,
-        t: int,
-        new: int,
-        old: int,
-        warped_old: np.ndarray,
-        motion: dict[int, _Motion],
-        look: _Look,
-        spikes: SpikeDetector,
-        support: np.ndarray,
-        level: float,
-        speed: np.ndarray,
-    ) -> None:
-        self.grey, self.grey_new, self.warped_old = data.grey(t), data.grey(new), warped_old
-        self.shape = self.grey.shape
-        self.spikes, self.support, self.level, self.speed = spikes, support, level, speed
-        # The farther reference's flow taken from around the first look's suspects too (a speck drags DIS to
-        # t-2 as to t-1); the fill's own exclusion then adds only what the detection finds beyond them.
-        self.motion = motion[new]
-        if look.suspect.any():
-            self.motion.exclude(cv2.dilate(look.suspect.astype(np.uint8), _disc(2)) > 0)
-        gradient = spikes.max_flow_gradient
-        trusted = self.motion.comparable(gradient) & motion[old].comparable(gradient)
-        reliable = self.motion.trusted & motion[old].trusted
-        self.trust = trusted.view(np.uint8) | (reliable.view(np.uint8) << 1)  # one gather per box for both
-        # Its brightness matched to t's on the statistics grid (the fields are smooth at ~5 cells: the reference
-        # warped there, by the flow reduced there, has the local means of the full-size warp reduced).
-        ref, flow = look.reference, self.motion.flow
-        stats = ref.small.shape[::-1]
-        small = cv2.resize(data.small(new), stats, interpolation=cv2.INTER_AREA)
-        reduced = cv2.resize(flow, stats, interpolation=cv2.INTER_AREA) * np.float32(stats[0] / flow.shape[1])
-        gain, offset = ref.fit(warp(small, reduced), spikes.threshold)
-        # The flow and both fields on the flow's grid, enlarged in a box by one remap (``_in_box``).
-        grid = flow.shape[1::-1]
-        self.fields = np.dstack(
-            [
-                flow,
-                cv2.resize(gain, grid, interpolation=cv2.INTER_LINEAR),
-                cv2.resize(offset, grid, interpolation=cv2.INTER_LINEAR),
-            ]
-        ).astype(np.float32)
-
-    def matte(self, boxes: list[tuple[int, int, int, int]], fast: bool = True) -> np.ndarray:
-        """The bool matte this pair finds in ``boxes`` (``_undecided``), each grown as it needs (``fast``), or
-        on the whole frame: inside the boxes the same bits."""
-        h, w = self.shape
-        out = np.zeros(self.shape, bool)
-        if not fast:
-            out[:] = self._box((0, h, 0, w))[0]
-            return out
-        for box in boxes:
-            step = 2 * OTHER_TILE
-            while True:
-                found, sides = self._box(box)
-                if not any(sides):
-                    break
-                # Grown on the sides a rim reaches, by twice as much each time (large blotches at 2K).
-                top, bottom, left, right = sides
-                y0, y1, x0, x1 = box
-                box = (
-                    max(0, y0 - step * top),
-                    min(h, y1 + step * bottom),
-                    max(0, x0 - step * left),
-                    min(w, x1 + step * right),
-                )
-                step *= 2
-            y0, y1, x0, x1 = box
-            out[y0:y1, x0:x1] |= found
-        return out
-
-    def _box(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[bool, bool, bool, bool]]:
-        """(the matte inside ``box``, for its top, bottom, left and right edges whether a rim pixel lies within
-        EDGE of it where it is not the frame's: then a component may go on outside, and the box must grow)."""
-        y0, y1, x0, x1 = box
-        h, w = self.shape
-        grey = self.grey[y0:y1, x0:x1]
-        fields = _in_box(self.fields, box, self.shape)
-        flow = fields[..., :2] if self.motion.scale == 1 else fields[..., :2] * np.float32(self.motion.scale)
-        warped_new = warp_box(self.grey_new, flow, y0, x0)
-        warped_new *= fields[..., 2]
-        warped_new += fields[..., 3]
-        warped_old = self.warped_old[y0:y1, x0:x1]
-        spike = self.spikes.without_edges(self.spikes.spikes(grey, warped_old, warped_new))
-        weak = self.spikes.seeds(spike, self.level)[1]
-        e = self.EDGE
-        sides = (
-            y0 > 0 and bool(weak[:e].any()),
-            y1 < h and bool(weak[-e:].any()),
-            x0 > 0 and bool(weak[:, :e].any()),
-            x1 < w and bool(weak[:, -e:].any()),
-        )
-        if any(sides):
-            return weak, sides
-        trust = _nearest_in(self.trust, box, self.shape)
-        trusted, reliable = (trust & 1) > 0, trust > 1
-        found = self.spikes(
-            grey,
-            warped_old,
-            warped_new,
-            trusted,
-            self.speed[y0:y1, x0:x1],
-            spike,
-            reliable,
-            threshold=self.level,
-            support=self.support[y0:y1, x0:x1],
-            area=h * w,
-        )
-        return found, (False, False, False, False)
-
-
-OTHER_TILE = 16  # px: the other pairs' boxes are groups of these tiles around undecided spikes
-
-
-def _undecided(
-    grey: np.ndarray,
-    warped_p: np.ndarray,
-    warped_n: np.ndarray,
-    spike: np.ndarray,
-    level: float,
-    found: np.ndarray,
-    doubtful: np.ndarray,
-) -> list[tuple[int, int, int, int]]:
-    """Full-size boxes (y0, y1, x0, x1) where another reference pair can change the matte: around the tiles
-    with a spike above the frame's level (``spike``: the nearest pair's; a component of another pair must hold
-    some, ``support_share``) of a component the nearest pair left out because its references disagreed
-    (``doubtful``), and the tiles beside a component it found (``found``) where the frame stands out from one
-    nearest reference alone (a speck of t-1 or t+1 over part of this frame's, which then goes on there).
-    Elsewhere another pair meets what the nearest one met: the same frame, threshold and texture, and
-    references that agree. Boxes are the bounding boxes of 8-connected groups of such tiles."""
-    h, w = grey.shape
-    t = OTHER_TILE
-    rows, cols = -(-h // t), -(-w // t)
-
-    def tiles_of(mask: np.ndarray) -> np.ndarray:
-        padded = np.zeros((rows * t, cols * t), np.float32)
-        padded[:h, :w] = mask
-        return cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA) > 0  # any pixel of a tile
-
-    seeds = spike > level
-    if not seeds.any():
-        return []
-    held = tiles_of(found)
-    undecided = tiles_of(seeds & doubtful)
-    # The frame outside the 3x3 range of one nearest reference by the level where the pair's spike is not
-    # (not by half of it): only in the tiles next to what was found.
-    near = cv2.dilate(held.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    box, reach = np.ones((3, 3), np.uint8), np.ones((7, 7), np.uint8)
-    for r, c in zip(*np.nonzero(near & ~undecided)):
-        # The tile and 3 px around it: the 3x3 ranges of its pixels, what was found beside them.
-        y0, y1, x0, x1 = max(0, r * t - 3), min(h, (r + 1) * t + 3), max(0, c * t - 3), min(w, (c + 1) * t + 3)
-        f = grey[y0:y1, x0:x1]
-        one = np.zeros(f.shape, bool)
-        for ref in (warped_p[y0:y1, x0:x1], warped_n[y0:y1, x0:x1]):
-            one |= (f - cv2.dilate(ref, box) > level) | (cv2.erode(ref, box) - f > level)
-        one &= spike[y0:y1, x0:x1] <= 0.5 * level
-        one &= cv2.dilate(found[y0:y1, x0:x1].view(np.uint8), reach) > 0  # going on from a found component
-        undecided[r, c] = bool(one[r * t - y0 : r * t - y0 + t, c * t - x0 : c * t - x0 + t].any())
-    if not undecided.any():
-        return []
-    # Each group of tiles as found: a component of another pair that goes on beyond grows its box (``_box``).
-    grown = undecided.view(np.uint8)
-    stats = cv2.connectedComponentsWithStats(grown, connectivity=8)[2]
-    return [(y * t, min(h, (y + bh) * t), x * t, min(w, (x + bw) * t)) for x, y, bw, bh, _ in stats[1:].tolist()]
-
-
-def _other_pairs(t: int, p: int, n: int, neighbours: list[int]) -> list[tuple[int, int]]:
-    """(farther reference, nearer one) for the pairs (t-2, t+1) and (t-1, t+2), where those frames are
-    neighbours (none at a clip end, whose pair is on one side already)."""
-    if not p < t < n:
-        return []
-    before = [k for k in neighbours if k < p]
-    after = [k for k in neighbours if k > n]
-    return ([(before[-1], n)] if before else []) + ([(after[0], p)] if after else [])
-
-
-def _in_box(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-    """A field on a reduced grid (H', W'[, C]) enlarged bilinearly to ``shape`` (pixel centres aligned as
-    cv2.resize aligns them), inside ``box`` only: each pixel sampled on its own (cv2.remap), so a box gives
-    the bits the whole frame gives."""
-    y0, y1, x0, x1 = box
-    big_h, big_w = shape[:2]
-    h, w = small.shape[:2]
-    coords = np.empty((y1 - y0, x1 - x0, 2), np.float32)
-    coords[..., 0] = (np.arange(x0, x1, dtype=np.float32) + 0.5) * np.float32(w / big_w) - 0.5
-    coords[..., 1] = ((np.arange(y0, y1, dtype=np.float32) + 0.5) * np.float32(h / big_h) - 0.5)[:, None]
-    return cv2.remap(small, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def _nearest_in(small: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-    """A bool mask on a reduced grid at full size inside ``box``: each pixel takes its reduced pixel's value."""
-    y0, y1, x0, x1 = box
-    h, w = small.shape[:2]
-    rows = np.minimum(np.arange(y0, y1) * h // shape[0], h - 1)
-    cols = np.minimum(np.arange(x0, x1) * w // shape[1], w - 1)
-    return small.take(rows, axis=0).take(cols, axis=1)
 
 
 CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
