@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,18 +86,22 @@ finally:
 """
 
 
-def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float, float]:
-    """Run ``target`` (a script, or -m:MODULE) under ``python``; (stdout, wall seconds, its peak RSS in MiB)."""
+def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float, float, float]:
+    """Run ``target`` (a script, or -m:MODULE) under ``python``; (stdout, wall seconds, its peak RSS in MiB, its
+    CPU seconds, user + system, interpreter start included)."""
     with tempfile.TemporaryDirectory(prefix="frdm-bench-") as tmp:
         peak_file = os.path.join(tmp, "peak_kb")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run([python, "-c", _PEAK_WRAPPER, peak_file, target, *args], capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         if proc.returncode != 0:
             fail(f"{target} {' '.join(args[:3])} ... failed (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
         with open(peak_file) as fh:
             peak_mib = int(fh.read()) / 1024.0  # VmHWM is in kB (KiB)
-    return proc.stdout, wall, peak_mib
+    return proc.stdout, wall, peak_mib, cpu
 
 
 def synthetic_clip(
@@ -218,43 +224,73 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
     src = os.path.join(folder, "src.####.exr")
     threads = str(os.cpu_count() or 1)
 
-    print(f"{w}x{h}: SpotLess file to file ...", file=sys.stderr)
     peer_args = ["--src", src, "--count", str(args.frames), "--threads", threads]
     spot_out = os.path.join(folder, "spotless.####.exr")
-    text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "file", "--out", spot_out])
-    spot_file = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss}
-    print(f"{w}x{h}: SpotLess filter alone ...", file=sys.stderr)
-    text, wall, rss = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "filter"])
-    spot_filter = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss}
-
-    print(f"{w}x{h}: FRDM file to file ...", file=sys.stderr)
     frdm_args = ["restore", src, os.path.join(folder, "frdm.####.exr")]
     frdm_args += ["--colorspace", "linear", "--quiet", "--json", "--no-resume"]
-    text, wall, rss = run_measured(sys.executable, "-m:frdm.cli", frdm_args)
-    report = json.loads(text[text.index("{") :])
-    frdm_file = {
-        "frames": len(report["written"]),
-        "seconds": report["seconds"],
-        "frames_per_second": len(report["written"]) / report["seconds"],
-        "wall_seconds": wall,
-        "peak_rss_mib": rss,
-    }
+
+    def spotless_file() -> dict:
+        text, wall, rss, cpu = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "file", "--out", spot_out])
+        return {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss, "cpu": cpu}
+
+    def frdm_file() -> dict:
+        text, wall, rss, cpu = run_measured(sys.executable, "-m:frdm.cli", frdm_args)
+        report = json.loads(text[text.index("{") :])
+        n = len(report["written"])
+        return {
+            "frames": n,
+            "seconds": report["seconds"],
+            "frames_per_second": n / report["seconds"],
+            "wall_seconds": wall,
+            "peak_rss_mib": rss,
+            "cpu": cpu,
+        }
+
+    # File to file in interleaved pairs, the order swapped every repeat: on a shared machine the load drifts
+    # within seconds, and a pair run back to back sees about the same load. Each pair gives one ratio.
+    spots, frdms = [], []
+    for k in range(args.repeats):
+        print(f"{w}x{h}: file to file, pair {k + 1} of {args.repeats} ...", file=sys.stderr)
+        if k % 2 == 0:
+            spots.append(spotless_file())
+            frdms.append(frdm_file())
+        else:
+            frdms.append(frdm_file())
+            spots.append(spotless_file())
+    ratios = [f["frames_per_second"] / s["frames_per_second"] for f, s in zip(frdms, spots)]
+    print(f"{w}x{h}: SpotLess filter alone ...", file=sys.stderr)
+    text, wall, rss, cpu = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "filter"])
+    spot_filter = {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss, "cpu": cpu}
+
+    def median_run(runs: list[dict]) -> dict:
+        fps = statistics.median(r["frames_per_second"] for r in runs)
+        return {
+            "frames_per_second": fps,
+            "frames_per_second_all": [r["frames_per_second"] for r in runs],
+            "cpu_ms_per_frame": 1000.0 * statistics.median(r["cpu"] for r in runs) / args.frames,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "vapoursynth": runs[0].get("vapoursynth"),
+        }
+
+    spot_file, frdm_file_run = median_run(spots), median_run(frdms)
     print(f"{w}x{h}: metrics ...", file=sys.stderr)
     return {
         "size": f"{w}x{h}",
         "frames": args.frames,
         "defect_share": float(np.mean([m.mean() for m in masks])),
         "spotless": {"file": spot_file, "filter": spot_filter, **quality(folder, "spotless", gts, masks)},
-        "frdm": {"file": frdm_file, **quality(folder, "frdm", gts, masks)},
-        "frdm_over_spotless_file_fps": frdm_file["frames_per_second"] / spot_file["frames_per_second"],
+        "frdm": {"file": frdm_file_run, **quality(folder, "frdm", gts, masks)},
+        "frdm_over_spotless_file_fps": statistics.median(ratios),
+        "frdm_over_spotless_file_fps_all": ratios,
     }
 
 
 def table(results: list[dict]) -> str:
     lines = [
         "| size | tool | file to file frames/s | filter alone frames/s | MaskedPSNR input -> output (gain) dB "
-        "| gain without first/last frame dB | change outside defects /255 (share changed) | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| gain without first/last frame dB | change outside defects /255 (share changed) | peak RSS MiB "
+        "| CPU ms per frame (file to file) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for name, tool in (("SpotLess", r["spotless"]), ("FRDM classical", r["frdm"])):
@@ -264,10 +300,12 @@ def table(results: list[dict]) -> str:
                 f"{tool['masked_psnr_input']:.2f} -> {tool['masked_psnr']:.2f} ({tool['masked_psnr_gain']:+.2f}) | "
                 f"{tool['masked_psnr_gain_inner']:+.2f} | "
                 f"{tool['change_outside_defects']:.3f} ({100 * tool['share_outside_changed']:.1f}%) | "
-                f"{tool['file']['peak_rss_mib']:.0f} |"
+                f"{tool['file']['peak_rss_mib']:.0f} | {tool['file']['cpu_ms_per_frame']:.0f} |"
             )
+        spread = r["frdm_over_spotless_file_fps_all"]
         lines.append(
-            f"| {r['size']} | FRDM / SpotLess file to file | {r['frdm_over_spotless_file_fps']:.2f}x | | | | | |"
+            f"| {r['size']} | FRDM / SpotLess file to file (median of {len(spread)} interleaved pairs) | "
+            f"{r['frdm_over_spotless_file_fps']:.2f}x [{min(spread):.2f}-{max(spread):.2f}] | | | | | | |"
         )
     return "\n".join(lines)
 
@@ -292,6 +330,7 @@ def main() -> int:
     ap.add_argument("--flicker", type=float, default=0.0, help="per-frame brightness flicker sigma (0: none)")
     ap.add_argument("--grain", type=float, default=0.0, help="film grain strength (0: none; 0.02 is light)")
     ap.add_argument("--work", default="out/spotless_vs_frdm", help="where the frames go (replaced)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved file-to-file pairs per size (median)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     from frdm.engine.data.clips import parse_size

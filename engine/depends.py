@@ -58,9 +58,11 @@ from frdm.engine.params import SCHEMA, STAGES
 
 # classical-2: flicker-matched detection, grain-keeping fills (engine/classical). classical-3: the scene's own
 # lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film);
-# fills aligned, exposure-matched and checked on their ring (issue 11).
+# fills aligned, exposure-matched and checked on their ring (issue 11). classical-4: fills 4 px beyond the matte
+# (was 6), spatial fills' grain from the plainest of eight patches, every neighbour's flow taken from around the
+# defects, flow trusted inside large blotches (different fills on real film).
 # diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-3", "diffusion": "diffusion-2"}
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-4", "diffusion": "diffusion-2"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).

@@ -93,8 +93,11 @@ class FillResult:
         if image.shape != model_input.shape:
             raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
         shape = (int(image.shape[0]), int(image.shape[1]))
-        # A frame the restorer left alone (often the input array itself) costs one fast pass, not a per-pixel map.
-        differs = None if image is model_input or np.array_equal(image, model_input) else image != model_input
+        # A frame the restorer left alone (often the input array itself, or a view of the very same pixels)
+        # costs no pass or one fast pass, not a per-pixel map.
+        differs = (
+            None if _same_pixels(image, model_input) or np.array_equal(image, model_input) else image != model_input
+        )
         # Channels OR-ed one by one: numpy's any() over a length-3 last axis is several times slower.
         changed_all = None if differs is None else differs[..., 0] | differs[..., 1] | differs[..., 2]
         box = None if changed_all is None else nonzero_box(changed_all)
@@ -195,6 +198,17 @@ class FolderFillStore:
 
     def put(self, frame: int, result: FillResult) -> None:
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
+def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are views of the same memory laid out alike (hence equal: NaN is refused on
+    input), without reading a pixel."""
+    return a is b or (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:

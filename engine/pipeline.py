@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import numpy as np
 
 from frdm.engine import atomic, depends
 from frdm.engine import params as P
-from frdm.engine.color import IDENTITY, check_colorspace, resolve_colorspace, to_model
+from frdm.engine.color import check_colorspace, model_view, resolve_colorspace
 from frdm.engine.errors import InputError
 from frdm.engine.fill import FillResult, FillStore, FolderFillStore, finish_frame
 from frdm.engine.frames import (
@@ -75,21 +77,41 @@ def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndar
     idx = frame.rgb_indices()
     held = frame.samples
     rgb = held[..., idx[0] : idx[0] + 3] if idx == list(range(idx[0], idx[0] + 3)) else held[..., idx]
-    if space in IDENTITY:
-        np.clip(rgb, 0.0, 1.0, out=out)
-    else:
-        np.clip(to_model(rgb, space, params["ocio_config"], out=out), 0.0, 1.0, out=out)
+    model_view(rgb, space, params["ocio_config"], out=out)
 
 
 class _Window:
     """The model-space frames of the block being restored, in one (T, H, W, 3) array that slides along the
     shot: frames the next block shares stay where they are (moved to the front), only new frames are added.
-    No frame is converted twice and the array is allocated once."""
+    No frame is converted twice and the array is allocated once.
+
+    The array outlives its window as the spare for the next window of its shape (a server restores chunk
+    after chunk): the kernel zeroes a fresh array's pages on first touch, ~16 ms of each 2K frame's
+    conversion. Only an array nothing else holds is reused (a restorer abandoned midway may still read
+    views of it); the spare is one window (``WINDOW_BYTES`` at most) held for the life of the process."""
+
+    _spare: list[np.ndarray] = []
+    _spare_lock = threading.Lock()
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.frames: np.ndarray | None = None
         self.numbers: list[int] = []
+
+    def __del__(self) -> None:
+        if self.frames is not None:
+            with _Window._spare_lock:
+                _Window._spare[:] = [self.frames]
+
+    @staticmethod
+    def _array(shape: tuple[int, int, int, int]) -> np.ndarray:
+        with _Window._spare_lock:
+            spare = _Window._spare.pop() if _Window._spare else None
+        # Two references (this name and getrefcount's argument): no view of it is alive anywhere.
+        if spare is not None and spare.shape == shape and sys.getrefcount(spare) == 2:
+            return spare
+        del spare
+        return np.empty(shape, np.float32)
 
     def keep_from(self, first: int) -> None:
         """Drop the frames before ``first`` (by number); the rest move to the front, in order."""
@@ -103,7 +125,7 @@ class _Window:
     def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any]) -> None:
         """Convert ``frame`` into the next slot (the slots are reused: no fresh frame-sized array per frame)."""
         if self.frames is None:
-            self.frames = np.empty((self.capacity, frame.height, frame.width, 3), np.float32)
+            self.frames = self._array((self.capacity, frame.height, frame.width, 3))
         _model_rgb(frame, space, params, self.frames[len(self.numbers)])
         self.numbers.append(n)
 

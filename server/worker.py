@@ -115,9 +115,11 @@ class WireSource(Source):
             cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None
             known = self.memory.pixels(cid) if self.memory is not None and cid is not None else None
             image = frame_from_raw(raw, name, known)
-            if self.memory is not None and cid is not None and known is None:
-                self.memory.put_pixels(cid, image.pixels)
-            self._from_raw[frame] = image.pixels
+            # Float32 pixels converted from a buffer of mixed types are worth keeping; halves are held as
+            # received (the buffer is in the recent sources already).
+            if self.memory is not None and cid is not None and known is None and image.half is None:
+                self.memory.put_pixels(cid, image.samples)
+            self._from_raw[frame] = image.samples
             return image
         data = read_input(self.job, self.kind, frame, self.limits)
         header = sniff.sniff(sniff.reader_of(data), name)
@@ -126,17 +128,21 @@ class WireSource(Source):
 
     def output(self, frame: int, image: Any, pixel_type: str) -> tuple[RawImage, bool]:
         """The finished frame as raw pixels, and whether they are the source's own buffer (the restorer
-        changed nothing, so nothing is converted or copied)."""
+        changed nothing, so nothing is converted or copied). Read through ``samples``: asking a frame that
+        holds halves for its ``pixels`` would decode a float32 copy nobody needs."""
         raw = self.raw(frame)
+        held = image.samples
         if (
             raw is not None
             and wire_types(image.formats, pixel_type) == raw.spec.types
             and tuple(image.channels) == raw.spec.channels
         ):
             original = self._from_raw.get(frame)
-            if original is image.pixels:
+            if original is held:
                 return with_attributes(raw, image), True
-            if original is not None and original.shape == image.pixels.shape:
+            # A float32 frame (mixed types) against the float32 pixels it came from: only the changes converted.
+            same_form = original is not None and (original.dtype, original.shape) == (held.dtype, held.shape)
+            if same_form and held.dtype == np.float32:
                 return changed_from_raw(raw, original, image), False
         return raw_from_frame(image, pixel_type), False
 
@@ -346,6 +352,7 @@ class Worker:
             del job.recalled[n]
 
     def _run_chunk(self, job: Job, emit: Emit) -> None:
+        from frdm.engine.frames import halves_written
         from frdm.engine.pipeline import READ_AHEAD, restore_frames
 
         params = job.req.params
@@ -440,6 +447,10 @@ class Worker:
             # Sources are read and converted to float on a thread of their own, ahead of the restorer (the
             # model-space conversion, the restorer and the reply of the frame before run beside it).
             read_ahead=READ_AHEAD,
+            # Half channels go back as half (raw replies: ``wire_types``; EXR replies: the writer) unless
+            # pixel_type says float: frames received as halves are then finished as halves, and a changed
+            # frame's reply is its own samples (``raw_from_frame``), no float32 frame converted back.
+            halves_out=halves_written(".exr", params["pixel_type"]),
         )
         try:
             for frame, image in results:

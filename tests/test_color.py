@@ -120,3 +120,24 @@ def test_restore_without_colorspace_treats_a_scene_linear_exr_as_linear(tmp_path
         )
     np.testing.assert_array_equal(results["auto"], results["linear"])
     assert not np.array_equal(results["auto"], results["srgb"])
+
+
+@pytest.mark.parametrize("space", ["srgb", "raw", "linear", "cineon"])
+def test_the_view_of_halves_is_the_clipped_conversion_of_their_floats(space, monkeypatch):
+    from frdm.engine import color
+    from frdm.engine.color import model_view
+
+    monkeypatch.setattr(color, "_BAND_VALUES", 1000)  # looked up in many bands, the last one short
+
+    # Every half bit pattern, in a strided RGB view of RGBA samples (as a frame holds them), NaN and Inf included.
+    rgba = np.zeros((21846, 4), np.uint16)
+    rgba[:, :3] = np.resize(np.arange(65536, dtype=np.uint16), (21846, 3))
+    rgb = rgba.view(np.float16)[:, :3]
+    out = np.full(rgb.shape, -1.0, np.float32)
+    with np.errstate(all="ignore"):
+        expected = np.clip(to_model(rgb.astype(np.float32), space), 0.0, 1.0)
+        got = model_view(rgb, space, out=out)
+        from_floats = model_view(rgb.astype(np.float32), space)
+    assert got is out
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(from_floats.view(np.uint32), expected.view(np.uint32))

@@ -382,3 +382,76 @@ def test_float32_to_half_rounds_as_the_exr_writer_does(tmp_path):
     with np.errstate(over="ignore"):
         ours = values.astype(np.float16)
     assert np.array_equal(read_frame(tmp_path / "r.exr", check_finite=False).half.view(np.uint16), ours.view(np.uint16))
+
+
+def test_the_next_run_reuses_a_window_array_nothing_holds_and_never_one_still_viewed():
+    import weakref
+
+    from frdm.engine.frames import Frame, MemorySource
+    from frdm.engine.restorer import RestoredFrame
+
+    class Recording:
+        """Pass-through that notes (weakly) the window array its clip views; ``keep`` holds a view strongly
+        (a restorer abandoned midway whose worker still reads the frames)."""
+
+        engine_version = "test-window-1"
+
+        def __init__(self, keep: bool = False):
+            self.arrays: list[Any] = []
+            self.kept: list[np.ndarray] = []
+            self.keep = keep
+
+        def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+            return (1, 1)
+
+        def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[RestoredFrame]:
+            self.arrays.append(weakref.ref(clip.frames.base))
+            if self.keep:
+                self.kept.append(clip.frames[0])
+            for n in clip.targets:
+                image = clip.frames[clip.index(n)]
+                yield RestoredFrame(n, image, np.zeros(image.shape[:2], np.float32))
+
+    rng = np.random.default_rng(3)
+    frames = {
+        n: Frame(
+            rng.random((20, 24, 4), dtype=np.float32), tuple("RGBA"), ("float",) * 4, (0, 0, 24, 20), (0, 0, 24, 20)
+        )
+        for n in range(1, 5)
+    }
+    other = {n: f.with_pixels(f.pixels[::-1].copy()) for n, f in frames.items()}
+    params = {"mask": "none", "colorspace": "raw", "write_matte": False}
+
+    def run(restorer: Recording, source: dict[int, Frame]) -> list[bytes]:
+        return [
+            f.pixels.tobytes() for _, f in pipeline.restore_frames(MemorySource(source), [1, 2, 3, 4], params, restorer)
+        ]
+
+    first, second, viewing, third = Recording(), Recording(), Recording(keep=True), Recording()
+    assert run(first, frames) == [f.pixels.tobytes() for f in frames.values()]
+    assert first.arrays[0]() is not None  # kept after the run, as the spare
+    assert run(second, other) == [f.pixels.tobytes() for f in other.values()]
+    assert second.arrays[0]() is first.arrays[0]()  # and the second run's
+    run(viewing, frames)
+    seen = viewing.kept[0].copy()
+    assert run(third, other) == [f.pixels.tobytes() for f in other.values()]
+    assert None is not third.arrays[0]() is not viewing.arrays[0]()  # a view of it is held: a fresh array
+    assert np.array_equal(viewing.kept[0], seen)  # and what that view shows was not overwritten
+
+
+def test_a_restored_view_of_the_input_pixels_is_unchanged_without_a_compare(monkeypatch):
+    from frdm.engine.fill import FillResult
+    from frdm.engine.restorer import RestoredFrame
+
+    window = np.random.default_rng(4).random((3, 16, 20, 3), dtype=np.float32)
+    matte = np.zeros((16, 20), np.float32)
+    compared = []
+    real_equal = np.array_equal
+    monkeypatch.setattr(np, "array_equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    same = FillResult.from_restored(RestoredFrame(1, window[1], matte), window[1])  # two views, one memory
+    assert same.box is None and compared == []
+    flipped = window[1][::-1]  # the same memory laid out otherwise: compared, and found changed
+    moved = FillResult.from_restored(RestoredFrame(1, flipped, matte), window[1])
+    assert compared == [1] and moved.box == (0, 16, 0, 20)
+    copy = FillResult.from_restored(RestoredFrame(1, window[1].copy(), matte), window[1])  # equal values
+    assert compared == [1, 1] and copy.box is None

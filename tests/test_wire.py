@@ -755,3 +755,61 @@ def test_the_cache_writer_outlives_a_failing_disk_and_nothing_waits_for_a_writer
     threading.Thread(target=many, daemon=True).start()
     assert done.wait(30), "put or close waited for a writer that had ended"
     assert all(cache.get(f"{i:064d}") == b"entry %d" % i for i in range(2 * storage.ResultCache.PENDING))
+
+
+@pytest.mark.parametrize("write_matte", [False, True], ids=["as-sent", "matte-added"])
+def test_half_frames_are_never_decoded_and_reply_what_float32_frames_reply(server, monkeypatch, write_matte):
+    """A raw all-half frame is held as the received halves (a view of its buffer): no float32 copy is made,
+    changed or not, and the replies are the bytes the float32 path gives."""
+    from frdm.engine import frames as frames_module
+    from frdm.engine.frames import MemorySource
+    from frdm.engine.pipeline import restore_frames
+    from frdm.server import worker
+    from frdm.server.pixels import frame_from_raw, raw_from_frame
+
+    srv, _ = server
+    src = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    buf = src[3].array().copy()
+    buf[0, 0, 0] = 0.75  # the counting restorer leaves frame 3 alone; it repaints frame 2
+    src[3] = RawImage(src[3].spec, buf)
+    read, decoded = [], []
+    real_read, real_decode = worker.WireSource.read, frames_module.half_to_float32
+    monkeypatch.setattr(worker.WireSource, "read", lambda self, n: read.append(real_read(self, n)) or read[-1])
+    monkeypatch.setattr(frames_module, "half_to_float32", lambda a: decoded.append(a.shape) or real_decode(a))
+    monkeypatch.setattr(protocol, "half_to_float32", lambda a: decoded.append(a.shape) or real_decode(a))
+    params = {"feather": 2.0, "matte_grow": 1, "write_matte": write_matte}
+    out = run(srv.endpoint, params, src, frames=(2, 3))
+    assert sorted(f.path for f in read) == [f"source frame {n}" for n in (1, 2, 3, 4)] and decoded == []
+    for frame in read:  # still the received halves: a read-only view of the message, not a copy
+        assert frame.half is not None and not frame.half.flags.owndata and not frame.half.flags.writeable
+        assert frame.half.tobytes() == src[int(frame.path.split()[-1])].array().tobytes()
+    if not write_matte:
+        assert bytes(memoryview(out[3][0].buffer)) == buf.tobytes()
+    # The same frames held as float32 pixels (decoded first), restored in process and converted back.
+    monkeypatch.undo()
+    floats = {n: frame_from_raw(r, f"source frame {n}") for n, r in src.items()}
+    assert all(f.pixels.dtype == np.float32 and f.half is None for f in floats.values())
+    expected = restore_frames(MemorySource(floats), [2, 3], dict(params, colorspace="raw"), CountingRestorer())
+    for n, frame in expected:
+        want, got = raw_from_frame(frame), out[n][0]
+        assert frame.half is None and got.spec == want.spec
+        assert bytes(memoryview(got.buffer).cast("B")) == bytes(memoryview(want.buffer).cast("B"))
+    assert not np.array_equal(out[2][0].to_float32()[..., :3], src[2].to_float32()[..., :3])  # frame 2 repaired
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, -np.nan])
+@pytest.mark.parametrize("y, x", [(4, 9), (H - 1, W - 1)], ids=["first-band", "last-band"])
+def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value, y, x, monkeypatch):
+    from frdm.engine.errors import InputError
+    from frdm.server import pixels
+    from frdm.server.pixels import frame_from_raw
+
+    monkeypatch.setattr(pixels, "_HALF_BAND", 1000)  # tested in bands, the last one short
+    raw = raw_frame(2)
+    assert frame_from_raw(raw, "f").half is not None
+    bad = raw.array().copy()
+    bad[y, x, 3] = value
+    with pytest.raises(InputError, match=rf"f: 1 NaN/Inf values \(first at x={x}, y={y}, channel A\)"):
+        frame_from_raw(RawImage(raw.spec, bad), "f")
+    bad[y, x, 3] = np.float16(-65504)  # the largest half is finite
+    assert frame_from_raw(RawImage(raw.spec, bad), "f").half is not None
