@@ -91,7 +91,9 @@ class _Window:
     views of it); the spare is one window (``WINDOW_BYTES`` at most) held for the life of the process."""
 
     _spare: list[np.ndarray] = []
-    _spare_lock = threading.Lock()
+    # Re-entrant: a window's finalizer may run inside another's while it holds the lock (the cycle collector
+    # runs finalizers wherever an allocation triggers it); a plain lock would hang that thread.
+    _spare_lock = threading.RLock()
 
     def __init__(self, capacity: int):
         self.capacity = capacity
