@@ -91,7 +91,9 @@ class _Window:
     views of it); the spare is one window (``WINDOW_BYTES`` at most) held for the life of the process."""
 
     _spare: list[np.ndarray] = []
-    _spare_lock = threading.Lock()
+    # Re-entrant: a window's finalizer may run inside another's while it holds the lock (the cycle collector
+    # runs finalizers wherever an allocation triggers it); a plain lock would hang that thread.
+    _spare_lock = threading.RLock()
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -163,8 +165,9 @@ def restore_frames(
     re-blended, which is what a change of a blend- or output-stage parameter costs. A frame nothing changed
     in comes back sharing its original's pixel array.
 
-    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
-    thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``). What is held: the
+    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 reads (decodes) on
+    a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``); the conversion
+    into the window stays on the caller's thread. What is held: the
     model-space frames of one block and its context, and each target's source frame until it is finished.
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves

@@ -545,9 +545,9 @@ def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
     """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
 
-    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates
-    and the copy its fill writes into are made while this frame is detected and filled (cv2 and numpy on
-    large arrays release the GIL). One worker, the items in order: the flow cache sees what a sequential run
+    Both cores: the next frame's flows (DIS and their reliability check), the spike test's first look
+    (``_Look``) and the copy its fill writes into are made while this frame is detected and filled (cv2 and
+    numpy on large arrays release the GIL). One worker, the items in order: the flow cache sees what a sequential run
     sees, so every result is the same to the bit. The worker only adds frames at or after the current
     window's start to the shared caches."""
     if not items:
