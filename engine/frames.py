@@ -255,9 +255,15 @@ def _format_for_extension(ext: str, fmt: str) -> str:
     return fmt
 
 
+_HALF_FILES = (".exr", ".tif", ".tiff")  # formats known to store half samples as they are
+
+
 def halves_written(ext: str, pixel_type: str | None) -> bool:
     """Whether ``write_frame`` writes a half channel as half to a file of extension ``ext`` with ``pixel_type``
-    (None or 'same': the frame's own)."""
+    (None or 'same': the frame's own). Only for formats known to hold half: for any other, OpenImageIO picks
+    the file's type, and blended pixels rounded to half first could land a code value off the float path."""
+    if ext.lower() not in _HALF_FILES:
+        return False
     return _format_for_extension(ext, "half" if pixel_type in (None, "same") else pixel_type) == "half"
 
 
