@@ -7,8 +7,9 @@ formats is bit-identical: that is what makes "outside the mask nothing changes" 
 
 A frame whose channels are all half (most EXR renders and scans) holds the file's own half samples instead,
 half the memory, and decodes them to float32 (exactly) only when its ``pixels`` are asked for. The file path
-(``engine/pipeline.py``) never asks: it converts the halves into model space by table (``engine/color.py``),
-blends only the pixels that change, and writes the halves back as they came (``Frame.samples``).
+(``engine/pipeline.py``) does not ask when the output is half EXR or TIFF: it converts the halves into model
+space by table (``engine/color.py``), blends only the pixels that change, and writes the halves back as they came
+(``Frame.samples``). An output of another type (DPX, PNG, float EXR) decodes on writing.
 
 Every write is atomic (``engine/atomic.py``): the file is written beside its destination under a temporary
 name with the same extension (OpenImageIO picks the format by extension), synced and renamed over it.
@@ -20,6 +21,7 @@ import glob
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -133,11 +135,17 @@ class Frame:
         )
 
 
+_DECODE_LOCK = threading.Lock()  # decoding is rare (not on the half-to-half file path): one lock for all
+
+
 def _get_pixels(frame: Frame) -> np.ndarray:
     if frame._half is not None:
         # Decoded once; the halves go, since the caller may now change the float32 pixels (which are then
-        # the frame's only truth) and holding both would cost half again the memory.
-        frame._float, frame._half = half_to_float32(frame._half), None
+        # the frame's only truth) and holding both would cost half again the memory. Under a lock: two threads
+        # asking at once would each decode, and what one wrote into its copy would be lost.
+        with _DECODE_LOCK:
+            if frame._half is not None:
+                frame._float, frame._half = half_to_float32(frame._half), None
     return frame._float
 
 
