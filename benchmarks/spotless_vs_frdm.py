@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -103,6 +104,53 @@ def run_measured(python: str, target: str, args: list[str]) -> tuple[str, float,
     return proc.stdout, wall, peak_mib, cpu
 
 
+def synthetic_clip(
+    clip: str,
+    size: tuple[int, int],
+    start: int,
+    count: int,
+    seed: int,
+    flicker: float = 0.0,
+    grain: float = 0.0,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame (ground truth, degraded, defect mask), model space: the clip's frames START.. at ``size`` (the
+    central part with its aspect ratio, resized), then flicker and grain (part of the picture, so in the ground
+    truth too), then sparse dust, all from one random sequence in frame order. benchmarks/synthetic_recall.py
+    scores the same synthesis in memory.
+
+    ``flicker`` / ``grain`` > 0 make the clip look like a film scan before the dust is put on: a per-frame
+    gain with a smooth local field (synthesis.brightness_flicker, that sigma) and film grain (that strength).
+    A restorer should remove the dust and keep them (FRDM's deflicker is off by default)."""
+    import cv2
+
+    from frdm.engine.data.synthesis import brightness_flicker, dust, film_grain
+    from frdm.engine.frames import open_source
+
+    if not os.path.exists(clip):
+        fail(f"{clip} is missing: this benchmark measures the shared Big Buck Bunny clip only (set FRDM_SHARED)")
+    source = open_source(clip)
+    if start + count - 1 > len(source.frame_numbers):
+        fail(f"{clip} has {len(source.frame_numbers)} frames; frames {start}-{start + count - 1} were asked for")
+    w, h = size
+    rng = np.random.default_rng(seed)
+    try:
+        for i in range(count):
+            rgb = source.read(start + i).pixels
+            if (rgb.shape[1], rgb.shape[0]) != size:
+                sh, sw = rgb.shape[:2]
+                cw = min(sw, int(round(sh * w / h)))  # the central part with the target's aspect ratio
+                rgb = rgb[:, (sw - cw) // 2 : (sw - cw) // 2 + cw]
+                rgb = np.clip(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+            if flicker > 0:
+                rgb = brightness_flicker(rgb[None], rng, global_sigma=flicker, local_sigma=0.6 * flicker)[0][0]
+            if grain > 0:
+                rgb = film_grain(rgb[None], rng, strength=grain)[0][0]
+            degraded, mask = dust(rgb[None], rng, density=DUST_DENSITY)
+            yield rgb, degraded[0], mask[0]
+    finally:
+        source.close()
+
+
 def make_clip(
     clip: str,
     size: tuple[int, int],
@@ -113,46 +161,21 @@ def make_clip(
     flicker: float = 0.0,
     grain: float = 0.0,
 ) -> tuple:
-    """Write the degraded clip as linear half EXR; return (ground truth uint16 display RGB, defect masks).
-
-    ``flicker`` / ``grain`` > 0 make the clip look like a film scan before the dust is put on: a per-frame
-    gain with a smooth local field (synthesis.brightness_flicker, that sigma) and film grain (that strength).
-    They are part of the picture, so they are in the ground truth too: a restorer should remove the dust and
-    keep them (FRDM's deflicker is off by default)."""
-    import cv2
-
+    """Write ``synthetic_clip``'s degraded frames as linear half EXR; return (ground truth uint16 display RGB,
+    defect masks)."""
     from frdm.engine.color import from_model
-    from frdm.engine.data.synthesis import brightness_flicker, dust, film_grain
-    from frdm.engine.frames import Frame, open_source, write_frame
+    from frdm.engine.frames import Frame, write_frame
 
-    if not os.path.exists(clip):
-        fail(f"{clip} is missing: this benchmark measures the shared Big Buck Bunny clip only (set FRDM_SHARED)")
-    source = open_source(clip)
-    if start + count - 1 > len(source.frame_numbers):
-        fail(f"{clip} has {len(source.frame_numbers)} frames; frames {start}-{start + count - 1} were asked for")
     w, h = size
-    rng = np.random.default_rng(seed)
     gts, masks = [], []
-    for i in range(count):
-        rgb = source.read(start + i).pixels
-        if (rgb.shape[1], rgb.shape[0]) != size:
-            sh, sw = rgb.shape[:2]
-            cw = min(sw, int(round(sh * w / h)))  # the central part with the target's aspect ratio
-            rgb = rgb[:, (sw - cw) // 2 : (sw - cw) // 2 + cw]
-            rgb = np.clip(cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
-        if flicker > 0:
-            rgb = brightness_flicker(rgb[None], rng, global_sigma=flicker, local_sigma=0.6 * flicker)[0][0]
-        if grain > 0:
-            rgb = film_grain(rgb[None], rng, strength=grain)[0][0]
-        degraded, mask = dust(rgb[None], rng, density=DUST_DENSITY)
-        linear = from_model(degraded[0], "linear")
+    for i, (rgb, degraded, mask) in enumerate(synthetic_clip(clip, size, start, count, seed, flicker, grain)):
+        linear = from_model(degraded, "linear")
         frame = Frame(
             linear, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h), {"compression": ("string", "zip")}
         )
         write_frame(os.path.join(folder, f"src.{i + 1:04d}.exr"), frame)
         gts.append(np.round(rgb * 65535.0).astype(np.uint16))
-        masks.append(mask[0])
-    source.close()
+        masks.append(mask)
     return gts, masks
 
 

@@ -80,6 +80,17 @@ def _model_rgb(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndar
     model_view(rgb, space, params["ocio_config"], out=out)
 
 
+def _lone_refs() -> int:
+    """What ``sys.getrefcount`` says of an array only one local name holds: 2 up to Python 3.13 (the name and
+    the call's argument); later versions may not count references on the interpreter's stack. Measured, not
+    assumed, so the spare-array check below means the same on every version."""
+    lone = np.empty(1, np.float32)
+    return sys.getrefcount(lone)
+
+
+_LONE_REFS = _lone_refs()
+
+
 class _Window:
     """The model-space frames of the block being restored, in one (T, H, W, 3) array that slides along the
     shot: frames the next block shares stay where they are (moved to the front), only new frames are added.
@@ -91,7 +102,9 @@ class _Window:
     views of it); the spare is one window (``WINDOW_BYTES`` at most) held for the life of the process."""
 
     _spare: list[np.ndarray] = []
-    _spare_lock = threading.Lock()
+    # Re-entrant: a window's finalizer may run inside another's while it holds the lock (the cycle collector
+    # runs finalizers wherever an allocation triggers it); a plain lock would hang that thread.
+    _spare_lock = threading.RLock()
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -107,8 +120,8 @@ class _Window:
     def _array(shape: tuple[int, int, int, int]) -> np.ndarray:
         with _Window._spare_lock:
             spare = _Window._spare.pop() if _Window._spare else None
-        # Two references (this name and getrefcount's argument): no view of it is alive anywhere.
-        if spare is not None and spare.shape == shape and sys.getrefcount(spare) == 2:
+        # As many references as a lone local array has: no view of it is alive anywhere (a view holds one).
+        if spare is not None and spare.shape == shape and sys.getrefcount(spare) == _LONE_REFS:
             return spare
         del spare
         return np.empty(shape, np.float32)
@@ -163,8 +176,9 @@ def restore_frames(
     re-blended, which is what a change of a blend- or output-stage parameter costs. A frame nothing changed
     in comes back sharing its original's pixel array.
 
-    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 does that on a
-    thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``). What is held: the
+    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 reads (decodes) on
+    a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``); the conversion
+    into the window stays on the caller's thread. What is held: the
     model-space frames of one block and its context, and each target's source frame until it is finished.
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves

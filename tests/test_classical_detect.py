@@ -180,3 +180,25 @@ def test_a_clip_end_does_not_take_what_its_later_frames_show_for_a_defect(shared
     changed = np.abs(out.image - frames[0]).max(-1) > 0.5 / 255
     assert changed[80:100, 140:165].sum() < 40, "the later frames' streak was pasted onto the pillar"
     assert out.matte.mean() > 0.002, "the frame's own dust is no longer found"
+
+
+def test_frame_threshold_is_the_plain_rank_of_the_spike_map():
+    """frame_threshold finds the rank among the nonzero values only; it must be the rank of the whole map, for
+    maps mostly 0 (dust), with a few % of values (a ghosted frame), and with negative values spikes() leaves."""
+    from frdm.engine.classical.detect import SpikeDetector
+
+    detector = SpikeDetector()
+    rng = np.random.default_rng(23)
+    for share in (0.001, 0.02, 0.03, 0.05, 0.5, 1.0):
+        spike = np.zeros((120, 200), np.float32)
+        chosen = rng.random(spike.shape) < share
+        spike[chosen] = rng.normal(0.05, 0.06, int(chosen.sum())).astype(np.float32)
+        sample = spike.ravel()
+        rank = int((1.0 - detector.frame_share) * (sample.size - 1))
+        plain = max(detector.threshold, detector.frame_gain * float(np.partition(sample, rank)[rank]))
+        assert detector.frame_threshold(spike) == plain, share
+    negative = -np.abs(rng.normal(0.0, 0.1, (120, 200))).astype(np.float32)
+    rank = int((1.0 - detector.frame_share) * (negative.size - 1))
+    assert detector.frame_threshold(negative) == max(
+        detector.threshold, detector.frame_gain * float(np.partition(negative.ravel(), rank)[rank])
+    )

@@ -320,3 +320,15 @@ def test_zip_is_written_at_the_fast_level_with_the_same_pixels(tmp_path):
     assert size == os.path.getsize(tmp_path / f"zip{EXR_ZIP_LEVEL}.exr") != os.path.getsize(tmp_path / "zip9.exr")
     write_frame(tmp_path / "nine.exr", read_frame(tmp_path / "in.exr"), compression="zip:9")
     assert os.path.getsize(tmp_path / "nine.exr") == os.path.getsize(tmp_path / "zip9.exr")
+
+
+def test_halves_are_kept_only_for_files_that_store_half():
+    """Blended pixels are rounded to half only where the file stores half: for a format the writer turns into
+    its own integer type (DPX, PNG, or one the engine has no rule for), rounding to half first would put a
+    second rounding in front of the writer's."""
+    from frdm.engine.frames import halves_written
+
+    assert halves_written(".exr", None) and halves_written(".EXR", "same") and halves_written(".tif", "half")
+    assert not halves_written(".exr", "float")
+    for ext in (".dpx", ".png", ".cin", ".jpg"):
+        assert not halves_written(ext, None), ext

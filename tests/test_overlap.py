@@ -455,3 +455,31 @@ def test_a_restored_view_of_the_input_pixels_is_unchanged_without_a_compare(monk
     assert compared == [1] and moved.box == (0, 16, 0, 20)
     copy = FillResult.from_restored(RestoredFrame(1, window[1].copy(), matte), window[1])  # equal values
     assert compared == [1, 1] and copy.box is None
+
+
+def test_a_window_finalised_while_another_gives_its_array_back_does_not_deadlock():
+    """A window's finalizer can run inside another's (the cycle collector runs finalizers wherever an
+    allocation triggers it; here the spare let go under the lock does): one thread then takes the spare's lock
+    twice, which must not hang. In a child process: a hung one would hold the lock for the rest of the run."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import numpy as np
+        from frdm.engine.pipeline import _Window
+
+        class LastHold(np.ndarray):
+            def __del__(self):
+                others.clear()  # the last reference to another window goes while the spare is replaced
+
+        others = [_Window(1)]
+        others[0].frames = np.zeros((1, 2, 2, 3), np.float32)
+        _Window._spare[:] = [np.zeros((1, 2, 2, 3), np.float32).view(LastHold)]
+        window = _Window(1)
+        window.frames = np.ones((1, 2, 2, 3), np.float32)
+        del window
+        assert len(_Window._spare) == 1 and _Window._spare[0].shape == (1, 2, 2, 3)
+        print("given back")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "given back" in done.stdout, done.stderr

@@ -800,11 +800,11 @@ def test_half_frames_are_never_decoded_and_reply_what_float32_frames_reply(serve
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, -np.nan])
 @pytest.mark.parametrize("y, x", [(4, 9), (H - 1, W - 1)], ids=["first-band", "last-band"])
 def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value, y, x, monkeypatch):
+    from frdm.engine import frames
     from frdm.engine.errors import InputError
-    from frdm.server import pixels
     from frdm.server.pixels import frame_from_raw
 
-    monkeypatch.setattr(pixels, "_HALF_BAND", 1000)  # tested in bands, the last one short
+    monkeypatch.setattr(frames, "_HALF_BAND", 1000)  # tested in bands, the last one short
     raw = raw_frame(2)
     assert frame_from_raw(raw, "f").half is not None
     bad = raw.array().copy()

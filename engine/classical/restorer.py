@@ -518,9 +518,9 @@ def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _trusted(reliable: np.ndarray, window: int, excluded: np.ndarray | None = None) -> np.ndarray:
-    """Where most of the ``window``-px neighbourhood had reliable flow. Inside an ``excluded`` area (flow
-    taken from around it) wider than the window, with less than a quarter of the neighbourhood outside it,
-    the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
+    """Where most of the ``window``-px neighbourhood had reliable flow. Where at most a quarter of that
+    neighbourhood lies outside an ``excluded`` area (flow taken from around it: inside a blotch wider than the
+    window, and just outside a concave one), the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
     neighbourhood 3 or 9 times as wide (a blotch larger than the window was left to the spatial fill)."""
     trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
     if excluded is None:
@@ -545,9 +545,9 @@ def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
     """(item, work(item)) in order, work(next item) running in a worker thread while the caller uses this one.
 
-    Both cores: the next frame's flows (DIS, their reliability check and hole filling), scratch candidates
-    and the copy its fill writes into are made while this frame is detected and filled (cv2 and numpy on
-    large arrays release the GIL). One worker, the items in order: the flow cache sees what a sequential run
+    Both cores: the next frame's flows (DIS and their reliability check), the spike test's first look
+    (``_Look``) and the copy its fill writes into are made while this frame is detected and filled (cv2 and
+    numpy on large arrays release the GIL). One worker, the items in order: the flow cache sees what a sequential run
     sees, so every result is the same to the bit. The worker only adds frames at or after the current
     window's start to the shared caches."""
     if not items:
