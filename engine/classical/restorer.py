@@ -520,8 +520,9 @@ def _on_grid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _trusted(reliable: np.ndarray, window: int, excluded: np.ndarray | None = None) -> np.ndarray:
     """Where most of the ``window``-px neighbourhood had reliable flow. Where at most a quarter of that
     neighbourhood lies outside an ``excluded`` area (flow taken from around it: inside a blotch wider than the
-    window, and just outside a concave one), the check only says that a blotch is there: the share is that of the reliable flow outside it, in a
-    neighbourhood 3 or 9 times as wide (a blotch larger than the window was left to the spatial fill)."""
+    window, and just outside a concave one), the check only says that a blotch is there: the share is that of
+    the reliable flow outside it, in a neighbourhood 3 or 9 times as wide (a blotch larger than the window was
+    left to the spatial fill)."""
     trusted = cv2.blur(reliable.astype(np.float32), (window, window)) > 0.5
     if excluded is None:
         return trusted
