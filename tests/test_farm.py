@@ -323,3 +323,30 @@ def test_the_resident_server_listens_where_only_its_user_can_connect(tmp_path):
     finally:
         assert main(["farm", "server-stop", "--state", str(state)]) == 0
     assert not os.path.exists(folder) and not state.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Unix sockets")
+def test_a_long_temp_dir_still_gives_a_socket_path_that_fits_and_a_gone_server_leaves_no_state(tmp_path, monkeypatch):
+    """A Unix socket path must fit sun_path (~100 bytes): under a long TMPDIR the server could not bind. And a
+    server already gone must not leave its state behind, or a second stop would signal a reused pid."""
+    import tempfile
+
+    from frdm.commands import farm as farm_command
+
+    long_tmp = tmp_path / ("t" * 90)
+    long_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    address, folder = farm_command._private_endpoint()
+    try:
+        assert len(address[len("ipc://") :].encode()) <= farm_command.UNIX_SOCKET_PATH_MAX
+        assert os.path.isdir(folder) and not os.listdir(long_tmp)
+    finally:
+        farm_command._remove_folder(folder)
+    assert not os.path.exists(folder)
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state = tmp_path / "frdm-server.json"
+    state.write_text(json.dumps({"address": address, "pid": gone.pid, "log": "", "folder": None}))
+    assert main(["farm", "server-stop", "--state", str(state)]) == 0
+    assert not state.exists()

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     return {"server-start": _server_start, "server-stop": _server_stop, "task": _task}[args.farm_command](args)
 
 
+UNIX_SOCKET_PATH_MAX = 100  # bytes: sun_path holds 108 on Linux, 104 on macOS, the terminating NUL included
+
+
 def _private_endpoint() -> tuple[str, str | None]:
     """An endpoint for the session's resident server that other users of the render node cannot reach, and the
     private folder it lives in (None on Windows).
@@ -67,6 +70,9 @@ def _private_endpoint() -> tuple[str, str | None]:
             s.bind(("127.0.0.1", 0))
             return f"tcp://127.0.0.1:{int(s.getsockname()[1])}", None
     folder = tempfile.mkdtemp(prefix="frdm-serve-")
+    if len(f"{folder}/socket".encode()) > UNIX_SOCKET_PATH_MAX:  # a long TMPDIR on the render node
+        os.rmdir(folder)
+        folder = tempfile.mkdtemp(prefix="frdm-serve-", dir="/tmp")
     return f"ipc://{folder}/socket", folder
 
 
@@ -121,7 +127,7 @@ def _remove_folder(folder: str | None) -> None:
     # anything else for deletion.
     if (
         folder
-        and os.path.dirname(folder) == tempfile.gettempdir()
+        and os.path.dirname(folder) in (tempfile.gettempdir(), "/tmp")
         and os.path.basename(folder).startswith("frdm-serve-")
     ):
         shutil.rmtree(folder, ignore_errors=True)
@@ -147,7 +153,9 @@ def _server_stop(args: argparse.Namespace) -> int:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
+        # Gone already: the state goes too, or a second stop would signal whatever process has the pid by then.
         _remove_folder(state.get("folder"))
+        os.remove(args.state)
         return 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
