@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -80,7 +81,15 @@ def reference_engine(commit: str) -> type:
         with open(os.path.join(folder, package, os.path.basename(name)), "w") as fh:
             fh.write(text.stdout.replace("frdm.engine.classical", package))
     sys.path.insert(0, folder)
-    return importlib.import_module(package).ClassicalRestorer
+    restorer = importlib.import_module(package).ClassicalRestorer
+    # Its engine_version comes from this checkout's engine/depends.py (only engine/classical is the commit's):
+    # label it with the commit's own version.
+    depends = subprocess.run(
+        ["git", "show", f"{commit}:engine/depends.py"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+    version = re.search(r'"classical":\s*"([^"]+)"', depends)
+    restorer.engine_version = version.group(1) if version else f"classical of {commit}"
+    return restorer
 
 
 def measure(size: tuple[int, int], frames: int, engine: type = ClassicalRestorer, label: str = "this checkout") -> dict:
