@@ -403,9 +403,17 @@ class ResultCache:
         return False
 
     def flush(self) -> None:
-        """Wait until every entry put so far is on disk (or failed)."""
-        if self._queue is not None and self._writer is not None and self._writer.is_alive():
-            self._queue.join()
+        """Wait until every entry put so far is on disk (or failed). A writer that ends meanwhile (something
+        that ends a thread, not an Exception) leaves its queue unfinished for ever: it is not waited for, and
+        what it left is written here."""
+        q, writer = self._queue, self._writer
+        if q is None or writer is None:
+            return
+        with q.all_tasks_done:
+            while q.unfinished_tasks and writer.is_alive():
+                q.all_tasks_done.wait(0.5)
+        if not writer.is_alive():
+            self._write_left()
 
     def close(self) -> None:
         """Write every waiting entry, then stop the writer thread (a no-op without one)."""
@@ -413,13 +421,17 @@ class ResultCache:
             if self._hand_over(None):
                 self._writer.join()
             self._queue = None
-            with self._lock:
-                left, self._pending = self._pending, {}
-            for path, data in left.items():  # what a writer that ended left waiting
-                try:
-                    self._write(path, data)
-                except OSError as exc:
-                    log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
+            self._write_left()
+
+    def _write_left(self) -> None:
+        """Write, in this thread, what a writer that ended (or was stopped) left waiting."""
+        with self._lock:
+            left, self._pending = self._pending, {}
+        for path, data in left.items():
+            try:
+                self._write(path, data)
+            except OSError as exc:
+                log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
 
     def _write_pending(self) -> None:
         assert self._queue is not None

@@ -813,3 +813,35 @@ def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value, y, x, mo
         frame_from_raw(RawImage(raw.spec, bad), "f")
     bad[y, x, 3] = np.float16(-65504)  # the largest half is finite
     assert frame_from_raw(RawImage(raw.spec, bad), "f").half is not None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's end, on purpose
+def test_flush_does_not_wait_for_a_writer_that_ends_while_it_waits(tmp_path, monkeypatch):
+    """The writer ends (SystemExit: it catches only Exception) on an entry while more wait in its queue:
+    those are never marked done, so a flush waiting on the queue waited for ever. It returns, and what the
+    writer left is on disk."""
+    from frdm.server import storage
+
+    cache = storage.ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    write = storage.ResultCache._write
+    disk = threading.Event()
+
+    def ending(self, path, data):
+        if os.path.basename(path).startswith("x"):
+            disk.wait(30)  # flush is waiting by now
+            raise SystemExit()
+        write(self, path, data)
+
+    monkeypatch.setattr(storage.ResultCache, "_write", ending)
+    cache.put("x" * 64, b"ends the writer")
+    cache.put("a" * 64, b"left waiting")
+    cache.put("b" * 64, b"left waiting too")
+    flushed = threading.Event()
+    threading.Thread(target=lambda: (cache.flush(), flushed.set()), daemon=True).start()
+    flushed.wait(0.2)
+    assert not flushed.is_set()  # the writer is still busy with the first entry
+    disk.set()
+    assert flushed.wait(10), "flush waited for a writer that had ended"
+    assert not cache._writer.is_alive()
+    assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame"))
+    assert cache.get("a" * 64) == b"left waiting" and cache.get("b" * 64) == b"left waiting too"
