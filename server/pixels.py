@@ -50,9 +50,10 @@ def raw_from_frame(frame: Any, pixel_type: str = "same") -> RawImage:
     types = wire_types(frame.formats, pixel_type)
     attributes = _wire_attributes(frame.attributes)
     if frame.half is not None and set(types) == {"half"}:
-        h, w, _ = frame.half.shape
+        h, w, c = frame.half.shape
         x, y = int(frame.data_window[0]), int(frame.data_window[1])
         spec = RawSpec((x, y, w, h), tuple(frame.display_window), tuple(frame.channels), types, attributes)
+        spec.check_channels(c)
         return RawImage(spec, np.ascontiguousarray(frame.half))
     return RawImage.from_float32(
         frame.pixels, frame.channels, types, frame.data_window, frame.display_window, attributes

@@ -845,3 +845,18 @@ def test_flush_does_not_wait_for_a_writer_that_ends_while_it_waits(tmp_path, mon
     assert not cache._writer.is_alive()
     assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame"))
     assert cache.get("a" * 64) == b"left waiting" and cache.get("b" * 64) == b"left waiting too"
+
+
+@pytest.mark.parametrize("held", ["half", "float32"])
+def test_a_frame_whose_samples_do_not_match_its_channels_is_the_callers_error_not_bad_input(held):
+    """A restorer's frame holding 3 samples a pixel under 4 channel names: raw_from_frame says so (a
+    ValueError: the job fails as ``internal``). The half path used to build the description and let the
+    buffer size check refuse it as the client's ``bad_input``."""
+    from frdm.engine.frames import Frame
+    from frdm.server.pixels import raw_from_frame
+
+    samples = np.full((2, 3, 3), 0.5, np.float16 if held == "half" else np.float32)
+    win = (0, 0, 3, 2)
+    frame = Frame(samples, ("R", "G", "B", "A"), ("half",) * 4, win, win)
+    with pytest.raises(ValueError, match="3 pixel channels but 4 names and 4 types"):
+        raw_from_frame(frame)
