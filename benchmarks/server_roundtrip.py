@@ -50,9 +50,10 @@ PASS = {"mask": "none", "colorspace": "raw", "write_matte": False}
 
 
 class PassThroughRestorer:
-    """Returns every target unchanged: isolates what the server does around a restorer."""
+    """Leaves every target as it came without reading it (``RestoredFrame.unchanged``: the pipeline then
+    converts nothing into model space): isolates what the wire and the server do around a restorer."""
 
-    engine_version = "bench-pass-1"
+    engine_version = "bench-pass-2"
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return (0, 0)
@@ -61,8 +62,7 @@ class PassThroughRestorer:
         from frdm.engine.restorer import RestoredFrame
 
         for n in clip.targets:
-            image = clip.frames[clip.index(n)]
-            yield RestoredFrame(n, image, np.zeros(image.shape[:2], np.float32))
+            yield RestoredFrame.unchanged(n)
 
 
 def passthrough() -> PassThroughRestorer:

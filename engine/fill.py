@@ -90,6 +90,8 @@ class FillResult:
     def from_restored(cls, restored: RestoredFrame, model_input: np.ndarray) -> FillResult:
         """Keep the changed pixels of ``restored`` (compared with the ``model_input`` it was given)."""
         image = restored.image
+        if image is None:
+            return cls.as_it_came(model_input.shape[:2], restored)
         if image.shape != model_input.shape:
             raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
         shape = (int(image.shape[0]), int(image.shape[1]))
@@ -107,14 +109,20 @@ class FillResult:
             y0, y1, x0, x1 = box
             img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
             changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
-        matte = np.asarray(restored.matte, np.float32)
-        matte_box = nonzero_box(matte > 0)
-        if matte_box is None:
-            m = np.zeros((0, 0), np.float32)
-        else:
-            m = np.ascontiguousarray(matte[matte_box[0] : matte_box[1], matte_box[2] : matte_box[3]])
+        matte_box, m = _kept_matte(restored.matte)
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
         return cls(shape, box, img, changed, matte_box, m, base)
+
+    @classmethod
+    def as_it_came(cls, shape: tuple[int, ...], restored: RestoredFrame) -> FillResult:
+        """The result of a target the restorer left as it came (``RestoredFrame.image`` None): nothing
+        changed, its matte kept. Needs no model-space pixels, so the pipeline asks it with the clip's
+        ``shape`` and the frame is never converted."""
+        if restored.base is not None:
+            raise ValueError(f"frame {restored.frame_number}: a base to blend into, but no restored image")
+        matte_box, m = _kept_matte(restored.matte)
+        h, w = int(shape[0]), int(shape[1])
+        return cls((h, w), None, np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool), matte_box, m)
 
     def matte_into(self, out: np.ndarray) -> None:
         """Write the (H, W) matte into ``out`` (e.g. the matte channel of an output frame)."""
@@ -198,6 +206,17 @@ class FolderFillStore:
 
     def put(self, frame: int, result: FillResult) -> None:
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
+def _kept_matte(matte: np.ndarray | None) -> tuple[Box | None, np.ndarray]:
+    """A restorer's (H, W) matte (None: no defects) as the box its defects lie in and the matte inside it."""
+    if matte is None:
+        return None, np.zeros((0, 0), np.float32)
+    matte = np.asarray(matte, np.float32)
+    box = nonzero_box(matte > 0)
+    if box is None:
+        return None, np.zeros((0, 0), np.float32)
+    return box, np.ascontiguousarray(matte[box[0] : box[1], box[2] : box[3]])
 
 
 def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:

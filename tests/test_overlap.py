@@ -483,3 +483,76 @@ def test_a_window_finalised_while_another_gives_its_array_back_does_not_deadlock
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "given back" in done.stdout, done.stderr
+
+
+def test_a_restorer_that_reads_no_pixels_converts_none_and_one_that_reads_gets_them_converted(monkeypatch):
+    """The window converts a frame into model space when a clip holding it is first read (``Clip.frames``):
+    a restorer that leaves its targets as they came without reading them (``RestoredFrame.unchanged``)
+    costs no conversion and gets the originals' arrays back; a reading one sees every frame converted
+    (context included, each once) and the same results as before."""
+    converted: list[int] = []
+    real = pipeline._model_rgb
+
+    def counting(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
+        converted.append(id(frame))
+        real(frame, space, params, out)
+
+    monkeypatch.setattr(pipeline, "_model_rgb", counting)
+
+    class Untouched:
+        engine_version = "test-untouched-1"
+
+        def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+            return (1, 1)
+
+        def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[RestoredFrame]:
+            for n in clip.targets:
+                yield RestoredFrame.unchanged(n)
+
+    class Reading(Untouched):
+        def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[RestoredFrame]:
+            for n in clip.targets:
+                image = clip.frames[clip.index(n)]
+                yield RestoredFrame(n, 1.0 - image, np.zeros(clip.shape, np.float32))
+
+    rng = np.random.default_rng(5)
+    win = (0, 0, 24, 20)
+    pixels = {n: rng.random((20, 24, 4), dtype=np.float32) for n in range(1, 7)}
+    frames = {n: Frame(px, tuple("RGBA"), ("float",) * 4, win, win) for n, px in pixels.items()}
+    params = {"mask": "none", "colorspace": "raw", "write_matte": False}
+    source = MemorySource(frames)
+    out = dict(pipeline.restore_frames(source, [2, 3, 4, 5], params, Untouched()))
+    assert converted == []
+    assert all(out[n].pixels is frames[n].pixels for n in out)  # the originals' arrays, as an unchanged frame's
+    out = dict(pipeline.restore_frames(source, [2, 3, 4, 5], params, Reading()))
+    assert sorted(converted) == sorted(id(frames[n]) for n in range(1, 7))  # targets and context, each once
+    for n in out:
+        np.testing.assert_array_equal(out[n].pixels[..., :3], 1.0 - np.clip(frames[n].pixels[..., :3], 0, 1))
+
+
+def test_two_threads_reading_a_clip_at_once_convert_it_once():
+    import time
+
+    calls = []
+
+    def convert() -> None:  # slow enough that both threads are inside without the clip's lock
+        calls.append(1)
+        time.sleep(0.2)
+        frames[...] = 0.5
+
+    frames = np.zeros((2, 4, 5, 3), np.float32)
+    clip = Clip(frames, [1, 2], [1], convert=convert)
+    assert clip.shape == (4, 5) and calls == []  # the shape needs no conversion
+    start = threading.Barrier(2)
+    seen: list[np.ndarray] = []
+
+    def read() -> None:
+        start.wait()
+        seen.append(clip.frames)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert calls == [1] and len(seen) == 2 and seen[0] is seen[1] is frames and float(frames.min()) == 0.5
