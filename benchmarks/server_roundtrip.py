@@ -26,6 +26,7 @@ Measured in one run, so the ratios compare like with like on a busy machine:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -38,9 +39,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from frdm.commands.malloc import tune_malloc
 from frdm.commands.serve import NUMPY_HUGEPAGE_ENV
 
 os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")  # as frdm serve runs: in-process runs compare like with like
+tune_malloc()  # and its malloc (frdm restore's too): the engine's frame-sized arrays reuse freed pages alike
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
@@ -93,36 +96,48 @@ class TimedRestorer:
         self.engine_version = inner.engine_version
         self.cpu = 0.0
         self._seen: dict[int, float] = {}  # engine thread id -> its CPU seconds already counted
+        self._roles: dict[int, str] = {}  # every thread seen -> its role
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return self.inner.context(params)  # type: ignore[no-any-return]
 
-    def _engine_threads(self) -> dict[int, float]:
-        """CPU seconds so far of every thread that only the engine runs (Linux /proc, clock ticks)."""
-        others = {t.native_id for t in threading.enumerate() if not t.name.startswith(ENGINE_THREADS)}
+    @staticmethod
+    def _threads() -> dict[int, tuple[str, float]]:
+        """Every thread of this process: its id -> (its role, CPU seconds so far; Linux /proc, clock ticks).
+        The role: a Python thread's name without its number, else the kernel's name of the thread."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
         out = {}
-        for name in os.listdir("/proc/self/task"):
-            tid = int(name)
-            if tid in others:
-                continue
+        for entry in os.listdir("/proc/self/task"):
+            tid = int(entry)
             try:
-                with open(f"/proc/self/task/{name}/stat") as fh:
+                with open(f"/proc/self/task/{entry}/stat") as fh:
                     comm, rest = fh.read().rsplit(")", 1)
             except OSError:  # ended meanwhile
                 continue
-            if comm.split("(", 1)[1].startswith("ZMQbg"):
-                continue
             fields = rest.split()
-            out[tid] = (int(fields[11]) + int(fields[12])) * CLOCK_TICK  # utime, stime
+            role = names.get(tid, comm.split("(", 1)[1]).rstrip("0123456789").rstrip("_-")
+            out[tid] = (role, (int(fields[11]) + int(fields[12])) * CLOCK_TICK)  # utime, stime
         return out
+
+    def _engine_threads(self) -> dict[int, float]:
+        """CPU seconds so far of every thread that only the engine runs (see the class docstring)."""
+        python = {t.native_id for t in threading.enumerate() if not t.name.startswith(ENGINE_THREADS)}
+        return {
+            tid: cpu
+            for tid, (role, cpu) in self._threads().items()
+            if tid not in python and not role.startswith("ZMQbg")
+        }
 
     def _count(self, step: float) -> None:
         now = self._engine_threads()
         self.cpu += step + sum(cpu - self._seen.get(tid, 0.0) for tid, cpu in now.items())
         self._seen.update(now)
         if self.record is not None:
+            # Beside the engine's total, the role of every thread seen (the benchmark reads their CPU from
+            # outside: a profile of the server by thread).
+            self._roles.update({tid: role for tid, (role, _) in self._threads().items()})
             with open(self.record + ".tmp", "w") as fh:
-                fh.write(repr(self.cpu))
+                json.dump({"engine": self.cpu, "roles": self._roles}, fh)
             os.replace(self.record + ".tmp", self.record)
 
     def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[Any]:
@@ -154,13 +169,14 @@ def timed_classical() -> TimedRestorer:
     return TimedRestorer(ClassicalRestorer(), os.environ[RESTORER_CPU_ENV])
 
 
-def restorer_cpu(record: str) -> float:
-    """The server's timed restorer's CPU seconds so far."""
+def restorer_cpu(record: str) -> tuple[float, dict[int, str]]:
+    """The server's timed restorer's CPU seconds so far, and the role of every thread it has seen."""
     try:
         with open(record) as fh:
-            return float(fh.read())
+            data = json.load(fh)
+        return float(data["engine"]), {int(k): str(v) for k, v in data["roles"].items()}
     except FileNotFoundError:
-        return 0.0
+        return 0.0, {}
 
 
 def make_pixels(count: int, width: int, height: int, seed: int = 0) -> dict[int, np.ndarray]:
@@ -250,6 +266,18 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each thread of the server (Linux /proc; threads that ended are gone)."""
+        out = {}
+        for entry in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) * CLOCK_TICK
+        return out
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, every thread) the server process has used so far (Linux /proc)."""
@@ -416,6 +444,7 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
     server = Server(os.path.join(tmp, "cache-classical"), "--restorer", "server_roundtrip:timed_classical")
     inproc, served, inproc_cpu, served_cpu = [], [], [], []
     over_served, over_inproc, added, engine_in, engine_served = [], [], [], [], []
+    by_role: dict[str, list[float]] = {}
     try:
         server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
         time.sleep(SETTLE)
@@ -427,9 +456,16 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
             cpu, engine = time.process_time() - cpu, resident.cpu - engine
             inproc_cpu.append(cpu / count)
             engine_in.append(engine / count)
-            there, engine_there = server.cpu_seconds(), restorer_cpu(record)
+            there, threads, engine_there = server.cpu_seconds(), server.thread_cpu(), restorer_cpu(record)[0]
             (seconds, _), both = cpu_of(server, lambda p=params: server_round(server.address, p, few))
-            there, engine_there = server.cpu_seconds() - there, restorer_cpu(record) - engine_there
+            engine_now, roles = restorer_cpu(record)
+            there, engine_there = server.cpu_seconds() - there, engine_now - engine_there
+            spent: dict[str, float] = {}
+            for tid, now in server.thread_cpu().items():
+                role = roles.get(tid, "(not seen by the engine's steps)")
+                spent[role] = spent.get(role, 0.0) + now - threads.get(tid, 0.0)
+            for role, seconds_spent in spent.items():
+                by_role.setdefault(role, []).append(seconds_spent / count)
             served.append(seconds / count)
             served_cpu.append(both / count)
             engine_served.append(engine_there / count)
@@ -451,6 +487,10 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
     print(f"server's CPU beyond the engine's, per round:  {spread(over_served, 1, ' %')} of the engine's CPU")
     print(f"  in process (conversion, blend):             {spread(over_inproc, 1, ' %')}")
     print(f"  what the server adds (the difference):      {spread(added, 1, ' %')}")
+    print("  the server's CPU per frame by thread (the worker's includes the engine's steps; threads that")
+    print("  ended during the round, e.g. each chunk's reader, are not counted here):")
+    for role, values in sorted(by_role.items(), key=lambda item: -statistics.median(item[1])):
+        print(f"    {role:<40} {spread(values, 1000, ' ms')}")
 
 
 def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:
