@@ -241,6 +241,11 @@ def test_raw_frames_through_the_server_keep_bits_channels_windows_attributes(ser
     np.testing.assert_array_equal(a[~inside], b[~inside])  # every pixel outside the repair: the same bits
     np.testing.assert_array_equal(a[inside][:, :3], np.float16(0.5))  # the repair, in the source's half
     np.testing.assert_array_equal(a[..., 4], b[..., 4])  # the extra float channel untouched
+    srv.cache.flush()
+    again = run(srv.endpoint, {"write_matte": False, "mask": "auto", "feather": 0.0, "matte_grow": 0}, src, frames=(2,))
+    cached = again[2][0]  # from the cache entry, which holds only the changed pixels: the very same bytes
+    assert again[2][1] and cached.spec == got.spec
+    assert bytes(memoryview(cached.buffer).cast("B")) == bytes(memoryview(got.buffer).cast("B"))
 
 
 def test_unchanged_frame_goes_back_as_the_source_bytes(server):
@@ -880,3 +885,36 @@ def test_a_cache_entry_of_parts_is_written_part_by_part_never_joined(tmp_path):
     assert peak < 1 << 20, f"{peak} bytes allocated to write a 16 MB part"
     with open(os.path.join(cache.directory, "p" * 64 + ".frame"), "rb") as fh:
         assert fh.read() == b"head" + pixels.tobytes() + b"tail"
+
+
+@pytest.mark.parametrize("types", [("half",) * 4, ("half",) * 3, ("half", "half", "half", "float")])
+def test_a_changed_frame_s_cache_entry_holds_only_its_changed_pixels_and_reads_back_the_same_bytes(types):
+    """A finished frame laid out as its source is stored as its changed pixels over the source's bytes (a 2K
+    frame of dust fills was 25 MB on disk per frame): read back it is the very bytes; with another layout
+    (a matte channel added) it is stored whole; a torn entry is a miss."""
+    from frdm.server.pixels import entry_bytes, entry_image
+    from frdm.server.protocol import RawImage
+
+    rng = np.random.default_rng(12)
+    h, w, c = 60, 80, len(types)
+    win = (0, 0, w, h)
+    names = ("R", "G", "B", "A")[:c]
+    pixels = rng.random((h, w, c), dtype=np.float32)
+    source = RawImage.from_float32(pixels, names, types, win, win)
+    changed = pixels.copy()
+    changed[10:13, 20:24] = 0.9  # a dust fill
+    changed[59, 79, 0] = 0.1  # one sample of the last pixel
+    out = RawImage.from_float32(changed, names, types, win, win, {"frdm:engine_version": ("string", "x")})
+    data = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(out, source, same_as_source=False))
+    assert len(data) < 2000  # 13 pixels and a header, not the frame's
+    back = entry_image(data, source)
+    assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
+    assert back.spec == out.spec
+    assert entry_image(data[:-1], source) is None  # torn
+    assert entry_image(data, None) is None  # no source to lay the changes over
+    wider = RawImage.from_float32(
+        np.dstack([changed, changed[..., :1]]), (*names, "frdm.matte"), (*types, "half"), win, win
+    )
+    whole = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(wider, source, same_as_source=False))
+    assert len(whole) > memoryview(wider.buffer).nbytes  # another layout: stored whole
+    assert bytes(memoryview(entry_image(whole, source).buffer).cast("B")) == bytes(memoryview(wider.buffer).cast("B"))
