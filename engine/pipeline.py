@@ -94,10 +94,12 @@ _LONE_REFS = _lone_refs()
 class _Window:
     """The model-space frames of the block being restored, in one (T, H, W, 3) array that slides along the
     shot: frames the next block shares stay where they are (moved to the front), only new frames are added.
-    No frame is converted twice and the array is allocated once. A frame is converted when a clip that holds
-    it is first read (``Clip.frames``): a restorer that leaves its targets as they came without reading them
-    (the stage cache's re-blend needs no restorer at all) costs no conversion; until then the window holds
-    the frame as it was read.
+    No frame is converted twice and the array is allocated once. A target's frame (held anyway until it is
+    finished) is converted when a clip that holds it is first read (``Clip.frames``): a restorer that leaves
+    its targets as they came without reading them, and a block re-blended from the stage cache, convert
+    none. A context frame is converted as it is taken and let go, as before: holding a block's context frames
+    as read until the restorer looks would cost ``frdm restore`` a block's decoded frames at its peak
+    (measured at 2K: +260 MB).
 
     The array outlives its window as the spare for the next window of its shape (a server restores chunk
     after chunk): the kernel zeroes a fresh array's pages on first touch, ~16 ms of each 2K frame's
@@ -141,12 +143,16 @@ class _Window:
         self.numbers = [self.numbers[i] for i in keep]
         self.unconverted = {n: v for n, v in self.unconverted.items() if n >= first}
 
-    def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any]) -> None:
-        """Take ``frame`` as the next slot's (the slots are reused: no fresh frame-sized array per frame)."""
+    def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any], *, later: bool) -> None:
+        """Take ``frame`` as the next slot's (the slots are reused: no fresh frame-sized array per frame),
+        converted now or, ``later``, on the first read of a clip that holds it."""
         if self.frames is None:
             self.frames = self._array((self.capacity, frame.height, frame.width, 3))
         self.numbers.append(n)
-        self.unconverted[n] = (frame, space, params)
+        if later:
+            self.unconverted[n] = (frame, space, params)
+        else:
+            _model_rgb(frame, space, params, self.frames[len(self.numbers) - 1])
 
     def _convert(self, first: int, last: int) -> None:
         """Convert the frames ``first``..``last`` not converted yet into their slots (a clip's first read)."""
@@ -196,10 +202,9 @@ def restore_frames(
 
     Each source frame is read once and converted at most once, in increasing order; ``read_ahead`` > 0 reads
     (decodes) on a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``);
-    the conversion into the window happens when the restorer first reads its clip (``Clip.frames``), in its
-    thread: a restorer that reads nothing converts nothing. What is held: the model-space frames of one block
-    and its context (until converted, the frames as read), and each target's source frame until it is
-    finished.
+    a context frame is converted into the window as it is taken, a target when the restorer first reads its
+    clip (``Clip.frames``): a restorer that reads nothing converts no target. What is held: the model-space
+    frames of one block and its context, and each target's source frame until it is finished.
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
     come back as halves."""
@@ -266,10 +271,12 @@ def restore_frames(
                 taken += 1
                 reference = reference or (n, frame)
                 _check_geometry([frame], [n], source.description, reference)
-                window.add(n, frame, space, params)  # converted when the restorer reads it
+                # A target (held until finished anyway) is converted when the restorer reads it; a context
+                # frame now, and let go: its model-space view is in the window.
+                window.add(n, frame, space, params, later=n in targets)
                 if n in targets:
                     originals[n] = (frame, space)
-                del frame  # the window holds a context frame until it is converted
+                del frame
             fills = {n: f for n in block if n in kept and (f := fill_cache.get(n)) is not None}  # type: ignore[union-attr]
             if len(fills) < len(kept.intersection(block)):
                 gone = sorted(kept.intersection(block) - set(fills))
