@@ -60,6 +60,24 @@ def test_static_door_frame_is_not_a_scratch_and_a_real_scratch_stays_tight():
     assert mattes[3][:, 190:192].mean() > 0.9, "the scratch itself is not found"
 
 
+def test_a_still_shots_groove_nothing_crosses_is_scene_and_a_scratch_something_crosses_is_found():
+    """Within Our Gates 101-138, a static shot: the dark groove between a door's planks is a thin line with the
+    same wood on both sides (no step) at the same place in every frame, and nothing moves beside it. Nothing can
+    tell it from a scratch there, and removing it changes the picture: it stays. A scratch that a figure walks
+    under (it stays on top: it is on the film) is still found, as in a moving shot."""
+    rng = np.random.default_rng(17)
+    scene = _texture(rng, blur=1.5, contrast=0.04)
+    scene[:, 60:62] -= 0.2  # the groove
+    greys = []
+    for t in range(FRAMES):
+        g = scene.copy()
+        cv2.circle(g, (170 + 6 * t, 60), 10, 0.85, -1)  # a figure walking right, under the scratch at x=190
+        greys.append(_scratch(_grain(rng, g), x=190))
+    mattes = _restore(_rgb(greys), [3])
+    assert not mattes[3][:, 55:67].any(), f"{int(mattes[3][:, 55:67].sum())} px of the groove taken for a scratch"
+    assert mattes[3][:, 190:192].mean() > 0.9, "the scratch the figure crosses is not found"
+
+
 def test_line_that_weaves_with_the_picture_is_scene_and_one_that_stays_is_a_scratch():
     """Gate weave: the whole picture jumps by a pixel from frame to frame. A thin line of the picture on even
     texture (no step: its profile looks like a scratch's) moves with it; a scratch made on the film after the
