@@ -123,9 +123,10 @@ class SpikeDetector:
     # flat film: the edges of a bright thing that moves or changes shape (a cloth on a moving hand, a pole's tip
     # against a web of wires) lie outside both references' ranges there, and the references, which show it in
     # two other shapes, disagree. So the share of the spike the references may disagree by (``max_disagreement``)
-    # comes down in proportion to the texture above it. On the hand-marked real frames no defect lies above
-    # 0.032 of disagreement x texture; these false detections lie at 0.05-0.07.
-    busy_texture: float = 0.08
+    # comes down in proportion to the texture above it: components whose disagreement share x texture exceeds
+    # max_disagreement x busy_texture (0.045) go. On the hand-marked real frames no defect lies above 0.032 and
+    # a dark speck of San Francisco 177 at 0.043; these false detections lie at 0.051-0.072.
+    busy_texture: float = 0.09
     # A frame that differs from both neighbours as a whole (frame_threshold): the share of its pixels whose
     # spike level tells it (dust covers far less), and how far above that level a speck must stand. The level
     # is read from spikes(), which gives 0 below exact_share x threshold: so the threshold is raised only from
