@@ -87,6 +87,9 @@ class Region:
     score: float = 0.0
     filled: int = 0  # the restorer's matte pixels in the region (0: no matte known)
     judged: str = "changed"  # which pixels step, change and grain were measured on: "matte" or "changed"
+    # 8-bit, judged on the matte: how far the fill's mean lies outside the range of the ring's sides (``sides``),
+    # 0 within it; None judged on changed pixels.
+    outside: float | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -113,7 +116,7 @@ class FrameQC:
 
 def _region_json(r: Region) -> dict[str, Any]:
     d = asdict(r)
-    for k in ("step", "step_before", "change", "grain", "motion", "score"):
+    for k in ("step", "step_before", "change", "grain", "motion", "score", "outside"):
         if d[k] is not None:
             d[k] = round(float(d[k]), 4)
     return d
@@ -213,8 +216,9 @@ def suspicion(r: Region) -> float:
     The step counts only as far as the restorer made it: a region on a bright object has the object's contrast
     against its ring whatever was done to it, so the step is capped by how much the region changed."""
     s = 0.0
-    if r.step is not None:
-        s += min(abs(r.step), abs(r.change)) / STEP_VISIBLE
+    made = made_step(r)
+    if made is not None:
+        s += made / STEP_VISIBLE
     if r.grain is not None:
         s += 2.0 * max(0.0, 1.0 - r.grain / 0.7)
     if r.moving:
@@ -314,6 +318,10 @@ def analyse_frame(
         step, step_before, grain = region_figures(
             ya, yb, hp_after[y0:y1, x0:x1], hp_before[y0:y1, x0:x1], judged, interior, surround, expected
         )
+        outside = None
+        if n_filled and step is not None and (span := sides(yb, surround, judged)) is not None:
+            level = float(ya[judged].mean())
+            outside = 255.0 * (level - min(max(level, span[0]), span[1]))
         region_motion, moving = None, False
         if motion is not None:
             region_motion = float(np.median(motion.flow[y0:y1, x0:x1][grown]))
@@ -337,6 +345,7 @@ def analyse_frame(
             moving=bool(moving),
             filled=n_filled,
             judged=how,
+            outside=outside,
         )
         region.score = suspicion(region)
         result.regions.append(region)
@@ -385,6 +394,24 @@ def ring_level(before: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return cv2.inpaint(u16, hole.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 65535.0
 
 
+def sides(before: np.ndarray, ring: np.ndarray, judged: np.ndarray, count: int = 16) -> tuple[float, float] | None:
+    """(lowest, highest) mean luma of the source over the ring's sides: its pixels in ``count`` sectors of angle
+    around the judged pixels' centre, twice, the second time turned by half a sector (a thin line through the
+    region lies inside a sector of one of the two; sectors with fewer than 3 pixels left out), or None without
+    two sides. A fill between them may be what the picture there is (a speck on an edge, or on a thin line);
+    on flat film the sides agree to the grain's mean, and a fill outside them stands out."""
+    ys, xs = np.nonzero(ring)
+    cy, cx = (float(v.mean()) for v in np.nonzero(judged))
+    turn = (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * count
+    means = []
+    for offset in (0.0, 0.5):
+        sector = (turn + offset).astype(np.intp) % count
+        n = np.bincount(sector, minlength=count)
+        means.append(np.bincount(sector, before[ys, xs], minlength=count)[n >= 3] / n[n >= 3])
+    found = np.concatenate(means)
+    return (float(found.min()), float(found.max())) if len(found) >= 2 else None
+
+
 def _disc(radius: int) -> np.ndarray:
     import cv2
 
@@ -394,8 +421,13 @@ def _disc(radius: int) -> np.ndarray:
 
 def made_step(r: Region) -> float | None:
     """The part of a region's brightness step the restorer can have made: |step| capped by how much the region's
-    mean changed (a region on a bright object keeps the object's contrast to its ring whatever was done)."""
-    return None if r.step is None else min(abs(r.step), abs(r.change))
+    mean changed (a region on a bright object keeps the object's contrast to its ring whatever was done) and,
+    judged on the matte, by how far the fill lies outside the range of its ring's sides (``outside``): there the
+    change is the defect's removal, no cap, and a speck at an edge has both sides of the edge in its ring."""
+    if r.step is None:
+        return None
+    made = min(abs(r.step), abs(r.change))
+    return made if r.outside is None else min(made, abs(r.outside))
 
 
 def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:

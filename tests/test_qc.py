@@ -154,6 +154,33 @@ def test_restore_with_qc_checks_what_it_wrote(tmp_path):
     ), "changes where the specks were"
 
 
+def test_a_speck_on_a_thin_line_filled_right_is_not_a_made_step_but_a_wrong_fill_is():
+    """Train Robbery 38: a white speck on a thin bright line (a groove's highlight), filled with the line: the
+    fill is brighter than most of the picture 2-5 px around it, so its step against the ring is the line's own
+    contrast. The ring's sides (the line runs through two of them) span the fill: no made step. The same speck
+    filled darker than anything around it (Train Robbery 2: a bright stroke replaced by a dark smudge) lies below
+    every side: a made step. (A fill at the ground's level, the line cut, lies between the sides: this figure
+    cannot tell it from a speck on the ground; the crops show it.)"""
+    rng = np.random.default_rng(10)
+    src = _grainy(rng, 0.3, sigma=2.0)
+    src[:, 59:62] += 0.25  # thin bright lines at x=60 and x=180
+    src[:, 179:182] += 0.25
+    truth = src.copy()
+    out = src.copy()
+    matte = np.zeros((H, W), np.float32)
+    for x in (60, 180):
+        defect = _disc(x, 80, 2)
+        src[defect] = 0.95  # the speck
+        matte[defect] = 1.0
+    right, cut = _disc(60, 80, 4), _disc(180, 80, 4)
+    out[right] = truth[right]
+    out[cut] = np.where(_disc(180, 80, 2)[..., None], 0.15, truth)[cut]
+    qc = analyse_frame(src, out, 1, matte=matte)
+    good, wrong = sorted(qc.regions, key=lambda r: r.x)
+    assert abs(good.step) > STEP_VISIBLE and made_step(good) < 1.0, (good.step, good.outside)
+    assert made_step(wrong) > 10.0, (wrong.step, wrong.outside)
+
+
 def test_qc_reads_the_matte_the_restore_wrote_and_a_matte_sequence(tmp_path, capsys):
     """`frdm restore` into EXR writes the matte as a channel: `--qc` judges every region on it. `frdm qc --matte`
     takes the mattes of a PNG restore as a sequence of their own; a matte of another size names its file."""
