@@ -211,8 +211,10 @@ than {meta.get("threshold", "")}/255.</p>
 inside minus a ring around it, 8-bit (a fill that disappears is near 0; a region on a bright object keeps the
 object's contrast, so the score counts the step only as far as the region changed). <b>grain</b>: high-pass
 spread inside over the ring's (1 = same grain, 0 = smooth). "Inside" is the restorer's matte in the region (the
-filled defect) where the matte is known, else the changed pixels. <b>motion</b>: px/frame relative to the whole
-frame in the source.</p>
+filled defect) where the matte is known, against the source 2-5 px outside it (the step against its level carried
+in, the score only as far as the fill lies outside the range of the ring's sides: a speck on an edge has both
+sides in its ring), else the changed pixels against a ring outside every change. <b>motion</b>: px/frame relative
+to the whole frame in the source.</p>
 <h2>Summary</h2><table>{summ}</table>
 <h2>Per frame</h2><img src="plot.png" alt="changed area and mean brightness per frame">
 <table><tr><th>frame</th><th>changed %</th><th>regions</th><th>mean before</th><th>mean after</th>
