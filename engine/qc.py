@@ -394,7 +394,7 @@ def ring_level(before: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return cv2.inpaint(u16, hole.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 65535.0
 
 
-def sides(before: np.ndarray, ring: np.ndarray, judged: np.ndarray, count: int = 16) -> tuple[float, float] | None:
+def sides(before: np.ndarray, ring: np.ndarray, judged: np.ndarray, count: int = 8) -> tuple[float, float] | None:
     """(lowest, highest) mean luma of the source over the ring's sides: its pixels in ``count`` sectors of angle
     around the judged pixels' centre, twice, the second time turned by half a sector (a thin line through the
     region lies inside a sector of one of the two; sectors with fewer than 3 pixels left out), or None without

@@ -177,8 +177,10 @@ def test_a_speck_on_a_thin_line_filled_right_is_not_a_made_step_but_a_wrong_fill
     out[cut] = np.where(_disc(180, 80, 2)[..., None], 0.15, truth)[cut]
     qc = analyse_frame(src, out, 1, matte=matte)
     good, wrong = sorted(qc.regions, key=lambda r: r.x)
-    assert abs(good.step) > STEP_VISIBLE and made_step(good) < 1.0, (good.step, good.outside)
-    assert made_step(wrong) > 10.0, (wrong.step, wrong.outside)
+    # The sides' means carry the grain's luck and a little of the ground beside the line: a few levels, not the
+    # line's contrast.
+    assert abs(good.step) > 25.0 and made_step(good) < 0.3 * abs(good.step), (good.step, good.outside)
+    assert made_step(wrong) > 10.0 and made_step(wrong) > 2 * made_step(good), (wrong.step, wrong.outside)
 
 
 def test_qc_reads_the_matte_the_restore_wrote_and_a_matte_sequence(tmp_path, capsys):
