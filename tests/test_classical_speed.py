@@ -447,3 +447,45 @@ def test_excluding_one_grid_from_every_neighbour_leaves_that_grid_as_it_was():
     alone.exclude(defects.copy())
     assert np.array_equal(fresh.flow, alone.flow) and np.array_equal(fresh.trusted, alone.trusted)
     assert seen._excluded[5:12, 5:12].all() and seen._excluded[30:40, 40:55].all()
+
+
+def test_suspects_and_ranges_over_whole_rows_equal_the_gathered_pixels(monkeypatch):
+    """Both forms of the suspects' test (gathered pixels, whole rows when most of the frame is near a spike) and
+    of the 3x3 ranges (nine gathers, a whole-frame dilation when many pixels ask) give the full-frame formulas'
+    bits, at the border too, on grainy frames where near covers most of the frame and on sparse ones."""
+    from frdm.engine.classical import detect
+
+    box = np.ones((3, 3), np.uint8)
+    rng = np.random.default_rng(5)
+    for seed, grain in ((0, 0.0), (1, 0.05)):
+        frame, prev, nxt = _frames(seed)
+        frame = frame + rng.normal(0, grain, frame.shape).astype(np.float32)  # grain: spikes everywhere
+        det = SpikeDetector(threshold=0.05)
+        spike = _dense_spikes(frame, prev, nxt)
+        want = _dense_suspects(det, frame, prev, nxt, spike)
+        ys, xs = pixels(rng.random(frame.shape) < 0.3)
+        for dense in (2.0, 0.0):  # never, always
+            monkeypatch.setattr(detect, "NEAR_DENSE", dense)
+            monkeypatch.setattr(detect, "RANGE_DENSE", dense)
+            assert np.array_equal(det.suspects(frame, prev, nxt, spike), want)
+            hi, lo = detect._range_at(prev, ys, xs)
+            assert np.array_equal(hi, cv2.dilate(prev, box)[ys, xs]) and np.array_equal(
+                lo, cv2.erode(prev, box)[ys, xs]
+            )
+        assert want.any()
+
+
+def test_median_equals_numpys_to_the_bit():
+    """fill._median: float(np.median(v)) for odd and even lengths, ties, float64 and -0.0 (np.mean's sum starts
+    at +0.0) and NaN."""
+    from frdm.engine.classical.fill import _median
+
+    rng = np.random.default_rng(6)
+    cases = [np.array([-0.0], np.float32), np.array([-0.0, -0.0], np.float32), np.array([1.0, np.nan], np.float32)]
+    for n in range(1, 40):
+        cases.append(rng.normal(0, 0.02, n).astype(np.float32))
+        cases.append(-np.abs(np.round(rng.normal(0, 1, n))).astype(np.float32))  # ties and -0.0
+        cases.append(rng.normal(0, 1, 7 * n))
+    for values in cases:
+        want, got = float(np.median(values)), _median(values)
+        assert (np.isnan(want) and np.isnan(got)) or (want == got and np.signbit(want) == np.signbit(got)), values
