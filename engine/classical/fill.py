@@ -353,10 +353,12 @@ def spatial_fill(
         mask = labels[y0:y1, x0:x1] == i
         crop = out[y0:y1, x0:x1]
         m8 = (mask | border[y0:y1, x0:x1]).astype(np.uint8)  # the gate is no source material
-        filled = crop.copy()
+        filled = np.empty_like(crop)  # every channel is written below
+        # The crop's channels to 16 bits at once (the same values channel by channel), each channel inpainted
+        # on its own (cv2.inpaint takes one 16-bit channel).
+        u16 = (np.clip(crop, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
         for c in range(crop.shape[-1]):
-            u16 = (np.clip(crop[..., c], 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-            filled[..., c] = cv2.inpaint(u16, m8, radius, cv2.INPAINT_TELEA) / 65535.0
+            filled[..., c] = cv2.inpaint(np.ascontiguousarray(u16[..., c]), m8, radius, cv2.INPAINT_TELEA) / 65535.0
         grain = _grain_patch(image, matte, (y0, y1, x0, x1), mask, (bw, bh))
         if grain is not None:
             # Grain has no mean of its own: the patch's high frequencies average to zero over a large area only,

@@ -378,9 +378,14 @@ class ClassicalRestorer:
         def flow(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return motion[k].at(ys, xs)
 
+        # Per neighbour, made once for the fill's four samplings of it (rings and pixels, two candidates each):
+        # whether it has a gate at all, and its scratch candidates as an 8-bit image for bilinear sampling.
+        gated = {k: bool(gates[k].any()) for k in neighbours}
+        scratch_images: dict[int, np.ndarray] = {}
+
         def sample(k: int, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             ok = (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
-            if gates[k].any():
+            if gated[k]:
                 gy = np.clip(np.rint(sy), 0, h - 1).astype(np.intp)
                 gx = np.clip(np.rint(sx), 0, w - 1).astype(np.intp)
                 ok &= ~gates[k][gy, gx]
@@ -388,7 +393,9 @@ class ClassicalRestorer:
             colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
             if use_scratches:
                 # A neighbour's own scratch at this spot is no fill material.
-                own = remap_points(data.candidates(k).view(np.uint8) * np.uint8(255), sx, sy)
+                if k not in scratch_images:
+                    scratch_images[k] = data.candidates(k).view(np.uint8) * np.uint8(255)
+                own = remap_points(scratch_images[k], sx, sy)
                 ok &= own <= 25
             return colours, ok
 
