@@ -489,3 +489,22 @@ def test_median_equals_numpys_to_the_bit():
     for values in cases:
         want, got = float(np.median(values)), _median(values)
         assert (np.isnan(want) and np.isnan(got)) or (want == got and np.signbit(want) == np.signbit(got)), values
+
+
+def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
+    """When the changed boxes would hold most of the frame (grainy film), ``_changed_boxes`` gives the frame's
+    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.flow import rewarp, row_blocks, warp
+
+    rng = np.random.default_rng(12)
+    small_shape, shape = (48, 64), (192, 256)
+    image = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 2)
+    before = _smooth_flow(rng, small_shape, 20.0)
+    after = before.copy()
+    after[::6, ::6] += 0.5  # a change in every tile
+    boxes = R._changed_boxes(before, after, shape)
+    assert boxes == row_blocks(*shape)
+    warped = warp(image, R._enlarge(before, shape))
+    rewarp(image, R._enlarge(after, shape), warped, boxes)
+    assert np.array_equal(warped, warp(image, R._enlarge(after, shape)))

@@ -42,6 +42,7 @@ from frdm.engine.classical.flow import (
     magnitude,
     remap_points,
     rewarp,
+    row_blocks,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -472,6 +473,7 @@ class _Look:
 
 
 CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
+CHANGED_WHOLE = 0.6  # share of the frame above which ``_changed_boxes`` gives the whole frame's rows instead
 
 
 def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -503,6 +505,10 @@ def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]
         run = np.diff(np.concatenate([[0], tiles[r].astype(np.int8), [0]]))
         for c0, c1 in zip(np.flatnonzero(run == 1), np.flatnonzero(run == -1)):
             boxes.append((y0, y1, lo(c0 * tile, big_w, w), hi(min(w, c1 * tile) - 1, big_w, w)))
+    if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes) > CHANGED_WHOLE * big_h * big_w:
+        # Changed nearly everywhere (grainy film: the boxes, overlapping at their margins, held ~108% of a
+        # 720p frame in ~120 remaps): the whole frame in warp's blocks of rows costs less.
+        return row_blocks(big_h, big_w)
     return boxes
 
 
