@@ -508,3 +508,33 @@ def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
     warped = warp(image, R._enlarge(before, shape))
     rewarp(image, R._enlarge(after, shape), warped, boxes)
     assert np.array_equal(warped, warp(image, R._enlarge(after, shape)))
+
+
+def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatch):
+    """The look-ahead thread takes the window's scratch candidates while the detection's thread is the busier
+    (``_balance``): whichever thread computes them, every frame and matte comes out the same, a scratch and
+    specks found."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.restorer import Clip
+
+    rng = np.random.default_rng(15)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(7):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
+        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0  # a speck on each frame, elsewhere
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    clip = Clip(np.stack(frames), list(range(7)), list(range(7)))
+    params = P.validate({})
+    runs = []
+    for worker_takes in (False, True):
+        asked = []
+        monkeypatch.setattr(R, "_balance", lambda busy, w=worker_takes, a=asked: a.append(dict(busy)) or w)
+        runs.append(list(R.ClassicalRestorer().restore(clip, params)))
+        assert len(asked) == 7 and asked[-1]["detect"] > 0.0 and asked[-1]["look"] > 0.0
+    for a, b in zip(*runs):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+    assert all(r.matte[:, 64].mean() > 0.5 for r in runs[0])  # the scratch
+    assert sum(float(r.matte.sum()) for r in runs[0]) > 7 * 9 + 7 * 96
