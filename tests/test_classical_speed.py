@@ -538,3 +538,34 @@ def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatc
         assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
     assert all(r.matte[:, 64].mean() > 0.5 for r in runs[0])  # the scratch
     assert sum(float(r.matte.sum()) for r in runs[0]) > 7 * 9 + 7 * 96
+
+
+def test_the_restored_frames_do_not_depend_on_cv2s_thread_count():
+    """The engine sets cv2's thread pool to the cores its own two threads leave (``cv2_threads``): every frame
+    and matte (DIS flows, filters, labelling, inpainting) comes out the same with 1 and with 4 cv2 threads."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.restorer import Clip
+
+    assert [R.cv2_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 14]
+    rng = np.random.default_rng(16)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((240, 320)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(5):
+        grey = np.roll(base, 2 * t, axis=1) + rng.normal(0, 0.02, base.shape).astype(np.float32)
+        grey[:, 150] += 0.25
+        for y, x in rng.integers(10, 230, (12, 2)):
+            grey[y : y + 3 + t, x : x + 4] = 1.0 if (y + x) % 2 else 0.0  # specks and blotches
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    clip = Clip(np.stack(frames), list(range(5)), list(range(5)))
+    runs = []
+    try:
+        for threads in (1, 4):
+            restorer = R.ClassicalRestorer()
+            cv2.setNumThreads(threads)  # after the constructor's own setting
+            runs.append(list(restorer.restore(clip, P.validate({}))))
+    finally:
+        cv2.setNumThreads(R.cv2_threads(R._cores()))
+    for a, b in zip(*runs):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+    assert sum(float(r.matte.sum()) for r in runs[0]) > 100
