@@ -569,3 +569,34 @@ def test_the_restored_frames_do_not_depend_on_cv2s_thread_count():
     for a, b in zip(*runs):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
     assert sum(float(r.matte.sum()) for r in runs[0]) > 100
+
+
+def test_the_repeated_frame_test_is_made_once_per_pair_with_either_order():
+    """_Frames.duplicate asks ``_duplicate`` once per pair of frames, in either order the same answer as the
+    plain test gives for both orders: for a repeated frame (compression noise only), a still scene with new
+    dust and a moving one."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(17)
+    a = cv2.GaussianBlur(rng.random((64, 80)).astype(np.float32), (0, 0), 3)
+    repeat = a + rng.normal(0, 0.0005, a.shape).astype(np.float32)
+    dusty = a.copy()
+    dusty[10:13, 20:23] = 1.0
+    moved = np.roll(a, 3, axis=1)
+    frames = np.stack([np.repeat(x[..., None], 3, axis=2) for x in (a, repeat, dusty, moved)])
+    data = R._Frames(frames, 1, None)
+    asked = []
+    plain = R._duplicate
+    try:
+        R._duplicate = lambda x, y: asked.append(1) or plain(x, y)
+        for i in range(4):
+            for j in range(4):
+                if i != j:
+                    grey_i, grey_j = data.grey(i), data.grey(j)
+                    assert data.duplicate(i, j) == plain(grey_i, grey_j) == plain(grey_j, grey_i)
+    finally:
+        R._duplicate = plain
+    assert len(asked) == 6  # once per pair
+    assert data.duplicate(0, 1) and not data.duplicate(0, 2) and not data.duplicate(0, 3)
+    data.forget_before(1)
+    assert all(i >= 1 for i, _ in data._same)

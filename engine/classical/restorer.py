@@ -123,6 +123,7 @@ class _Frames:
         self._cand: dict[int, np.ndarray] = {}
         self._copies: dict[int, np.ndarray] = {}
         self._gate: dict[int, np.ndarray] = {}
+        self._same: dict[tuple[int, int], bool] = {}
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
@@ -140,6 +141,14 @@ class _Frames:
             image = flow_input(self.small(i))
             self._flow_in[i] = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image)
         return self._flow_in[i]
+
+    def duplicate(self, i: int, j: int) -> bool:
+        """``_duplicate`` of frames i and j, once per pair: each is a neighbour of the other's window too, and
+        the test is symmetric (|a - b| is |b - a| to the bit)."""
+        key = (min(i, j), max(i, j))
+        if key not in self._same:
+            self._same[key] = _duplicate(self.grey(i), self.grey(j))
+        return self._same[key]
 
     def candidates(self, i: int) -> np.ndarray:
         if i not in self._cand:
@@ -174,6 +183,8 @@ class _Frames:
         for store in (self._grey, self._small, self._flow_in, self._cand, self._copies, self._gate):
             for k in [k for k in list(store) if k < i]:
                 del store[k]
+        for pair in [pair for pair in list(self._same) if pair[0] < i]:
+            del self._same[pair]
 
 
 class _Motion:
@@ -309,10 +320,9 @@ class ClassicalRestorer:
             half the work per frame: the rest is the detection and fill that depend on it)."""
             start = time.thread_time()
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
-            grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
             # neither a reference for the spike test nor fill material.
-            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey, data.grey(k))]
+            neighbours = [k for k in range(lo, hi + 1) if k != t and not data.duplicate(t, k)]
             motion: dict[int, _Motion] = {}
             key_t, in_t = data.flow_in(t)
             for k in neighbours:
