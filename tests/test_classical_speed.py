@@ -450,7 +450,7 @@ def test_excluding_one_grid_from_every_neighbour_leaves_that_grid_as_it_was():
 
 
 def test_suspects_and_ranges_over_whole_rows_equal_the_gathered_pixels(monkeypatch):
-    """Both forms of the suspects' test (gathered pixels, whole rows when most of the frame is near a spike) and
+    """Both forms of the suspects' test and of the spikes (gathered pixels, whole rows when many pixels ask) and
     of the 3x3 ranges (nine gathers, a whole-frame dilation when many pixels ask) give the full-frame formulas'
     bits, at the border too, on grainy frames where near covers most of the frame and on sparse ones."""
     from frdm.engine.classical import detect
@@ -464,15 +464,22 @@ def test_suspects_and_ranges_over_whole_rows_equal_the_gathered_pixels(monkeypat
         spike = _dense_spikes(frame, prev, nxt)
         want = _dense_suspects(det, frame, prev, nxt, spike)
         ys, xs = pixels(rng.random(frame.shape) < 0.3)
+        spikes = []
         for dense in (2.0, 0.0):  # never, always
             monkeypatch.setattr(detect, "NEAR_DENSE", dense)
             monkeypatch.setattr(detect, "RANGE_DENSE", dense)
+            monkeypatch.setattr(detect, "SPIKES_DENSE", dense)
             assert np.array_equal(det.suspects(frame, prev, nxt, spike), want)
+            spikes.append(det.spikes(frame, prev, nxt))
             hi, lo = detect._range_at(prev, ys, xs)
             assert np.array_equal(hi, cv2.dilate(prev, box)[ys, xs]) and np.array_equal(
                 lo, cv2.erode(prev, box)[ys, xs]
             )
         assert want.any()
+        # spikes(): both forms the same bits (signs of zero too), the full-frame rank test's above its exact level.
+        assert np.array_equal(spikes[0], spikes[1]) and np.array_equal(np.signbit(spikes[0]), np.signbit(spikes[1]))
+        above = spike > det.exact_share * det.threshold
+        assert above.any() and np.array_equal(spikes[1][above], spike[above])
 
 
 def test_median_equals_numpys_to_the_bit():

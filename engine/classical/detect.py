@@ -106,6 +106,25 @@ def _range_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.nda
 NEAR_DENSE = 0.1
 
 
+# Above this share of the frame's pixels that may be spikes (grainy 720p film: ~17%) spikes() takes its ranges over
+# whole rows (``_spike_rows``): 720p, 17%: ~11 -> ~6 ms.
+SPIKES_DENSE = 0.08
+
+
+def _spike_rows(frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray, maybe: np.ndarray) -> np.ndarray:
+    """``SpikeDetector.spikes`` where ``maybe``, 0 elsewhere: the same arithmetic as at its gathered pixels, with
+    the 3x3 ranges from one dilation and erosion of each whole neighbour, a block of rows at a time."""
+    box = np.ones((3, 3), np.uint8)
+    hi_p, lo_p, hi_n, lo_n = cv2.dilate(prev, box), cv2.erode(prev, box), cv2.dilate(nxt, box), cv2.erode(nxt, box)
+    out = np.empty_like(frame)
+    for y in range(0, frame.shape[0], 64):
+        rows = slice(y, y + 64)
+        f = frame[rows]
+        spike = np.maximum(np.minimum(f - hi_p[rows], f - hi_n[rows]), np.minimum(lo_p[rows] - f, lo_n[rows] - f))
+        out[rows] = np.where(maybe[rows], spike, 0.0)
+    return out
+
+
 def _suspect_rows(
     frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray, threshold: float, near: np.ndarray
 ) -> np.ndarray:
@@ -192,6 +211,8 @@ class SpikeDetector:
             np.subtract(below, frame[rows], out=below)
             np.greater(above, level, out=maybe[rows])
             maybe[rows] |= below > level
+        if np.count_nonzero(maybe) > SPIKES_DENSE * maybe.size:
+            return _spike_rows(frame, prev, nxt, maybe)
         ys, xs = pixels(maybe)
         hi_p, lo_p = _range_at(prev, ys, xs)
         hi_n, lo_n = _range_at(nxt, ys, xs)
