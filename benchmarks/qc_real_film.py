@@ -1,9 +1,10 @@
 """`frdm qc` on the four shared real films, restored with the classical engine as it is in this checkout.
 
 For each film (../shared/data/real_film/<film>/*.png, 480x368, sRGB): `frdm restore` with default parameters
-into OUT/<film>/restored.####.png, then `frdm qc` into OUT/<film>/qc/ (open its index.html to look at the
-crops). Prints one table row per film (the figures docs/quality.md keeps under "QC on real film") and writes
-OUT/summary.json. Re-run it after an engine change and compare.
+into OUT/<film>/restored.####.png (and the restorer's defect mattes into OUT/<film>/matte.####.png: a PNG holds
+no matte channel), then `frdm qc --matte` into OUT/<film>/qc/ (open its index.html to look at the crops): each
+region judged on the pixels the restorer filled. Prints one table row per film (the figures docs/quality.md
+keeps under "QC on real film") and writes OUT/summary.json. Re-run it after an engine change and compare.
 
     python benchmarks/qc_real_film.py [--out out/qc_real_film] [--films the_great_train_robbery ...]
     (FRDM_SHARED=/path/to/shared or --data DIR when the shared folder is not beside the checkout)
@@ -18,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(
@@ -66,9 +69,34 @@ def film_source(data: str, film: str) -> str:
     return os.path.join(folder, "#####.png")
 
 
+class MatteWriter:
+    """A restorer that writes each frame's defect matte as it yields the frame (8-bit grey PNG, 255 = defect)."""
+
+    def __init__(self, restorer: Any, pattern: str):
+        self.restorer, self.pattern = restorer, pattern
+        self.engine_version = restorer.engine_version
+
+    def context(self, params: Any) -> tuple[int, int]:
+        return self.restorer.context(params)
+
+    def restore(self, clip: Any, params: Any, progress: Any = None) -> Iterator[Any]:
+        import cv2
+        import numpy as np
+
+        from frdm.engine.frames import SequencePattern
+
+        pattern = SequencePattern.parse(self.pattern)
+        from frdm.engine.restorer import no_progress
+
+        for frame in self.restorer.restore(clip, params, progress or no_progress):
+            cv2.imwrite(pattern.path(frame.frame_number), (np.clip(frame.matte, 0, 1) * 255 + 0.5).astype(np.uint8))
+            yield frame
+
+
 def run_film(data: str, film: str, out: str, frames: int | None) -> dict:
     from frdm.commands.qc import run_qc
     from frdm.engine import params as P
+    from frdm.engine.classical import ClassicalRestorer
     from frdm.engine.frames import open_source
     from frdm.engine.pipeline import restore_sequence
 
@@ -79,10 +107,13 @@ def run_film(data: str, film: str, out: str, frames: int | None) -> dict:
     folder = os.path.join(out, film)
     shutil.rmtree(folder, ignore_errors=True)
     restored = os.path.join(folder, "restored.####.png")
+    mattes = os.path.join(folder, "matte.####.png")
+    os.makedirs(folder, exist_ok=True)
     t0 = time.perf_counter()
-    restore_sequence(src, restored, frames=numbers, params=P.validate({}), resume=False)
+    restorer = MatteWriter(ClassicalRestorer(), mattes)
+    restore_sequence(src, restored, frames=numbers, params=P.validate({}), resume=False, restorer=restorer)
     seconds = time.perf_counter() - t0
-    record = run_qc(src, restored, os.path.join(folder, "qc"), frames=numbers)
+    record = run_qc(src, restored, os.path.join(folder, "qc"), frames=numbers, matte=mattes)
     s = record["summary"]
     return {
         "film": film,

@@ -60,9 +60,10 @@ from frdm.engine.params import SCHEMA, STAGES
 # lines are not scratches, texture-, frame- and clip-end-aware spike evidence (different mattes on real film);
 # fills aligned, exposure-matched and checked on their ring (issue 11). classical-4: fills 4 px beyond the matte
 # (was 6), spatial fills' grain from the plainest of eight patches, every neighbour's flow taken from around the
-# defects, flow trusted inside large blotches (different fills on real film).
+# defects, flow trusted inside large blotches (different fills on real film). classical-5: less disagreement of
+# the references allowed on busy ground, a still shot's line nothing crosses is the scene's (different mattes).
 # diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-4", "diffusion": "diffusion-2"}
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-5", "diffusion": "diffusion-2"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).

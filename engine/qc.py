@@ -7,14 +7,23 @@ converts a scene-linear EXR or a log scan first). ``frdm qc`` (``frdm/commands/q
 - **changed share**: the fraction of pixels where any channel moved by more than ``threshold`` (8-bit units);
 - **regions**: connected groups of changed pixels (8-connected, gaps of ``merge_gap`` px bridged, so a fill
   whose feathered edge frays is one region), each with
-  - ``area`` (changed pixels) and bounding box;
-  - ``step``: mean luma of the output inside the region minus the mean luma of a ring around it, in 8-bit
-    display units (a fill that disappears has ~0; a grey disc on a sky has its contrast). ``step_before`` is
-    the same on the source: what the defect looked like;
-  - ``grain``: the ratio of high-pass (grain-scale) spread inside the region to that in the ring, both robust
-    (median absolute deviation), inside measured away from the region's edge so the fill's own border does
-    not count as grain. ~1 is a fill with the surrounding grain, ~0 a smooth disc. None for regions too small
-    to judge (fewer than ``MIN_GRAIN_PIXELS`` interior pixels);
+  - ``area`` (changed pixels) and bounding box; ``filled``: the restorer's matte pixels in it (0 without one);
+  - ``step``: mean luma of the output over the region's *judged* pixels minus the mean luma of the source in a
+    ring around them, in 8-bit display units (a fill that disappears has ~0; a grey disc on a sky has its
+    contrast). ``step_before`` is the same of the source's judged pixels: what the defect looked like;
+  - ``grain``: the ratio of the output's high-pass (grain-scale) spread over the judged pixels to the source's
+    in the ring, both robust (median absolute deviation). ~1 is a fill with the surrounding grain, ~0 a smooth
+    disc. None for regions too small to judge (fewer than ``MIN_GRAIN_PIXELS`` judged pixels);
+  - the judged pixels and their ring (``judged``): with the restorer's matte (``frdm.matte`` of a restored EXR,
+    or a matte sequence), "matte": the region's matte pixels, the filled defect itself, against a
+    ``matte_ring`` px ring ``ring_gap`` px outside the matte: a fill is judged on what it replaced against the
+    picture right beside it, whatever its size (a tight fill's region is mostly its defect; a wide one's
+    margin only swaps grain). The fill reaches past the matte at full weight (the blend's matte grow), so the
+    high-pass there sees fill on both sides and no erosion is needed. Without a matte (or where a region
+    holds none of it), "changed": the changed pixels, their interior for grain (eroded by twice the high-pass
+    sigma: there the feathered edge, a mix of two grains, is the fill's own border), against a ``ring`` px
+    ring ``ring_gap`` px outside every change; a tight fill is then judged on its core only, and a small one
+    not at all;
   - ``motion``: how far the picture there moves relative to the frame as a whole (px/frame, the larger of the
     flows to the previous and next source frames, camera weave removed by subtracting the frame's median
     flow); ``moving`` when that exceeds ``moving_px`` and the source there really differs from its
@@ -22,8 +31,10 @@ converts a scene-linear EXR or a log scan first). ``frdm qc`` (``frdm/commands/q
     for dirt;
   - ``score``: how suspicious the region is (see ``suspicion``).
 
-Rings leave a 2 px gap to every changed pixel (the feathered blend is not "surroundings") and stay inside the
-frame; a region without ring pixels (a whole-frame change) has ``step``/``grain`` None.
+Rings leave a 2 px gap to every changed pixel (the feathered blend is not "surroundings"), or with a matte to
+every matte pixel (the defects' halos), and stay inside the frame; a region without ring pixels (a whole-frame
+change) has ``step``/``grain`` None. With a matte the step compares each judged pixel with the ring's level
+carried in to it (``ring_level``), not with the ring's mean.
 """
 
 from __future__ import annotations
@@ -51,6 +62,10 @@ class QCSettings:
     merge_gap: int = 2  # px: changed pixels this close belong to one region
     ring: int = 6  # px: width of the surroundings a region is compared with
     ring_gap: int = 2  # px: left out between a changed pixel and its ring (the feathered edge)
+    # px: with the restorer's matte, the ring is this wide and lies ring_gap px outside the matte (a defect's halo
+    # ends ~2 px outside it on real film), on the source: the clean picture right beside the defect. Close, so
+    # that the content's own contrast (a speck on a small bright object) counts as little as it can.
+    matte_ring: int = 3
     grain_sigma: float = 1.0  # px: the high-pass is luma minus a Gaussian blur of this sigma
     moving_px: float = 1.0  # px/frame of motion relative to the frame that counts as moving content
 
@@ -70,6 +85,11 @@ class Region:
     motion: float | None  # px/frame relative to the frame; None without neighbours
     moving: bool
     score: float = 0.0
+    filled: int = 0  # the restorer's matte pixels in the region (0: no matte known)
+    judged: str = "changed"  # which pixels step, change and grain were measured on: "matte" or "changed"
+    # 8-bit, judged on the matte: how far the fill's mean lies outside the range of the ring's sides (``sides``),
+    # 0 within it; None judged on changed pixels.
+    outside: float | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -96,7 +116,7 @@ class FrameQC:
 
 def _region_json(r: Region) -> dict[str, Any]:
     d = asdict(r)
-    for k in ("step", "step_before", "change", "grain", "motion", "score"):
+    for k in ("step", "step_before", "change", "grain", "motion", "score", "outside"):
         if d[k] is not None:
             d[k] = round(float(d[k]), 4)
     return d
@@ -196,8 +216,9 @@ def suspicion(r: Region) -> float:
     The step counts only as far as the restorer made it: a region on a bright object has the object's contrast
     against its ring whatever was done to it, so the step is capped by how much the region changed."""
     s = 0.0
-    if r.step is not None:
-        s += min(abs(r.step), abs(r.change)) / STEP_VISIBLE
+    made = made_step(r)
+    if made is not None:
+        s += made / STEP_VISIBLE
     if r.grain is not None:
         s += 2.0 * max(0.0, 1.0 - r.grain / 0.7)
     if r.moving:
@@ -211,12 +232,15 @@ def analyse_frame(
     frame: int = 0,
     *,
     motion: MotionMaps | None = None,
+    matte: np.ndarray | None = None,
     settings: QCSettings = QCSettings(),
     name: str | None = None,
 ) -> FrameQC:
     """The QC figures of one (source, restored) frame pair, display-referred RGB in [0, 1].
 
-    ``motion`` is ``motion_map`` of the source frame (None: motion unknown, no region counts as moving)."""
+    ``motion`` is ``motion_map`` of the source frame (None: motion unknown, no region counts as moving).
+    ``matte``: the restorer's defect matte (H, W), values in [0, 1] (above 0.5 is the defect), or None: the
+    pixels each region is judged on (see the module's docstring)."""
     import cv2
 
     name = name or f"frame {frame}"
@@ -226,6 +250,15 @@ def analyse_frame(
     h, w = before.shape[:2]
     if motion is not None and motion.flow.shape != (h, w):
         raise InputError(f"{name}: motion map is {motion.flow.shape}, the frame is {(h, w)}")
+    filled = None
+    if matte is not None:
+        matte = np.asarray(matte)
+        if matte.shape != (h, w):
+            raise InputError(
+                f"{name}: the matte is {matte.shape[1]}x{matte.shape[0]} but the frame is {w}x{h}; give the matte "
+                "the restorer wrote with this frame"
+            )
+        filled = matte > 0.5
     changed = changed_mask(before, after, settings.threshold)
     n_changed = int(changed.sum())
     y_before, y_after = luma(before), luma(after)
@@ -244,6 +277,7 @@ def analyse_frame(
 
     sig = settings.grain_sigma
     hp_after = y_after - cv2.GaussianBlur(y_after, (0, 0), sig)
+    hp_before = y_before - cv2.GaussianBlur(y_before, (0, 0), sig)
     changed_u8 = changed.astype(np.uint8)
     gap = settings.merge_gap
     joined = cv2.dilate(changed_u8, np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)) if gap > 0 else changed_u8
@@ -253,28 +287,41 @@ def analyse_frame(
     pad = settings.ring + settings.ring_gap + 1
     ring_kernel = _disc(settings.ring + settings.ring_gap)
     erode_kernel = _disc(max(1, int(math.ceil(2 * sig))))
+    if filled is not None:
+        # A defect's halo: no ring pixels there (of any defect: two specks side by side are not each other's ring).
+        halo = cv2.dilate(filled.astype(np.uint8), _disc(settings.ring_gap)) > 0
+        matte_ring_kernel = _disc(settings.ring_gap + settings.matte_ring)
 
     for label in range(1, count):
         x, y, bw, bh, _ = (int(v) for v in stats[label])
         x0, y0 = max(0, x - pad), max(0, y - pad)
         x1, y1 = min(w, x + bw + pad), min(h, y + bh + pad)
-        inside = (labels[y0:y1, x0:x1] == label) & changed[y0:y1, x0:x1]
+        mine = labels[y0:y1, x0:x1] == label
+        inside = mine & changed[y0:y1, x0:x1]
         area = int(inside.sum())
         if area == 0:
             continue
         grown = cv2.dilate(inside.astype(np.uint8), ring_kernel) > 0
         ring = grown & ~near[y0:y1, x0:x1]
-        step = step_before = grain = None
-        if int(ring.sum()) >= 8:
-            ya, yb = y_after[y0:y1, x0:x1], y_before[y0:y1, x0:x1]
-            step = float((ya[inside].mean() - ya[ring].mean()) * 255.0)
-            step_before = float((yb[inside].mean() - yb[ring].mean()) * 255.0)
-            interior = cv2.erode(inside.astype(np.uint8), erode_kernel) > 0
-            if int(interior.sum()) >= MIN_GRAIN_PIXELS:
-                hp = hp_after[y0:y1, x0:x1]
-                ring_sigma = _mad_sigma(hp[ring])
-                if ring_sigma > 1e-6:
-                    grain = _mad_sigma(hp[interior]) / ring_sigma
+        # The matte pixels of the region's bridged label: those the fill left within 0.5/255 of the source too.
+        defect = mine & filled[y0:y1, x0:x1] if filled is not None else None
+        n_filled = 0 if defect is None else int(defect.sum())
+        ya, yb = y_after[y0:y1, x0:x1], y_before[y0:y1, x0:x1]
+        expected = None
+        if n_filled:
+            judged, interior, how = defect, defect, "matte"
+            surround = (cv2.dilate(defect.astype(np.uint8), matte_ring_kernel) > 0) & ~halo[y0:y1, x0:x1]
+            expected = ring_level(yb, halo[y0:y1, x0:x1])
+        else:
+            judged, interior, how = inside, cv2.erode(inside.astype(np.uint8), erode_kernel) > 0, "changed"
+            surround = ring
+        step, step_before, grain = region_figures(
+            ya, yb, hp_after[y0:y1, x0:x1], hp_before[y0:y1, x0:x1], judged, interior, surround, expected
+        )
+        outside = None
+        if n_filled and step is not None and (span := sides(yb, surround, judged)) is not None:
+            level = float(ya[judged].mean())
+            outside = 255.0 * (level - min(max(level, span[0]), span[1]))
         region_motion, moving = None, False
         if motion is not None:
             region_motion = float(np.median(motion.flow[y0:y1, x0:x1][grown]))
@@ -292,14 +339,77 @@ def analyse_frame(
             area=area,
             step=step,
             step_before=step_before,
-            change=float((y_after[y0:y1, x0:x1][inside] - y_before[y0:y1, x0:x1][inside]).mean() * 255.0),
+            change=float((ya[judged] - yb[judged]).mean() * 255.0),
             grain=grain,
             motion=region_motion,
             moving=bool(moving),
+            filled=n_filled,
+            judged=how,
+            outside=outside,
         )
         region.score = suspicion(region)
         result.regions.append(region)
     return result
+
+
+def region_figures(
+    after: np.ndarray,
+    before: np.ndarray,
+    hp_after: np.ndarray,
+    hp_before: np.ndarray,
+    judged: np.ndarray,
+    interior: np.ndarray,
+    ring: np.ndarray,
+    expected: np.ndarray | None = None,
+) -> tuple[float | None, float | None, float | None]:
+    """A region against its ring, the one definition of QC's figures: (step, step_before, grain).
+
+    after, before: luma (0..1) of the output and the source, hp_after, hp_before their grain-scale high-passes;
+    judged: the pixels the step is measured on, interior: those the grain is; ring: the surroundings, read on the
+    source (bool masks, all of one shape); expected: what the ring says each judged pixel should be (its level
+    carried inwards, ``ring_level``), or None: the ring's mean. step and step_before in 8-bit units; None without
+    8 ring pixels, grain None also below ``MIN_GRAIN_PIXELS``."""
+    if int(ring.sum()) < 8 or not judged.any():
+        return None, None, None
+    level = before[ring].mean() if expected is None else expected[judged]
+    step = float(np.mean(after[judged] - level) * 255.0)
+    step_before = float(np.mean(before[judged] - level) * 255.0)
+    grain = None
+    if int(interior.sum()) >= MIN_GRAIN_PIXELS:
+        ring_sigma = _mad_sigma(hp_before[ring])
+        if ring_sigma > 1e-6:
+            grain = _mad_sigma(hp_after[interior]) / ring_sigma
+    return step, step_before, grain
+
+
+def ring_level(before: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The source's level carried into ``hole`` (bool) from around it (Telea inpainting, distance-weighted and
+    along the edges): what a judged pixel should be, from the picture right beside it. A ring's mean would count
+    the content's own contrast as a step: a speck on a bright object beside a dark background has the
+    background in its ring. Done in 16-bit: OpenCV's float32 inpainting returns values far outside the input's
+    range (engine/classical/fill.py says the same)."""
+    import cv2
+
+    u16 = np.rint(np.clip(before, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return cv2.inpaint(u16, hole.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 65535.0
+
+
+def sides(before: np.ndarray, ring: np.ndarray, judged: np.ndarray, count: int = 8) -> tuple[float, float] | None:
+    """(lowest, highest) mean luma of the source over the ring's sides: its pixels in ``count`` sectors of angle
+    around the judged pixels' centre, twice, the second time turned by half a sector (a thin line through the
+    region lies inside a sector of one of the two; sectors with fewer than 3 pixels left out), or None without
+    two sides. A fill between them may be what the picture there is (a speck on an edge, or on a thin line);
+    on flat film the sides agree to the grain's mean, and a fill outside them stands out."""
+    ys, xs = np.nonzero(ring)
+    cy, cx = (float(v.mean()) for v in np.nonzero(judged))
+    turn = (np.arctan2(ys - cy, xs - cx) + np.pi) / (2 * np.pi) * count
+    means = []
+    for offset in (0.0, 0.5):
+        sector = (turn + offset).astype(np.intp) % count
+        n = np.bincount(sector, minlength=count)
+        means.append(np.bincount(sector, before[ys, xs], minlength=count)[n >= 3] / n[n >= 3])
+    found = np.concatenate(means)
+    return (float(found.min()), float(found.max())) if len(found) >= 2 else None
 
 
 def _disc(radius: int) -> np.ndarray:
@@ -311,12 +421,18 @@ def _disc(radius: int) -> np.ndarray:
 
 def made_step(r: Region) -> float | None:
     """The part of a region's brightness step the restorer can have made: |step| capped by how much the region's
-    mean changed (a region on a bright object keeps the object's contrast to its ring whatever was done)."""
-    return None if r.step is None else min(abs(r.step), abs(r.change))
+    mean changed (a region on a bright object keeps the object's contrast to its ring whatever was done) and,
+    judged on the matte, by how far the fill lies outside the range of its ring's sides (``outside``): there the
+    change is the defect's removal, no cap, and a speck at an edge has both sides of the edge in its ring."""
+    if r.step is None:
+        return None
+    made = min(abs(r.step), abs(r.change))
+    return made if r.outside is None else min(made, abs(r.outside))
 
 
 def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:
-    """Clip-level figures: changed share (mean, max), region counts, brightness steps (as measured, and as made
+    """Clip-level figures: changed share (mean, max), region counts (and how many were judged on the restorer's
+    matte), brightness steps (as measured, and as made
     by the restorer, ``made_step``; the worst ones by the latter), the share of regions short of grain and on
     moving content. Shares of regions are over the regions where the figure could be measured
     (``*_measured`` says how many)."""
@@ -340,6 +456,7 @@ def summarise(frames: Sequence[FrameQC], worst: int = 5) -> dict[str, Any]:
         "frames_changed": sum(1 for f in frames if f.changed_pixels),
         "regions": len(regions),
         "regions_per_frame": len(regions) / len(frames) if frames else 0.0,
+        "regions_judged_on_matte": sum(1 for _, r in regions if r.judged == "matte"),
         "changed_pixels": int(sum(f.changed_pixels for f in frames)),
         "steps_measured": len(steps),
         "mean_abs_step": stat(abs_steps, np.mean),
@@ -380,7 +497,9 @@ def _display(frame: Any, colorspace: str, ocio_config: str) -> tuple[np.ndarray,
 
 
 class SequencePair:
-    """A source and its restoration, read frame by frame in display-referred RGB. Errors name the file."""
+    """A source and its restoration, read frame by frame in display-referred RGB, and the restorer's matte when
+    known: a ``matte`` sequence (its first channel), else the restored frames' own matte channel (``frdm
+    restore`` writes one into EXR). Errors name the file."""
 
     def __init__(
         self,
@@ -390,6 +509,7 @@ class SequencePair:
         *,
         colorspace: str = P.defaults()["colorspace"],
         ocio_config: str = P.defaults()["ocio_config"],
+        matte: str | None = None,
     ):
         from frdm.engine.color import AUTO, check_colorspace
         from frdm.engine.frames import format_frame_range, open_source
@@ -400,6 +520,10 @@ class SequencePair:
             frames = self.restored.frame_numbers
         self.frames = sorted(set(frames))
         self.restored.check_frames(self.frames)
+        self.mattes = None if matte is None else open_source(matte)
+        if self.mattes is not None:
+            self.mattes.check_frames(self.frames)
+        self._matte: dict[int, np.ndarray | None] = {}
         missing = [n for n in self.frames if n not in set(self.source.frame_numbers)]
         if missing:
             raise InputError(
@@ -438,7 +562,24 @@ class SequencePair:
             )
         after_rgb, space = _display(after, self.colorspace, self.ocio_config)
         self.spaces.add(space)
+        from frdm.engine.pipeline import MATTE_CHANNEL
+
+        self._matte = {
+            n: after.pixels[..., after.channels.index(MATTE_CHANNEL)] if MATTE_CHANNEL in after.channels else None
+        }
         return before, after_rgb
+
+    def matte(self, n: int) -> np.ndarray | None:
+        """The restorer's matte of frame ``n`` (H, W), or None when not known. After ``pair(n)``."""
+        if self.mattes is not None:
+            frame = self.mattes.read(n)
+            if frame.data_window != self._windows[n]:
+                raise InputError(
+                    f"{self._name(self.mattes, n)}: data window {frame.data_window} but its source "
+                    f"{self._name(self.source, n)} has {self._windows[n]}; give the matte written with this restore"
+                )
+            return np.asarray(frame.pixels[..., 0], np.float32)
+        return self._matte.get(n)
 
     def neighbours(self, n: int) -> list[np.ndarray]:
         numbers = self.source.frame_numbers
@@ -448,6 +589,8 @@ class SequencePair:
     def close(self) -> None:
         self.source.close()
         self.restored.close()
+        if self.mattes is not None:
+            self.mattes.close()
 
 
 def analyse_sequences(
@@ -462,9 +605,8 @@ def analyse_sequences(
     for i, n in enumerate(pair.frames):
         before, after = pair.pair(n)
         mmap = motion_map(before, pair.neighbours(n)) if motion else None
-        results.append(
-            analyse_frame(before, after, n, motion=mmap, settings=settings, name=pair._name(pair.restored, n))
-        )
+        name = pair._name(pair.restored, n)
+        results.append(analyse_frame(before, after, n, motion=mmap, matte=pair.matte(n), settings=settings, name=name))
         if progress is not None:
             progress(i + 1, len(pair.frames), f"frame {n}")
     return results

@@ -176,7 +176,8 @@ def _html(meta: dict[str, Any], summary: dict[str, Any], frames: Sequence[FrameQ
         cards.append(
             f'<figure><img src="{e(c.file)}" width="{c.window[2] * 3 + 8}" height="{c.window[3]}" '
             f'alt="frame {c.frame} region {r.id}"><figcaption>frame {c.frame}, region {r.id} '
-            f"({e(', '.join(c.why))}): {r.area} px at ({r.x}, {r.y}) {r.w}x{r.h}; "
+            f"({e(', '.join(c.why))}): {r.area} px at ({r.x}, {r.y}) {r.w}x{r.h}"
+            f"{f', {r.filled} px filled (judged on the matte)' if r.judged == 'matte' else ''}; "
             f"step {_fmt(r.step, 1)}/255 (source {_fmt(r.step_before, 1)}, changed by {r.change:+.1f}), "
             f"grain {_fmt(r.grain)}, "
             f"motion {_fmt(r.motion, 1)} px{' MOVING' if r.moving else ''}; score {r.score:.2f}"
@@ -209,8 +210,11 @@ than {meta.get("threshold", "")}/255.</p>
 <p>Crops are at 100%: source | restored | change (changed pixels red, the region boxed). <b>step</b>: mean luma
 inside minus a ring around it, 8-bit (a fill that disappears is near 0; a region on a bright object keeps the
 object's contrast, so the score counts the step only as far as the region changed). <b>grain</b>: high-pass
-spread inside over the ring's (1 = same grain, 0 = smooth). <b>motion</b>: px/frame relative to the whole frame
-in the source.</p>
+spread inside over the ring's (1 = same grain, 0 = smooth). "Inside" is the restorer's matte in the region (the
+filled defect) where the matte is known, against the source 2-5 px outside it (the step against its level carried
+in, the score only as far as the fill lies outside the range of the ring's sides: a speck on an edge has both
+sides in its ring), else the changed pixels against a ring outside every change. <b>motion</b>: px/frame relative
+to the whole frame in the source.</p>
 <h2>Summary</h2><table>{summ}</table>
 <h2>Per frame</h2><img src="plot.png" alt="changed area and mean brightness per frame">
 <table><tr><th>frame</th><th>changed %</th><th>regions</th><th>mean before</th><th>mean after</th>

@@ -10,8 +10,9 @@ import pytest
 
 from frdm.cli import main
 from frdm.engine.color import from_model
+from frdm.engine.errors import InputError
 from frdm.engine.frames import Frame, write_frame
-from frdm.engine.qc import analyse_frame, made_step, motion_map, summarise
+from frdm.engine.qc import GRAIN_LOW, STEP_VISIBLE, analyse_frame, made_step, motion_map, summarise
 
 H, W = 160, 240
 
@@ -153,6 +154,70 @@ def test_restore_with_qc_checks_what_it_wrote(tmp_path):
     ), "changes where the specks were"
 
 
+def test_a_speck_on_a_thin_line_filled_right_is_not_a_made_step_but_a_wrong_fill_is():
+    """Train Robbery 38: a white speck on a thin bright line (a groove's highlight), filled with the line: the
+    fill is brighter than most of the picture 2-5 px around it, so its step against the ring is the line's own
+    contrast. The ring's sides (the line runs through two of them) span the fill: no made step. The same speck
+    filled darker than anything around it (Train Robbery 2: a bright stroke replaced by a dark smudge) lies below
+    every side: a made step. (A fill at the ground's level, the line cut, lies between the sides: this figure
+    cannot tell it from a speck on the ground; the crops show it.)"""
+    rng = np.random.default_rng(10)
+    src = _grainy(rng, 0.3, sigma=2.0)
+    src[:, 59:62] += 0.25  # thin bright lines at x=60 and x=180
+    src[:, 179:182] += 0.25
+    truth = src.copy()
+    out = src.copy()
+    matte = np.zeros((H, W), np.float32)
+    for x in (60, 180):
+        defect = _disc(x, 80, 2)
+        src[defect] = 0.95  # the speck
+        matte[defect] = 1.0
+    right, cut = _disc(60, 80, 4), _disc(180, 80, 4)
+    out[right] = truth[right]
+    out[cut] = np.where(_disc(180, 80, 2)[..., None], 0.15, truth)[cut]
+    qc = analyse_frame(src, out, 1, matte=matte)
+    good, wrong = sorted(qc.regions, key=lambda r: r.x)
+    # The sides' means carry the grain's luck and a little of the ground beside the line: a few levels, not the
+    # line's contrast.
+    assert abs(good.step) > 25.0 and made_step(good) < 0.3 * abs(good.step), (good.step, good.outside)
+    assert made_step(wrong) > 10.0 and made_step(wrong) > 2 * made_step(good), (wrong.step, wrong.outside)
+
+
+def test_qc_reads_the_matte_the_restore_wrote_and_a_matte_sequence(tmp_path, capsys):
+    """`frdm restore` into EXR writes the matte as a channel: `--qc` judges every region on it. `frdm qc --matte`
+    takes the mattes of a PNG restore as a sequence of their own; a matte of another size names its file."""
+    rng = np.random.default_rng(9)
+    frames = [_grainy(rng, 0.4, sigma=1.0) for _ in range(5)]
+    for t, f in enumerate(frames):
+        f[60:64, 30 + 40 * t : 34 + 40 * t] = 1.0  # dust
+    _write_seq(tmp_path, "sh", frames, linear=True)
+    qc_dir = tmp_path / "qc"
+    argv = ["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr"), "--quiet", "--qc", str(qc_dir)]
+    assert main(argv) == 0
+    record = json.loads((qc_dir / "qc.json").read_text())
+    regions = [r for f in record["frames"] for r in f["regions"]]
+    assert regions and all(r["judged"] == "matte" and r["filled"] > 0 for r in regions)
+    assert record["summary"]["regions_judged_on_matte"] == len(regions)
+    # The same restore's mattes as a separate sequence (what a PNG restore can keep beside its frames).
+    from frdm.engine.frames import read_frame
+
+    for n in range(1, 6):
+        exr = read_frame(tmp_path / f"out.{n:04d}.exr")
+        matte = exr.pixels[..., exr.channels.index("frdm.matte")]
+        write_frame(
+            tmp_path / f"m.{n:04d}.png", Frame(matte[..., None], ("Y",), ("uint8",), (0, 0, W, H), (0, 0, W, H))
+        )
+    argv = ["qc", str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr"), "--dir", str(tmp_path / "qc2")]
+    assert main(argv + ["--matte", str(tmp_path / "m.####.png")]) == 0
+    again = json.loads((tmp_path / "qc2" / "qc.json").read_text())
+    assert [r for f in again["frames"] for r in f["regions"]] == regions
+    small = Frame(np.zeros((80, W, 1), np.float32), ("Y",), ("uint8",), (0, 0, W, 80), (0, 0, W, 80))
+    write_frame(tmp_path / "m.0003.png", small)
+    capsys.readouterr()
+    assert main(argv + ["--matte", str(tmp_path / "m.####.png")]) == 2
+    assert "m.0003.png" in capsys.readouterr().err
+
+
 def test_bad_input_errors_name_the_file_and_write_nothing(tmp_path, capsys):
     rng = np.random.default_rng(6)
     src = [_grainy(rng) for _ in range(3)]
@@ -177,3 +242,36 @@ def test_bad_input_errors_name_the_file_and_write_nothing(tmp_path, capsys):
     assert main(["qc", str(tmp_path / "src.####.png"), str(tmp_path / "none.####.png"), "--dir", str(qc_dir)]) == 2
     assert "none.####.png" in capsys.readouterr().err
     assert not qc_dir.exists()
+
+
+def test_fills_are_judged_on_the_matte_whatever_the_margin_around_them():
+    """A fill is judged on the restorer's matte (the filled defect) against the picture beside it, not on every
+    changed pixel: around a defect the fill also swaps the frame's grain for a neighbour's in a margin, and on
+    changed pixels that margin outweighs the defect. A speck filled smooth and 10/255 too bright inside a wide
+    grainy margin then passed (grain above 0.45, made step under 2); on the matte it shows both, while a good
+    fill (the same picture with other grain) scores ~1 and no step."""
+    rng = np.random.default_rng(8)
+    src = _grainy(rng)
+    out = src.copy()
+    other = _grainy(rng)  # a good fill: the same picture with other grain
+    matte = np.zeros((H, W), np.float32)
+    for x, smooth in ((60, False), (170, True)):
+        defect = _disc(x, 80, 5)
+        src[defect] += 40.0 / 255.0  # a bright speck
+        matte[defect] = 1.0
+        margin = _disc(x, 80, 12)
+        out[margin] = other[margin]  # the fill's margin: other grain
+        out[defect] = 0.5 + 10.0 / 255.0 if smooth else other[defect]
+    plain, judged = analyse_frame(src, out, 1), analyse_frame(src, out, 1, matte=matte)
+    assert [r.judged for r in plain.regions] == ["changed"] * 2 and [r.judged for r in judged.regions] == ["matte"] * 2
+    assert [r.area for r in plain.regions] == [r.area for r in judged.regions], "the same regions, judged otherwise"
+    good, flat = sorted(judged.regions, key=lambda r: r.x)
+    good_plain, flat_plain = sorted(plain.regions, key=lambda r: r.x)
+    assert flat_plain.grain > 0.45 and made_step(flat_plain) < STEP_VISIBLE, "the margin hid the smooth disc"
+    assert good.filled == flat.filled == int(_disc(60, 80, 5).sum())
+    assert 0.7 < good.grain < 1.4 and abs(good.step) < 2.5, (good.grain, good.step)
+    assert flat.grain < GRAIN_LOW and flat.step == pytest.approx(10.0, abs=4.0), (flat.grain, flat.step)
+    assert good.step_before == pytest.approx(40.0, abs=4.0), "the source's speck against the same ring"
+    assert flat.score > 3 * good.score and flat.score > 3 * flat_plain.score
+    with pytest.raises(InputError, match="matte is 10x10"):
+        analyse_frame(src, out, 1, matte=np.zeros((10, 10), np.float32))

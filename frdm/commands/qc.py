@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="V",
         help="a pixel is changed when a channel moved by more than V/255 (display-referred; default 0.5)",
     )
+    parser.add_argument(
+        "--matte",
+        metavar="SEQ",
+        help="the restorer's defect mattes (first channel), to judge each region on the pixels the restorer filled "
+        "(default: OUT's own 'frdm.matte' channel where it has one, else the changed pixels)",
+    )
     parser.add_argument("--crops", type=int, default=12, metavar="N", help="crops of the N most suspicious regions")
     parser.add_argument("--no-motion", action="store_true", help="skip the moving-content test (no optical flow)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -61,13 +67,14 @@ def run_qc(
     crops: int = 12,
     motion: bool = True,
     quiet: bool = True,
+    matte: str | None = None,
 ) -> dict[str, Any]:
     """Analyse SRC against OUT and write the report into ``directory``; returns the qc.json record."""
     from frdm.engine.qc import QCSettings, SequencePair, analyse_sequences, summarise
     from frdm.engine.qc_report import write_report
 
     settings = QCSettings(threshold=threshold)
-    pair = SequencePair(src, out, frames, colorspace=colorspace, ocio_config=ocio_config)
+    pair = SequencePair(src, out, frames, colorspace=colorspace, ocio_config=ocio_config, matte=matte)
     bar = None
     if not quiet:
         from tqdm import tqdm
@@ -89,6 +96,7 @@ def run_qc(
             "colorspace": " / ".join(sorted(pair.spaces)) or pair.colorspace,
             "threshold": threshold,
             "settings": settings.__dict__,
+            "matte": matte,
         }
         return write_report(directory, results, summary, pair.pair, meta, suspicious=crops)
     finally:
@@ -129,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         crops=args.crops,
         motion=not args.no_motion,
         quiet=False,
+        matte=args.matte,
     )
     print_summary(record, directory, args.json)
     return 0
