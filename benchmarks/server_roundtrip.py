@@ -26,6 +26,7 @@ Measured in one run, so the ratios compare like with like on a busy machine:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -38,9 +39,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from frdm.commands.malloc import tune_malloc
 from frdm.commands.serve import NUMPY_HUGEPAGE_ENV
 
 os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")  # as frdm serve runs: in-process runs compare like with like
+tune_malloc()  # and its malloc (frdm restore's too): the engine's frame-sized arrays reuse freed pages alike
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
@@ -50,9 +53,10 @@ PASS = {"mask": "none", "colorspace": "raw", "write_matte": False}
 
 
 class PassThroughRestorer:
-    """Returns every target unchanged: isolates what the server does around a restorer."""
+    """Leaves every target as it came without reading it (``RestoredFrame.unchanged``: the pipeline then
+    converts nothing into model space): isolates what the wire and the server do around a restorer."""
 
-    engine_version = "bench-pass-1"
+    engine_version = "bench-pass-2"
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return (0, 0)
@@ -61,12 +65,118 @@ class PassThroughRestorer:
         from frdm.engine.restorer import RestoredFrame
 
         for n in clip.targets:
-            image = clip.frames[clip.index(n)]
-            yield RestoredFrame(n, image, np.zeros(image.shape[:2], np.float32))
+            yield RestoredFrame.unchanged(n)
 
 
 def passthrough() -> PassThroughRestorer:
     return PassThroughRestorer()
+
+
+# The file the server's timed restorer writes its CPU seconds to (set for the server by this benchmark).
+RESTORER_CPU_ENV = "FRDM_BENCH_RESTORER_CPU"
+# Threads the engine runs for itself (the classical engine's one-ahead worker); every other Python thread is
+# the server's or the pipeline's, and so are libzmq's (named ZMQbg/...).
+ENGINE_THREADS = "frdm-classical"
+CLOCK_TICK = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+class TimedRestorer:
+    """A restorer measured from inside its process: ``cpu`` is the CPU seconds its own work has cost: the
+    calling thread's time inside its ``restore`` steps (``time.thread_time``) plus all the time of the
+    threads only the engine runs (its own workers, OpenCV's and OpenMP's pools: every thread that is not one
+    of the process's Python threads, bar the engine's, nor libzmq's). The clip is converted into model space
+    before the count starts: that is the pipeline's work, like the blend after. With ``record`` the total is
+    written there after every step (the server's side: the benchmark reads it from outside).
+
+    OpenCV's pool also serves the pipeline's feather blur (small crops, rarely split): counted as the
+    engine's, it makes the overhead figure a little low, never high."""
+
+    def __init__(self, inner: Any, record: str | None = None):
+        self.inner, self.record = inner, record
+        self.engine_version = inner.engine_version
+        self.cpu = 0.0
+        self._seen: dict[int, float] = {}  # engine thread id -> its CPU seconds already counted
+        self._roles: dict[int, str] = {}  # every thread seen -> its role
+
+    def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+        return self.inner.context(params)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _threads() -> dict[int, tuple[str, float]]:
+        """Every thread of this process: its id -> (its role, CPU seconds so far; Linux /proc, clock ticks).
+        The role: a Python thread's name without its number, else the kernel's name of the thread."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out = {}
+        for entry in os.listdir("/proc/self/task"):
+            tid = int(entry)
+            try:
+                with open(f"/proc/self/task/{entry}/stat") as fh:
+                    comm, rest = fh.read().rsplit(")", 1)
+            except OSError:  # ended meanwhile
+                continue
+            fields = rest.split()
+            role = names.get(tid, comm.split("(", 1)[1]).rstrip("0123456789").rstrip("_-")
+            out[tid] = (role, (int(fields[11]) + int(fields[12])) * CLOCK_TICK)  # utime, stime
+        return out
+
+    def _engine_threads(self) -> dict[int, float]:
+        """CPU seconds so far of every thread that only the engine runs (see the class docstring)."""
+        python = {t.native_id for t in threading.enumerate() if not t.name.startswith(ENGINE_THREADS)}
+        return {
+            tid: cpu
+            for tid, (role, cpu) in self._threads().items()
+            if tid not in python and not role.startswith("ZMQbg")
+        }
+
+    def _count(self, step: float) -> None:
+        now = self._engine_threads()
+        self.cpu += step + sum(cpu - self._seen.get(tid, 0.0) for tid, cpu in now.items())
+        self._seen.update(now)
+        if self.record is not None:
+            # Beside the engine's total, the role of every thread seen (the benchmark reads their CPU from
+            # outside: a profile of the server by thread).
+            self._roles.update({tid: role for tid, (role, _) in self._threads().items()})
+            with open(self.record + ".tmp", "w") as fh:
+                json.dump({"engine": self.cpu, "roles": self._roles}, fh)
+            os.replace(self.record + ".tmp", self.record)
+
+    def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[Any]:
+        from frdm.engine.restorer import no_progress
+
+        clip.frames  # noqa: B018  (converted here, outside the count)
+        # Threads alive now were made before this call (numpy's, an earlier call's pool): from here on.
+        self._seen.update({tid: cpu for tid, cpu in self._engine_threads().items() if tid not in self._seen})
+        steps = iter(self.inner.restore(clip, params, progress or no_progress))
+        try:
+            while True:
+                start = time.thread_time()
+                try:
+                    item = next(steps)
+                except StopIteration:
+                    self._count(time.thread_time() - start)
+                    return
+                self._count(time.thread_time() - start)
+                yield item
+        finally:
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
+
+
+def timed_classical() -> TimedRestorer:
+    from frdm.engine.classical import ClassicalRestorer
+
+    return TimedRestorer(ClassicalRestorer(), os.environ[RESTORER_CPU_ENV])
+
+
+def restorer_cpu(record: str) -> tuple[float, dict[int, str]]:
+    """The server's timed restorer's CPU seconds so far, and the role of every thread it has seen."""
+    try:
+        with open(record) as fh:
+            data = json.load(fh)
+        return float(data["engine"]), {int(k): str(v) for k, v in data["roles"].items()}
+    except FileNotFoundError:
+        return 0.0, {}
 
 
 def make_pixels(count: int, width: int, height: int, seed: int = 0) -> dict[int, np.ndarray]:
@@ -156,6 +266,18 @@ class Server:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each thread of the server (Linux /proc; threads that ended are gone)."""
+        out = {}
+        for entry in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) * CLOCK_TICK
+        return out
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, every thread) the server process has used so far (Linux /proc)."""
@@ -289,7 +411,12 @@ def spread(values: list[float], scale: float = 1.0, unit: str = "", digits: int 
 
 def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) -> None:
     """In-process and through-the-server runs interleaved (each pair on its own detection knob, so nothing
-    comes from a cache), so a load change on the machine hits both alike; the overhead of each pair."""
+    comes from a cache), so a load change on the machine hits both alike; the overhead of each pair.
+
+    The firm figure is CPU measured inside each process: the server's CPU (every thread, its cache writer
+    included) less the engine's own (``TimedRestorer``), as a share of the engine's: everything but
+    restoring (wire, content ids, cache, model-space conversion, blend). The same split in process tells the
+    pipeline's part (conversion, blend) from what the server adds."""
     from frdm.engine.classical import ClassicalRestorer
     from frdm.engine.frames import Frame, MemorySource
     from frdm.engine.pipeline import restore_frames
@@ -298,42 +425,72 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
     print(f"classical engine on {count} frames of {w}x{h}, {repeats} interleaved pairs:", flush=True)
     pixels = make_pixels(count, w, h)
     win = (0, 0, w, h)
+    # Held as halves, as the server holds the raw half frames it receives (and finished as halves, as it
+    # replies them): both sides convert and blend alike.
     memory = MemorySource(
-        {
-            n: Frame(px.astype(np.float16).astype(np.float32), ("R", "G", "B", "A"), ("half",) * 4, win, win)
-            for n, px in pixels.items()
-        },
+        {n: Frame(px.astype(np.float16), ("R", "G", "B", "A"), ("half",) * 4, win, win) for n, px in pixels.items()},
         "bench",
     )
-    resident = ClassicalRestorer()  # one instance, as the server keeps one
-    for _ in restore_frames(memory, [1], dict(CLASSICAL, feather=1.0), resident):
-        pass  # the same warm-up as the server's
+    resident = TimedRestorer(ClassicalRestorer())  # one instance, as the server keeps one
+
+    def in_process(params: dict[str, Any], frames: list[int]) -> None:
+        for _ in restore_frames(memory, frames, params, resident, halves_out=True):
+            pass
+
+    in_process(dict(CLASSICAL, feather=1.0), [1])  # the same warm-up as the server's
     few = make_raw(count, w, h)
-    server = Server(os.path.join(tmp, "cache-classical"), "--engine", "classical")
+    record = os.path.join(tmp, "restorer-cpu")
+    os.environ[RESTORER_CPU_ENV] = record
+    server = Server(os.path.join(tmp, "cache-classical"), "--restorer", "server_roundtrip:timed_classical")
     inproc, served, inproc_cpu, served_cpu = [], [], [], []
+    over_served, over_inproc, added, engine_in, engine_served = [], [], [], [], []
+    by_role: dict[str, list[float]] = {}
     try:
         server_round(server.address, dict(CLASSICAL, feather=1.0), few, [1])
         time.sleep(SETTLE)
         for r in range(repeats):
             params = dict(CLASSICAL, dust_threshold=0.05 + 0.002 * r)
-            start, cpu = time.perf_counter(), time.process_time()
-            for _ in restore_frames(memory, sorted(pixels), params, resident):
-                pass
+            start, cpu, engine = time.perf_counter(), time.process_time(), resident.cpu
+            in_process(params, sorted(pixels))
             inproc.append((time.perf_counter() - start) / count)
-            inproc_cpu.append((time.process_time() - cpu) / count)
-            (seconds, _), cpu = cpu_of(server, lambda p=params: server_round(server.address, p, few))
+            cpu, engine = time.process_time() - cpu, resident.cpu - engine
+            inproc_cpu.append(cpu / count)
+            engine_in.append(engine / count)
+            there, threads, engine_there = server.cpu_seconds(), server.thread_cpu(), restorer_cpu(record)[0]
+            (seconds, _), both = cpu_of(server, lambda p=params: server_round(server.address, p, few))
+            engine_now, roles = restorer_cpu(record)
+            there, engine_there = server.cpu_seconds() - there, engine_now - engine_there
+            spent: dict[str, float] = {}
+            for tid, now in server.thread_cpu().items():
+                role = roles.get(tid, "(not seen by the engine's steps)")
+                spent[role] = spent.get(role, 0.0) + now - threads.get(tid, 0.0)
+            for role, seconds_spent in spent.items():
+                by_role.setdefault(role, []).append(seconds_spent / count)
             served.append(seconds / count)
-            served_cpu.append(cpu / count)
+            served_cpu.append(both / count)
+            engine_served.append(engine_there / count)
+            over_served.append((there - engine_there) / engine_there * 100)
+            over_inproc.append((cpu - engine) / engine * 100)
+            added.append(((there - engine_there) - (cpu - engine)) / engine_there * 100)
     finally:
         server.stop()
     over = [(s - i) / i * 100 for i, s in zip(inproc, served)]
     over_cpu = [(s - i) / i * 100 for i, s in zip(inproc_cpu, served_cpu)]
     print(f"classical engine in process (restore_frames): {spread(inproc, 1000, ' ms')}/frame")
     print(f"classical engine through frdm serve (raw):    {spread(served, 1000, ' ms')}/frame")
-    print(f"server overhead per frame, per pair:          {spread(over, 1, ' %')} of the engine's time")
+    print(f"server overhead per frame, per pair (wall):   {spread(over, 1, ' %')} of the engine's time")
     print(f"CPU per frame in process:                     {spread(inproc_cpu, 1000, ' ms')}")
     print(f"CPU per frame through the server (+client):   {spread(served_cpu, 1000, ' ms')}")
-    print(f"server overhead in CPU per frame, per pair:   {spread(over_cpu, 1, ' %')} of the engine's CPU")
+    print(f"  over the in-process CPU, per pair:          {spread(over_cpu, 1, ' %')}")
+    print(f"the engine's own CPU per frame, in process:   {spread(engine_in, 1000, ' ms')}")
+    print(f"  in the server:                              {spread(engine_served, 1000, ' ms')}")
+    print(f"server's CPU beyond the engine's, per round:  {spread(over_served, 1, ' %')} of the engine's CPU")
+    print(f"  in process (conversion, blend):             {spread(over_inproc, 1, ' %')}")
+    print(f"  what the server adds (the difference):      {spread(added, 1, ' %')}")
+    print("  the server's CPU per frame by thread (the worker's includes the engine's steps; threads that")
+    print("  ended during the round, e.g. each chunk's reader, are not counted here):")
+    for role, values in sorted(by_role.items(), key=lambda item: -statistics.median(item[1])):
+        print(f"    {role:<40} {spread(values, 1000, ' ms')}")
 
 
 def feather_change(tmp: str, count: int, wh: tuple[int, int]) -> None:

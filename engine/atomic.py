@@ -24,6 +24,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 PARTIAL_PREFIX = ".frdm-partial-"
 
@@ -73,10 +74,17 @@ def atomic_path(path: str | os.PathLike[str], *, durable: bool = True) -> Iterat
             _remove(tmp)
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_path``)."""
+def write_bytes(
+    path: str | os.PathLike[str],
+    data: bytes | bytearray | memoryview | list[Any] | tuple[Any, ...],
+    *,
+    durable: bool = True,
+) -> None:
+    """Write ``data`` to ``path`` atomically (``durable``: see ``atomic_path``): bytes-like, or a list or tuple
+    of bytes-like parts written one after another (a header and a frame's pixels: never joined in memory)."""
     with atomic_path(path, durable=durable) as tmp, open(tmp, "xb") as fh:
-        fh.write(data)
+        for part in data if isinstance(data, (list, tuple)) else (data,):
+            fh.write(part)
 
 
 def write_bytes_at(dir_fd: int, name: str, data: bytes | bytearray | memoryview) -> None:

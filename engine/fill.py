@@ -28,7 +28,11 @@ from frdm.engine.frames import Frame
 from frdm.engine.restorer import RestoredFrame
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1: rows y0..y1-1, columns x0..x1-1
-FILL_FORMAT = "frdm-fill-1"  # bump when the stored layout changes: old entries then read as misses
+# Bump when the stored layout changes: old entries then read as misses. frdm-fill-2: the restored pixels are
+# stored only where they changed and the matte only where it is not 0, each with its map as bits (a dust fill
+# changes a percent of a box that spans most of the frame: 2K entries of 16-36 MB, serialised into fresh
+# memory and written per frame, became ~1 MB).
+FILL_FORMAT = "frdm-fill-2"
 
 
 def nonzero_box(a: np.ndarray) -> Box | None:
@@ -90,6 +94,8 @@ class FillResult:
     def from_restored(cls, restored: RestoredFrame, model_input: np.ndarray) -> FillResult:
         """Keep the changed pixels of ``restored`` (compared with the ``model_input`` it was given)."""
         image = restored.image
+        if image is None:
+            return cls.as_it_came(model_input.shape[:2], restored)
         if image.shape != model_input.shape:
             raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
         shape = (int(image.shape[0]), int(image.shape[1]))
@@ -107,14 +113,20 @@ class FillResult:
             y0, y1, x0, x1 = box
             img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
             changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
-        matte = np.asarray(restored.matte, np.float32)
-        matte_box = nonzero_box(matte > 0)
-        if matte_box is None:
-            m = np.zeros((0, 0), np.float32)
-        else:
-            m = np.ascontiguousarray(matte[matte_box[0] : matte_box[1], matte_box[2] : matte_box[3]])
+        matte_box, m = _kept_matte(restored.matte)
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
         return cls(shape, box, img, changed, matte_box, m, base)
+
+    @classmethod
+    def as_it_came(cls, shape: tuple[int, ...], restored: RestoredFrame) -> FillResult:
+        """The result of a target the restorer left as it came (``RestoredFrame.image`` None): nothing
+        changed, its matte kept. Needs no model-space pixels, so the pipeline asks it with the clip's
+        ``shape`` and the frame is never converted."""
+        if restored.base is not None:
+            raise ValueError(f"frame {restored.frame_number}: a base to blend into, but no restored image")
+        matte_box, m = _kept_matte(restored.matte)
+        h, w = int(shape[0]), int(shape[1])
+        return cls((h, w), None, np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool), matte_box, m)
 
     def matte_into(self, out: np.ndarray) -> None:
         """Write the (H, W) matte into ``out`` (e.g. the matte channel of an output frame)."""
@@ -130,7 +142,15 @@ class FillResult:
         from safetensors.numpy import save
 
         meta = {"format": FILL_FORMAT, "shape": self.shape, "box": self.box, "matte_box": self.matte_box}
-        arrays = {"image": self.image, "changed": self.changed.astype(np.uint8), "matte": self.matte}
+        # Only the changed pixels of ``image`` are ever read (``finish_frame``, ``_over_base``): the rest is
+        # not stored, and reads back as 0; the matte is 0 wherever it is not stored.
+        defects = self.matte > 0
+        arrays = {
+            "values": np.ascontiguousarray(self.image[self.changed], dtype=np.float32),
+            "changed": np.packbits(self.changed, axis=None),
+            "matte_values": np.ascontiguousarray(self.matte[defects], dtype=np.float32),
+            "defects": np.packbits(defects, axis=None),
+        }
         if self.base is not None:
             arrays["base"] = self.base
         return save(arrays, metadata={"fill": json.dumps(meta)})
@@ -150,13 +170,17 @@ class FillResult:
             arrays = load(data)
             box = tuple(meta["box"]) if meta["box"] is not None else None
             matte_box = tuple(meta["matte_box"]) if meta["matte_box"] is not None else None
+            changed, image = _scattered(box, arrays["changed"], arrays["values"], 3)
+            _, matte = _scattered(matte_box, arrays["defects"], arrays["matte_values"], None)
+            if image is None or matte is None:
+                return None  # damaged: the values do not fit their map
             return cls(
                 tuple(meta["shape"]),  # type: ignore[arg-type]
                 box,  # type: ignore[arg-type]
-                arrays["image"],
-                arrays["changed"].astype(bool),
+                image,
+                changed,
                 matte_box,  # type: ignore[arg-type]
-                arrays["matte"],
+                matte,
                 arrays.get("base"),
             )
         except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, SafetensorError):
@@ -198,6 +222,32 @@ class FolderFillStore:
 
     def put(self, frame: int, result: FillResult) -> None:
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
+def _scattered(
+    box: Any, bits: np.ndarray, values: np.ndarray, channels: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A stored (map, values) pair back as the (h, w) map over ``box`` and the (h, w[, channels]) array that
+    holds ``values`` where the map is set and 0 elsewhere; None for values that do not fit the map."""
+    h, w = (box[1] - box[0], box[3] - box[2]) if box is not None else (0, 0)
+    where = np.unpackbits(bits, count=h * w).reshape(h, w).view(bool)
+    shape = (int(np.count_nonzero(where)),) + ((channels,) if channels else ())
+    if values.shape != shape:
+        return where, None
+    out = np.zeros((h, w) + ((channels,) if channels else ()), np.float32)
+    out[where] = values
+    return where, out
+
+
+def _kept_matte(matte: np.ndarray | None) -> tuple[Box | None, np.ndarray]:
+    """A restorer's (H, W) matte (None: no defects) as the box its defects lie in and the matte inside it."""
+    if matte is None:
+        return None, np.zeros((0, 0), np.float32)
+    matte = np.asarray(matte, np.float32)
+    box = nonzero_box(matte > 0)
+    if box is None:
+        return None, np.zeros((0, 0), np.float32)
+    return box, np.ascontiguousarray(matte[box[0] : box[1], box[2] : box[3]])
 
 
 def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:

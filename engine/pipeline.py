@@ -94,7 +94,12 @@ _LONE_REFS = _lone_refs()
 class _Window:
     """The model-space frames of the block being restored, in one (T, H, W, 3) array that slides along the
     shot: frames the next block shares stay where they are (moved to the front), only new frames are added.
-    No frame is converted twice and the array is allocated once.
+    No frame is converted twice and the array is allocated once. A target's frame (held anyway until it is
+    finished) is converted when a clip that holds it is first read (``Clip.frames``): a restorer that leaves
+    its targets as they came without reading them, and a block re-blended from the stage cache, convert
+    none. A context frame is converted as it is taken and let go, as before: holding a block's context frames
+    as read until the restorer looks would cost ``frdm restore`` a block's decoded frames at its peak
+    (measured at 2K: +260 MB).
 
     The array outlives its window as the spare for the next window of its shape (a server restores chunk
     after chunk): the kernel zeroes a fresh array's pages on first touch, ~16 ms of each 2K frame's
@@ -110,6 +115,8 @@ class _Window:
         self.capacity = capacity
         self.frames: np.ndarray | None = None
         self.numbers: list[int] = []
+        # By number: the frames taken and not converted yet, with their colour space and the run's parameters.
+        self.unconverted: dict[int, tuple[Frame, str, Mapping[str, Any]]] = {}
 
     def __del__(self) -> None:
         if self.frames is not None:
@@ -131,21 +138,38 @@ class _Window:
         keep = [i for i, n in enumerate(self.numbers) if n >= first]
         assert self.frames is not None or not keep
         for slot, i in enumerate(keep):  # slot < i, in increasing order: no frame is overwritten before it moves
-            if slot != i:
+            if slot != i and self.numbers[i] not in self.unconverted:  # an unconverted slot holds nothing yet
                 self.frames[slot] = self.frames[i]  # type: ignore[index]
         self.numbers = [self.numbers[i] for i in keep]
+        self.unconverted = {n: v for n, v in self.unconverted.items() if n >= first}
 
-    def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any]) -> None:
-        """Convert ``frame`` into the next slot (the slots are reused: no fresh frame-sized array per frame)."""
+    def add(self, n: int, frame: Frame, space: str, params: Mapping[str, Any], *, later: bool) -> None:
+        """Take ``frame`` as the next slot's (the slots are reused: no fresh frame-sized array per frame),
+        converted now or, ``later``, on the first read of a clip that holds it."""
         if self.frames is None:
             self.frames = self._array((self.capacity, frame.height, frame.width, 3))
-        _model_rgb(frame, space, params, self.frames[len(self.numbers)])
         self.numbers.append(n)
+        if later:
+            self.unconverted[n] = (frame, space, params)
+        else:
+            _model_rgb(frame, space, params, self.frames[len(self.numbers) - 1])
+
+    def _convert(self, first: int, last: int) -> None:
+        """Convert the frames ``first``..``last`` not converted yet into their slots (a clip's first read)."""
+        for n in [n for n in self.unconverted if first <= n <= last]:
+            frame, space, params = self.unconverted.pop(n)
+            _model_rgb(frame, space, params, self.frames[self.numbers.index(n)])  # type: ignore[index]
 
     def clip(self, first: int, last: int, targets: list[int]) -> Clip:
-        """The frames ``first``..``last`` (numbers held) as a restorer's clip: a view, no copy."""
+        """The frames ``first``..``last`` (numbers held) as a restorer's clip: a view, no copy, converted
+        when first read. Read during its block only: the next block moves the slots."""
         i, j = self.numbers.index(first), self.numbers.index(last) + 1
-        return Clip(self.frames[i:j], self.numbers[i:j], list(targets))  # type: ignore[index]
+        return Clip(
+            self.frames[i:j],  # type: ignore[index]
+            self.numbers[i:j],
+            list(targets),
+            convert=lambda: self._convert(first, last),
+        )
 
 
 def _block_length(frame: Frame, before: int, after: int) -> int:
@@ -176,10 +200,11 @@ def restore_frames(
     re-blended, which is what a change of a blend- or output-stage parameter costs. A frame nothing changed
     in comes back sharing its original's pixel array.
 
-    Each source frame is read and converted once, in increasing order; ``read_ahead`` > 0 reads (decodes) on
-    a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``); the conversion
-    into the window stays on the caller's thread. What is held: the
-    model-space frames of one block and its context, and each target's source frame until it is finished.
+    Each source frame is read once and converted at most once, in increasing order; ``read_ahead`` > 0 reads
+    (decodes) on a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``);
+    a context frame is converted into the window as it is taken, a target when the restorer first reads its
+    clip (``Clip.frames``): a restorer that reads nothing converts no target. What is held: the model-space
+    frames of one block and its context, and each target's source frame until it is finished.
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
     come back as halves."""
@@ -246,10 +271,12 @@ def restore_frames(
                 taken += 1
                 reference = reference or (n, frame)
                 _check_geometry([frame], [n], source.description, reference)
-                window.add(n, frame, space, params)
+                # A target (held until finished anyway) is converted when the restorer reads it; a context
+                # frame now, and let go: its model-space view is in the window.
+                window.add(n, frame, space, params, later=n in targets)
                 if n in targets:
                     originals[n] = (frame, space)
-                del frame  # a context frame is needed no more: its model-space view is in the window
+                del frame
             fills = {n: f for n in block if n in kept and (f := fill_cache.get(n)) is not None}  # type: ignore[union-attr]
             if len(fills) < len(kept.intersection(block)):
                 gone = sorted(kept.intersection(block) - set(fills))
@@ -279,7 +306,11 @@ def restore_frames(
                         if restored is None or restored.frame_number != n:
                             got = "nothing" if restored is None else f"frame {restored.frame_number}"
                             raise RuntimeError(f"the restorer yielded {got} where frame {n} was due (targets in order)")
-                        fill = FillResult.from_restored(restored, clip.frames[clip.index(n)])
+                        fill = (
+                            FillResult.as_it_came(clip.shape, restored)  # its model-space pixels never needed
+                            if restored.image is None
+                            else FillResult.from_restored(restored, clip.frames[clip.index(n)])
+                        )
                         del restored
                         if fill_cache is not None:
                             fill_cache.put(n, fill)

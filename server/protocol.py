@@ -265,6 +265,13 @@ class RawSpec:
     def nbytes(self) -> int:
         return self.width * self.height * sum(np.dtype(RAW_TYPES[t]).itemsize for t in self.types)
 
+    def check_channels(self, count: int) -> None:
+        """Pixels of ``count`` samples a pixel fit this description (one name and one type each). A
+        ValueError otherwise: the caller's mistake (a restorer's frame), never the client's input, which the
+        buffer size check would have blamed (``bad_input``)."""
+        if count != len(self.channels) or len(self.types) != count:
+            raise ValueError(f"{count} pixel channels but {len(self.channels)} names and {len(self.types)} types")
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "data_window": list(self.data_window),
@@ -443,8 +450,7 @@ class RawImage:
         spec = RawSpec(
             (x, y, w, h), tuple(int(v) for v in display_window), tuple(channels), tuple(types), dict(attributes or {})
         )  # type: ignore[arg-type]
-        if c != len(spec.channels) or len(spec.types) != c:
-            raise ValueError(f"{c} pixel channels but {len(spec.channels)} names and {len(spec.types)} types")
+        spec.check_channels(c)
         dtype = spec.dtype
         if dtype.names is None:
             buf = pixels.astype(dtype, order="C")

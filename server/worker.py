@@ -6,6 +6,7 @@ sockets are not thread-safe)."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
@@ -458,7 +459,10 @@ class Worker:
                 fill_cache.release(frame)  # finished: the pipeline reads a frame's entry no more
                 raw, same = source.output(frame, image, params["pixel_type"])
                 try:
-                    self.cache.put(keys[frame], entry_bytes(raw, same_as_source=same), "frame")
+                    # Serialised where it is written (the writer thread): a changed frame is compared with its
+                    # source there, and only its changed pixels are stored.
+                    entry = functools.partial(entry_bytes, raw, source.raw(frame), same_as_source=same)
+                    self.cache.put(keys[frame], entry, "frame")
                 except OSError as exc:  # a full or failing cache disk costs the cache, not the frame
                     log.warning("cache: frame %s of job %s not cached (%s); delivered uncached", frame, job.id, exc)
                 deliver_cached(frame)

@@ -332,3 +332,39 @@ def test_halves_are_kept_only_for_files_that_store_half():
     assert not halves_written(".exr", "float")
     for ext in (".dpx", ".png", ".cin", ".jpg"):
         assert not halves_written(ext, None), ext
+
+
+def test_two_threads_asking_a_half_frame_for_its_pixels_get_one_decode_and_the_same_array(monkeypatch):
+    """``Frame.pixels`` decodes held halves on first use, under a lock: two threads asking at once must not
+    each decode (what one wrote into its own copy would be lost), they share the one float32 array."""
+    import threading
+    import time
+
+    from frdm.engine import frames as frames_module
+    from frdm.engine.halves import half_to_float32
+
+    calls = []
+
+    def slow_decode(half):  # wide enough a window that both threads are inside it without the lock
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return half_to_float32(half)
+
+    monkeypatch.setattr(frames_module, "half_to_float32", slow_decode)
+    win = (0, 0, 4, 2)
+    frame = frames_module.Frame(np.full((2, 4, 3), 0.25, np.float16), ("R", "G", "B"), ("half",) * 3, win, win)
+    start = threading.Barrier(2)
+    got: list[np.ndarray] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(frame.pixels)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and len(got) == 2
+    assert got[0] is got[1] and got[0].dtype == np.float32 and frame.half is None
+    np.testing.assert_array_equal(got[0], 0.25)

@@ -483,3 +483,108 @@ def test_a_window_finalised_while_another_gives_its_array_back_does_not_deadlock
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "given back" in done.stdout, done.stderr
+
+
+def test_a_restorer_that_reads_no_pixels_converts_none_and_one_that_reads_gets_them_converted(monkeypatch):
+    """The window converts a target into model space when a clip holding it is first read (``Clip.frames``):
+    a restorer that leaves its targets as they came without reading them (``RestoredFrame.unchanged``)
+    converts none of them (only the context frames, converted as taken so the window alone holds them) and
+    gets the originals' arrays back; a reading one sees every frame converted, each once, and the same
+    results as before."""
+    converted: list[int] = []
+    real = pipeline._model_rgb
+
+    def counting(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
+        converted.append(id(frame))
+        real(frame, space, params, out)
+
+    monkeypatch.setattr(pipeline, "_model_rgb", counting)
+
+    class Untouched:
+        engine_version = "test-untouched-1"
+
+        def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
+            return (1, 1)
+
+        def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[RestoredFrame]:
+            for n in clip.targets:
+                yield RestoredFrame.unchanged(n)
+
+    class Reading(Untouched):
+        def restore(self, clip: Any, params: Mapping[str, Any], progress: Any = None) -> Iterator[RestoredFrame]:
+            for n in clip.targets:
+                image = clip.frames[clip.index(n)]
+                yield RestoredFrame(n, 1.0 - image, np.zeros(clip.shape, np.float32))
+
+    rng = np.random.default_rng(5)
+    win = (0, 0, 24, 20)
+    pixels = {n: rng.random((20, 24, 4), dtype=np.float32) for n in range(1, 7)}
+    frames = {n: Frame(px, tuple("RGBA"), ("float",) * 4, win, win) for n, px in pixels.items()}
+    params = {"mask": "none", "colorspace": "raw", "write_matte": False}
+    source = MemorySource(frames)
+    out = dict(pipeline.restore_frames(source, [2, 3, 4, 5], params, Untouched()))
+    assert sorted(converted) == sorted(id(frames[n]) for n in (1, 6))  # the context frames only
+    converted.clear()
+    assert all(out[n].pixels is frames[n].pixels for n in out)  # the originals' arrays, as an unchanged frame's
+    out = dict(pipeline.restore_frames(source, [2, 3, 4, 5], params, Reading()))
+    assert sorted(converted) == sorted(id(frames[n]) for n in range(1, 7))  # targets and context, each once
+    for n in out:
+        np.testing.assert_array_equal(out[n].pixels[..., :3], 1.0 - np.clip(frames[n].pixels[..., :3], 0, 1))
+
+
+def test_two_threads_reading_a_clip_at_once_convert_it_once():
+    import time
+
+    calls = []
+
+    def convert() -> None:  # slow enough that both threads are inside without the clip's lock
+        calls.append(1)
+        time.sleep(0.2)
+        frames[...] = 0.5
+
+    frames = np.zeros((2, 4, 5, 3), np.float32)
+    clip = Clip(frames, [1, 2], [1], convert=convert)
+    assert clip.shape == (4, 5) and calls == []  # the shape needs no conversion
+    start = threading.Barrier(2)
+    seen: list[np.ndarray] = []
+
+    def read() -> None:
+        start.wait()
+        seen.append(clip.frames)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert calls == [1] and len(seen) == 2 and seen[0] is seen[1] is frames and float(frames.min()) == 0.5
+
+
+@pytest.mark.parametrize("deflicker", [False, True], ids=["fills", "deflicker"])
+def test_a_fill_entry_keeps_only_the_changed_pixels_and_blends_the_same_after_a_round_trip(deflicker):
+    """The stage cache's fill entry stores the restored pixels only where they changed (the change map as
+    bits): dust changes a percent of a box that spans most of the frame, which was stored whole. Read back,
+    every blend gives the same bits as the result it was made from."""
+    rng = np.random.default_rng(11)
+    h, w = 96, 128
+    win = (0, 0, w, h)
+    original = Frame(rng.random((h, w, 4), dtype=np.float32).astype(np.float16), tuple("RGBA"), ("half",) * 4, win, win)
+    model = original.pixels[..., :3].copy()
+    restored = model.copy()
+    ys, xs = rng.integers(0, h, 120), rng.integers(0, w, 120)  # specks all over the frame
+    ys[:2], xs[:2] = (0, h - 1), (0, w - 1)  # the box: the whole frame
+    restored[ys, xs] = rng.random((120, 3), dtype=np.float32)
+    matte = np.zeros((h, w), np.float32)
+    matte[ys, xs] = 1.0
+    base = np.clip(model * 1.02, 0, 1).astype(np.float32) if deflicker else None
+    fill = FillResult.from_restored(RestoredFrame(1, restored, matte, base), model)
+    data = fill.to_bytes()
+    back = FillResult.from_bytes(data)
+    assert back is not None and back.box == fill.box == (0, h, 0, w)
+    if not deflicker:
+        assert len(data) < fill.image.nbytes // 10  # the box's float32 RGB is not stored whole
+    for mask in ("auto", "none"):
+        params = P.validate({"mask": mask, "colorspace": "raw", "write_matte": True, "feather": 1.5})
+        want = finish_frame(original, fill, params, "raw", None, 1, "frdm.matte", halves_out=True)
+        got = finish_frame(original, back, params, "raw", None, 1, "frdm.matte", halves_out=True)
+        assert got.samples.tobytes() == want.samples.tobytes()

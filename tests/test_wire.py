@@ -241,6 +241,11 @@ def test_raw_frames_through_the_server_keep_bits_channels_windows_attributes(ser
     np.testing.assert_array_equal(a[~inside], b[~inside])  # every pixel outside the repair: the same bits
     np.testing.assert_array_equal(a[inside][:, :3], np.float16(0.5))  # the repair, in the source's half
     np.testing.assert_array_equal(a[..., 4], b[..., 4])  # the extra float channel untouched
+    srv.cache.flush()
+    again = run(srv.endpoint, {"write_matte": False, "mask": "auto", "feather": 0.0, "matte_grow": 0}, src, frames=(2,))
+    cached = again[2][0]  # from the cache entry, which holds only the changed pixels: the very same bytes
+    assert again[2][1] and cached.spec == got.spec
+    assert bytes(memoryview(cached.buffer).cast("B")) == bytes(memoryview(got.buffer).cast("B"))
 
 
 def test_unchanged_frame_goes_back_as_the_source_bytes(server):
@@ -813,3 +818,103 @@ def test_half_samples_with_inf_or_nan_are_refused_where_they_are(value, y, x, mo
         frame_from_raw(RawImage(raw.spec, bad), "f")
     bad[y, x, 3] = np.float16(-65504)  # the largest half is finite
     assert frame_from_raw(RawImage(raw.spec, bad), "f").half is not None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer's end, on purpose
+def test_flush_does_not_wait_for_a_writer_that_ends_while_it_waits(tmp_path, monkeypatch):
+    """The writer ends (SystemExit: it catches only Exception) on an entry while more wait in its queue:
+    those are never marked done, so a flush waiting on the queue waited for ever. It returns, and what the
+    writer left is on disk."""
+    from frdm.server import storage
+
+    cache = storage.ResultCache(str(tmp_path / "c"), 1 << 30, background=True)
+    write = storage.ResultCache._write
+    disk = threading.Event()
+
+    def ending(self, path, data):
+        if os.path.basename(path).startswith("x"):
+            disk.wait(30)  # flush is waiting by now
+            raise SystemExit()
+        write(self, path, data)
+
+    monkeypatch.setattr(storage.ResultCache, "_write", ending)
+    cache.put("x" * 64, b"ends the writer")
+    cache.put("a" * 64, b"left waiting")
+    cache.put("b" * 64, b"left waiting too")
+    flushed = threading.Event()
+    threading.Thread(target=lambda: (cache.flush(), flushed.set()), daemon=True).start()
+    flushed.wait(0.2)
+    assert not flushed.is_set()  # the writer is still busy with the first entry
+    disk.set()
+    assert flushed.wait(10), "flush waited for a writer that had ended"
+    assert not cache._writer.is_alive()
+    assert os.path.exists(os.path.join(cache.directory, "a" * 64 + ".frame"))
+    assert cache.get("a" * 64) == b"left waiting" and cache.get("b" * 64) == b"left waiting too"
+
+
+@pytest.mark.parametrize("held", ["half", "float32"])
+def test_a_frame_whose_samples_do_not_match_its_channels_is_the_callers_error_not_bad_input(held):
+    """A restorer's frame holding 3 samples a pixel under 4 channel names: raw_from_frame says so (a
+    ValueError: the job fails as ``internal``). The half path used to build the description and let the
+    buffer size check refuse it as the client's ``bad_input``."""
+    from frdm.engine.frames import Frame
+    from frdm.server.pixels import raw_from_frame
+
+    samples = np.full((2, 3, 3), 0.5, np.float16 if held == "half" else np.float32)
+    win = (0, 0, 3, 2)
+    frame = Frame(samples, ("R", "G", "B", "A"), ("half",) * 4, win, win)
+    with pytest.raises(ValueError, match="3 pixel channels but 4 names and 4 types"):
+        raw_from_frame(frame)
+
+
+def test_a_cache_entry_of_parts_is_written_part_by_part_never_joined(tmp_path):
+    """A finished frame's entry is a header and the frame's pixels: written one after another, not joined
+    into a fresh frame-sized bytes object first (a copy into new pages, ~20 ms a 2K frame)."""
+    import tracemalloc
+
+    from frdm.server.storage import ResultCache
+
+    cache = ResultCache(str(tmp_path / "c"), 1 << 30)  # written in this thread: its allocations are seen
+    pixels = np.arange(4 << 20, dtype=np.uint32)  # 16 MB
+    tracemalloc.start()
+    try:
+        cache.put("p" * 64, [b"head", memoryview(pixels).cast("B"), b"tail"], "frame")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated to write a 16 MB part"
+    with open(os.path.join(cache.directory, "p" * 64 + ".frame"), "rb") as fh:
+        assert fh.read() == b"head" + pixels.tobytes() + b"tail"
+
+
+@pytest.mark.parametrize("types", [("half",) * 4, ("half",) * 3, ("half", "half", "half", "float")])
+def test_a_changed_frame_s_cache_entry_holds_only_its_changed_pixels_and_reads_back_the_same_bytes(types):
+    """A finished frame laid out as its source is stored as its changed pixels over the source's bytes (a 2K
+    frame of dust fills was 25 MB on disk per frame): read back it is the very bytes; with another layout
+    (a matte channel added) it is stored whole; a torn entry is a miss."""
+    from frdm.server.pixels import entry_bytes, entry_image
+    from frdm.server.protocol import RawImage
+
+    rng = np.random.default_rng(12)
+    h, w, c = 60, 80, len(types)
+    win = (0, 0, w, h)
+    names = ("R", "G", "B", "A")[:c]
+    pixels = rng.random((h, w, c), dtype=np.float32)
+    source = RawImage.from_float32(pixels, names, types, win, win)
+    changed = pixels.copy()
+    changed[10:13, 20:24] = 0.9  # a dust fill
+    changed[59, 79, 0] = 0.1  # one sample of the last pixel
+    out = RawImage.from_float32(changed, names, types, win, win, {"frdm:engine_version": ("string", "x")})
+    data = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(out, source, same_as_source=False))
+    assert len(data) < 2000  # 13 pixels and a header, not the frame's
+    back = entry_image(data, source)
+    assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
+    assert back.spec == out.spec
+    assert entry_image(data[:-1], source) is None  # torn
+    assert entry_image(data, None) is None  # no source to lay the changes over
+    wider = RawImage.from_float32(
+        np.dstack([changed, changed[..., :1]]), (*names, "frdm.matte"), (*types, "half"), win, win
+    )
+    whole = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(wider, source, same_as_source=False))
+    assert len(whole) > memoryview(wider.buffer).nbytes  # another layout: stored whole
+    assert bytes(memoryview(entry_image(whole, source).buffer).cast("B")) == bytes(memoryview(wider.buffer).cast("B"))

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from frdm.commands.malloc import tune_malloc
+
+    tune_malloc()  # frame-sized buffers reuse the pages of those freed before
     from frdm.engine.frames import parse_frame_range
     from frdm.engine.pipeline import plan_restore, restore_sequence
     from frdm.engine.restorer import create_restorer

@@ -96,35 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 #: engine import below); a value the user set is kept.
 NUMPY_HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
 
-#: glibc's malloc (mallopt parameters): every received frame is a buffer of a frame's size, and a request's
-#: buffers are freed together when its job is done; by default glibc then hands that memory back (more than
-#: twice its adaptive mmap threshold free at the heap's top) and the next request's frames land on fresh pages
-#: that the kernel zeroes on first touch. Buffers up to the largest threshold glibc allows (32 MB: a 2K RGBA
-#: half frame is 25 MB) are taken from the heap, which is not handed back until this much lies free at its
-#: top: the next request reuses the pages the last one touched.
-#: Measured here: the 2K pass-through round trip ~78 -> ~66 ms CPU a frame (client and server), the process
-#: keeping its peak heap. A value the user set (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) is kept.
-MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (-1, 1 << 30)}
-
-
-def tune_malloc() -> bool:
-    """Apply ``MALLOC_SETTINGS`` to this process (glibc only; elsewhere nothing happens): whether all were set."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt): the allocator's own defaults
-        return False
-    done = True
-    for env, (param, value) in MALLOC_SETTINGS.items():
-        if env not in os.environ:
-            done = mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 and done
-    return done
-
 
 def run(args: argparse.Namespace) -> int:
+    from frdm.commands.malloc import tune_malloc
+
     os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")
     tune_malloc()
     from frdm.server.protocol import Limits
