@@ -447,3 +447,163 @@ def test_excluding_one_grid_from_every_neighbour_leaves_that_grid_as_it_was():
     alone.exclude(defects.copy())
     assert np.array_equal(fresh.flow, alone.flow) and np.array_equal(fresh.trusted, alone.trusted)
     assert seen._excluded[5:12, 5:12].all() and seen._excluded[30:40, 40:55].all()
+
+
+def test_suspects_and_ranges_over_whole_rows_equal_the_gathered_pixels(monkeypatch):
+    """Both forms of the suspects' test and of the spikes (gathered pixels, whole rows when many pixels ask) and
+    of the 3x3 ranges (nine gathers, a whole-frame dilation when many pixels ask) give the full-frame formulas'
+    bits, at the border too, on grainy frames where near covers most of the frame and on sparse ones."""
+    from frdm.engine.classical import detect
+
+    box = np.ones((3, 3), np.uint8)
+    rng = np.random.default_rng(5)
+    for seed, grain in ((0, 0.0), (1, 0.05)):
+        frame, prev, nxt = _frames(seed)
+        frame = frame + rng.normal(0, grain, frame.shape).astype(np.float32)  # grain: spikes everywhere
+        det = SpikeDetector(threshold=0.05)
+        spike = _dense_spikes(frame, prev, nxt)
+        want = _dense_suspects(det, frame, prev, nxt, spike)
+        ys, xs = pixels(rng.random(frame.shape) < 0.3)
+        spikes = []
+        for dense in (2.0, 0.0):  # never, always
+            monkeypatch.setattr(detect, "NEAR_DENSE", dense)
+            monkeypatch.setattr(detect, "RANGE_DENSE", dense)
+            monkeypatch.setattr(detect, "SPIKES_DENSE", dense)
+            assert np.array_equal(det.suspects(frame, prev, nxt, spike), want)
+            spikes.append(det.spikes(frame, prev, nxt))
+            hi, lo = detect._range_at(prev, ys, xs)
+            assert np.array_equal(hi, cv2.dilate(prev, box)[ys, xs]) and np.array_equal(
+                lo, cv2.erode(prev, box)[ys, xs]
+            )
+        assert want.any()
+        # spikes(): both forms the same bits (signs of zero too), the full-frame rank test's above its exact level.
+        assert np.array_equal(spikes[0], spikes[1]) and np.array_equal(np.signbit(spikes[0]), np.signbit(spikes[1]))
+        above = spike > det.exact_share * det.threshold
+        assert above.any() and np.array_equal(spikes[1][above], spike[above])
+
+
+def test_median_equals_numpys_to_the_bit():
+    """fill._median: float(np.median(v)) for odd and even lengths, ties, float64 and -0.0 (np.mean's sum starts
+    at +0.0) and NaN."""
+    from frdm.engine.classical.fill import _median
+
+    rng = np.random.default_rng(6)
+    cases = [np.array([-0.0], np.float32), np.array([-0.0, -0.0], np.float32), np.array([1.0, np.nan], np.float32)]
+    for n in range(1, 40):
+        cases.append(rng.normal(0, 0.02, n).astype(np.float32))
+        cases.append(-np.abs(np.round(rng.normal(0, 1, n))).astype(np.float32))  # ties and -0.0
+        cases.append(rng.normal(0, 1, 7 * n))
+    for values in cases:
+        want, got = float(np.median(values)), _median(values)
+        assert (np.isnan(want) and np.isnan(got)) or (want == got and np.signbit(want) == np.signbit(got)), values
+
+
+def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
+    """When the changed boxes would hold most of the frame (grainy film), ``_changed_boxes`` gives the frame's
+    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits."""
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.classical.flow import rewarp, row_blocks, warp
+
+    rng = np.random.default_rng(12)
+    small_shape, shape = (48, 64), (192, 256)
+    image = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 2)
+    before = _smooth_flow(rng, small_shape, 20.0)
+    after = before.copy()
+    after[::6, ::6] += 0.5  # a change in every tile
+    boxes = R._changed_boxes(before, after, shape)
+    assert boxes == row_blocks(*shape)
+    warped = warp(image, R._enlarge(before, shape))
+    rewarp(image, R._enlarge(after, shape), warped, boxes)
+    assert np.array_equal(warped, warp(image, R._enlarge(after, shape)))
+
+
+def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatch):
+    """The look-ahead thread takes the window's scratch candidates while the detection's thread is the busier
+    (``_balance``): whichever thread computes them, every frame and matte comes out the same, a scratch and
+    specks found."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.restorer import Clip
+
+    rng = np.random.default_rng(15)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(7):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
+        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0  # a speck on each frame, elsewhere
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    clip = Clip(np.stack(frames), list(range(7)), list(range(7)))
+    params = P.validate({})
+    runs = []
+    for worker_takes in (False, True):
+        asked = []
+        monkeypatch.setattr(R, "_balance", lambda busy, w=worker_takes, a=asked: a.append(dict(busy)) or w)
+        runs.append(list(R.ClassicalRestorer().restore(clip, params)))
+        assert len(asked) == 7 and asked[-1]["detect"] > 0.0 and asked[-1]["look"] > 0.0
+    for a, b in zip(*runs):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+    assert all(r.matte[:, 64].mean() > 0.5 for r in runs[0])  # the scratch
+    assert sum(float(r.matte.sum()) for r in runs[0]) > 7 * 9 + 7 * 96
+
+
+def test_the_restored_frames_do_not_depend_on_cv2s_thread_count():
+    """The engine sets cv2's thread pool to the cores its own two threads leave (``cv2_threads``): every frame
+    and matte (DIS flows, filters, labelling, inpainting) comes out the same with 1 and with 4 cv2 threads."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.restorer import Clip
+
+    assert [R.cv2_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 14]
+    rng = np.random.default_rng(16)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((240, 320)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(5):
+        grey = np.roll(base, 2 * t, axis=1) + rng.normal(0, 0.02, base.shape).astype(np.float32)
+        grey[:, 150] += 0.25
+        for y, x in rng.integers(10, 230, (12, 2)):
+            grey[y : y + 3 + t, x : x + 4] = 1.0 if (y + x) % 2 else 0.0  # specks and blotches
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    clip = Clip(np.stack(frames), list(range(5)), list(range(5)))
+    runs = []
+    try:
+        for threads in (1, 4):
+            restorer = R.ClassicalRestorer()
+            cv2.setNumThreads(threads)  # after the constructor's own setting
+            runs.append(list(restorer.restore(clip, P.validate({}))))
+    finally:
+        cv2.setNumThreads(R.cv2_threads(R._cores()))
+    for a, b in zip(*runs):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+    assert sum(float(r.matte.sum()) for r in runs[0]) > 100
+
+
+def test_the_repeated_frame_test_is_made_once_per_pair_with_either_order():
+    """_Frames.duplicate asks ``_duplicate`` once per pair of frames, in either order the same answer as the
+    plain test gives for both orders: for a repeated frame (compression noise only), a still scene with new
+    dust and a moving one."""
+    from frdm.engine.classical import restorer as R
+
+    rng = np.random.default_rng(17)
+    a = cv2.GaussianBlur(rng.random((64, 80)).astype(np.float32), (0, 0), 3)
+    repeat = a + rng.normal(0, 0.0005, a.shape).astype(np.float32)
+    dusty = a.copy()
+    dusty[10:13, 20:23] = 1.0
+    moved = np.roll(a, 3, axis=1)
+    frames = np.stack([np.repeat(x[..., None], 3, axis=2) for x in (a, repeat, dusty, moved)])
+    data = R._Frames(frames, 1, None)
+    asked = []
+    plain = R._duplicate
+    try:
+        R._duplicate = lambda x, y: asked.append(1) or plain(x, y)
+        for i in range(4):
+            for j in range(4):
+                if i != j:
+                    grey_i, grey_j = data.grey(i), data.grey(j)
+                    assert data.duplicate(i, j) == plain(grey_i, grey_j) == plain(grey_j, grey_i)
+    finally:
+        R._duplicate = plain
+    assert len(asked) == 6  # once per pair
+    assert data.duplicate(0, 1) and not data.duplicate(0, 2) and not data.duplicate(0, 3)
+    data.forget_before(1)
+    assert all(i >= 1 for i, _ in data._same)

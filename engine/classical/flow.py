@@ -67,8 +67,13 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     be a fresh 25 MB at 2K."""
     h, w = flow.shape[:2]
     out = np.empty((h, w) + image.shape[2:], image.dtype)
-    rewarp(image, flow, out, [(y, min(h, y + WARP_ROWS), 0, w) for y in range(0, h, WARP_ROWS)])
+    rewarp(image, flow, out, row_blocks(h, w))
     return out
+
+
+def row_blocks(h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """A frame of (h, w) as boxes (y0, y1, x0, x1) of WARP_ROWS whole rows: ``warp``'s blocks."""
+    return [(y, min(h, y + WARP_ROWS), 0, w) for y in range(0, h, WARP_ROWS)]
 
 
 def rewarp(image: np.ndarray, flow: np.ndarray, warped: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> None:

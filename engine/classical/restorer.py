@@ -19,7 +19,9 @@ its own window, so restoring a chunk with its context gives exactly the frames o
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,7 @@ from frdm.engine.classical.flow import (
     magnitude,
     remap_points,
     rewarp,
+    row_blocks,
     warp,
 )
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
@@ -120,6 +123,7 @@ class _Frames:
         self._cand: dict[int, np.ndarray] = {}
         self._copies: dict[int, np.ndarray] = {}
         self._gate: dict[int, np.ndarray] = {}
+        self._same: dict[tuple[int, int], bool] = {}
 
     def grey(self, i: int) -> np.ndarray:
         if i not in self._grey:
@@ -137,6 +141,14 @@ class _Frames:
             image = flow_input(self.small(i))
             self._flow_in[i] = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image)
         return self._flow_in[i]
+
+    def duplicate(self, i: int, j: int) -> bool:
+        """``_duplicate`` of frames i and j, once per pair: each is a neighbour of the other's window too, and
+        the test is symmetric (|a - b| is |b - a| to the bit)."""
+        key = (min(i, j), max(i, j))
+        if key not in self._same:
+            self._same[key] = _duplicate(self.grey(i), self.grey(j))
+        return self._same[key]
 
     def candidates(self, i: int) -> np.ndarray:
         if i not in self._cand:
@@ -171,6 +183,8 @@ class _Frames:
         for store in (self._grey, self._small, self._flow_in, self._cand, self._copies, self._gate):
             for k in [k for k in list(store) if k < i]:
                 del store[k]
+        for pair in [pair for pair in list(self._same) if pair[0] < i]:
+            del self._same[pair]
 
 
 class _Motion:
@@ -249,11 +263,32 @@ class _Motion:
         return vec, self.trusted[ty, tx]
 
 
+# Threads the engine keeps busy itself: the detection and fill, and the look ahead (``_one_ahead``).
+ENGINE_THREADS = 2
+
+
+def cv2_threads(cores: int) -> int:
+    """cv2's own thread pool beside the engine's threads: the cores those leave, at least 1 (cv2 then runs each
+    call in its caller's thread). On a machine with no more cores than the engine's threads, cv2's pool only
+    contends with them: measured on 2 cores under load, ~9% more CPU at 720p and up to ~40% at 2K for no
+    faster frames. No result depends on it: DIS and every cv2 call the engine makes give the same bits with 1
+    to 16 threads (tests)."""
+    return max(1, cores - ENGINE_THREADS)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (a container's share)
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
 class ClassicalRestorer:
     engine_version = depends.ENGINE_VERSIONS["classical"]
 
     def __init__(self) -> None:
         self._flows = _FlowCache()
+        cv2.setNumThreads(cv2_threads(_cores()))
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})
@@ -276,16 +311,18 @@ class ClassicalRestorer:
         reliability = float(params["flow_reliability"])
         strength = float(params["deflicker"])
         data = _Frames(frames, scale, scratches if use_scratches else None)
+        # CPU seconds each of the two threads has spent on its share so far (``_balance``).
+        busy = {"look": 0.0, "detect": 0.0}
 
         def look_around(t: int) -> tuple[list[int], dict[int, _Motion], _Look | None]:
             """Frame t's usable neighbours, the motion to each, the spike test's first look and the copy its
             fill writes into: what frame t needs that does not depend on what is found in any frame (about
             half the work per frame: the rest is the detection and fill that depend on it)."""
+            start = time.thread_time()
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
-            grey = data.grey(t)
             # A repeated frame (frame-rate conversions repeat every 4th or 5th) carries the same dust: it is
             # neither a reference for the spike test nor fill material.
-            neighbours = [k for k in range(lo, hi + 1) if k != t and not _duplicate(grey, data.grey(k))]
+            neighbours = [k for k in range(lo, hi + 1) if k != t and not data.duplicate(t, k)]
             motion: dict[int, _Motion] = {}
             key_t, in_t = data.flow_in(t)
             for k in neighbours:
@@ -295,15 +332,18 @@ class ClassicalRestorer:
                 motion[k] = _Motion(forward, backward, reliability, scale)
             pair = _detection_pair(t, [k for k in neighbours if k < t], [k for k in neighbours if k > t])
             look = None if pair is None else _Look(data, t, *pair, motion, spikes, shape)
-            # (The window's scratch candidates are left to the detection: with the first look here, this thread
-            # had the larger share of the work.)
+            if use_scratches and _balance(busy):
+                for k in range(lo, hi + 1):
+                    data.candidates(k)
             data.copy_ahead(t)
+            busy["look"] += time.thread_time() - start
             return neighbours, motion, look
 
         # In increasing order, as the Restorer protocol yields them; forget_before and the worker one target
         # ahead rely on it too (the worker's window never starts before the one just forgotten).
         targets = sorted({clip.index(n) for n in clip.targets})
         for done, (t, (neighbours, motion, look)) in enumerate(_one_ahead(look_around, targets)):
+            start = time.thread_time()
             lo, hi = max(0, t - radius), min(count - 1, t + radius)
             grey = data.grey(t)
             matte = np.zeros(shape, dtype=bool)
@@ -345,6 +385,7 @@ class ClassicalRestorer:
                 base = apply_fields(frames[t], gain, offset)
                 restored = apply_fields(restored, gain, offset)
             data.forget_before(max(0, t + 1 - radius))
+            busy["detect"] += time.thread_time() - start
             progress(done + 1, len(targets), f"classical: frame {clip.frame_numbers[t]}")
             yield RestoredFrame(clip.frame_numbers[t], restored, matte.astype(np.float32), base)
 
@@ -378,9 +419,14 @@ class ClassicalRestorer:
         def flow(k: int, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return motion[k].at(ys, xs)
 
+        # Per neighbour, made once for the fill's four samplings of it (rings and pixels, two candidates each):
+        # whether it has a gate at all, and its scratch candidates as an 8-bit image for bilinear sampling.
+        gated = {k: bool(gates[k].any()) for k in neighbours}
+        scratch_images: dict[int, np.ndarray] = {}
+
         def sample(k: int, sx: np.ndarray, sy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             ok = (sx >= 1) & (sx <= w - 2) & (sy >= 1) & (sy <= h - 2)
-            if gates[k].any():
+            if gated[k]:
                 gy = np.clip(np.rint(sy), 0, h - 1).astype(np.intp)
                 gx = np.clip(np.rint(sx), 0, w - 1).astype(np.intp)
                 ok &= ~gates[k][gy, gx]
@@ -388,7 +434,9 @@ class ClassicalRestorer:
             colours = remap_points(frames[k], sx, sy, cv2.INTER_NEAREST)
             if use_scratches:
                 # A neighbour's own scratch at this spot is no fill material.
-                own = remap_points(data.candidates(k).view(np.uint8) * np.uint8(255), sx, sy)
+                if k not in scratch_images:
+                    scratch_images[k] = data.candidates(k).view(np.uint8) * np.uint8(255)
+                own = remap_points(scratch_images[k], sx, sy)
                 ok &= own <= 25
             return colours, ok
 
@@ -465,6 +513,7 @@ class _Look:
 
 
 CHANGED_TILE = 8  # reduced-grid px: the grain at which ``_changed_boxes`` tells changed flow from unchanged
+CHANGED_WHOLE = 0.6  # share of the frame above which ``_changed_boxes`` gives the whole frame's rows instead
 
 
 def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -496,6 +545,10 @@ def _changed_boxes(before: np.ndarray, after: np.ndarray, shape: tuple[int, ...]
         run = np.diff(np.concatenate([[0], tiles[r].astype(np.int8), [0]]))
         for c0, c1 in zip(np.flatnonzero(run == 1), np.flatnonzero(run == -1)):
             boxes.append((y0, y1, lo(c0 * tile, big_w, w), hi(min(w, c1 * tile) - 1, big_w, w)))
+    if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in boxes) > CHANGED_WHOLE * big_h * big_w:
+        # Changed nearly everywhere (grainy film: the boxes, overlapping at their margins, held ~108% of a
+        # 720p frame in ~120 remaps): the whole frame in warp's blocks of rows costs less.
+        return row_blocks(big_h, big_w)
     return boxes
 
 
@@ -541,6 +594,14 @@ def _trusted(reliable: np.ndarray, window: int, excluded: np.ndarray | None = No
 
 def _flow_x(motion: _Motion) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return lambda ys, xs: motion.at(ys, xs)[0][:, 0]
+
+
+def _balance(busy: Mapping[str, float]) -> bool:
+    """Whether the look-ahead thread takes the window's scratch candidates (a 720p frame's ~45 ms) from the
+    detection's thread: while the detection has been the busier of the two (grainy film, where the fills
+    dominate: 200 against 130 ms per 720p frame); on the real films the two are about even and it keeps
+    them. Which thread computes them changes no bit: a frame's candidates depend on its luminance alone."""
+    return busy["detect"] > busy["look"]
 
 
 def _one_ahead(work: Callable[[int], _T], items: list[int]) -> Iterator[tuple[int, _T]]:
