@@ -607,3 +607,26 @@ def test_the_repeated_frame_test_is_made_once_per_pair_with_either_order():
     assert data.duplicate(0, 1) and not data.duplicate(0, 2) and not data.duplicate(0, 3)
     data.forget_before(1)
     assert all(i >= 1 for i, _ in data._same)
+
+
+def test_cv2s_pool_counts_the_cores_cv2_may_use_and_keeps_a_users_count(monkeypatch):
+    """The cores the engine's threads leave to cv2 are those cv2 itself counts (``cv2.getNumberOfCPUs``: the
+    process's affinity and a container's CPU quota, cgroups v1 and v2): a container limited to 3 CPUs of a
+    64-core host gets 1 cv2 thread, not 62 (the affinity alone lists all 64). A count the user set for OpenCV
+    (OPENCV_FOR_THREADS_NUM) is kept, as ``tune_malloc`` keeps a user's malloc settings."""
+    from frdm.engine.classical import restorer as R
+
+    before = cv2.getNumThreads()
+    try:
+        monkeypatch.setattr(R.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+        monkeypatch.setattr(R.os, "cpu_count", lambda: 64)
+        monkeypatch.setattr(cv2, "getNumberOfCPUs", lambda: 3)
+        monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+        R.ClassicalRestorer()
+        assert cv2.getNumThreads() == 1
+        cv2.setNumThreads(5)
+        monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "5")
+        R.ClassicalRestorer()
+        assert cv2.getNumThreads() == 5, "the user's OPENCV_FOR_THREADS_NUM was overridden"
+    finally:
+        cv2.setNumThreads(before)
