@@ -498,9 +498,9 @@ def test_median_equals_numpys_to_the_bit():
         assert (np.isnan(want) and np.isnan(got)) or (want == got and np.signbit(want) == np.signbit(got)), values
 
 
-def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
+def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows(monkeypatch):
     """When the changed boxes would hold most of the frame (grainy film), ``_changed_boxes`` gives the frame's
-    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits."""
+    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits, as the boxes themselves do."""
     from frdm.engine.classical import restorer as R
     from frdm.engine.classical.flow import rewarp, row_blocks, warp
 
@@ -515,6 +515,13 @@ def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
     warped = warp(image, R._enlarge(before, shape))
     rewarp(image, R._enlarge(after, shape), warped, boxes)
     assert np.array_equal(warped, warp(image, R._enlarge(after, shape)))
+    # The boxes the switch replaces (never whole rows): the same bits, so the switch changes none.
+    monkeypatch.setattr(R, "CHANGED_WHOLE", float("inf"))
+    sparse = R._changed_boxes(before, after, shape)
+    assert sparse != boxes and sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in sparse) > 0.6 * shape[0] * shape[1]
+    by_boxes = warp(image, R._enlarge(before, shape))
+    rewarp(image, R._enlarge(after, shape), by_boxes, sparse)
+    assert np.array_equal(by_boxes, warped)
 
 
 def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatch):
