@@ -84,8 +84,10 @@ RANGE_DENSE = 1.0 / 64.0  # share of the frame's pixels above which ``_range_at`
 
 def _range_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 3x3 maximum and minimum of ``image`` at the pixels (ys, xs): cv2.dilate/erode with a 3x3 box, at a
-    few pixels instead of the whole frame. Indices are clamped at the border, which changes nothing: the
-    clamped pixel is inside the window already (cv2 ignores the pixels outside the image)."""
+    few pixels instead of the whole frame (or of the whole frame when many pixels ask, ``RANGE_DENSE``). Indices
+    are clamped at the border, which changes nothing: the clamped pixel is inside the window already (cv2
+    ignores the pixels outside the image). Finite values only (the frames are refused with NaN: a NaN in a
+    neighbour gives other extremes from cv2 than from np.maximum)."""
     h, w = image.shape
     if len(ys) > RANGE_DENSE * image.size:
         # Many pixels (grainy film: ~15% of a 720p frame): one 3x3 dilation and erosion of the whole frame (~0.3

@@ -271,8 +271,8 @@ def cv2_threads(cores: int) -> int:
     """cv2's own thread pool beside the engine's threads: the cores those leave, at least 1 (cv2 then runs each
     call in its caller's thread). On a machine with no more cores than the engine's threads, cv2's pool only
     contends with them: measured on 2 cores under load, ~9% more CPU at 720p and up to ~40% at 2K for no
-    faster frames. No result depends on it: DIS and every cv2 call the engine makes give the same bits with 1
-    to 16 threads (tests)."""
+    faster frames. No result depends on it: DIS and every cv2 call the engine makes split their work by the
+    image, not by the thread count (the test restores a clip with 1 and with 4 threads: the same bits)."""
     return max(1, cores - ENGINE_THREADS)
 
 
