@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from classical_speed import FILM_DIR, reference_engine  # noqa: E402
 
+from frdm.commands.tuning import tune_process  # noqa: E402
 from frdm.engine import params as P  # noqa: E402
 from frdm.engine.classical import ClassicalRestorer  # noqa: E402
 from frdm.engine.restorer import Clip  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     ap.add_argument("--reference", required=True, help="the commit whose classical engine this one must equal")
     ap.add_argument("--quick", action="store_true", help="one film, its chunks and deflicker; no large frames")
     args = ap.parse_args()
-    cv2.setNumThreads(2)
+    tune_process()  # as frdm restore runs the engine (no bit depends on the pool: tests/test_classical_speed.py)
     before = reference_engine(args.reference)
     differ, compared, made = [], 0, {}
     for name, frames, targets, params in cases(args.quick):

@@ -29,6 +29,7 @@ import time
 import cv2
 import numpy as np
 
+from frdm.commands.tuning import tune_process
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
 from frdm.engine.restorer import Clip
@@ -156,9 +157,11 @@ _PEAK_CHILD = """
 import sys
 sys.path.insert(0, {here!r})
 from classical_speed import _lazy_source, real_film_files
+from frdm.commands.tuning import tune_process
 from frdm.engine import params as P
 from frdm.engine.classical import ClassicalRestorer
 from frdm.engine.pipeline import restore_frames, restore_sequence
+tune_process()  # as frdm restore runs
 params = P.validate({{"colorspace": "raw"}})
 if {folder!r}:
     frames = list(range(1, {frames} + 1))
@@ -215,6 +218,7 @@ def main() -> None:
     ap.add_argument("--reference", help="also measure the classical engine of this git commit (before/after)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    tune_process()
     summary: dict = {"data": f"real film {FILM} (shared data), resized"}
     if args.rss:
         summary["peak_rss_2k"] = peak_rss_runs(args.rss_frames)
@@ -225,8 +229,8 @@ def main() -> None:
     # warm-up (imports, cv2's and numpy's first calls, page faults of the first frames) and reads slower.
     for engine in engines:
         measure(SIZES[0], 3, *engine)
-    # The engine sets cv2's thread pool itself (ClassicalRestorer: the cores its own two threads leave); it is
-    # process-wide, so a reference engine measured beside runs with the same pool. Say what it was.
+    # The process is tuned as frdm restore tunes it (malloc, cv2's pool: tune_process, before the warm-up); the
+    # pool is process-wide, so a reference engine measured beside runs with the same pool. Say what it was.
     summary["cv2_threads"] = cv2.getNumThreads()
     per_size = {SIZES[0]: args.frames * 3, SIZES[1]: args.frames * 2, SIZES[2]: args.frames}
     # Interleaved per size, so a change of the machine's load hits both engines alike.

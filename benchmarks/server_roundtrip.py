@@ -39,11 +39,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from frdm.commands.malloc import tune_malloc
 from frdm.commands.serve import NUMPY_HUGEPAGE_ENV
+from frdm.commands.tuning import tune_process
 
 os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")  # as frdm serve runs: in-process runs compare like with like
-tune_malloc()  # and its malloc (frdm restore's too): the engine's frame-sized arrays reuse freed pages alike
+tune_process()  # and its malloc (frdm restore's too): the engine's frame-sized arrays reuse freed pages alike
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 

@@ -555,7 +555,7 @@ def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatc
 
 
 def test_the_restored_frames_do_not_depend_on_cv2s_thread_count():
-    """The engine sets cv2's thread pool to the cores its own two threads leave (``cv2_threads``): every frame
+    """A process running the engine sets cv2's pool to the cores its two threads leave (``cv2_threads``): every frame
     and matte (DIS flows, filters, labelling, inpainting) comes out the same with 1 and with 4 cv2 threads."""
     from frdm.engine import params as P
     from frdm.engine.classical import restorer as R
@@ -576,7 +576,7 @@ def test_the_restored_frames_do_not_depend_on_cv2s_thread_count():
     try:
         for threads in (1, 4):
             restorer = R.ClassicalRestorer()
-            cv2.setNumThreads(threads)  # after the constructor's own setting
+            cv2.setNumThreads(threads)
             runs.append(list(restorer.restore(clip, P.validate({}))))
     finally:
         cv2.setNumThreads(R.cv2_threads(R._cores()))
@@ -629,11 +629,12 @@ def test_cv2s_pool_counts_the_cores_cv2_may_use_and_keeps_a_users_count(monkeypa
         monkeypatch.setattr(R.os, "cpu_count", lambda: 64)
         monkeypatch.setattr(cv2, "getNumberOfCPUs", lambda: 3)
         monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
-        R.ClassicalRestorer()
-        assert cv2.getNumThreads() == 1
+        assert R.tune_cv2_threads() == 1 and cv2.getNumThreads() == 1
         cv2.setNumThreads(5)
         monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "5")
-        R.ClassicalRestorer()
-        assert cv2.getNumThreads() == 5, "the user's OPENCV_FOR_THREADS_NUM was overridden"
+        assert R.tune_cv2_threads() == 5, "the user's OPENCV_FOR_THREADS_NUM was overridden"
+        cv2.setNumThreads(3)
+        R.ClassicalRestorer()  # a constructor leaves the process's pool alone (the diffusion engine makes many)
+        assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)

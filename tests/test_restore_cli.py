@@ -170,11 +170,11 @@ def test_dpx_output_works_without_the_matte_channel_and_jpeg_is_refused(tmp_path
 
 def test_restore_tunes_malloc_as_the_server_does(tmp_path, monkeypatch):
     """``frdm restore`` allocates and frees frame-sized arrays like the server: it takes the same malloc
-    settings (``frdm.commands.malloc``, one place), before anything is read."""
-    from frdm.commands import malloc
+    settings (``frdm.commands.tuning``, one place), before anything is read."""
+    from frdm.commands import tuning
 
     calls = []
-    monkeypatch.setattr(malloc, "tune_malloc", lambda: calls.append(1) or True)
+    monkeypatch.setattr(tuning, "tune_malloc", lambda: calls.append(1) or True)
     _shot(tmp_path, count=2)
     assert main(["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr"), "--dry-run"]) == 0
     assert calls == [1]

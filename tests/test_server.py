@@ -852,7 +852,7 @@ def test_serve_reuses_the_pages_of_a_request_s_frame_buffers_for_the_next_reques
     counted as minor page faults in a child process."""
     code = r"""
 import ctypes, resource, sys
-from frdm.commands.malloc import tune_malloc
+from frdm.commands.tuning import tune_malloc
 if sys.argv[1] == "tuned":
     assert tune_malloc()
 faults = []

@@ -287,13 +287,21 @@ def _cores() -> int:
 CV2_THREADS_ENV = "OPENCV_FOR_THREADS_NUM"
 
 
+def tune_cv2_threads() -> int:
+    """Set cv2's pool, process-wide, to ``cv2_threads`` of the cores cv2 may use, unless the user set
+    OPENCV_FOR_THREADS_NUM; the pool's size after. Called once by a process that runs this engine
+    (``frdm/commands/tuning.tune_process``), not by the restorer's constructor: the diffusion engine builds a
+    classical restorer per frame, and a program that embeds the engine keeps its own setting."""
+    if CV2_THREADS_ENV not in os.environ:
+        cv2.setNumThreads(cv2_threads(_cores()))
+    return cv2.getNumThreads()
+
+
 class ClassicalRestorer:
     engine_version = depends.ENGINE_VERSIONS["classical"]
 
     def __init__(self) -> None:
         self._flows = _FlowCache()
-        if CV2_THREADS_ENV not in os.environ:
-            cv2.setNumThreads(cv2_threads(_cores()))
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})

@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frdm.commands.malloc import tune_malloc
+    from frdm.commands.tuning import tune_process
 
-    tune_malloc()  # frame-sized buffers reuse the pages of those freed before
+    tune_process()  # frame-sized buffers reuse the pages of those freed before; cv2's pool beside the engine's
     from frdm.engine.frames import parse_frame_range
     from frdm.engine.pipeline import plan_restore, restore_sequence
     from frdm.engine.restorer import create_restorer

@@ -98,10 +98,10 @@ NUMPY_HUGEPAGE_ENV = "NUMPY_MADVISE_HUGEPAGE"
 
 
 def run(args: argparse.Namespace) -> int:
-    from frdm.commands.malloc import tune_malloc
+    from frdm.commands.tuning import tune_process
 
     os.environ.setdefault(NUMPY_HUGEPAGE_ENV, "0")
-    tune_malloc()
+    tune_process()
     from frdm.server.protocol import Limits
     from frdm.server.server import ServerConfig, run_server
 

@@ -1,5 +1,7 @@
-"""glibc's malloc tuned for a process that allocates and frees frame-sized buffers all the time
-(``frdm serve``, ``frdm restore``): one place for the settings and the call."""
+"""A process that runs the engine (``frdm serve``, ``frdm restore``, the benchmarks) tuned once, at its start:
+glibc's malloc for frame-sized buffers allocated and freed all the time, and cv2's thread pool beside the
+classical engine's own threads. One place for the settings and the calls (``tune_process``); a library that
+embeds the engine keeps its own settings, as nothing here runs on import or in a constructor."""
 
 from __future__ import annotations
 
@@ -34,3 +36,14 @@ def tune_malloc() -> bool:
         if env not in os.environ:
             done = mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1 and done
     return done
+
+
+def tune_process() -> None:
+    """What ``frdm restore`` and ``frdm serve`` call before they read anything: ``tune_malloc`` and, where the
+    engine is installed, cv2's pool (``engine/classical/restorer.tune_cv2_threads``)."""
+    tune_malloc()
+    try:
+        from frdm.engine.classical.restorer import tune_cv2_threads
+    except ImportError:  # the host side alone (no cv2): nothing of the engine runs in this process
+        return
+    tune_cv2_threads()
