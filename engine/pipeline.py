@@ -157,8 +157,9 @@ class _Window:
     def _convert(self, first: int, last: int) -> None:
         """Convert the frames ``first``..``last`` not converted yet into their slots (a clip's first read)."""
         for n in [n for n in self.unconverted if first <= n <= last]:
-            frame, space, params = self.unconverted.pop(n)
+            frame, space, params = self.unconverted[n]
             _model_rgb(frame, space, params, self.frames[self.numbers.index(n)])  # type: ignore[index]
+            del self.unconverted[n]  # only once converted: a conversion that raised is done on the next read
 
     def clip(self, first: int, last: int, targets: list[int]) -> Clip:
         """The frames ``first``..``last`` (numbers held) as a restorer's clip: a view, no copy, converted
