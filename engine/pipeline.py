@@ -205,7 +205,8 @@ def restore_frames(
     (decodes) on a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``);
     a context frame is converted into the window as it is taken, a target when the restorer first reads its
     clip (``Clip.frames``): a restorer that reads nothing converts no target. What is held: the model-space
-    frames of one block and its context, and each target's source frame until it is finished.
+    frames of one block and its context, and each target's source frame until it is finished (one not
+    converted: until the window moves past it).
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
     come back as halves."""
