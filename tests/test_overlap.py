@@ -621,3 +621,19 @@ def test_a_clip_whose_conversion_failed_converts_every_frame_when_read_again(mon
         want = np.empty((4, 5, 3), np.float32)
         real(frames[n], "raw", params, want)
         np.testing.assert_array_equal(got[i], want)
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["restored", "as_it_came"])
+def test_a_restorer_s_matte_of_another_size_than_its_frame_is_refused_naming_the_frame(image):
+    """A restorer's matte is (H, W) like its frame: one of another size was laid over the frame's top-left
+    corner (the blend's mask and the matte channel in the wrong place, repairs outside it dropped), and a
+    target left as it came (``image`` None) had no shape checked at all."""
+    model = np.random.default_rng(9).random((H, W, 3), dtype=np.float32)
+    matte = np.ones((H // 2, W // 2), np.float32)
+    restored = RestoredFrame(7, model.copy() if image else None, matte)
+    with pytest.raises(ValueError, match=r"frame 7: matte \(12, 16\) but the frame is \(24, 32\)"):
+        FillResult.from_restored(restored, model)
+    with pytest.raises(ValueError, match=r"frame 7: matte \(12, 16\)"):
+        FillResult.as_it_came((H, W), RestoredFrame(7, None, matte))
+    fine = FillResult.as_it_came((H, W), RestoredFrame(7, None, np.ones((H, W), np.float32)))
+    assert fine.matte_box == (0, H, 0, W)
