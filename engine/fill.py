@@ -115,6 +115,8 @@ class FillResult:
             changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
         matte_box, m = _kept_matte(restored.matte, shape, restored.frame_number)
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
+        if base is not None and base.shape != image.shape:
+            raise ValueError(f"frame {restored.frame_number}: base {base.shape} but the frame is {image.shape}")
         return cls(shape, box, img, changed, matte_box, m, base)
 
     @classmethod

@@ -624,7 +624,7 @@ def test_a_clip_whose_conversion_failed_converts_every_frame_when_read_again(mon
 
 
 @pytest.mark.parametrize("image", [True, False], ids=["restored", "as_it_came"])
-def test_a_restorer_s_matte_of_another_size_than_its_frame_is_refused_naming_the_frame(image):
+def test_a_restorer_s_matte_or_base_of_another_size_than_its_frame_is_refused_naming_the_frame(image):
     """A restorer's matte is (H, W) like its frame: one of another size was laid over the frame's top-left
     corner (the blend's mask and the matte channel in the wrong place, repairs outside it dropped), and a
     target left as it came (``image`` None) had no shape checked at all."""
@@ -637,3 +637,6 @@ def test_a_restorer_s_matte_of_another_size_than_its_frame_is_refused_naming_the
         FillResult.as_it_came((H, W), RestoredFrame(7, None, matte))
     fine = FillResult.as_it_came((H, W), RestoredFrame(7, None, np.ones((H, W), np.float32)))
     assert fine.matte_box == (0, H, 0, W)
+    base = np.zeros((H, W // 2, 3), np.float32)  # the frame a deflicker blends into: the frame's size too
+    with pytest.raises(ValueError, match=r"frame 7: base \(24, 16, 3\) but the frame is \(24, 32, 3\)"):
+        FillResult.from_restored(RestoredFrame(7, model.copy(), None, base), model)
