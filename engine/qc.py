@@ -284,7 +284,8 @@ def analyse_frame(
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     # Pixels too close to any change to be "surroundings".
     near = cv2.dilate(changed_u8, _disc(settings.ring_gap)) > 0
-    pad = settings.ring + settings.ring_gap + 1
+    # The crop around a region holds its ring, and with a matte its matte ring (wider than the ring or not).
+    pad = max(settings.ring, settings.matte_ring if filled is not None else 0) + settings.ring_gap + 1
     ring_kernel = _disc(settings.ring + settings.ring_gap)
     erode_kernel = _disc(max(1, int(math.ceil(2 * sig))))
     if filled is not None:

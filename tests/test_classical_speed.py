@@ -498,9 +498,9 @@ def test_median_equals_numpys_to_the_bit():
         assert (np.isnan(want) and np.isnan(got)) or (want == got and np.signbit(want) == np.signbit(got)), values
 
 
-def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
+def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows(monkeypatch):
     """When the changed boxes would hold most of the frame (grainy film), ``_changed_boxes`` gives the frame's
-    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits."""
+    rows in warp's blocks instead, and re-warping them gives the fresh warp's bits, as the boxes themselves do."""
     from frdm.engine.classical import restorer as R
     from frdm.engine.classical.flow import rewarp, row_blocks, warp
 
@@ -515,6 +515,13 @@ def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows():
     warped = warp(image, R._enlarge(before, shape))
     rewarp(image, R._enlarge(after, shape), warped, boxes)
     assert np.array_equal(warped, warp(image, R._enlarge(after, shape)))
+    # The boxes the switch replaces (never whole rows): the same bits, so the switch changes none.
+    monkeypatch.setattr(R, "CHANGED_WHOLE", float("inf"))
+    sparse = R._changed_boxes(before, after, shape)
+    assert sparse != boxes and sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in sparse) > 0.6 * shape[0] * shape[1]
+    by_boxes = warp(image, R._enlarge(before, shape))
+    rewarp(image, R._enlarge(after, shape), by_boxes, sparse)
+    assert np.array_equal(by_boxes, warped)
 
 
 def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatch):
@@ -607,3 +614,26 @@ def test_the_repeated_frame_test_is_made_once_per_pair_with_either_order():
     assert data.duplicate(0, 1) and not data.duplicate(0, 2) and not data.duplicate(0, 3)
     data.forget_before(1)
     assert all(i >= 1 for i, _ in data._same)
+
+
+def test_cv2s_pool_counts_the_cores_cv2_may_use_and_keeps_a_users_count(monkeypatch):
+    """The cores the engine's threads leave to cv2 are those cv2 itself counts (``cv2.getNumberOfCPUs``: the
+    process's affinity and a container's CPU quota, cgroups v1 and v2): a container limited to 3 CPUs of a
+    64-core host gets 1 cv2 thread, not 62 (the affinity alone lists all 64). A count the user set for OpenCV
+    (OPENCV_FOR_THREADS_NUM) is kept, as ``tune_malloc`` keeps a user's malloc settings."""
+    from frdm.engine.classical import restorer as R
+
+    before = cv2.getNumThreads()
+    try:
+        monkeypatch.setattr(R.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+        monkeypatch.setattr(R.os, "cpu_count", lambda: 64)
+        monkeypatch.setattr(cv2, "getNumberOfCPUs", lambda: 3)
+        monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+        R.ClassicalRestorer()
+        assert cv2.getNumThreads() == 1
+        cv2.setNumThreads(5)
+        monkeypatch.setenv("OPENCV_FOR_THREADS_NUM", "5")
+        R.ClassicalRestorer()
+        assert cv2.getNumThreads() == 5, "the user's OPENCV_FOR_THREADS_NUM was overridden"
+    finally:
+        cv2.setNumThreads(before)

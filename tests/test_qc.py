@@ -275,3 +275,26 @@ def test_fills_are_judged_on_the_matte_whatever_the_margin_around_them():
     assert flat.score > 3 * good.score and flat.score > 3 * flat_plain.score
     with pytest.raises(InputError, match="matte is 10x10"):
         analyse_frame(src, out, 1, matte=np.zeros((10, 10), np.float32))
+
+
+def test_the_matte_ring_is_whole_whatever_the_changed_ring():
+    """Judged on the matte, a region's figures come from its matte ring (``matte_ring`` px, ``ring_gap`` px
+    outside the matte) alone: the crop each region is measured in must hold it, also where the matte ring is
+    wider than the ring of changed pixels (``ring``). A narrow ``ring`` cut the matte ring at the crop's edge."""
+    from frdm.engine.qc import QCSettings
+
+    rng = np.random.default_rng(12)
+    src = _grainy(rng)
+    src[:, 120:] += 30.0 / 255.0  # an edge beside the speck: the sides of its ring differ
+    out = src.copy()
+    matte = np.zeros((H, W), np.float32)
+    defect = _disc(116, 80, 3)
+    src[defect] += 60.0 / 255.0
+    matte[defect] = 1.0
+    out[defect] = 0.2  # a dark fill
+    figures = []
+    for ring in (1, 12):
+        (region,) = analyse_frame(src, out, 1, matte=matte, settings=QCSettings(ring=ring, matte_ring=8)).regions
+        assert region.judged == "matte"
+        figures.append((region.step, region.step_before, region.grain, region.outside))
+    assert figures[0] == figures[1]

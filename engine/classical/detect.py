@@ -75,13 +75,19 @@ def pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ys, xs
 
 
+# Rows per block of the spike tests' whole-row arithmetic (``spikes``, ``_spike_rows``, ``_suspect_rows``): their
+# temporaries stay in the cache, never a whole-frame array (two 12 MB arrays at 2K). No bit depends on it.
+SPIKE_ROWS = 64
+
 RANGE_DENSE = 1.0 / 64.0  # share of the frame's pixels above which ``_range_at`` takes the whole frame's ranges
 
 
 def _range_at(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 3x3 maximum and minimum of ``image`` at the pixels (ys, xs): cv2.dilate/erode with a 3x3 box, at a
-    few pixels instead of the whole frame. Indices are clamped at the border, which changes nothing: the
-    clamped pixel is inside the window already (cv2 ignores the pixels outside the image)."""
+    few pixels instead of the whole frame (or of the whole frame when many pixels ask, ``RANGE_DENSE``). Indices
+    are clamped at the border, which changes nothing: the clamped pixel is inside the window already (cv2
+    ignores the pixels outside the image). Finite values only (the frames are refused with NaN: a NaN in a
+    neighbour gives other extremes from cv2 than from np.maximum)."""
     h, w = image.shape
     if len(ys) > RANGE_DENSE * image.size:
         # Many pixels (grainy film: ~15% of a 720p frame): one 3x3 dilation and erosion of the whole frame (~0.3
@@ -117,8 +123,8 @@ def _spike_rows(frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray, maybe: np.
     box = np.ones((3, 3), np.uint8)
     hi_p, lo_p, hi_n, lo_n = cv2.dilate(prev, box), cv2.erode(prev, box), cv2.dilate(nxt, box), cv2.erode(nxt, box)
     out = np.empty_like(frame)
-    for y in range(0, frame.shape[0], 64):
-        rows = slice(y, y + 64)
+    for y in range(0, frame.shape[0], SPIKE_ROWS):
+        rows = slice(y, y + SPIKE_ROWS)
         f = frame[rows]
         spike = np.maximum(np.minimum(f - hi_p[rows], f - hi_n[rows]), np.minimum(lo_p[rows] - f, lo_n[rows] - f))
         out[rows] = np.where(maybe[rows], spike, 0.0)
@@ -135,8 +141,8 @@ def _suspect_rows(
     box = np.ones((3, 3), np.uint8)
     hi_p, lo_p, hi_n, lo_n = cv2.dilate(prev, box), cv2.erode(prev, box), cv2.dilate(nxt, box), cv2.erode(nxt, box)
     out = np.empty(frame.shape, bool)
-    for y in range(0, frame.shape[0], 64):
-        rows = slice(y, y + 64)
+    for y in range(0, frame.shape[0], SPIKE_ROWS):
+        rows = slice(y, y + SPIKE_ROWS)
         f = frame[rows]
         far = np.maximum(np.abs(f - prev[rows]), np.abs(f - nxt[rows])) > threshold
         bright = np.maximum(f - hi_p[rows], f - hi_n[rows])
@@ -209,10 +215,10 @@ class SpikeDetector:
         monotone, so that test never drops a pixel."""
         level = self.exact_share * self.threshold
         # frame - max(prev, nxt) is min(frame - prev, frame - nxt) to the bit (rounding is monotone); in place,
-        # a block of rows at a time (whole-frame temporaries are fresh memory: two 12 MB arrays at 2K).
+        # a block of rows at a time (``SPIKE_ROWS``).
         maybe = np.empty(frame.shape, bool)
-        for y in range(0, frame.shape[0], 64):
-            rows = slice(y, y + 64)
+        for y in range(0, frame.shape[0], SPIKE_ROWS):
+            rows = slice(y, y + SPIKE_ROWS)
             above = np.maximum(prev[rows], nxt[rows])
             np.subtract(frame[rows], above, out=above)
             below = np.minimum(prev[rows], nxt[rows])

@@ -271,16 +271,20 @@ def cv2_threads(cores: int) -> int:
     """cv2's own thread pool beside the engine's threads: the cores those leave, at least 1 (cv2 then runs each
     call in its caller's thread). On a machine with no more cores than the engine's threads, cv2's pool only
     contends with them: measured on 2 cores under load, ~9% more CPU at 720p and up to ~40% at 2K for no
-    faster frames. No result depends on it: DIS and every cv2 call the engine makes give the same bits with 1
-    to 16 threads (tests)."""
+    faster frames. No result depends on it: DIS and every cv2 call the engine makes split their work by the
+    image, not by the thread count (the test restores a clip with 1 and with 4 threads: the same bits)."""
     return max(1, cores - ENGINE_THREADS)
 
 
 def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on (a container's share)
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
+    """The CPUs cv2 may use: its own count, which takes the process's affinity and a container's CPU quota
+    (cgroups v1 and v2) into account. The affinity alone lists every core of the host under a quota (docker
+    --cpus, Kubernetes limits): 62 threads in a container of 2 CPUs."""
+    return max(1, int(cv2.getNumberOfCPUs()))
+
+
+#: A thread count the user set for OpenCV's pool (read by OpenCV itself at start): kept as it is.
+CV2_THREADS_ENV = "OPENCV_FOR_THREADS_NUM"
 
 
 class ClassicalRestorer:
@@ -288,7 +292,8 @@ class ClassicalRestorer:
 
     def __init__(self) -> None:
         self._flows = _FlowCache()
-        cv2.setNumThreads(cv2_threads(_cores()))
+        if CV2_THREADS_ENV not in os.environ:
+            cv2.setNumThreads(cv2_threads(_cores()))
 
     def context(self, params: Mapping[str, Any]) -> tuple[int, int]:
         return depends.context({**params, "engine": "classical"})
