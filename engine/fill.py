@@ -113,8 +113,10 @@ class FillResult:
             y0, y1, x0, x1 = box
             img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
             changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
-        matte_box, m = _kept_matte(restored.matte)
+        matte_box, m = _kept_matte(restored.matte, shape, restored.frame_number)
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
+        if base is not None and base.shape != image.shape:
+            raise ValueError(f"frame {restored.frame_number}: base {base.shape} but the frame is {image.shape}")
         return cls(shape, box, img, changed, matte_box, m, base)
 
     @classmethod
@@ -124,8 +126,8 @@ class FillResult:
         ``shape`` and the frame is never converted."""
         if restored.base is not None:
             raise ValueError(f"frame {restored.frame_number}: a base to blend into, but no restored image")
-        matte_box, m = _kept_matte(restored.matte)
         h, w = int(shape[0]), int(shape[1])
+        matte_box, m = _kept_matte(restored.matte, (h, w), restored.frame_number)
         return cls((h, w), None, np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool), matte_box, m)
 
     def matte_into(self, out: np.ndarray) -> None:
@@ -239,11 +241,15 @@ def _scattered(
     return where, out
 
 
-def _kept_matte(matte: np.ndarray | None) -> tuple[Box | None, np.ndarray]:
-    """A restorer's (H, W) matte (None: no defects) as the box its defects lie in and the matte inside it."""
+def _kept_matte(matte: np.ndarray | None, shape: tuple[int, int], number: int) -> tuple[Box | None, np.ndarray]:
+    """A restorer's (H, W) matte (None: no defects) as the box its defects lie in and the matte inside it;
+    one of another size than its frame ``shape`` is the restorer's error (laid over the frame it would sit in
+    its top-left corner)."""
     if matte is None:
         return None, np.zeros((0, 0), np.float32)
     matte = np.asarray(matte, np.float32)
+    if matte.shape != tuple(shape):
+        raise ValueError(f"frame {number}: matte {matte.shape} but the frame is {tuple(shape)}")
     box = nonzero_box(matte > 0)
     if box is None:
         return None, np.zeros((0, 0), np.float32)

@@ -157,8 +157,9 @@ class _Window:
     def _convert(self, first: int, last: int) -> None:
         """Convert the frames ``first``..``last`` not converted yet into their slots (a clip's first read)."""
         for n in [n for n in self.unconverted if first <= n <= last]:
-            frame, space, params = self.unconverted.pop(n)
+            frame, space, params = self.unconverted[n]
             _model_rgb(frame, space, params, self.frames[self.numbers.index(n)])  # type: ignore[index]
+            del self.unconverted[n]  # only once converted: a conversion that raised is done on the next read
 
     def clip(self, first: int, last: int, targets: list[int]) -> Clip:
         """The frames ``first``..``last`` (numbers held) as a restorer's clip: a view, no copy, converted
@@ -204,7 +205,8 @@ def restore_frames(
     (decodes) on a thread of its own, up to that many blocks ahead of the restorer (``engine/overlap.py``);
     a context frame is converted into the window as it is taken, a target when the restorer first reads its
     clip (``Clip.frames``): a restorer that reads nothing converts no target. What is held: the model-space
-    frames of one block and its context, and each target's source frame until it is finished.
+    frames of one block and its context, and each target's source frame until it is finished (one not
+    converted: until the window moves past it).
 
     ``halves_out``: the caller stores half channels as half (``fill.finish_frame``): frames read as halves
     come back as halves."""

@@ -5,7 +5,8 @@ A stored frame is the wire's own form: a length-prefixed msgpack header (the fra
 pixel buffer, or, for a frame the restorer left unchanged, the header alone with ``pixels: "source"``:
 its pixels are the bytes of the request's own source buffer (whose hash is part of the key). A changed frame
 laid out as its source (same window, channels and types) keeps only its changed pixels (``pixels:
-"changes"``: their flat indices as little-endian uint32, then their samples), over the source's bytes.
+"changes"``: their flat indices as little-endian uint32, then their samples), over the source's bytes,
+where those are the smaller.
 """
 
 from __future__ import annotations
@@ -184,14 +185,17 @@ def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def entry_bytes(raw: RawImage, source: RawImage | None = None, *, same_as_source: bool) -> list[Any]:
     """A finished frame as the parts of one cache file: the header, then nothing (the source's pixels), the
-    changed pixels (laid out as ``source``: indices, then samples) or the whole buffer."""
+    changed pixels (laid out as ``source``: indices, then samples) or the whole buffer. Changes only where
+    they are the smaller: a deflickered frame changes every pixel, and with an index beside each its changes
+    were half again to twice the frame."""
     form, parts = "source", []
     if not same_as_source:
         form, parts = "inline", [raw.buffer]
         if source is not None and _same_layout(raw.spec, source.spec):
             mine = _pixel_bytes(raw)
             where = _changed_pixels(mine, _pixel_bytes(source))
-            form, parts = "changes", [where.astype("<u4"), np.ascontiguousarray(mine[where])]
+            if where.size * (4 + mine.shape[1]) < mine.nbytes:
+                form, parts = "changes", [where.astype("<u4"), np.ascontiguousarray(mine[where])]
     head = {"format": ENTRY_FORMAT, "image": raw.spec.to_wire(), "pixels": form}
     if form == "changes":
         head["changed"] = int(parts[0].size)

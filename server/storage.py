@@ -373,8 +373,9 @@ class ResultCache:
             return None
 
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
-        """``data``: bytes-like, a sequence of bytes-like parts (joined: one atomic write), or a callable
-        returning either (called where the entry is written: the writer thread when ``background``)."""
+        """``data``: bytes-like, a sequence of bytes-like parts (one atomic write, the parts written one after
+        another), or a callable returning either (called where the entry is written: the writer thread when
+        ``background``; ``get`` of an entry still waiting calls it too)."""
         path = self._path(key, kind)
         if self._queue is None:
             self._write(path, data)

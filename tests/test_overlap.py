@@ -588,3 +588,55 @@ def test_a_fill_entry_keeps_only_the_changed_pixels_and_blends_the_same_after_a_
         want = finish_frame(original, fill, params, "raw", None, 1, "frdm.matte", halves_out=True)
         got = finish_frame(original, back, params, "raw", None, 1, "frdm.matte", halves_out=True)
         assert got.samples.tobytes() == want.samples.tobytes()
+
+
+def test_a_clip_whose_conversion_failed_converts_every_frame_when_read_again(monkeypatch):
+    """``Clip.frames`` converts the window's frames on the first read; a conversion that raises (OCIO, memory)
+    leaves the clip unconverted, so a read after it converts again. The frame that failed must stay to be
+    converted: taken off the window's list before its conversion, the next read served its slot as it was
+    (another frame's pixels, or uninitialised memory)."""
+    real = pipeline._model_rgb
+    failed: list[int] = []
+
+    def failing_once(frame: Frame, space: str, params: Mapping[str, Any], out: np.ndarray) -> None:
+        if frame is frames[2] and not failed:
+            failed.append(2)
+            raise MemoryError("conversion failed")
+        real(frame, space, params, out)
+
+    rng = np.random.default_rng(8)
+    win = (0, 0, 5, 4)
+    frames = {n: Frame(rng.random((4, 5, 3), dtype=np.float32), tuple("RGB"), ("float",) * 3, win, win) for n in (1, 2)}
+    params = P.validate({"colorspace": "raw"})
+    window = pipeline._Window(2)
+    for n, frame in frames.items():
+        window.add(n, frame, "raw", params, later=True)
+    window.frames[...] = np.nan  # type: ignore[index]  # what the slots hold before a conversion
+    clip = window.clip(1, 2, [1, 2])
+    monkeypatch.setattr(pipeline, "_model_rgb", failing_once)
+    with pytest.raises(MemoryError):
+        clip.frames  # noqa: B018
+    got = clip.frames
+    for i, n in enumerate((1, 2)):
+        want = np.empty((4, 5, 3), np.float32)
+        real(frames[n], "raw", params, want)
+        np.testing.assert_array_equal(got[i], want)
+
+
+@pytest.mark.parametrize("image", [True, False], ids=["restored", "as_it_came"])
+def test_a_restorer_s_matte_or_base_of_another_size_than_its_frame_is_refused_naming_the_frame(image):
+    """A restorer's matte is (H, W) like its frame: one of another size was laid over the frame's top-left
+    corner (the blend's mask and the matte channel in the wrong place, repairs outside it dropped), and a
+    target left as it came (``image`` None) had no shape checked at all."""
+    model = np.random.default_rng(9).random((H, W, 3), dtype=np.float32)
+    matte = np.ones((H // 2, W // 2), np.float32)
+    restored = RestoredFrame(7, model.copy() if image else None, matte)
+    with pytest.raises(ValueError, match=r"frame 7: matte \(12, 16\) but the frame is \(24, 32\)"):
+        FillResult.from_restored(restored, model)
+    with pytest.raises(ValueError, match=r"frame 7: matte \(12, 16\)"):
+        FillResult.as_it_came((H, W), RestoredFrame(7, None, matte))
+    fine = FillResult.as_it_came((H, W), RestoredFrame(7, None, np.ones((H, W), np.float32)))
+    assert fine.matte_box == (0, H, 0, W)
+    base = np.zeros((H, W // 2, 3), np.float32)  # the frame a deflicker blends into: the frame's size too
+    with pytest.raises(ValueError, match=r"frame 7: base \(24, 16, 3\) but the frame is \(24, 32, 3\)"):
+        FillResult.from_restored(RestoredFrame(7, model.copy(), None, base), model)

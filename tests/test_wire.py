@@ -918,3 +918,25 @@ def test_a_changed_frame_s_cache_entry_holds_only_its_changed_pixels_and_reads_b
     whole = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(wider, source, same_as_source=False))
     assert len(whole) > memoryview(wider.buffer).nbytes  # another layout: stored whole
     assert bytes(memoryview(entry_image(whole, source).buffer).cast("B")) == bytes(memoryview(wider.buffer).cast("B"))
+
+
+@pytest.mark.parametrize("types", [("half",) * 4, ("half",) * 3, ("float",) * 4])
+def test_a_frame_changed_everywhere_is_stored_whole_not_as_changes(types):
+    """Deflicker changes every pixel: as changes (a 4-byte index beside each pixel's samples) its entry was
+    half again to twice the frame (RGBA half: 12 bytes a pixel for 8), and reading it back scattered every
+    pixel over a copy of the source. Changes are stored only where they are the smaller; either way the
+    entry reads back as the very bytes."""
+    from frdm.server.pixels import entry_bytes, entry_image
+    from frdm.server.protocol import RawImage
+
+    rng = np.random.default_rng(13)
+    h, w, c = 30, 40, len(types)
+    win = (0, 0, w, h)
+    names = ("R", "G", "B", "A")[:c]
+    pixels = rng.random((h, w, c), dtype=np.float32)
+    source = RawImage.from_float32(pixels, names, types, win, win)
+    out = RawImage.from_float32(pixels * 0.97 + 0.01, names, types, win, win)  # every pixel: a deflicker
+    data = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(out, source, same_as_source=False))
+    assert len(data) < memoryview(out.buffer).nbytes + 1000  # the frame and a header
+    back = entry_image(data, source)
+    assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
