@@ -1,5 +1,5 @@
 """The ``frdm`` command line: one sub-command per entry of ``COMMANDS``, each a module in ``frdm.commands``
-(a helper module there, ``frdm.commands.malloc``, is no command).
+(a helper module there, ``frdm.commands.tuning``, is no command).
 
 Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and must import nothing heavy
 (torch, OpenImageIO) at module level, so that ``frdm --help`` and the host-side commands stay fast and work in
