@@ -887,6 +887,18 @@ def test_a_cache_entry_of_parts_is_written_part_by_part_never_joined(tmp_path):
         assert fh.read() == b"head" + pixels.tobytes() + b"tail"
 
 
+def _entry_source(types: tuple, h: int, w: int, seed: int):
+    """A random source frame of ``types`` channels (R, G, B, A as many): its float32 pixels, names, window, and
+    the raw frame a cache entry is laid over."""
+    from frdm.server.protocol import RawImage
+
+    rng = np.random.default_rng(seed)
+    win = (0, 0, w, h)
+    names = ("R", "G", "B", "A")[: len(types)]
+    pixels = rng.random((h, w, len(types)), dtype=np.float32)
+    return pixels, names, win, RawImage.from_float32(pixels, names, types, win, win)
+
+
 @pytest.mark.parametrize("types", [("half",) * 4, ("half",) * 3, ("half", "half", "half", "float")])
 def test_a_changed_frame_s_cache_entry_holds_only_its_changed_pixels_and_reads_back_the_same_bytes(types):
     """A finished frame laid out as its source is stored as its changed pixels over the source's bytes (a 2K
@@ -895,12 +907,7 @@ def test_a_changed_frame_s_cache_entry_holds_only_its_changed_pixels_and_reads_b
     from frdm.server.pixels import entry_bytes, entry_image
     from frdm.server.protocol import RawImage
 
-    rng = np.random.default_rng(12)
-    h, w, c = 60, 80, len(types)
-    win = (0, 0, w, h)
-    names = ("R", "G", "B", "A")[:c]
-    pixels = rng.random((h, w, c), dtype=np.float32)
-    source = RawImage.from_float32(pixels, names, types, win, win)
+    pixels, names, win, source = _entry_source(types, 60, 80, seed=12)
     changed = pixels.copy()
     changed[10:13, 20:24] = 0.9  # a dust fill
     changed[59, 79, 0] = 0.1  # one sample of the last pixel
@@ -929,12 +936,7 @@ def test_a_frame_changed_everywhere_is_stored_whole_not_as_changes(types):
     from frdm.server.pixels import entry_bytes, entry_image
     from frdm.server.protocol import RawImage
 
-    rng = np.random.default_rng(13)
-    h, w, c = 30, 40, len(types)
-    win = (0, 0, w, h)
-    names = ("R", "G", "B", "A")[:c]
-    pixels = rng.random((h, w, c), dtype=np.float32)
-    source = RawImage.from_float32(pixels, names, types, win, win)
+    pixels, names, win, source = _entry_source(types, 30, 40, seed=13)
     out = RawImage.from_float32(pixels * 0.97 + 0.01, names, types, win, win)  # every pixel: a deflicker
     data = b"".join(bytes(memoryview(p).cast("B")) for p in entry_bytes(out, source, same_as_source=False))
     assert len(data) < memoryview(out.buffer).nbytes + 1000  # the frame and a header
