@@ -168,13 +168,16 @@ def test_dpx_output_works_without_the_matte_channel_and_jpeg_is_refused(tmp_path
     assert "JPEG is lossy" in capsys.readouterr().err
 
 
-def test_restore_tunes_malloc_as_the_server_does(tmp_path, monkeypatch):
-    """``frdm restore`` allocates and frees frame-sized arrays like the server: it takes the same malloc
-    settings (``frdm.commands.tuning``, one place), before anything is read."""
+def test_restore_sets_cv2s_pool_but_keeps_glibcs_malloc(tmp_path, monkeypatch):
+    """``frdm restore`` tunes its process in the one place (``frdm.commands.tuning.tune_process``): cv2's pool
+    beside the engine's threads, but not the server's malloc settings, which held ~420 MiB more at the peak of
+    a 24-frame 2K restore (over the 1.5 GB it may hold)."""
     from frdm.commands import tuning
+    from frdm.engine.classical import restorer
 
-    calls = []
-    monkeypatch.setattr(tuning, "tune_malloc", lambda: calls.append(1) or True)
+    malloc, pool = [], []
+    monkeypatch.setattr(tuning, "tune_malloc", lambda: malloc.append(1) or True)
+    monkeypatch.setattr(restorer, "tune_cv2_threads", lambda: pool.append(1) or 1)
     _shot(tmp_path, count=2)
     assert main(["restore", str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr"), "--dry-run"]) == 0
-    assert calls == [1]
+    assert pool == [1] and malloc == []

@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from frdm.commands.tuning import tune_process
 
-    tune_process()  # frame-sized buffers reuse the pages of those freed before; cv2's pool beside the engine's
+    # cv2's pool beside the engine's threads; glibc's malloc as it is: the server's tuning held ~420 MiB more at
+    # the peak of a 24-frame 2K restore (tuning.MALLOC_SETTINGS), over the 1.5 GB a 2K restore may hold.
+    tune_process(malloc=False)
     from frdm.engine.frames import parse_frame_range
     from frdm.engine.pipeline import plan_restore, restore_sequence
     from frdm.engine.restorer import create_restorer

@@ -16,8 +16,10 @@ import os
 #: Measured here: the 2K pass-through round trip ~78 -> ~66 ms CPU a frame (client and server), the process
 #: keeping its peak heap. ``frdm restore`` (2K half EXR, 24 frames, classical, 4 alternating pairs under load):
 #: CPU 33.8-42.0 -> 32.1-41.4 s (median -6%), peak RSS 1.56-1.71 -> 1.75-1.86 GB (median +8%): its decoded
-#: frames and windows are frame-sized too. A value the user set (MALLOC_MMAP_THRESHOLD_,
-#: MALLOC_TRIM_THRESHOLD_) is kept.
+#: frames and windows are frame-sized too; measured again on the SpotLess benchmark's 24 2K frames: peak RSS
+#: 1692 MiB tuned against 1272 untuned, user CPU 23.8 against 25.8 s. Over the 1.5 GB a 2K restore may hold,
+#: so ``frdm restore`` keeps glibc's defaults (``tune_process(malloc=False)``); the server, whose requests come
+#: and go, keeps the tuning. A value the user set (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) is kept.
 MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (-3, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (-1, 1 << 30)}
 
 
@@ -38,10 +40,12 @@ def tune_malloc() -> bool:
     return done
 
 
-def tune_process() -> None:
-    """What ``frdm restore`` and ``frdm serve`` call before they read anything: ``tune_malloc`` and, where the
-    engine is installed, cv2's pool (``engine/classical/restorer.tune_cv2_threads``)."""
-    tune_malloc()
+def tune_process(malloc: bool = True) -> None:
+    """What ``frdm restore`` and ``frdm serve`` call before they read anything: ``tune_malloc`` (unless
+    ``malloc`` is False: see ``MALLOC_SETTINGS`` for why restore says so) and, where the engine is installed,
+    cv2's pool (``engine/classical/restorer.tune_cv2_threads``)."""
+    if malloc:
+        tune_malloc()
     try:
         from frdm.engine.classical.restorer import tune_cv2_threads
     except ImportError:  # the host side alone (no cv2): nothing of the engine runs in this process
