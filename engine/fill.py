@@ -156,7 +156,7 @@ class FillResult:
 
     shape: tuple[int, int]  # H, W of the frame
     box: Box | None  # the pixels the restorer changed lie inside this box
-    where: np.ndarray  # (N,) intp: the changed pixels as flat indices into the frame (y * W + x), ascending
+    where: np.ndarray  # (N,) int: the changed pixels as flat indices into the frame (y * W + x), ascending
     values: np.ndarray  # (N, 3) float32: the restored pixels there
     matte_box: Box | None  # the detected defects lie inside this box
     matte: np.ndarray  # (h, w) float32 in [0, 1]: the matte inside ``matte_box``
@@ -175,7 +175,9 @@ class FillResult:
         shape = (int(image.shape[0]), int(image.shape[1]))
         # A frame the restorer left alone (often the input array itself, or a view of the very same pixels)
         # costs no pass, not a per-pixel map.
-        where = np.zeros(0, np.intp) if _same_pixels(image, model_input) else _changed_pixels(image, model_input)
+        where = (
+            np.zeros(0, _index_type(shape)) if _same_pixels(image, model_input) else _changed_pixels(image, model_input)
+        )
         box: Box | None = None
         values = np.zeros((0, 3), np.float32)
         if where.size:
@@ -197,7 +199,7 @@ class FillResult:
             raise ValueError(f"frame {restored.frame_number}: a base to blend into, but no restored image")
         h, w = int(shape[0]), int(shape[1])
         matte_box, m = _kept_matte(restored.matte, (h, w), restored.frame_number)
-        return cls((h, w), None, np.zeros(0, np.intp), np.zeros((0, 3), np.float32), matte_box, m)
+        return cls((h, w), None, np.zeros(0, _index_type((h, w))), np.zeros((0, 3), np.float32), matte_box, m)
 
     @property
     def changed(self) -> np.ndarray:
@@ -269,12 +271,12 @@ class FillResult:
             _, matte = _scattered(matte_box, arrays["defects"], arrays["matte_values"], None)
             if values.shape != (int(np.count_nonzero(changed)), 3) or matte is None:
                 return None  # damaged: the values do not fit their map
-            where = np.zeros(0, np.intp)
+            where = np.zeros(0, _index_type(shape))
             if box is not None:
                 if not (0 <= box[0] < box[1] <= shape[0] and 0 <= box[2] < box[3] <= shape[1]):
                     return None
                 ys, xs = np.divmod(np.flatnonzero(changed), box[3] - box[2])
-                where = (ys + box[0]) * shape[1] + xs + box[2]
+                where = ((ys + box[0]) * shape[1] + xs + box[2]).astype(_index_type(shape))
             return cls(
                 shape,  # type: ignore[arg-type]
                 box,  # type: ignore[arg-type]
@@ -377,17 +379,24 @@ def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
 _FEW_CHANGED = 1 / 16
 
 
+def _index_type(shape: tuple[int, ...]) -> type:
+    """The integer type of a frame's flat pixel indices: 32 bits where they fit (a frame changed everywhere,
+    deflicker or a diffusion engine's, lists every pixel: 13 MB at 2K, not 25)."""
+    return np.int32 if int(shape[0]) * int(shape[1]) < 2**31 else np.intp
+
+
 def _changed_pixels(image: np.ndarray, model_input: np.ndarray) -> np.ndarray:
     """Flat indices (ascending) of the pixels of (H, W, 3) ``image`` where any channel differs from
     ``model_input``'s (float comparison: -0.0 is 0.0). One compare of the frames and one search of its
     flags: a few milliseconds at 2K, where a per-pixel map and its box cost ~25."""
     differs = np.not_equal(image, model_input, order="C")  # C order whatever the inputs': flat = pixel * 3 + channel
     samples = np.flatnonzero(differs)
+    kind = _index_type(image.shape)
     if samples.size > _FEW_CHANGED * differs.size:
         # Channels OR-ed one by one: numpy's any() over a length-3 last axis is several times slower.
-        return np.flatnonzero(differs[..., 0] | differs[..., 1] | differs[..., 2])
+        return np.flatnonzero(differs[..., 0] | differs[..., 1] | differs[..., 2]).astype(kind)
     pixels = samples // 3
-    return pixels[np.r_[True, pixels[1:] != pixels[:-1]]] if pixels.size else pixels
+    return (pixels[np.r_[True, pixels[1:] != pixels[:-1]]] if pixels.size else pixels).astype(kind)
 
 
 def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:
@@ -544,5 +553,5 @@ def _over_base(fill: FillResult, params: Mapping[str, Any]) -> FillResult:
         inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
         restored[ys[inside] - y0, xs[inside] - x0] = fill.values[inside]
         composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored, mask)
-    every = np.arange(h * w)
+    every = np.arange(h * w, dtype=_index_type(fill.shape))
     return FillResult(fill.shape, (0, h, 0, w), every, composed.reshape(-1, 3), fill.matte_box, fill.matte)
