@@ -331,7 +331,11 @@ def main() -> int:
     ap.add_argument("--feather-size", default="1280x720", metavar="WxH")
     ap.add_argument("--preview", action="store_true", help="time the node's Preview frame (classical)")
     ap.add_argument("--preview-size", default=None, metavar="WxH", help="default: the classical size")
+    ap.add_argument(
+        "--colorspace", default=CLASSICAL["colorspace"], help="the classical runs' colour space (linear: EXR's)"
+    )
     args = ap.parse_args()
+    CLASSICAL["colorspace"] = args.colorspace
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # figures appear as they are measured
 
     size = lambda text, default: tuple(int(v) for v in text.lower().split("x")) if text else default  # noqa: E731
@@ -422,7 +426,11 @@ def classical_overhead(tmp: str, count: int, wh: tuple[int, int], repeats: int) 
     from frdm.engine.pipeline import restore_frames
 
     w, h = wh
-    print(f"classical engine on {count} frames of {w}x{h}, {repeats} interleaved pairs:", flush=True)
+    print(
+        f"classical engine on {count} frames of {w}x{h}, colorspace {CLASSICAL['colorspace']}, "
+        f"{repeats} interleaved pairs:",
+        flush=True,
+    )
     pixels = make_pixels(count, w, h)
     win = (0, 0, w, h)
     # Held as halves, as the server holds the raw half frames it receives (and finished as halves, as it
