@@ -653,7 +653,7 @@ class FrdmNode:
                 if compression == "same":
                     own = event.image.spec.attributes.get("compression", ("string", ""))[1]
                     compression = own if own in exrfile.COMPRESSIONS else "zips"
-                atomic.write_bytes(path, exrfile.encode(event.image, compression))
+                atomic.write_bytes(path, exrfile.encode_parts(event.image, compression))
             elif event.data is not None:
                 atomic.write_bytes(path, event.data)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):

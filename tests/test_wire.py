@@ -942,3 +942,41 @@ def test_a_frame_changed_everywhere_is_stored_whole_not_as_changes(types):
     assert len(data) < memoryview(out.buffer).nbytes + 1000  # the frame and a header
     back = entry_image(data, source)
     assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
+
+
+def test_host_exr_codec_reads_uncompressed_blocks_in_any_order():
+    """An uncompressed file is read in place when its blocks lie in order; blocks stored in another order
+    (the offset table says where) are read one by one, to the same pixels; a block header that lies is an
+    error, not other pixels."""
+    import struct
+
+    from frdm.server import exrfile
+
+    rng = np.random.default_rng(5)
+    h, w = 6, 5
+    px = rng.random((h, w, 3)).astype(np.float32)
+    ours = RawImage.from_float32(px, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h))
+    data = bytearray(exrfile.encode(ours, "none"))
+    table = 8 * h
+    start = len(data) - h * (8 + w * 6) - table  # the offset table's position
+    offsets = list(struct.unpack_from(f"<{h}Q", data, start))
+    step = 8 + w * 6
+    blocks = [bytes(data[o : o + step]) for o in offsets]
+    # Lines 0 and 1 swapped on disk, the table pointing at each where it now lies.
+    swapped = bytearray(data[:start]) + struct.pack(f"<{h}Q", offsets[1], offsets[0], *offsets[2:])
+    swapped += blocks[1] + blocks[0] + b"".join(blocks[2:])
+    back = exrfile.decode(bytes(swapped))
+    assert back is not None
+    np.testing.assert_array_equal(
+        back.to_float32()[..., [back.spec.channels.index(c) for c in "RGB"]], ours.to_float32()
+    )
+    lying = bytearray(data)
+    struct.pack_into("<i", lying, offsets[2], 4)  # line 2's block claims to be line 4's
+    struct.pack_into("<i", lying, offsets[4], 2)
+    back = exrfile.decode(bytes(lying))  # read block by block: lines 2 and 4 land where their headers say
+    assert back is not None
+    got = back.to_float32()[..., [back.spec.channels.index(c) for c in "RGB"]]
+    np.testing.assert_array_equal(got[[0, 1, 4, 3, 2, 5]], ours.to_float32())
+    struct.pack_into("<i", lying, offsets[3], 99)  # a line outside the data window
+    with pytest.raises(ValueError, match="out of range"):
+        exrfile.decode(bytes(lying))
