@@ -216,7 +216,8 @@ class InputIds:
 
     def __init__(self, limit: int = 4096):
         self.limit = limit
-        self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None]] = {}
+        # path -> (stamp, fingerprint, content id as sent, whether it was sent as raw pixels)
+        self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None, bool]] = {}
 
     def fingerprint(self, value: bytes | str, what: str) -> Fingerprint:
         if not isinstance(value, str):
@@ -229,21 +230,25 @@ class InputIds:
         if before is not None and _stamp(value) == before:  # not changed while it was read
             if len(self._known) >= self.limit:
                 self._known.pop(next(iter(self._known)))
-            self._known[value] = (before, fp, None)
+            self._known[value] = (before, fp, None, False)
         return fp
 
-    def wire(self, value: bytes | str) -> str | None:
-        """The inline content id learnt for an unchanged file, if any."""
+    def wire(self, value: bytes | str, raw_only: bool = False) -> str | None:
+        """The inline content id learnt for an unchanged file, if any (``raw_only``: only if it was sent as raw
+        pixels, which the server keeps among its recent sources)."""
         known = self._known.get(value) if isinstance(value, str) else None
-        return known[2] if known is not None and known[0] == _stamp(value) else None  # type: ignore[arg-type]
+        if known is None or known[0] != _stamp(value) or (raw_only and not known[3]):  # type: ignore[arg-type]
+            return None
+        return known[2]
 
     def learn_wire(self, value: bytes | str, sent: protocol.Inline, fp: Fingerprint) -> None:
         """Remember the content id of ``value`` as it was sent inline (its fingerprint ``fp`` still holds)."""
         known = self._known.get(value) if isinstance(value, str) else None
         if known is None or known[1] != fp or known[2] is not None:
             return
-        cid = sent.content_id() if isinstance(sent, protocol.RawImage) else fp.digest
-        self._known[value] = (known[0], fp, cid)  # type: ignore[index]
+        raw = isinstance(sent, protocol.RawImage)
+        cid = sent.content_id() if raw else fp.digest  # type: ignore[union-attr]
+        self._known[value] = (known[0], fp, cid, raw)  # type: ignore[index]
 
 
 # --- results ------------------------------------------------------------------------------------------
@@ -541,27 +546,30 @@ class FrdmNode:
             return out
 
         wire_masks = wire(masks, mask_fp) if masks is not None and mask_fp is not None else None
-        # Context frames this session already sent to this server go as their content ids: the server
-        # holds what it restored from them (a blend-stage change needs no context at all) and keeps recent
-        # sources in memory (a detection change reads them there). If it lacks one after all it answers
-        # need_sources and every frame is sent with its pixels. A target always travels with its pixels.
+        # Frames this session already sent to this server go as their content ids: the server holds what
+        # it restored from them (a blend-stage change needs no context at all) and keeps recent sources in
+        # memory (a detection change reads them there). A target goes so too if it went as raw pixels (the
+        # recent sources hold those): a preview after a knob change then reads, decodes and sends no file at
+        # all. If the server lacks one after all it answers need_sources and every frame is sent with its
+        # pixels.
         sent = self._sent.setdefault(self.address, set())
-        known = {f: wire_id(f) for f in needed if f not in targets and not as_path(sources[f])}
+        known = {f: ids.wire(sources[f], raw_only=f in targets) for f in needed if not as_path(sources[f])}
         recall = {f: protocol.ContentRef(i) for f, i in known.items() if i is not None and i in sent}
         by_id = bool(recall)
-        sent_targets = wire({f: sources[f] for f in targets}, source_fp)
 
         def all_sources(ids: bool) -> dict[int, protocol.Inline]:
-            rest = {f: sources[f] for f in needed if f not in sent_targets and not (ids and f in recall)}
-            return {**(recall if ids else {}), **wire(rest, source_fp), **sent_targets}
+            rest = {f: sources[f] for f in needed if not (ids and f in recall)}
+            return {**(recall if ids else {}), **wire(rest, source_fp)}
 
+        first_try: dict[int, protocol.Inline] | None = all_sources(by_id)
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
         # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
         # input's, which a raw reply carries as its 'compression' attribute); a compression exrfile does not
         # write comes as EXR bytes from the server: so does 'same' for a target whose file exrfile could not
-        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own.
+        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own. A
+        # target by id went as raw pixels, and its unchanged file is read so again on a need_sources retry.
         written = params["compression"]
-        own = all(isinstance(sent_targets[f], protocol.RawImage) for f in targets)
+        own = all(isinstance(first_try[f], (protocol.RawImage, protocol.ContentRef)) for f in targets)  # type: ignore[index]
         if not path_mode and ((written == "same" and own) or written in exrfile.COMPRESSIONS):
             out_kw["reply"] = "raw"
 
@@ -573,8 +581,10 @@ class FrdmNode:
                 server_job = [job.job_id]  # the job id on the server, of this try
                 job._cancel_hook = lambda: client.cancel(server_job[0])
                 while True:
+                    try_sources = first_try if first_try is not None else all_sources(by_id)
+                    first_try = None
                     events = client.restore(
-                        params, targets, sources=all_sources(by_id), masks=wire_masks, job_id=server_job[0], **out_kw
+                        params, targets, sources=try_sources, masks=wire_masks, job_id=server_job[0], **out_kw
                     )
                     if self._stream(job, events, stage_pattern, staged, cached, report, written, not by_id):
                         break

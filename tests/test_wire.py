@@ -501,6 +501,28 @@ def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
         assert sorted(restorer.restored) == [2, 2, 3, 3]
 
 
+def test_targets_by_content_id_are_restored_and_re_blended_from_the_recent_sources(tmp_path):
+    with counting_server(tmp_path / "cache") as (srv, restorer):
+        sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in sources}  # no pixels at all
+        for change, restored in (({"feather": 3.0}, [2, 3]), ({"dust_threshold": 0.2}, [2, 2, 3, 3])):
+            light = run(srv.endpoint, change, by_id)
+            assert sorted(restorer.restored) == restored, change  # re-blended, then restored again
+            full = run(srv.endpoint, change, sources)  # with every frame's pixels: the same keys, the same bytes
+            assert all(cached for _, cached in full.values())
+            for n in (2, 3):
+                assert light[n][0].spec == full[n][0].spec
+                assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+    with counting_server(tmp_path / "cache2", source_memory_bytes=0) as (srv, restorer):
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        # Even with the restorer outputs kept (a blend change), a target's own pixels must be there.
+        got = events(srv.endpoint, {"feather": 3.0}, {**sources, 3: by_id[3]})
+        assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
+        assert got[-1].frames == [3] and not [e for e in got if e.kind == "frame"]
+        assert sorted(restorer.restored) == [2, 3]
+
+
 @pytest.mark.parametrize(
     "entry, why",
     [
@@ -509,7 +531,6 @@ def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
         ({"frame": 1, "id": 7}, "64 or 128 lowercase hex"),
         ({"frame": 1, "id": "a" * 64, "path": "/x.exr"}, "exactly one of"),
         ({"frame": 1, "id": "a" * 64, "image": {}}, "'image' describes inline pixels"),
-        ({"frame": 2, "id": "a" * 64}, "a target's own pixels must be sent"),
     ],
 )
 def test_malformed_content_id_sources_are_refused_by_field(entry, why):
