@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -602,7 +603,7 @@ class FrdmNode:
                 dest = pattern.path(f)
                 os.replace(staged[f], dest)
                 final[f] = dest
-            _write_manifest(out_dir, pattern, keys)
+            _write_manifest(out_dir, pattern, {f: _manifest_entry(keys[f], final[f]) for f in targets})
             if len(sent) > 100_000:  # a long session: forget; at worst a preview sends its context again
                 sent.clear()
             sent.update(i for f in needed if (i := wire_id(f)) is not None)
@@ -663,9 +664,11 @@ class FrdmNode:
                 if compression == "same":
                     own = event.image.spec.attributes.get("compression", ("string", ""))[1]
                     compression = own if own in exrfile.COMPRESSIONS else "zips"
-                atomic.write_bytes(path, exrfile.encode_parts(event.image, compression))
+                # Not synced (~45 ms of a 2K preview): the manifest records each result's size and time, so a
+                # result a power cut left empty is rendered again, never handed over as unchanged.
+                atomic.write_bytes(path, exrfile.encode_parts(event.image, compression), durable=False)
             elif event.data is not None:
-                atomic.write_bytes(path, event.data)
+                atomic.write_bytes(path, event.data, durable=False)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -747,9 +750,29 @@ def _read_manifest(out_dir: str, pattern: SequencePattern) -> dict[str, Any]:
     return entry if isinstance(entry, dict) else {}
 
 
+def _result_stamp(path: str) -> list[int] | None:
+    """What the manifest records of a result file besides its key: its size and modification time (ns)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
+def _manifest_entry(key: str, path: str) -> list[Any]:
+    return [key, *(_result_stamp(path) or [])]
+
+
 def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> bool:
+    """Every frame's result is the one the manifest recorded: its key, and the file as it was written (results
+    are not synced to disk: a power cut may leave one empty, which then differs from its record and is
+    rendered again; an entry without a stamp, of an older node, is a miss too)."""
     known = _read_manifest(out_dir, pattern)
-    return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
+    for f, k in keys.items():
+        stamp = _result_stamp(pattern.path(f))
+        if stamp is None or known.get(str(f)) != [k, *stamp]:
+            return False
+    return True
 
 
 #: Read-modify-write of a manifest is one critical section per process (two nodes, one folder); across
@@ -774,7 +797,8 @@ def _manifest_locked(path: str) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
-def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
+def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, Any]) -> None:
+    """Record ``keys`` (frame -> its entry, ``_manifest_entry``) in the manifest of ``out_dir``."""
     path = _manifest_path(out_dir, pattern)
     with _manifest_locked(path):
         try:

@@ -455,3 +455,18 @@ def test_a_need_sources_retry_lists_the_cached_frames_of_its_own_try_only(tmp_pa
     assert [t[1] for t in tries] == ["ContentRef", "RawImage"]  # by id, then everything with its pixels
     assert result.cached == [2, 3]  # the retry's answers, each frame once (it listed 2 twice)
     np.testing.assert_array_equal(pixels(result.frames[3]), in_process(src, [3], dict(node.params))[3])
+
+
+def test_a_result_that_differs_from_its_record_is_rendered_again(tmp_path, classical_server):
+    """Results are not synced to disk: a power cut may leave one empty. The manifest records each result's
+    size and time, so such a file is rendered again, never answered from disk as unchanged."""
+    src = write_clip(tmp_path / "in", count=3)
+    node = N.FrdmNode(classical_server.address, SHARED, timeout=30)
+    out = str(tmp_path / "out" / "r.####.exr")
+    node.render([2], N.Inputs.from_sequence(src), out).wait(60)
+    assert node.render([2], N.Inputs.from_sequence(src), out).wait(30).message == "unchanged"
+    path = out.replace("####", "0002")
+    open(path, "wb").close()  # what a power cut may leave of a file written but not synced
+    again = node.render([2], N.Inputs.from_sequence(src), out).wait(60)
+    assert again.message == "done"
+    np.testing.assert_array_equal(pixels(path), in_process(src, [2], SHARED)[2])
