@@ -322,8 +322,12 @@ def test_preview_after_a_knob_change_reads_hashes_decodes_and_sends_no_frame(tmp
     inputs = N.Inputs.from_sequence(src)
     seen = Recorder(monkeypatch)
     reads: list[object] = []
+
+    def counting(real):
+        return lambda *a, **k: (reads.append(a[0]), real(*a, **k))[1]
+
     for name in ("_read_bytes", "fingerprint"):  # the node's file reads: whole frames, and hashing ones
-        monkeypatch.setattr(N, name, lambda *a, _f=getattr(N, name), **k: (reads.append(a[0]), _f(*a, **k))[1])
+        monkeypatch.setattr(N, name, counting(getattr(N, name)))
     node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=2), timeout=30)
     out = str(tmp_path / "out" / "p.####.exr")
     node.preview(3, inputs, out, use_cache=False).wait(60)
