@@ -116,11 +116,15 @@ class WireSource(Source):
         if raw is not None:  # sized against the limits and its description when the job was accepted
             cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None
             known = self.memory.pixels(cid) if self.memory is not None and cid is not None else None
-            image = frame_from_raw(raw, name, known)
+            checked = known is None and self.memory is not None and cid is not None and self.memory.finite(cid)
+            image = frame_from_raw(raw, name, known, checked=checked)
             # Float32 pixels converted from a buffer of mixed types are worth keeping; halves are held as
-            # received (the buffer is in the recent sources already).
-            if self.memory is not None and cid is not None and known is None and image.half is None:
-                self.memory.put_pixels(cid, image.samples)
+            # received (the buffer is in the recent sources already), and only their check remembered.
+            if self.memory is not None and cid is not None and known is None:
+                if image.half is None:
+                    self.memory.put_pixels(cid, image.samples)
+                elif not checked:
+                    self.memory.mark_finite(cid)
             self._from_raw[frame] = image.samples
             return image
         data = read_input(self.job, self.kind, frame, self.limits)

@@ -462,6 +462,27 @@ def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(serv
         assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
 
 
+def test_half_frames_from_the_recent_sources_are_checked_for_nan_once(server, monkeypatch):
+    from frdm.server import pixels as server_pixels
+
+    srv, restorer = server
+    sources = {n: raw_frame(100 + n) for n in (1, 2, 3, 4)}  # all half: held as received, never converted
+    checked: list[int] = []
+    check = server_pixels.check_finite
+    monkeypatch.setattr(
+        server_pixels, "check_finite", lambda px, raw, name: (checked.append(id(raw.buffer)), check(px, raw, name))
+    )
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    assert len(checked) == 4  # each frame read once
+    checked.clear()
+    by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in sources}
+    light = run(srv.endpoint, {"dust_threshold": 0.2}, by_id)  # restored again, every frame from memory
+    assert checked == [] and sorted(restorer.restored) == [2, 2, 3, 3]
+    full = run(srv.endpoint, {"dust_threshold": 0.2}, sources)
+    for n in (2, 3):
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
 def test_frames_listed_out_of_order_find_their_context_by_id(server):
     srv, restorer = server
     sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
