@@ -535,7 +535,7 @@ def preview(tmp: str, wh: tuple[int, int], repeats: int) -> None:
     memory = MemorySource({n: read_frame(inputs.source(n)) for n in inputs.available}, "preview")
     resident = ClassicalRestorer()
     server = Server(os.path.join(tmp, "cache-preview"), "--engine", "classical")
-    blend, detect, engine = [], [], []
+    blend, detect, engine, detect_cpu, engine_cpu = [], [], [], [], []
     try:
         node = FrdmNode(server.address, timeout=600)
         out = os.path.join(tmp, "preview-out", "p.####.exr")
@@ -547,19 +547,25 @@ def preview(tmp: str, wh: tuple[int, int], repeats: int) -> None:
             return time.perf_counter() - start
 
         def in_process(params: Mapping[str, Any]) -> float:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in restore_frames(memory, [3], params, resident, halves_out=True):
                 pass
+            engine_cpu.append(time.process_time() - cpu)
             return time.perf_counter() - start
 
         once(**CLASSICAL, feather=1.0)  # warm-up and the first restore
         fresh = once(dust_threshold=0.07)
         in_process(dict(node.params, dust_threshold=0.071))  # the in-process engine's warm-up
+        engine_cpu.clear()
         for r in range(repeats):
             blend.append(once(feather=3.0 + r))
             time.sleep(SETTLE)
-            detect.append(once(dust_threshold=0.08 + 0.002 * r))
-            time.sleep(SETTLE)
+            # CPU too (the node's and the server's, its cache writer's included: ``cpu_of`` lets it finish):
+            # on a machine whose cores are shared (steal time) it compares like with like where wall time
+            # cannot.
+            seconds, cpu = cpu_of(server, lambda r=r: once(dust_threshold=0.08 + 0.002 * r))
+            detect.append(seconds)
+            detect_cpu.append(cpu)
             engine.append(in_process(dict(node.params)))
     finally:
         server.stop()
@@ -569,6 +575,10 @@ def preview(tmp: str, wh: tuple[int, int], repeats: int) -> None:
     print(f"preview after a detection change:                {spread(detect, 1, ' s')}")
     print(f"classical frame time in process, same knobs:     {spread(engine, 1, ' s')}")
     print(f"detection-change preview over the frame time:    {spread(over, 1, ' %')} (per pair)")
+    over_cpu = [(d - e) / e * 100 for d, e in zip(detect_cpu, engine_cpu)]
+    print(f"  CPU: the preview's (node + server):            {spread(detect_cpu, 1, ' s')}")
+    print(f"  CPU: the frame in process:                     {spread(engine_cpu, 1, ' s')}")
+    print(f"  CPU: the preview's over the frame's:           {spread(over_cpu, 1, ' %')} (per pair)")
 
 
 if __name__ == "__main__":
