@@ -210,7 +210,9 @@ class InputIds:
     """What this session learnt about input files, by file identity (device, inode, size, modification and
     change times in ns): the fingerprint (hash and size) of an unchanged file is not computed again, and the
     content id the server gives the frame as the node sends it (``wire``: its raw pixels' id, or its file's)
-    lets a context frame the server already restored from travel as that id alone.
+    lets a frame the server already has travel as that id alone. The content id is also remembered by the
+    file's digest: a host that renders its inputs again into fresh files (the Nuke adapter does, into a new
+    folder per button press) has each hashed once more, but an unchanged frame is still not decoded or sent.
 
     A file rewritten in place within one clock tick to the same size keeps its stamp: hosts write inputs
     to a temporary and rename it over (a new inode), as the Nuke adapter and ``engine.atomic`` do."""
@@ -219,6 +221,7 @@ class InputIds:
         self.limit = limit
         # path -> (stamp, fingerprint, content id as sent, whether it was sent as raw pixels)
         self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None, bool]] = {}
+        self._by_digest: dict[str, tuple[str, bool]] = {}  # file digest -> (content id as sent, raw pixels)
 
     def fingerprint(self, value: bytes | str, what: str) -> Fingerprint:
         if not isinstance(value, str):
@@ -231,7 +234,7 @@ class InputIds:
         if before is not None and _stamp(value) == before:  # not changed while it was read
             if len(self._known) >= self.limit:
                 self._known.pop(next(iter(self._known)))
-            self._known[value] = (before, fp, None, False)
+            self._known[value] = (before, fp, *self._by_digest.get(fp.digest, (None, False)))
         return fp
 
     def wire(self, value: bytes | str, raw_only: bool = False) -> str | None:
@@ -250,6 +253,9 @@ class InputIds:
         raw = isinstance(sent, protocol.RawImage)
         cid = sent.content_id() if raw else fp.digest  # type: ignore[union-attr]
         self._known[value] = (known[0], fp, cid, raw)  # type: ignore[index]
+        if len(self._by_digest) >= self.limit:
+            self._by_digest.pop(next(iter(self._by_digest)))
+        self._by_digest[fp.digest] = (cid, raw)
 
 
 # --- results ------------------------------------------------------------------------------------------

@@ -348,6 +348,25 @@ def test_preview_after_a_knob_change_reads_hashes_decodes_and_sends_no_frame(tmp
         np.testing.assert_array_equal(pixels(out.replace("####", "0003")), expect)
 
 
+def test_inputs_rendered_again_into_fresh_files_are_sent_by_id(tmp_path, classical_server, monkeypatch):
+    """The Nuke adapter renders a preview's inputs into a new folder each press: the same bytes in new files
+    are hashed again, but not decoded or sent again."""
+    import shutil
+
+    src = write_clip(tmp_path / "in", count=3)
+    seen = Recorder(monkeypatch)
+    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
+    out = str(tmp_path / "out" / "p.####.exr")
+    node.preview(2, N.Inputs.from_sequence(src), out, use_cache=False).wait(60)
+    press = tmp_path / "press2"
+    shutil.copytree(tmp_path / "in", press)  # the host's second render of the inputs: new files, same bytes
+    seen.reset()
+    node.set_params({"dust_threshold": 0.2})
+    node.preview(2, N.Inputs.from_sequence(str(press / Path(src).name)), out, use_cache=False).wait(60)
+    assert seen.sent == [{n: "ContentRef" for n in (1, 2, 3)}] and seen.decoded == []
+    np.testing.assert_array_equal(pixels(out.replace("####", "0002")), in_process(src, [2], dict(node.params))[2])
+
+
 def test_preview_by_id_falls_back_when_the_server_was_restarted(tmp_path, monkeypatch):
     src = write_clip(tmp_path / "in", count=4, seed=3)
     inputs = N.Inputs.from_sequence(src)
