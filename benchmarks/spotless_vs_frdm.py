@@ -18,6 +18,8 @@ ground truth); written as scene-linear half EXR (zip), which both tools read and
     python benchmarks/spotless_vs_frdm.py [--frames 24] [--sizes 1280x720 2048x1536] [--json out.json]
     (FRDM_SHARED=/path/to/shared when the shared folder is not beside the checkout; FRDM_PEER_VENV or
     --peer-venv for the peer's venv, default ~/.cache/frdm/spotless-venv)
+    --reference-python OTHER/.venv/bin/python: also another checkout's FRDM (e.g. main's, for speed work), in the
+    same interleaved repeats, with its frames/s, CPU and quality, and this FRDM's CPU against it
 
 It stops with a message naming what is missing (the clip, the peer's venv or its plugins) rather than measure
 something else. Timings come from one run on whatever else the machine is doing: read them as ratios.
@@ -226,15 +228,15 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
 
     peer_args = ["--src", src, "--count", str(args.frames), "--threads", threads]
     spot_out = os.path.join(folder, "spotless.####.exr")
-    frdm_args = ["restore", src, os.path.join(folder, "frdm.####.exr")]
-    frdm_args += ["--colorspace", "linear", "--quiet", "--json", "--no-resume"]
+    frdm_options = ["--colorspace", "linear", "--quiet", "--json", "--no-resume"]
 
     def spotless_file() -> dict:
         text, wall, rss, cpu = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "file", "--out", spot_out])
         return {**json.loads(text.strip().splitlines()[-1]), "wall_seconds": wall, "peak_rss_mib": rss, "cpu": cpu}
 
-    def frdm_file() -> dict:
-        text, wall, rss, cpu = run_measured(sys.executable, "-m:frdm.cli", frdm_args)
+    def frdm_file(python: str = sys.executable, name: str = "frdm") -> dict:
+        frdm_args = ["restore", src, os.path.join(folder, f"{name}.####.exr"), *frdm_options]
+        text, wall, rss, cpu = run_measured(python, "-m:frdm.cli", frdm_args)
         report = json.loads(text[text.index("{") :])
         n = len(report["written"])
         return {
@@ -248,15 +250,15 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
 
     # File to file in interleaved pairs, the order swapped every repeat: on a shared machine the load drifts
     # within seconds, and a pair run back to back sees about the same load. Each pair gives one ratio.
-    spots, frdms = [], []
+    # With a reference FRDM, each repeat runs three (SpotLess, this FRDM, the reference; then reversed).
+    spots, frdms, refs = [], [], []
+    runs = [(spots, spotless_file), (frdms, frdm_file)]
+    if args.reference_python:
+        runs.append((refs, lambda: frdm_file(args.reference_python, "reference")))
     for k in range(args.repeats):
         print(f"{w}x{h}: file to file, pair {k + 1} of {args.repeats} ...", file=sys.stderr)
-        if k % 2 == 0:
-            spots.append(spotless_file())
-            frdms.append(frdm_file())
-        else:
-            frdms.append(frdm_file())
-            spots.append(spotless_file())
+        for into, run in runs if k % 2 == 0 else runs[::-1]:
+            into.append(run())
     ratios = [f["frames_per_second"] / s["frames_per_second"] for f, s in zip(frdms, spots)]
     print(f"{w}x{h}: SpotLess filter alone ...", file=sys.stderr)
     text, wall, rss, cpu = run_measured(peer, PEER_SCRIPT, peer_args + ["--mode", "filter"])
@@ -274,6 +276,12 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
 
     spot_file, frdm_file_run = median_run(spots), median_run(frdms)
     print(f"{w}x{h}: metrics ...", file=sys.stderr)
+    reference = {}
+    if refs:
+        reference = {
+            "frdm_reference": {"file": median_run(refs), **quality(folder, "reference", gts, masks)},
+            "frdm_over_reference_cpu_all": [f["cpu"] / r["cpu"] for f, r in zip(frdms, refs)],
+        }
     return {
         "size": f"{w}x{h}",
         "frames": args.frames,
@@ -282,6 +290,7 @@ def measure_size(args: argparse.Namespace, peer: str, size: tuple[int, int]) -> 
         "frdm": {"file": frdm_file_run, **quality(folder, "frdm", gts, masks)},
         "frdm_over_spotless_file_fps": statistics.median(ratios),
         "frdm_over_spotless_file_fps_all": ratios,
+        **reference,
     }
 
 
@@ -293,7 +302,10 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        for name, tool in (("SpotLess", r["spotless"]), ("FRDM classical", r["frdm"])):
+        tools = [("SpotLess", r["spotless"]), ("FRDM classical", r["frdm"])]
+        if "frdm_reference" in r:
+            tools.append(("FRDM classical, reference", r["frdm_reference"]))
+        for name, tool in tools:
             filt = f"{tool['filter']['frames_per_second']:.2f}" if "filter" in tool else "-"
             lines.append(
                 f"| {r['size']} | {name} | {tool['file']['frames_per_second']:.2f} | {filt} | "
@@ -307,6 +319,22 @@ def table(results: list[dict]) -> str:
             f"| {r['size']} | FRDM / SpotLess file to file (median of {len(spread)} interleaved pairs) | "
             f"{r['frdm_over_spotless_file_fps']:.2f}x [{min(spread):.2f}-{max(spread):.2f}] | | | | | | |"
         )
+        if "frdm_reference" in r:
+            cpu = r["frdm_over_reference_cpu_all"]
+            ref_spread = [
+                f / s
+                for f, s in zip(
+                    r["frdm_reference"]["file"]["frames_per_second_all"], r["spotless"]["file"]["frames_per_second_all"]
+                )
+            ]
+            lines.append(
+                f"| {r['size']} | FRDM reference / SpotLess file to file (same repeats) | "
+                f"{statistics.median(ref_spread):.2f}x [{min(ref_spread):.2f}-{max(ref_spread):.2f}] | | | | | | |"
+            )
+            lines.append(
+                f"| {r['size']} | FRDM / FRDM reference CPU (per repeat) | | | | | | | "
+                f"{statistics.median(cpu):.3f} [{min(cpu):.3f}-{max(cpu):.3f}] |"
+            )
     return "\n".join(lines)
 
 
@@ -332,6 +360,7 @@ def main() -> int:
     ap.add_argument("--work", default="out/spotless_vs_frdm", help="where the frames go (replaced)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved file-to-file pairs per size (median)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--reference-python", help="another checkout's venv python: its FRDM measured in the same repeats")
     args = ap.parse_args()
     from frdm.engine.data.clips import parse_size
 

@@ -638,3 +638,81 @@ def test_cv2s_pool_counts_the_cores_cv2_may_use_and_keeps_a_users_count(monkeypa
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+def test_std_equals_numpys_to_the_bit():
+    """``fill._std`` gives np.std's float32 value exactly, on lengths odd and even, small and large."""
+    from frdm.engine.classical.fill import _std
+
+    rng = np.random.default_rng(21)
+    for n in (1, 2, 3, 7, 8, 129, 1000, 4097):
+        for scale in (1e-3, 0.05, 3.0):
+            values = (rng.standard_t(3, n) * scale + rng.normal() * 5 * scale).astype(np.float32)
+            assert _std(values) == float(values.std())
+
+
+def _gated_fill_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A grainy frame, regions of many sizes (some touching the frame's edge, one beside a black gate) and
+    the gate: what ``spatial_fill`` inpaints."""
+    rng = np.random.default_rng(seed)
+    shape = (120, 160)
+    grey = 0.5 + (cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 3) - 0.5) * 2.0
+    image = np.clip(grey[..., None] + rng.normal(0, 0.03, shape + (3,)), 0, 1).astype(np.float32)
+    image[:, :6] = 0.01  # a black gate at the left
+    region = np.zeros(shape, bool)
+    for y, x, r in ((20, 40, 1), (60, 80, 4), (0, 100, 2), (118, 150, 3), (90, 30, 6), (40, 9, 2), (70, 140, 9)):
+        region[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
+    border = np.zeros(shape, bool)
+    border[:, :7] = True
+    return image, region, border
+
+
+def test_spatial_fill_on_the_crop_telea_reads_equals_the_whole_crop(monkeypatch):
+    """A region is inpainted on a crop of radius + INPAINT_REACH px around it (the gate near: on the whole
+    crop): the same bits as on the crop of 2 * radius + 2 px the grain patch is taken around."""
+    from frdm.engine.classical import fill as F
+
+    for seed in range(3):
+        image, region, border = _gated_fill_case(seed)
+        matte = region.copy()
+        narrow = F.spatial_fill(image, region, matte, border=border)
+        monkeypatch.setattr(F, "INPAINT_REACH", 5 + 2)  # radius + 7: the whole crop, as before
+        whole = F.spatial_fill(image, region, matte, border=border)
+        monkeypatch.undo()
+        assert np.array_equal(narrow, whole)
+        assert not np.array_equal(narrow[region], image[region])
+
+
+def test_a_blocks_context_frames_take_their_scratch_candidates_from_the_block_before(monkeypatch):
+    """Restored in two blocks that share context frames (as frdm restore and the server send them), the
+    second block's shared frames are not searched for scratch candidates again, and every frame is the one a
+    fresh restorer gives."""
+    from frdm.engine import params as P
+    from frdm.engine.classical import restorer as R
+    from frdm.engine.restorer import Clip
+
+    rng = np.random.default_rng(16)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(10):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
+        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    frames = np.stack(frames)
+    params = P.validate({})
+    radius = int(params["temporal_radius"])
+    want = list(R.ClassicalRestorer().restore(Clip(frames, list(range(10)), list(range(10))), params))
+    searched = []
+    search = R.ScratchDetector.candidates
+    monkeypatch.setattr(R.ScratchDetector, "candidates", lambda self, grey: searched.append(1) or search(self, grey))
+    shared = R.ClassicalRestorer()
+    # Targets 0-4 with frames 0-4 + radius, then targets 5-9 with frames 5 - radius .. 9.
+    first = list(shared.restore(Clip(frames[: 5 + radius], list(range(5 + radius)), list(range(5))), params))
+    start = 5 - radius
+    second = list(shared.restore(Clip(frames[start:], list(range(start, 10)), list(range(5, 10))), params))
+    assert len(searched) == 10  # each frame once: the 2 * radius frames both blocks hold were not searched again
+    for a, b in zip(want, first + second):
+        assert a.frame_number == b.frame_number
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.matte, b.matte)
+    assert all(r.matte[:, 64].mean() > 0.5 for r in want)  # the scratch
