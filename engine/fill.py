@@ -170,23 +170,16 @@ class FillResult:
             if meta.get("format") != FILL_FORMAT:
                 return None
             arrays = load(data)
-            box = tuple(meta["box"]) if meta["box"] is not None else None
-            matte_box = tuple(meta["matte_box"]) if meta["matte_box"] is not None else None
+            shape = _stored_shape(meta["shape"])
+            box, matte_box = _stored_box(meta["box"], shape), _stored_box(meta["matte_box"], shape)
             changed, image = _scattered(box, arrays["changed"], arrays["values"], 3)
             _, matte = _scattered(matte_box, arrays["defects"], arrays["matte_values"], None)
-            if image is None or matte is None:
-                return None  # damaged: the values do not fit their map
-            return cls(
-                tuple(meta["shape"]),  # type: ignore[arg-type]
-                box,  # type: ignore[arg-type]
-                image,
-                changed,
-                matte_box,  # type: ignore[arg-type]
-                matte,
-                arrays.get("base"),
-            )
-        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, SafetensorError):
-            return None  # SafetensorError: a torn entry (the server's cache is not synced to disk)
+            base = arrays.get("base")
+            if image is None or matte is None or (base is not None and base.shape != (*shape, 3)):
+                return None  # damaged: the values do not fit their map, or the base its frame
+            return cls(shape, box, image, changed, matte_box, matte, base)
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error, UnicodeDecodeError, SafetensorError):
+            return None  # SafetensorError: a torn entry; AttributeError: a header that is not a map
 
 
 class FillStore(Protocol):
@@ -224,6 +217,29 @@ class FolderFillStore:
 
     def put(self, frame: int, result: FillResult) -> None:
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
+def _stored_shape(value: Any) -> tuple[int, int]:
+    """A stored frame size, (H, W) of positive ints, else ValueError (a damaged entry)."""
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
+        raise ValueError(f"stored frame size {value!r:.60}")
+    return int(value[0]), int(value[1])
+
+
+def _stored_box(value: Any, shape: tuple[int, int]) -> Box | None:
+    """A stored box (None, or y0, y1, x0, x1 inside the frame ``shape``), else ValueError (a damaged entry)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 4 and all(_is_int(v) for v in value)):
+        raise ValueError(f"stored box {value!r:.60}")
+    y0, y1, x0, x1 = value
+    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"stored box {value} outside the frame {shape}")
+    return y0, y1, x0, x1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _scattered(
