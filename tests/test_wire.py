@@ -1030,3 +1030,31 @@ def test_a_frame_changed_everywhere_is_stored_whole_not_as_changes(types):
     assert len(data) < memoryview(out.buffer).nbytes + 1000  # the frame and a header
     back = entry_image(data, source)
     assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
+
+
+def test_frames_too_small_for_the_classical_engine_are_a_job_error_and_the_server_goes_on(tmp_path):
+    """An 11x11 frame raised a raw cv2.error inside the classical engine (an 'internal' error; a strip 8-15
+    px high crashed the process in OpenCV's DIS): it is a bad_input error naming the frame, its size and the
+    least the engine needs, and the server serves the next job."""
+    from frdm.server.server import Server, ServerConfig
+
+    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "cache")))  # the classical engine
+    ready = threading.Event()
+    thread = threading.Thread(target=srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        for (h, w), ok in (((11, 11), False), ((16, 16), True)):
+            px = np.random.default_rng(3).random((h, w, 3), dtype=np.float32)
+            sources = {n: RawImage.from_float32(px, "RGB", ("half",) * 3, (0, 0, w, h), (0, 0, w, h)) for n in (1, 2)}
+            with FrdmClient(srv.endpoint, timeout=30) as client:
+                events = list(client.restore({"colorspace": "raw"}, [1, 2], sources=sources, reply="raw"))
+            if ok:
+                assert events[-1].kind == "done" and sum(e.kind == "frame" for e in events) == 2
+            else:
+                assert events[-1].kind == "error" and events[-1].code == "bad_input", events[-1]
+                assert "frame 1: 11x11 pixels is too small for the classical engine" in events[-1].message
+                assert "at least 16 pixels on each side" in events[-1].message
+    finally:
+        srv.request_stop()
+        thread.join(30)
