@@ -1058,3 +1058,19 @@ def test_frames_too_small_for_the_classical_engine_are_a_job_error_and_the_serve
     finally:
         srv.request_stop()
         thread.join(30)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 8, 12, 16, 20])
+def test_which_pixels_changed_is_their_bytes_whatever_a_pixel_s_size(size):
+    """The one test of changed pixels (a cache entry's changes on raw samples, ``changed_from_raw`` on float32
+    pixels): a pixel changed if any of its bytes did, a sign bit alone included, for every pixel size."""
+    from frdm.server.pixels import _changed_pixels
+
+    rng = np.random.default_rng(size)
+    a = rng.integers(0, 256, (500, size), dtype=np.uint8)
+    b = a.copy()
+    rows = rng.choice(500, 40, replace=False)
+    b[rows, rng.integers(0, size, 40)] ^= np.uint8(0x80)  # one bit of one byte of each
+    np.testing.assert_array_equal(_changed_pixels(a, b), np.sort(rows))
+    np.testing.assert_array_equal(_changed_pixels(a, b), np.flatnonzero((a != b).any(axis=1)))
+    assert _changed_pixels(a, a.copy()).size == 0
