@@ -71,19 +71,93 @@ def feather_in_box(
     if box is None:
         return None, np.zeros((0, 0), np.float32)
     crop = grow_box(box, feather_margin(radius, grow), shape)
+    return crop, feather_mask(_laid_in(box, values, crop), radius, grow)
+
+
+def _laid_in(box: Box, values: np.ndarray, crop: Box) -> np.ndarray:
+    """The (h, w) mask over ``crop`` that is ``values`` inside ``box`` and 0 elsewhere."""
     raw = np.zeros((crop[1] - crop[0], crop[3] - crop[2]), np.float32)
-    raw[box[0] - crop[0] : box[1] - crop[0], box[2] - crop[2] : box[3] - crop[2]] = values
-    return crop, feather_mask(raw, radius, grow)
+    inside = intersect(box, crop)
+    if inside is not None:
+        y0, y1, x0, x1 = inside
+        raw[y0 - crop[0] : y1 - crop[0], x0 - crop[2] : x1 - crop[2]] = values[
+            y0 - box[0] : y1 - box[0], x0 - box[2] : x1 - box[2]
+        ]
+    return raw
+
+
+# ``feather_at``'s tiles: rows and columns of the grid its pixels are grouped on (the columns a multiple of
+# FEATHER_ALIGN), and the column alignment that keeps OpenCV's arithmetic where ``feather_in_box`` has it.
+FEATHER_TILE = (64, 128)
+FEATHER_ALIGN = 64
+
+
+def feather_at(
+    box: Box | None,
+    values: np.ndarray,
+    shape: tuple[int, int],
+    radius: float,
+    grow: int,
+    ys: np.ndarray,
+    xs: np.ndarray,
+) -> np.ndarray:
+    """``feather_in_box(box, values, shape, radius, grow)``'s mask at the pixels (``ys``, ``xs``) (frame
+    coordinates; 0 outside its box), bit for bit, feathered only in tiles around those pixels: the blend
+    needs the mask only where the restorer changed a pixel, and dust scattered over a 2K frame has a box of
+    most of it (feathered whole: 10-45 ms a frame; a few tiles: well under 1).
+
+    A tile's pixels are exact when its crop reaches ``feather_margin`` beyond it on every side (or the box's
+    own crop edge): no mask value further away reaches them. OpenCV's Gaussian is not the same arithmetic in
+    every column, though: a row's last columns (fewer than a vector's lanes) are summed by its scalar loop,
+    in another order. So a tile's crop either ends where the box's crop ends, starting on a column
+    ``FEATHER_ALIGN`` apart from the box crop's first (the same columns then fall to the scalar loop), or ends
+    ``FEATHER_ALIGN`` columns past the tile's margin (its scalar columns lie outside the tile's reach). Where
+    the tiles would feather more pixels than the box's crop holds, the crop is feathered whole."""
+    weights = np.zeros(ys.shape, np.float32)
+    if box is None or ys.size == 0:
+        return weights
+    margin = feather_margin(radius, grow)
+    cy0, cy1, cx0, cx1 = grow_box(box, margin, shape)
+    inside = np.flatnonzero((ys >= cy0) & (ys < cy1) & (xs >= cx0) & (xs < cx1))
+    if inside.size == 0:
+        return weights
+    ty, tx = FEATHER_TILE
+    y, x = ys[inside], xs[inside]
+    tiles = ((y - cy0) // ty) * ((cx1 - cx0) // tx + 1) + (x - cx0) // tx
+    order = np.argsort(tiles, kind="stable")
+    firsts = np.flatnonzero(np.r_[True, tiles[order][1:] != tiles[order][:-1]])
+    left = -(-margin // FEATHER_ALIGN) * FEATHER_ALIGN  # the margin, rounded up to whole alignments
+    crops = []
+    for i in firsts:
+        n = int(order[i])
+        core_y0 = cy0 + (int(y[n]) - cy0) // ty * ty
+        core_x0 = cx0 + (int(x[n]) - cx0) // tx * tx
+        core_y1, core_x1 = min(cy1, core_y0 + ty), min(cx1, core_x0 + tx)
+        right = core_x1 + margin + FEATHER_ALIGN
+        x0, x1 = max(cx0, core_x0 - left), cx1 if right >= cx1 else right
+        crops.append((max(cy0, core_y0 - margin), min(cy1, core_y1 + margin), x0, x1))
+    if sum((b - a) * (d - c) for a, b, c, d in crops) >= (cy1 - cy0) * (cx1 - cx0):
+        mask = feather_mask(_laid_in(box, values, (cy0, cy1, cx0, cx1)), radius, grow)
+        weights[inside] = mask[y - cy0, x - cx0]
+        return weights
+    ends = [*firsts[1:], order.size]
+    for (a, b, c, d), i, j in zip(crops, firsts, ends):
+        mask = feather_mask(_laid_in(box, values, (a, b, c, d)), radius, grow)
+        at = order[i:j]
+        weights[inside[at]] = mask[y[at] - a, x[at] - c]
+    return weights
 
 
 @dataclass
 class FillResult:
-    """What a restorer made of one frame, in model space, kept only where it differs from its input."""
+    """What a restorer made of one frame, in model space, kept only where it differs from its input: the
+    changed pixels as a list (dust changes a percent of a frame, scattered: a box around it is most of the
+    frame, and a box-sized copy, map and pass cost more than the blend itself)."""
 
     shape: tuple[int, int]  # H, W of the frame
     box: Box | None  # the pixels the restorer changed lie inside this box
-    image: np.ndarray  # (h, w, 3) float32: the restored pixels inside ``box``
-    changed: np.ndarray  # (h, w) bool: which of them changed
+    where: np.ndarray  # (N,) int: the changed pixels as flat indices into the frame (y * W + x), ascending
+    values: np.ndarray  # (N, 3) float32: the restored pixels there
     matte_box: Box | None  # the detected defects lie inside this box
     matte: np.ndarray  # (h, w) float32 in [0, 1]: the matte inside ``matte_box``
     # (H, W, 3) float32 when the engine changed every pixel on purpose (classical deflicker): the stabilised
@@ -100,24 +174,21 @@ class FillResult:
             raise ValueError(f"frame {restored.frame_number}: restored {image.shape} but input {model_input.shape}")
         shape = (int(image.shape[0]), int(image.shape[1]))
         # A frame the restorer left alone (often the input array itself, or a view of the very same pixels)
-        # costs no pass or one fast pass, not a per-pixel map.
-        differs = (
-            None if _same_pixels(image, model_input) or np.array_equal(image, model_input) else image != model_input
+        # costs no pass, not a per-pixel map.
+        where = (
+            np.zeros(0, _index_type(shape)) if _same_pixels(image, model_input) else _changed_pixels(image, model_input)
         )
-        # Channels OR-ed one by one: numpy's any() over a length-3 last axis is several times slower.
-        changed_all = None if differs is None else differs[..., 0] | differs[..., 1] | differs[..., 2]
-        box = None if changed_all is None else nonzero_box(changed_all)
-        if box is None:
-            img, changed = np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool)
-        else:
-            y0, y1, x0, x1 = box
-            img = np.ascontiguousarray(image[y0:y1, x0:x1], dtype=np.float32)
-            changed = np.ascontiguousarray(changed_all[y0:y1, x0:x1])  # type: ignore[index]
+        box: Box | None = None
+        values = np.zeros((0, 3), np.float32)
+        if where.size:
+            ys, xs = np.divmod(where, shape[1])
+            box = (int(ys[0]), int(ys[-1]) + 1, int(xs.min()), int(xs.max()) + 1)
+            values = np.ascontiguousarray(image[ys, xs], dtype=np.float32)
         matte_box, m = _kept_matte(restored.matte, shape, restored.frame_number)
         base = None if restored.base is None else np.ascontiguousarray(restored.base, dtype=np.float32)
         if base is not None and base.shape != image.shape:
             raise ValueError(f"frame {restored.frame_number}: base {base.shape} but the frame is {image.shape}")
-        return cls(shape, box, img, changed, matte_box, m, base)
+        return cls(shape, box, where, values, matte_box, m, base)
 
     @classmethod
     def as_it_came(cls, shape: tuple[int, ...], restored: RestoredFrame) -> FillResult:
@@ -128,7 +199,29 @@ class FillResult:
             raise ValueError(f"frame {restored.frame_number}: a base to blend into, but no restored image")
         h, w = int(shape[0]), int(shape[1])
         matte_box, m = _kept_matte(restored.matte, (h, w), restored.frame_number)
-        return cls((h, w), None, np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), bool), matte_box, m)
+        return cls((h, w), None, np.zeros(0, _index_type((h, w))), np.zeros((0, 3), np.float32), matte_box, m)
+
+    @property
+    def changed(self) -> np.ndarray:
+        """(h, w) bool over ``box``: which of its pixels changed."""
+        if self.box is None:
+            return np.zeros((0, 0), bool)
+        y0, y1, x0, x1 = self.box
+        out = np.zeros((y1 - y0, x1 - x0), bool)
+        ys, xs = np.divmod(self.where, self.shape[1])
+        out[ys - y0, xs - x0] = True
+        return out
+
+    @property
+    def image(self) -> np.ndarray:
+        """(h, w, 3) float32 over ``box``: the restored pixels where they changed, 0 elsewhere."""
+        if self.box is None:
+            return np.zeros((0, 0, 3), np.float32)
+        y0, y1, x0, x1 = self.box
+        out = np.zeros((y1 - y0, x1 - x0, 3), np.float32)
+        ys, xs = np.divmod(self.where, self.shape[1])
+        out[ys - y0, xs - x0] = self.values
+        return out
 
     def matte_into(self, out: np.ndarray) -> None:
         """Write the (H, W) matte into ``out`` (e.g. the matte channel of an output frame)."""
@@ -144,11 +237,11 @@ class FillResult:
         from safetensors.numpy import save
 
         meta = {"format": FILL_FORMAT, "shape": self.shape, "box": self.box, "matte_box": self.matte_box}
-        # Only the changed pixels of ``image`` are ever read (``finish_frame``, ``_over_base``): the rest is
-        # not stored, and reads back as 0; the matte is 0 wherever it is not stored.
+        # The changed pixels in the box's row order (the frame's) with the map of the box saying which; the
+        # matte is 0 wherever it is not stored.
         defects = self.matte > 0
         arrays = {
-            "values": np.ascontiguousarray(self.image[self.changed], dtype=np.float32),
+            "values": np.ascontiguousarray(self.values, dtype=np.float32),
             "changed": np.packbits(self.changed, axis=None),
             "matte_values": np.ascontiguousarray(self.matte[defects], dtype=np.float32),
             "defects": np.packbits(defects, axis=None),
@@ -172,12 +265,19 @@ class FillResult:
             arrays = load(data)
             shape = _stored_shape(meta["shape"])
             box, matte_box = _stored_box(meta["box"], shape), _stored_box(meta["matte_box"], shape)
-            changed, image = _scattered(box, arrays["changed"], arrays["values"], 3)
+            changed = _bits_map(box, arrays["changed"])
+            values = arrays["values"]
             _, matte = _scattered(matte_box, arrays["defects"], arrays["matte_values"], None)
             base = arrays.get("base")
-            if image is None or matte is None or (base is not None and base.shape != (*shape, 3)):
-                return None  # damaged: the values do not fit their map, or the base its frame
-            return cls(shape, box, image, changed, matte_box, matte, base)
+            if values.shape != (int(np.count_nonzero(changed)), 3) or matte is None:
+                return None  # damaged: the values do not fit their map
+            if base is not None and base.shape != (*shape, 3):
+                return None  # damaged: the base is not its frame's size
+            where = np.zeros(0, _index_type(shape))
+            if box is not None:
+                ys, xs = np.divmod(np.flatnonzero(changed), box[3] - box[2])
+                where = ((ys + box[0]) * shape[1] + xs + box[2]).astype(_index_type(shape))
+            return cls(shape, box, where, values, matte_box, matte, base)
         except (ValueError, KeyError, TypeError, AttributeError, struct.error, UnicodeDecodeError, SafetensorError):
             return None  # SafetensorError: a torn entry; AttributeError: a header that is not a map
 
@@ -242,13 +342,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _bits_map(box: Any, bits: np.ndarray) -> np.ndarray:
+    """A stored map (``np.packbits``) back as the (h, w) bool map over ``box``."""
+    h, w = (box[1] - box[0], box[3] - box[2]) if box is not None else (0, 0)
+    return np.unpackbits(bits, count=h * w).reshape(h, w).view(bool)
+
+
 def _scattered(
     box: Any, bits: np.ndarray, values: np.ndarray, channels: int | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A stored (map, values) pair back as the (h, w) map over ``box`` and the (h, w[, channels]) array that
     holds ``values`` where the map is set and 0 elsewhere; None for values that do not fit the map."""
     h, w = (box[1] - box[0], box[3] - box[2]) if box is not None else (0, 0)
-    where = np.unpackbits(bits, count=h * w).reshape(h, w).view(bool)
+    where = _bits_map(box, bits)
     shape = (int(np.count_nonzero(where)),) + ((channels,) if channels else ())
     if values.shape != shape:
         return where, None
@@ -281,6 +387,31 @@ def _same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
         and a.strides == b.strides
         and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     )
+
+
+# Below this share of a frame's samples changed, its changed pixels are found from the changed samples' own
+# indices; above it (a restorer that changes most pixels), from a map of the pixels (the channels OR-ed).
+_FEW_CHANGED = 1 / 16
+
+
+def _index_type(shape: tuple[int, ...]) -> type:
+    """The integer type of a frame's flat pixel indices: 32 bits where they fit (a frame changed everywhere,
+    deflicker or a diffusion engine's, lists every pixel: 13 MB at 2K, not 25)."""
+    return np.int32 if int(shape[0]) * int(shape[1]) < 2**31 else np.intp
+
+
+def _changed_pixels(image: np.ndarray, model_input: np.ndarray) -> np.ndarray:
+    """Flat indices (ascending) of the pixels of (H, W, 3) ``image`` where any channel differs from
+    ``model_input``'s (float comparison: -0.0 is 0.0). One compare of the frames and one search of its
+    flags: a few milliseconds at 2K, where a per-pixel map and its box cost ~25."""
+    differs = np.not_equal(image, model_input, order="C")  # C order whatever the inputs': flat = pixel * 3 + channel
+    samples = np.flatnonzero(differs)
+    kind = _index_type(image.shape)
+    if samples.size > _FEW_CHANGED * differs.size:
+        # Channels OR-ed one by one: numpy's any() over a length-3 last axis is several times slower.
+        return np.flatnonzero(differs[..., 0] | differs[..., 1] | differs[..., 2]).astype(kind)
+    pixels = samples // 3
+    return (pixels[np.r_[True, pixels[1:] != pixels[:-1]]] if pixels.size else pixels).astype(kind)
 
 
 def artist_mask(frame: Frame, mask_frame: Frame | None, channel: str, number: int) -> np.ndarray:
@@ -335,11 +466,13 @@ def finish_frame(
         none = {**params, "mask": "none"}
         return finish_frame(original, over, none, colorspace, None, number, matte_channel, halves_out=halves_out)
     idx = original.rgb_indices()
+    mask: np.ndarray | None = None  # the artist's, inside ``mask_box``
     if params["mask"] == "none":
         mask_box: Box | None = (0, fill.shape[0], 0, fill.shape[1])
-        mask = None
     elif params["mask"] == "auto":
-        mask_box, mask = feather_in_box(fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"])
+        # The feathered matte's box; the mask itself is feathered only around the changed pixels (feather_at).
+        margin = feather_margin(params["feather"], params["matte_grow"])
+        mask_box = None if fill.matte_box is None else grow_box(fill.matte_box, margin, fill.shape)
     else:
         # The artist's mask as given: its softness is the artist's, and outside it nothing may change
         # (feather and grow would spread it outwards; they belong to the auto matte).
@@ -351,27 +484,32 @@ def finish_frame(
     blended: tuple[Any, Any, list[int], np.ndarray] | None = None  # rows, columns (indices or slices), channels, values
     if region is not None:
         y0, y1, x0, x1 = region
-        fy, fx = y0 - fill.box[0], x0 - fill.box[2]  # type: ignore[index]
         # Only the pixels that both changed and lie under the mask are converted and blended (dust covers a
         # percent of a frame whose bounding box is most of it); every other pixel keeps the original's value.
-        # Found in the boolean map of changes (a flat search of bytes: several times faster than a search of
-        # the float weights), then weighted by the mask there.
-        changed = np.ascontiguousarray(fill.changed[fy : fy + y1 - y0, fx : fx + x1 - x0])
-        ys, xs = np.divmod(np.flatnonzero(changed), x1 - x0)
-        if mask is None:
+        # The fill lists the changed pixels (in the frame's order); the mask is weighed there.
+        ys, xs = np.divmod(fill.where, fill.shape[1])
+        restored = fill.values
+        if region != fill.box:
+            inside = np.flatnonzero((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))
+            ys, xs, restored = ys[inside], xs[inside], restored[inside]
+        if params["mask"] == "none":
             weight = np.ones(ys.size, np.float32)
         else:
-            weight = mask[y0 - mask_box[0] + ys, x0 - mask_box[2] + xs]  # type: ignore[index]
+            if mask is None:
+                weight = feather_at(
+                    fill.matte_box, fill.matte, fill.shape, params["feather"], params["matte_grow"], ys, xs
+                )
+            else:
+                weight = mask[ys - mask_box[0], xs - mask_box[2]]  # type: ignore[index]
             under = weight > 0
             if not under.all():
-                ys, xs, weight = ys[under], xs[under], weight[under]
-        dense = ys.size == changed.size  # every pixel of the region (mask 'none', deflicker): slices, not gathers
+                ys, xs, weight, restored = ys[under], xs[under], weight[under], restored[under]
+        # Every pixel of the region (mask 'none', deflicker): slices, not gathers (the list is in its row order).
+        dense = ys.size == (y1 - y0) * (x1 - x0)
         if dense:
             crop = held[y0:y1, x0:x1].reshape(-1, held.shape[-1])
-            restored = fill.image[fy : fy + y1 - y0, fx : fx + x1 - x0].reshape(-1, 3)
         elif ys.size:
-            crop = held[y0 + ys, x0 + xs]  # (N, C)
-            restored = fill.image[fy + ys, fx + xs]
+            crop = held[ys, xs]  # (N, C)
         if ys.size:
             # Values the model cannot hold (above 1, below 0 in model space) come from the original: the
             # colour round trip (OCIO: ~1e-5) never touches them.
@@ -387,7 +525,7 @@ def finish_frame(
                 if dense:
                     blended = (slice(y0, y1), slice(x0, x1), idx, values.reshape(y1 - y0, x1 - x0, len(idx)))
                 else:
-                    blended = (y0 + ys, x0 + xs, idx, values)
+                    blended = (ys, xs, idx, values)
     channels, formats = list(original.channels), list(original.formats)
     add_matte = bool(params["write_matte"]) and matte_channel not in channels
     if blended is None and not params["write_matte"]:
@@ -395,9 +533,13 @@ def finish_frame(
     # One new array for the output (the original stays as it was: it may be a source's own frame).
     h, w, c = held.shape
     as_halves = halves_out and original.half is not None  # every channel half (the matte's is too)
-    pixels = np.empty((h, w, c + add_matte), np.float16 if as_halves else np.float32)
-    for i in range(c):  # channel by channel: numpy copies a long strided run faster than many short ones
-        pixels[..., i] = held[..., i]
+    dtype = np.float16 if as_halves else np.float32
+    if not add_matte and held.dtype == dtype:
+        pixels = held.copy()  # one contiguous copy: ~3 ms a 2K RGBA half frame, channel by channel ~13
+    else:
+        pixels = np.empty((h, w, c + add_matte), dtype)
+        for i in range(c):  # channel by channel: numpy copies a long strided run faster than many short ones
+            pixels[..., i] = held[..., i]
     if blended is not None:
         rows, cols, chans, values = blended
         if isinstance(rows, slice):
@@ -422,12 +564,9 @@ def _over_base(fill: FillResult, params: Mapping[str, Any]) -> FillResult:
         # The restored frame (fills over the base) is needed only where the matte reaches.
         y0, y1, x0, x1 = mask_box
         restored = composed[y0:y1, x0:x1].copy()
-        inside = intersect(mask_box, fill.box)
-        if inside is not None:
-            a0, a1, b0, b1 = inside
-            fy, fx = a0 - fill.box[0], b0 - fill.box[2]  # type: ignore[index]
-            window = restored[a0 - y0 : a1 - y0, b0 - x0 : b1 - x0]
-            changed = fill.changed[fy : fy + a1 - a0, fx : fx + b1 - b0]
-            window[...] = np.where(changed[..., None], fill.image[fy : fy + a1 - a0, fx : fx + b1 - b0], window)
+        ys, xs = np.divmod(fill.where, w)
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        restored[ys[inside] - y0, xs[inside] - x0] = fill.values[inside]
         composed[y0:y1, x0:x1] = blend(composed[y0:y1, x0:x1], restored, mask)
-    return FillResult(fill.shape, (0, h, 0, w), composed, np.ones((h, w), bool), fill.matte_box, fill.matte)
+    every = np.arange(h * w, dtype=_index_type(fill.shape))
+    return FillResult(fill.shape, (0, h, 0, w), every, composed.reshape(-1, 3), fill.matte_box, fill.matte)

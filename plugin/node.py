@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -209,14 +210,18 @@ class InputIds:
     """What this session learnt about input files, by file identity (device, inode, size, modification and
     change times in ns): the fingerprint (hash and size) of an unchanged file is not computed again, and the
     content id the server gives the frame as the node sends it (``wire``: its raw pixels' id, or its file's)
-    lets a context frame the server already restored from travel as that id alone.
+    lets a frame the server already has travel as that id alone. The content id is also remembered by the
+    file's digest: a host that renders its inputs again into fresh files (the Nuke adapter does, into a new
+    folder per button press) has each hashed once more, but an unchanged frame is still not decoded or sent.
 
     A file rewritten in place within one clock tick to the same size keeps its stamp: hosts write inputs
     to a temporary and rename it over (a new inode), as the Nuke adapter and ``engine.atomic`` do."""
 
     def __init__(self, limit: int = 4096):
         self.limit = limit
-        self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None]] = {}
+        # path -> (stamp, fingerprint, content id as sent, whether it was sent as raw pixels)
+        self._known: dict[str, tuple[tuple[int, ...], Fingerprint, str | None, bool]] = {}
+        self._by_digest: dict[str, tuple[str, bool]] = {}  # file digest -> (content id as sent, raw pixels)
 
     def fingerprint(self, value: bytes | str, what: str) -> Fingerprint:
         if not isinstance(value, str):
@@ -229,21 +234,28 @@ class InputIds:
         if before is not None and _stamp(value) == before:  # not changed while it was read
             if len(self._known) >= self.limit:
                 self._known.pop(next(iter(self._known)))
-            self._known[value] = (before, fp, None)
+            self._known[value] = (before, fp, *self._by_digest.get(fp.digest, (None, False)))
         return fp
 
-    def wire(self, value: bytes | str) -> str | None:
-        """The inline content id learnt for an unchanged file, if any."""
+    def wire(self, value: bytes | str, raw_only: bool = False) -> str | None:
+        """The inline content id learnt for an unchanged file, if any (``raw_only``: only if it was sent as raw
+        pixels, which the server keeps among its recent sources)."""
         known = self._known.get(value) if isinstance(value, str) else None
-        return known[2] if known is not None and known[0] == _stamp(value) else None  # type: ignore[arg-type]
+        if known is None or known[0] != _stamp(value) or (raw_only and not known[3]):  # type: ignore[arg-type]
+            return None
+        return known[2]
 
     def learn_wire(self, value: bytes | str, sent: protocol.Inline, fp: Fingerprint) -> None:
         """Remember the content id of ``value`` as it was sent inline (its fingerprint ``fp`` still holds)."""
         known = self._known.get(value) if isinstance(value, str) else None
         if known is None or known[1] != fp or known[2] is not None:
             return
-        cid = sent.content_id() if isinstance(sent, protocol.RawImage) else fp.digest
-        self._known[value] = (known[0], fp, cid)  # type: ignore[index]
+        raw = isinstance(sent, protocol.RawImage)
+        cid = sent.content_id() if raw else fp.digest  # type: ignore[union-attr]
+        self._known[value] = (known[0], fp, cid, raw)  # type: ignore[index]
+        if len(self._by_digest) >= self.limit:
+            self._by_digest.pop(next(iter(self._by_digest)))
+        self._by_digest[fp.digest] = (cid, raw)
 
 
 # --- results ------------------------------------------------------------------------------------------
@@ -314,6 +326,12 @@ class RenderJob:
 
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    def join(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds, returning as soon as the job ends: whether it has. A host's
+        watcher waits so between status updates instead of sleeping, and hears of the end at once."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> RenderResult:
         """Block until the job ends; return its result or raise its RenderError."""
@@ -541,27 +559,30 @@ class FrdmNode:
             return out
 
         wire_masks = wire(masks, mask_fp) if masks is not None and mask_fp is not None else None
-        # Context frames this session already sent to this server go as their content ids: the server
-        # holds what it restored from them (a blend-stage change needs no context at all) and keeps recent
-        # sources in memory (a detection change reads them there). If it lacks one after all it answers
-        # need_sources and every frame is sent with its pixels. A target always travels with its pixels.
+        # Frames this session already sent to this server go as their content ids: the server holds what
+        # it restored from them (a blend-stage change needs no context at all) and keeps recent sources in
+        # memory (a detection change reads them there). A target goes so too if it went as raw pixels (the
+        # recent sources hold those): a preview after a knob change then reads, decodes and sends no file at
+        # all. If the server lacks one after all it answers need_sources and every frame is sent with its
+        # pixels.
         sent = self._sent.setdefault(self.address, set())
-        known = {f: wire_id(f) for f in needed if f not in targets and not as_path(sources[f])}
+        known = {f: ids.wire(sources[f], raw_only=f in targets) for f in needed if not as_path(sources[f])}
         recall = {f: protocol.ContentRef(i) for f, i in known.items() if i is not None and i in sent}
         by_id = bool(recall)
-        sent_targets = wire({f: sources[f] for f in targets}, source_fp)
 
         def all_sources(ids: bool) -> dict[int, protocol.Inline]:
-            rest = {f: sources[f] for f in needed if f not in sent_targets and not (ids and f in recall)}
-            return {**(recall if ids else {}), **wire(rest, source_fp), **sent_targets}
+            rest = {f: sources[f] for f in needed if not (ids and f in recall)}
+            return {**(recall if ids else {}), **wire(rest, source_fp)}
 
+        first_try: dict[int, protocol.Inline] | None = all_sources(by_id)
         out_kw: dict[str, Any] = {"output_pattern": stage_pattern.pattern} if path_mode else {}
         # Inline results as raw pixels, written here as EXR with the compression asked for ('same': the
         # input's, which a raw reply carries as its 'compression' attribute); a compression exrfile does not
         # write comes as EXR bytes from the server: so does 'same' for a target whose file exrfile could not
-        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own.
+        # read (PIZ, DWA, ...: sent as its bytes), which the server's encoder writes as the input's own. A
+        # target by id went as raw pixels, and its unchanged file is read so again on a need_sources retry.
         written = params["compression"]
-        own = all(isinstance(sent_targets[f], protocol.RawImage) for f in targets)
+        own = all(isinstance(first_try[f], (protocol.RawImage, protocol.ContentRef)) for f in targets)  # type: ignore[index]
         if not path_mode and ((written == "same" and own) or written in exrfile.COMPRESSIONS):
             out_kw["reply"] = "raw"
 
@@ -573,8 +594,10 @@ class FrdmNode:
                 server_job = [job.job_id]  # the job id on the server, of this try
                 job._cancel_hook = lambda: client.cancel(server_job[0])
                 while True:
+                    try_sources = first_try if first_try is not None else all_sources(by_id)
+                    first_try = None
                     events = client.restore(
-                        params, targets, sources=all_sources(by_id), masks=wire_masks, job_id=server_job[0], **out_kw
+                        params, targets, sources=try_sources, masks=wire_masks, job_id=server_job[0], **out_kw
                     )
                     if self._stream(job, events, stage_pattern, staged, cached, report, written, not by_id):
                         break
@@ -592,7 +615,7 @@ class FrdmNode:
                 dest = pattern.path(f)
                 os.replace(staged[f], dest)
                 final[f] = dest
-            _write_manifest(out_dir, pattern, keys)
+            _write_manifest(out_dir, pattern, {f: _manifest_entry(keys[f], final[f]) for f in targets})
             if len(sent) > 100_000:  # a long session: forget; at worst a preview sends its context again
                 sent.clear()
             sent.update(i for f in needed if (i := wire_id(f)) is not None)
@@ -653,9 +676,11 @@ class FrdmNode:
                 if compression == "same":
                     own = event.image.spec.attributes.get("compression", ("string", ""))[1]
                     compression = own if own in exrfile.COMPRESSIONS else "zips"
-                atomic.write_bytes(path, exrfile.encode(event.image, compression))
+                # Not synced (~45 ms of a 2K preview): the manifest records each result's size and time, so a
+                # result a power cut left empty is rendered again, never handed over as unchanged.
+                atomic.write_bytes(path, exrfile.encode_parts(event.image, compression), durable=False)
             elif event.data is not None:
-                atomic.write_bytes(path, event.data)
+                atomic.write_bytes(path, event.data, durable=False)
             elif event.path is not None and os.path.realpath(event.path) != os.path.realpath(path):
                 shutil.copyfile(event.path, path)
             staged[event.frame] = path
@@ -737,9 +762,29 @@ def _read_manifest(out_dir: str, pattern: SequencePattern) -> dict[str, Any]:
     return entry if isinstance(entry, dict) else {}
 
 
+def _result_stamp(path: str) -> list[int] | None:
+    """What the manifest records of a result file besides its key: its size and modification time (ns)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
+def _manifest_entry(key: str, path: str) -> list[Any]:
+    return [key, *(_result_stamp(path) or [])]
+
+
 def _manifest_hit(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> bool:
+    """Every frame's result is the one the manifest recorded: its key, and the file as it was written (results
+    are not synced to disk: a power cut may leave one empty, which then differs from its record and is
+    rendered again; an entry without a stamp, of an older node, is a miss too)."""
     known = _read_manifest(out_dir, pattern)
-    return all(known.get(str(f)) == k and os.path.isfile(pattern.path(f)) for f, k in keys.items())
+    for f, k in keys.items():
+        stamp = _result_stamp(pattern.path(f))
+        if stamp is None or known.get(str(f)) != [k, *stamp]:
+            return False
+    return True
 
 
 #: Read-modify-write of a manifest is one critical section per process (two nodes, one folder); across
@@ -764,7 +809,8 @@ def _manifest_locked(path: str) -> Iterator[None]:
             os.close(fd)  # closing releases the lock
 
 
-def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, str]) -> None:
+def _write_manifest(out_dir: str, pattern: SequencePattern, keys: Mapping[int, Any]) -> None:
+    """Record ``keys`` (frame -> its entry, ``_manifest_entry``) in the manifest of ``out_dir``."""
     path = _manifest_path(out_dir, pattern)
     with _manifest_locked(path):
         try:

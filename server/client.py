@@ -237,10 +237,10 @@ class FrdmClient:
         per frame, then ``done`` or ``error`` (which ends the iterator).
 
         Sources are raw pixels (``protocol.RawImage``, the fast form: sent without a copy), EXR bytes, or
-        paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``, and
-        may be ``protocol.ContentRef``s (their content id only) when the server keeps the restorer output of
-        every target that reads them: else the job ends with an ``error`` ``need_sources`` whose ``frames``
-        are to be sent again with pixels.
+        paths under the server's ``--allow-root``; context frames are extra entries outside ``frames``. Any
+        source may be a ``protocol.ContentRef`` (its content id only) for a frame sent to this server lately:
+        if the server must read it and no longer holds it, the job ends with an ``error`` ``need_sources``
+        whose ``frames`` are to be sent again with pixels.
         With ``output_dir``/``output_pattern`` the server writes the frames and the events carry ``path``;
         else ``image`` (``reply="raw"``: pixels and their description, no codec) or ``data`` (EXR bytes).
         The request is built now (a wrong argument raises at once); nothing is sent until iteration

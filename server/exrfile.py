@@ -83,9 +83,21 @@ def _extra_attributes(attributes: Mapping[str, tuple[str, Any]]) -> list[bytes]:
     return out
 
 
-def encode(image: RawImage, compression: str = "zips", level: int = 4) -> bytes:
-    """An EXR file of a raw frame: channels in EXR's (sorted) order, its windows and its string, int and
-    float attributes. ``compression`` is none, zips or zip (lossless)."""
+def _file_lines(a: np.ndarray, order: list[int], out: np.ndarray) -> None:
+    """Write a raw frame's samples (``a``: (H, W, C) or (H, W) of records) into ``out`` ((H, line bytes)
+    uint8, rows may be strided) in a scanline's file layout: each channel's samples of a line one after
+    another, channels in ``order``. One copy per channel, bit for bit (a same-type copy: NaN payloads kept)."""
+    at = 0
+    for i in order:
+        plane = a[..., i] if a.dtype.names is None else a[a.dtype.names[i]]
+        n = plane.shape[1] * plane.dtype.itemsize
+        out[:, at : at + n].view(plane.dtype)[...] = plane
+        at += n
+
+
+def encode_parts(image: RawImage, compression: str = "zips", level: int = 4) -> list[Any]:
+    """``encode``'s file as parts to write one after another (``atomic.write_bytes`` takes them): an
+    uncompressed frame's pixels are never joined with its header into one more copy."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression {compression!r}: this writer knows {', '.join(COMPRESSIONS)}")
     code = COMPRESSIONS[compression]
@@ -109,24 +121,22 @@ def encode(image: RawImage, compression: str = "zips", level: int = 4) -> bytes:
     ]
     long_names = any(len(n.encode()) > 31 for n in (*s.channels, *s.attributes))
     header = _MAGIC + struct.pack("<I", 2 | (_LONG_NAMES if long_names else 0)) + b"".join(attrs) + b"\0"
-    # Scanlines store each channel's samples of a line one after another: planes per line.
     a = image.array()
-    if a.dtype.names is None:
-        planes = [np.ascontiguousarray(a[..., i]) for i in order]
-    else:
-        planes = [np.ascontiguousarray(a[a.dtype.names[i]]) for i in order]
-    # Side by side, the planes' bytes are each line's data in file order: (H, line bytes), one pass.
-    lines_data = np.concatenate([p.view(np.uint8).reshape(h, -1) for p in planes], axis=1)
+    line_bytes = w * sum(2 if t == "half" else 4 for t in s.types)
     lines = _LINES[code]
     if code == _NONE:
-        # One line per block, all the same size: the block headers go in front of each row, at once.
-        table = np.empty((h, 8 + lines_data.shape[1]), np.uint8)
+        # One line per block, all the same size: each row is the block header, then the line's planes,
+        # written there at once (no planes gathered first).
+        table = np.empty((h, 8 + line_bytes), np.uint8)
         table[:, :8].view("<i4")[:, 0] = np.arange(y, y + h, dtype=np.int32)
-        table[:, :8].view("<i4")[:, 1] = lines_data.shape[1]
-        table[:, 8:] = lines_data
+        table[:, :8].view("<i4")[:, 1] = line_bytes
+        _file_lines(a, order, table[:, 8:])
         start = len(header) + 8 * h
         offsets = start + np.arange(h, dtype=np.uint64) * np.uint64(table.shape[1])
-        return header + offsets.astype("<u8").tobytes() + table.tobytes()
+        return [header, offsets.astype("<u8").tobytes(), table.reshape(-1)]
+    # The lines' data in file order: (H, line bytes), one copy per channel.
+    lines_data = np.empty((h, line_bytes), np.uint8)
+    _file_lines(a, order, lines_data)
     blocks = [lines_data[y0 : y0 + lines].reshape(-1) for y0 in range(0, h, lines)]
     if lines == 1:
         predicted = list(_predict(lines_data))
@@ -145,7 +155,13 @@ def encode(image: RawImage, compression: str = "zips", level: int = 4) -> bytes:
     for c in chunks:
         offsets_list.append(pos)
         pos += len(c)
-    return header + struct.pack(f"<{len(offsets_list)}Q", *offsets_list) + b"".join(chunks)
+    return [header, struct.pack(f"<{len(offsets_list)}Q", *offsets_list), *chunks]
+
+
+def encode(image: RawImage, compression: str = "zips", level: int = 4) -> bytes:
+    """An EXR file of a raw frame: channels in EXR's (sorted) order, its windows and its string, int and
+    float attributes. ``compression`` is none, zips or zip (lossless)."""
+    return b"".join(encode_parts(image, compression, level))
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -221,7 +237,42 @@ def decode(data: bytes | bytearray | memoryview) -> RawImage | None:
     starts = np.cumsum([0, *sizes[:-1]])
     if max(offsets, default=0) + 8 > len(mv):
         raise ValueError("EXR offset table points past the end of the file")
-    # Every block's lines in file layout (channel planes per line), then one pass into ours (interleaved).
+    step = 8 + line_bytes
+    first_off = offsets[0] if offsets else 0
+    region = None
+    if (
+        code == _NONE
+        and first_off + h * step <= len(mv)
+        and offsets == tuple(range(first_off, first_off + h * step, step))
+    ):
+        # Uncompressed, one line per block, the blocks one after another (what every writer does): the
+        # file's own bytes are the lines, read in place (no per-block copy) once their headers check out.
+        region = np.frombuffer(mv, np.uint8, h * step, first_off).reshape(h, step)
+        heads = np.ascontiguousarray(region[:, :8]).view("<i4")
+        if not (np.array_equal(heads[:, 0], np.arange(y0, y0 + h)) and (heads[:, 1] == line_bytes).all()):
+            region = None  # blocks out of order or of other sizes: read one by one below (and judged there)
+    if region is not None:
+        scan = region[:, 8:]
+    else:
+        scan = _read_blocks(mv, offsets, h, y0, lines, line_bytes)
+    # File layout (channel planes per line) into ours (interleaved): one copy per channel.
+    if len(set(sizes)) == 1:  # one sample size (all half or all float)
+        sample = np.dtype(f"<u{sizes[0]}")
+        out = np.empty((h, w, len(sizes)), sample)
+        for c in range(len(sizes)):
+            out[:, :, c] = scan[:, c * w * sizes[0] : (c + 1) * w * sizes[0]].view(sample)
+        return RawImage(spec, out.reshape(-1).view(np.uint8))
+    out8 = np.empty((h, w, pixel), np.uint8)
+    at = 0
+    for c, sz in enumerate(sizes):
+        out8[:, :, starts[c] : starts[c] + sz] = scan[:, at : at + w * sz].reshape(h, w, sz)
+        at += w * sz
+    return RawImage(spec, out8.reshape(-1))
+
+
+def _read_blocks(mv: memoryview, offsets: tuple[int, ...], h: int, y0: int, lines: int, line_bytes: int) -> np.ndarray:
+    """Every block's lines in file layout (channel planes per line), (H, line bytes): any block order,
+    stored or ZIP-compressed blocks."""
     scan = np.empty((h, line_bytes), np.uint8)
     packed: dict[int, tuple[int, bytes]] = {}  # zipped blocks by first line, undone together below
     for off in offsets:
@@ -246,13 +297,4 @@ def decode(data: bytes | bytearray | memoryview) -> RawImage | None:
         restored = _unpredict(delta.reshape(len(firsts), size))
         for f, block in zip(firsts, restored):
             scan[f : f + count_lines] = block.reshape(count_lines, line_bytes)
-    if len(set(sizes)) == 1:  # one sample size (all half or all float): planes to pixels as one transpose
-        sample = np.dtype(f"<u{sizes[0]}")
-        planes = scan.view(sample).reshape(h, len(sizes), w)
-        return RawImage(spec, np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(-1).view(np.uint8))
-    out = np.empty((h, w, pixel), np.uint8)
-    at = 0
-    for c, sz in enumerate(sizes):
-        out[:, :, starts[c] : starts[c] + sz] = scan[:, at : at + w * sz].reshape(h, w, sz)
-        at += w * sz
-    return RawImage(spec, out.reshape(-1))
+    return scan

@@ -65,12 +65,13 @@ def raw_from_frame(frame: Any, pixel_type: str = "same") -> RawImage:
     )
 
 
-def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -> Any:
+def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None, *, checked: bool = False) -> Any:
     """The engine's Frame of a raw frame. NaN/Inf are refused as a file's would be. A frame whose channels are
     all half holds the received halves as they are (a read-only view of the buffer, not copied: the engine
     converts them into model space by table and decodes a float32 copy only if something asks for
     ``pixels``, as it holds a half EXR's); any other frame is converted to float32 in one pass.
-    ``pixels``: the frame's float32 pixels already converted (and checked) earlier."""
+    ``pixels``: the frame's float32 pixels already converted (and checked) earlier; ``checked``: these very
+    samples were found finite earlier (the server's recent sources remember it by content id)."""
     from frdm.engine.frames import Frame
 
     if pixels is None:
@@ -86,7 +87,8 @@ def frame_from_raw(raw: RawImage, name: str, pixels: np.ndarray | None = None) -
             pixels = held
         else:
             pixels = raw.to_float32()
-        check_finite(pixels, raw, name)
+        if not checked:
+            check_finite(pixels, raw, name)
     s = raw.spec
     attributes = {k: (t, v) for k, (t, v) in s.attributes.items() if k != DECLARED_COLORSPACE[0]}
     return Frame(

@@ -26,8 +26,9 @@ from frdm.engine.halves import half_to_float32
 from frdm.engine.params import SCHEMA
 
 # 2: raw pixel frames (``image`` on a source, mask or frame reply), ``reply``; 3: context frames named by
-# content id (``id`` on a source) and the ``need_sources`` error
-PROTOCOL_VERSION = 3
+# content id (``id`` on a source) and the ``need_sources`` error; 4: a target may be named by id too (a
+# version-3 server refuses that request)
+PROTOCOL_VERSION = 4
 
 #: Requests a client sends.
 REQUEST_TYPES = ("hello", "restore", "cancel", "status")
@@ -46,8 +47,8 @@ ERROR_CODES: dict[str, str] = {
     "unknown_job": "no queued or running job has that id",
     "not_owner": "only the client that sent a job may cancel it",
     "busy": "the server's queue is full; try again later",
-    "need_sources": "frames named only by content id must be read after all (the server holds no restorer output "
-    "for a target that reads them); send the request again with their pixels (the error lists them in 'frames')",
+    "need_sources": "frames named only by content id must be read after all and the server no longer holds their "
+    "pixels; send the request again with their pixels (the error lists them in 'frames')",
     "cancelled": "the job was cancelled; nothing partial was written",
     "shutting_down": "the server is stopping; restart it and send the request again",
     "bad_weights": "the server's model weights are missing or wrong",
@@ -463,8 +464,9 @@ class RawImage:
 
 @dataclass(frozen=True)
 class ContentRef:
-    """A source frame named by its content id alone (no pixels): a context frame of targets whose restorer
-    output the server is expected to hold. If it must read the frame after all, the job ends with
+    """A source frame named by its content id alone (no pixels): a frame the client sent this server
+    lately (a context frame, or a target previewed again), which the server is expected to hold (its
+    restorer outputs, its recent sources). If it lacks the frame after all, the job ends with
     ``need_sources`` and the client sends it again with pixels."""
 
     id: str
@@ -487,7 +489,7 @@ class ImageRef:
     blob: int | None = None
     path: str | None = None
     image: RawSpec | None = None
-    id: str | None = None  # named by content id only (a source, never a target): no pixels travel
+    id: str | None = None  # named by content id only (sources only): no pixels travel
 
 
 @dataclass
@@ -593,12 +595,6 @@ def parse_restore(h: Mapping[str, Any], n_blobs: int, limits: Limits) -> Restore
     missing = [f for f in frames if f not in sources]
     if missing:
         raise ProtocolError("bad_input", f"frames {missing[:10]} have no source (send one per frame to restore)")
-    by_id = [f for f in frames if sources[f].id is not None]
-    if by_id:
-        raise ProtocolError(
-            "bad_request",
-            f"frames {by_id[:10]} are restored but named only by content id; a target's own pixels must be sent",
-        )
     if params["mask"] == "artist" and not params["mask_channel"]:
         no_mask = [f for f in frames if f not in masks]
         if no_mask:

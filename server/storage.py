@@ -321,6 +321,14 @@ class SourceMemory:
     def pixels(self, content_id: str) -> np.ndarray | None:
         return self._recall(("pixels", content_id))  # type: ignore[no-any-return]
 
+    def mark_finite(self, content_id: str) -> None:
+        """The frame's samples were checked (no NaN/Inf): a frame held as its received halves is not
+        checked again by every request that reads it (~5 ms a 2K frame). A marker, counted as nothing."""
+        self._keep(("finite", content_id), True, 0)
+
+    def finite(self, content_id: str) -> bool:
+        return self._recall(("finite", content_id)) is not None
+
 
 # --- result cache ------------------------------------------------------------------------------------
 

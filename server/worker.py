@@ -57,8 +57,9 @@ class _Stop(Exception):
 
 
 class NeedSources(Exception):
-    """Frames the request named by content id only must be read (no restorer output is kept for a target
-    that reads them): the job ends with ``need_sources`` listing them, and the client resends with pixels."""
+    """Frames the request named by content id only must be read (a target's own pixels, or the window of a
+    target whose restorer output is not kept) and are not among the recent sources: the job ends with
+    ``need_sources`` listing them, and the client resends with pixels."""
 
     def __init__(self, frames: list[int]):
         super().__init__(frames)
@@ -115,11 +116,15 @@ class WireSource(Source):
         if raw is not None:  # sized against the limits and its description when the job was accepted
             cid = self.job.hashes.get((self.kind, frame)) if self.memory is not None else None
             known = self.memory.pixels(cid) if self.memory is not None and cid is not None else None
-            image = frame_from_raw(raw, name, known)
+            checked = known is None and self.memory is not None and cid is not None and self.memory.finite(cid)
+            image = frame_from_raw(raw, name, known, checked=checked)
             # Float32 pixels converted from a buffer of mixed types are worth keeping; halves are held as
-            # received (the buffer is in the recent sources already).
-            if self.memory is not None and cid is not None and known is None and image.half is None:
-                self.memory.put_pixels(cid, image.samples)
+            # received (the buffer is in the recent sources already), and only their check remembered.
+            if self.memory is not None and cid is not None and known is None:
+                if image.half is None:
+                    self.memory.put_pixels(cid, image.samples)
+                elif not checked:
+                    self.memory.mark_finite(cid)
             self._from_raw[frame] = image.samples
             return image
         data = read_input(self.job, self.kind, frame, self.limits)
@@ -266,8 +271,8 @@ class Worker:
                         error_reply(
                             job,
                             "need_sources",
-                            f"job {job.id}: the server holds no restorer output for a target that reads frames "
-                            f"{exc.frames[:10]}, which came by content id only; send them with their pixels",
+                            f"job {job.id}: frames {exc.frames[:10]} came by content id only and must be read, "
+                            "but the server no longer holds them; send them with their pixels",
                             frames=exc.frames,
                         ),
                     )
@@ -337,6 +342,20 @@ class Worker:
         for kind, frame in frames:
             self._hash(job, kind, frame)
 
+    def _recall(self, job: Job, frames: list[int]) -> None:
+        """The pixels of ``frames`` (named by id) from the recent sources, into ``job.recalled``; NeedSources
+        for those not there."""
+        lacking = []
+        for n in frames:
+            if n not in job.recalled:
+                image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
+                if image is None:
+                    lacking.append(n)
+                else:
+                    job.recalled[n] = image
+        if lacking:
+            raise NeedSources(lacking)
+
     @staticmethod
     def _let_go_recalled(job: Job, unfinished: list[int], reach: tuple[int, int], available: list[int]) -> None:
         """Frames by id recalled for earlier chunks that no unfinished target reads are let go (a long job
@@ -396,6 +415,9 @@ class Worker:
                 )
                 for stage in ("output", "fill")
             )
+        # A target named by id (a frame previewed again) is taken from the recent sources first: every reply
+        # of it, cached or not, is built on its pixels.
+        self._recall(job, [f for f in targets if job.req.sources[f].id is not None])
         cached = {f: raw for f in targets if (raw := cached_output(self.cache, job, f, keys[f])) is not None}
         todo = sorted(f for f in targets if f not in cached)  # as restore_frames yields them ('frames' may not be)
 
@@ -421,18 +443,13 @@ class Worker:
             # A target without a kept restorer output reads its whole window: frames of it that came by id
             # only are taken from the recent sources, and those not there asked for before anything of this
             # chunk is restored or delivered.
-            lacking = set()
-            for n in sorted(
-                {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)} & by_id
-            ):
-                if n not in job.recalled:
-                    image = self.memory.get(job.req.sources[n].id)  # type: ignore[arg-type]
-                    if image is None:
-                        lacking.add(n)
-                    else:
-                        job.recalled[n] = image
-            if lacking:
-                raise NeedSources(sorted(lacking))
+            self._recall(
+                job,
+                sorted(
+                    {n for f in todo if fill_cache.get(f) is None for n in depends.window_at(f, reach, available)}
+                    & by_id
+                ),
+            )
         source = WireSource(job, "sources", self.limits, self.memory)
         masks = WireSource(job, "masks", self.limits) if job.req.masks else None
         results = restore_frames(

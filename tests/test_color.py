@@ -125,17 +125,21 @@ def test_restore_without_colorspace_treats_a_scene_linear_exr_as_linear(tmp_path
     assert not np.array_equal(results["auto"], results["srgb"])
 
 
+@pytest.mark.parametrize("layout", ["rgba", "gbra", "rgb"])
 @pytest.mark.parametrize("space", ["srgb", "raw", "linear", "cineon"])
-def test_the_view_of_halves_is_the_clipped_conversion_of_their_floats(space, monkeypatch):
+def test_the_view_of_halves_is_the_clipped_conversion_of_their_floats(space, layout, monkeypatch):
     from frdm.engine import color
     from frdm.engine.color import model_view
 
     monkeypatch.setattr(color, "_BAND_VALUES", 1000)  # looked up in many bands, the last one short
 
-    # Every half bit pattern, in a strided RGB view of RGBA samples (as a frame holds them), NaN and Inf included.
+    # Every half bit pattern, NaN and Inf included, in a strided RGB view of RGBA samples (as a frame holds them;
+    # also behind another channel) or contiguous RGB samples, as rows of a frame.
     rgba = np.zeros((21846, 4), np.uint16)
-    rgba[:, :3] = np.resize(np.arange(65536, dtype=np.uint16), (21846, 3))
-    rgb = rgba.view(np.float16)[:, :3]
+    start = 1 if layout == "gbra" else 0
+    rgba[:, start : start + 3] = np.resize(np.arange(65536, dtype=np.uint16), (21846, 3))
+    samples = rgba.view(np.float16).reshape(3641, 6, 4)
+    rgb = np.ascontiguousarray(samples[..., :3]) if layout == "rgb" else samples[..., start : start + 3]
     out = np.full(rgb.shape, -1.0, np.float32)
     with np.errstate(all="ignore"):
         expected = np.clip(to_model(rgb.astype(np.float32), space), 0.0, 1.0)

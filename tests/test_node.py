@@ -317,29 +317,54 @@ class Recorder:
         self.sent.clear()
 
 
-def test_preview_after_a_feather_change_sends_and_decodes_no_context_frames(tmp_path, classical_server, monkeypatch):
+def test_preview_after_a_knob_change_reads_hashes_decodes_and_sends_no_frame(tmp_path, classical_server, monkeypatch):
     src = write_clip(tmp_path / "in", count=5)
     inputs = N.Inputs.from_sequence(src)
     seen = Recorder(monkeypatch)
+    reads: list[object] = []
+
+    def counting(real):
+        return lambda *a, **k: (reads.append(a[0]), real(*a, **k))[1]
+
+    for name in ("_read_bytes", "fingerprint"):  # the node's file reads: whole frames, and hashing ones
+        monkeypatch.setattr(N, name, counting(getattr(N, name)))
     node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=2), timeout=30)
     out = str(tmp_path / "out" / "p.####.exr")
     node.preview(3, inputs, out, use_cache=False).wait(60)
     assert seen.sent == [{n: "RawImage" for n in (1, 2, 3, 4, 5)}] and len(seen.decoded) == 5
+    assert len(reads) == 10  # each frame hashed once and read once
 
-    seen.reset()
-    node.set_params({"feather": 4.0})
-    node.preview(3, inputs, out, use_cache=False).wait(60)
-    context = {n: "ContentRef" for n in (1, 2, 4, 5)}
-    assert seen.sent == [{**context, 3: "RawImage"}]  # one request, the target's pixels only
-    assert len(seen.decoded) == 1
-    expect = in_process(src, [3], dict(node.params))[3]
-    np.testing.assert_array_equal(pixels(out.replace("####", "0003")), expect)
+    # A blend knob (re-blended from the kept restorer output), then a detection knob (restored again, every
+    # frame's pixels from the server's recent sources): the unchanged files are not read, hashed, decoded or
+    # sent again, the target's neither.
+    for change in ({"feather": 4.0}, {"dust_threshold": 0.2}):
+        seen.reset()
+        reads.clear()
+        node.set_params(change)
+        node.preview(3, inputs, out, use_cache=False).wait(60)
+        assert seen.sent == [{n: "ContentRef" for n in (1, 2, 3, 4, 5)}], change  # one request, no pixels
+        assert seen.decoded == [] and reads == [], change
+        expect = in_process(src, [3], dict(node.params))[3]
+        np.testing.assert_array_equal(pixels(out.replace("####", "0003")), expect)
 
+
+def test_inputs_rendered_again_into_fresh_files_are_sent_by_id(tmp_path, classical_server, monkeypatch):
+    """The Nuke adapter renders a preview's inputs into a new folder each press: the same bytes in new files
+    are hashed again, but not decoded or sent again."""
+    import shutil
+
+    src = write_clip(tmp_path / "in", count=3)
+    seen = Recorder(monkeypatch)
+    node = N.FrdmNode(classical_server.address, dict(SHARED, temporal_radius=1), timeout=30)
+    out = str(tmp_path / "out" / "p.####.exr")
+    node.preview(2, N.Inputs.from_sequence(src), out, use_cache=False).wait(60)
+    press = tmp_path / "press2"
+    shutil.copytree(tmp_path / "in", press)  # the host's second render of the inputs: new files, same bytes
     seen.reset()
-    node.set_params({"dust_threshold": 0.2})  # a detection knob: the context is read from the server's memory
-    node.preview(3, inputs, out, use_cache=False).wait(60)
-    assert seen.sent == [{**context, 3: "RawImage"}] and len(seen.decoded) == 1
-    np.testing.assert_array_equal(pixels(out.replace("####", "0003")), in_process(src, [3], dict(node.params))[3])
+    node.set_params({"dust_threshold": 0.2})
+    node.preview(2, N.Inputs.from_sequence(str(press / Path(src).name)), out, use_cache=False).wait(60)
+    assert seen.sent == [{n: "ContentRef" for n in (1, 2, 3)}] and seen.decoded == []
+    np.testing.assert_array_equal(pixels(out.replace("####", "0002")), in_process(src, [2], dict(node.params))[2])
 
 
 def test_preview_by_id_falls_back_when_the_server_was_restarted(tmp_path, monkeypatch):
@@ -361,7 +386,7 @@ def test_preview_by_id_falls_back_when_the_server_was_restarted(tmp_path, monkey
         result = node.preview(2, inputs, out, use_cache=False).wait(60)
     finally:
         second.stop()
-    assert seen.sent == [{1: "ContentRef", 2: "RawImage", 3: "ContentRef"}, {n: "RawImage" for n in (1, 2, 3)}]
+    assert seen.sent == [{n: "ContentRef" for n in (1, 2, 3)}, {n: "RawImage" for n in (1, 2, 3)}]
     assert result.frames == {2: out.replace("####", "0002")}
     np.testing.assert_array_equal(pixels(result.frames[2]), in_process(src, [2], dict(node.params))[2])
 
@@ -453,3 +478,18 @@ def test_a_need_sources_retry_lists_the_cached_frames_of_its_own_try_only(tmp_pa
     assert [t[1] for t in tries] == ["ContentRef", "RawImage"]  # by id, then everything with its pixels
     assert result.cached == [2, 3]  # the retry's answers, each frame once (it listed 2 twice)
     np.testing.assert_array_equal(pixels(result.frames[3]), in_process(src, [3], dict(node.params))[3])
+
+
+def test_a_result_that_differs_from_its_record_is_rendered_again(tmp_path, classical_server):
+    """Results are not synced to disk: a power cut may leave one empty. The manifest records each result's
+    size and time, so such a file is rendered again, never answered from disk as unchanged."""
+    src = write_clip(tmp_path / "in", count=3)
+    node = N.FrdmNode(classical_server.address, SHARED, timeout=30)
+    out = str(tmp_path / "out" / "r.####.exr")
+    node.render([2], N.Inputs.from_sequence(src), out).wait(60)
+    assert node.render([2], N.Inputs.from_sequence(src), out).wait(30).message == "unchanged"
+    path = out.replace("####", "0002")
+    open(path, "wb").close()  # what a power cut may leave of a file written but not synced
+    again = node.render([2], N.Inputs.from_sequence(src), out).wait(60)
+    assert again.message == "done"
+    np.testing.assert_array_equal(pixels(path), in_process(src, [2], SHARED)[2])

@@ -674,3 +674,16 @@ def test_submit_to_farm_writes_the_bundle_frdm_submit_writes(nk, tmp_path):
     for name in (farm.TEMPLATE_FILE, farm.CLOUD_VALUES_FILE, farm.ASSETS_FILE, farm.PARAMS_FILE, farm.JOB_INFO_FILE):
         node_text = (Path(written.folder) / name).read_text().replace(written.folder, "JOB")
         assert node_text == (cli_dir / name).read_text().replace(str(cli_dir), "JOB"), name
+
+
+def test_results_are_loaded_when_the_job_ends_not_at_the_next_status_update(
+    nk, tmp_path, classical_server, monkeypatch
+):
+    monkeypatch.setattr(nk, "STATUS_INTERVAL", 3600.0)  # a watcher that slept between updates would wait an hour
+    giz, src = make_gizmo(tmp_path, classical_server.address)
+    job = nk.preview_frame(giz, 3)
+    assert job is not None
+    job.wait(60)
+    # The watcher's own wait ends with the job: the results are loaded well within the pump's minute.
+    assert settle(giz).startswith("restored 3-3"), status(giz)
+    assert giz.knob("frdm_loaded").value() is True

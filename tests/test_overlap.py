@@ -440,14 +440,15 @@ def test_the_next_run_reuses_a_window_array_nothing_holds_and_never_one_still_vi
 
 
 def test_a_restored_view_of_the_input_pixels_is_unchanged_without_a_compare(monkeypatch):
+    from frdm.engine import fill
     from frdm.engine.fill import FillResult
     from frdm.engine.restorer import RestoredFrame
 
     window = np.random.default_rng(4).random((3, 16, 20, 3), dtype=np.float32)
     matte = np.zeros((16, 20), np.float32)
     compared = []
-    real_equal = np.array_equal
-    monkeypatch.setattr(np, "array_equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    real_compare = fill._changed_pixels
+    monkeypatch.setattr(fill, "_changed_pixels", lambda a, b: compared.append(1) or real_compare(a, b))
     same = FillResult.from_restored(RestoredFrame(1, window[1], matte), window[1])  # two views, one memory
     assert same.box is None and compared == []
     flipped = window[1][::-1]  # the same memory laid out otherwise: compared, and found changed
@@ -640,3 +641,115 @@ def test_a_restorer_s_matte_or_base_of_another_size_than_its_frame_is_refused_na
     base = np.zeros((H, W // 2, 3), np.float32)  # the frame a deflicker blends into: the frame's size too
     with pytest.raises(ValueError, match=r"frame 7: base \(24, 16, 3\) but the frame is \(24, 32, 3\)"):
         FillResult.from_restored(RestoredFrame(7, model.copy(), None, base), model)
+
+
+def _scattered_matte(rng: np.random.Generator, h: int, w: int, specks: int) -> np.ndarray:
+    matte = np.zeros((h, w), np.float32)
+    for _ in range(specks):
+        y, x = rng.integers(0, h - 3), rng.integers(0, w - 3)
+        matte[y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = rng.random() * 0.9 + 0.1
+    matte[rng.integers(0, h), w - 1] = 1.0  # at the frame's right edge (OpenCV's scalar columns)
+    matte[0, rng.integers(0, w)] = 0.5
+    return matte
+
+
+@pytest.mark.parametrize(("radius", "grow"), [(0.5, 2), (0.0, 3), (1.0, 0), (2.5, 1), (9.0, 4)])
+def test_the_matte_feathered_in_tiles_has_the_whole_boxs_bits(radius, grow, monkeypatch):
+    """``feather_at`` feathers the auto matte only in tiles around the pixels asked for (the changed ones);
+    each must get the value feathering the matte's whole box gives (``feather_in_box``), bit for bit: OpenCV
+    sums a row's last columns in another order, which the tiles' alignment keeps where the box has it."""
+    from frdm.engine import fill
+    from frdm.engine.fill import feather_at
+
+    sizes: list[int] = []
+    real = fill.feather_mask
+    monkeypatch.setattr(fill, "feather_mask", lambda m, r, g: sizes.append(m.size) or real(m, r, g))
+    rng = np.random.default_rng(int(radius * 10) + grow)
+    tiled = []
+    for h, w, specks in [(600, 1500, 12), (257, 2001, 8), (90, 2000, 8)]:
+        matte = _scattered_matte(rng, h, w, specks)
+        box = fill.nonzero_box(matte > 0)
+        values = matte[box[0] : box[1], box[2] : box[3]]
+        crop, mask = feather_in_box(box, values, (h, w), radius, grow)
+        whole = np.zeros((h, w), np.float32)
+        whole[crop[0] : crop[1], crop[2] : crop[3]] = mask
+        # Every pixel the feathered matte reaches (the tiles' edges included), and others anywhere.
+        ys, xs = np.nonzero(whole)
+        ys, xs = np.r_[ys, rng.integers(0, h, 5)], np.r_[xs, rng.integers(0, w, 5)]
+        sizes.clear()
+        got = feather_at(box, values, (h, w), radius, grow, ys, xs)
+        assert np.array_equal(got.view(np.uint32), whole[ys, xs].view(np.uint32))
+        tiled.append(len(sizes) > 1 and sum(sizes) < mask.size)  # less than the box's crop in all, or whole
+    assert any(tiled) or fill.feather_margin(radius, grow) > 16  # a wide feather's tiles are the box's crop
+    assert not feather_at(None, np.zeros((0, 0), np.float32), (9, 9), radius, grow, ys[:3] % 9, xs[:3] % 9).any()
+
+
+def test_the_changed_pixels_are_listed_as_a_per_pixel_comparison_finds_them():
+    """``FillResult.from_restored`` lists the changed pixels (any channel differs as a float: -0.0 is 0.0),
+    from a search of the changed samples for few, of a per-pixel map for many; the box is theirs, the
+    entry keeps them, the box-sized views show them."""
+    rng = np.random.default_rng(12)
+    h, w = 120, 170
+    model = rng.random((h, w, 3), dtype=np.float32)
+    model[5, 7] = 0.0
+    matte = np.zeros((h, w), np.float32)
+    for share in (0.002, 0.3):
+        restored = model.copy()
+        picks = rng.random((h, w)) < share
+        channel = rng.integers(0, 3, (h, w))
+        restored[picks, channel[picks]] += 0.25  # one channel of each picked pixel
+        restored[5, 7] = -0.0  # equal as a float: unchanged
+        fill = FillResult.from_restored(RestoredFrame(1, restored, matte), model)
+        expected = np.flatnonzero((restored != model).any(axis=-1))
+        assert np.array_equal(fill.where, expected) and 5 * w + 7 not in fill.where
+        ys, xs = np.divmod(expected, w)
+        assert fill.box == (ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+        assert np.array_equal(fill.values, restored[ys, xs])
+        y0, y1, x0, x1 = fill.box
+        assert np.array_equal(fill.changed, (restored != model).any(axis=-1)[y0:y1, x0:x1])
+        assert np.array_equal(fill.image[fill.changed], restored[y0:y1, x0:x1][fill.changed])
+        back = FillResult.from_bytes(fill.to_bytes())
+        assert back is not None and back.box == fill.box
+        assert np.array_equal(back.where, fill.where) and np.array_equal(back.values, fill.values)
+    # A restored image laid out otherwise (a transposed view) is compared pixel for pixel all the same.
+    restored = np.ascontiguousarray(model.transpose(1, 0, 2)).transpose(1, 0, 2)
+    restored[60, 3, 1] = 2.0
+    fill = FillResult.from_restored(RestoredFrame(1, restored, matte), model)
+    assert fill.where.tolist() == [60 * w + 3]
+
+
+def test_scattered_specks_blend_to_the_whole_frame_formulas_bits(monkeypatch):
+    """Specks over a wide frame (their box is most of it): the blend weighs only the changed pixels, the
+    matte feathered in tiles around them, and gives the whole-frame formula's bits."""
+    from frdm.engine import fill
+
+    sizes: list[int] = []
+    real = fill.feather_mask
+    monkeypatch.setattr(fill, "feather_mask", lambda m, r, g: sizes.append(m.size) or real(m, r, g))
+    rng = np.random.default_rng(13)
+    h, w = 500, 2000
+    win = (0, 0, w, h)
+    halves = rng.random((h, w, 4), dtype=np.float32).astype(np.float16)
+    original = Frame(halves, tuple("RGBA"), ("half",) * 4, win, win)
+    rgb = halves[..., :3].astype(np.float32)
+    model = np.clip(to_model(rgb, "linear"), 0, 1)
+    matte = _scattered_matte(rng, h, w, 15)
+    restored = model.copy()
+    fills = matte > 0
+    fills[rng.integers(0, h, 5), rng.integers(0, w, 5)] = True  # a few changes outside the matte: weight 0 there
+    restored[fills] = rng.random((int(fills.sum()), 3), dtype=np.float32)
+    fr = FillResult.from_restored(RestoredFrame(1, restored, matte), model)
+    for feather, grow in [(0.5, 2), (3.0, 0)]:
+        params = P.validate({"colorspace": "linear", "feather": feather, "matte_grow": grow, "write_matte": False})
+        sizes.clear()
+        out = finish_frame(original, fr, params, "linear", None, 1, pipeline.MATTE_CHANNEL, halves_out=True)
+        assert len(sizes) > 1  # in tiles
+        box, mask = feather_in_box(fr.matte_box, fr.matte, fr.shape, feather, grow)
+        m = np.zeros((h, w), np.float32)
+        m[box[0] : box[1], box[2] : box[3]] = mask
+        m = m * representable(to_model(rgb, "linear")) * (restored != model).any(axis=-1)
+        expected = halves.astype(np.float32)
+        expected[..., :3] = blend(rgb, from_model(restored, "linear"), m)
+        assert out.samples.dtype == np.float16 and original.half is halves
+        assert np.array_equal(out.samples.view(np.uint16), expected.astype(np.float16).view(np.uint16))
+        assert 0 < int((out.samples != halves).any(axis=-1).sum()) <= int(fills.sum())

@@ -462,6 +462,27 @@ def test_a_detection_change_reads_frames_sent_by_id_from_the_recent_sources(serv
         assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
 
 
+def test_half_frames_from_the_recent_sources_are_checked_for_nan_once(server, monkeypatch):
+    from frdm.server import pixels as server_pixels
+
+    srv, restorer = server
+    sources = {n: raw_frame(100 + n) for n in (1, 2, 3, 4)}  # all half: held as received, never converted
+    checked: list[int] = []
+    check = server_pixels.check_finite
+    monkeypatch.setattr(
+        server_pixels, "check_finite", lambda px, raw, name: (checked.append(id(raw.buffer)), check(px, raw, name))
+    )
+    run(srv.endpoint, {"feather": 1.0}, sources)
+    assert len(checked) == 4  # each frame read once
+    checked.clear()
+    by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in sources}
+    light = run(srv.endpoint, {"dust_threshold": 0.2}, by_id)  # restored again, every frame from memory
+    assert checked == [] and sorted(restorer.restored) == [2, 2, 3, 3]
+    full = run(srv.endpoint, {"dust_threshold": 0.2}, sources)
+    for n in (2, 3):
+        assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+
+
 def test_frames_listed_out_of_order_find_their_context_by_id(server):
     srv, restorer = server
     sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
@@ -501,6 +522,28 @@ def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
         assert sorted(restorer.restored) == [2, 2, 3, 3]
 
 
+def test_targets_by_content_id_are_restored_and_re_blended_from_the_recent_sources(tmp_path):
+    with counting_server(tmp_path / "cache") as (srv, restorer):
+        sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        by_id = {n: protocol.ContentRef(sources[n].content_id()) for n in sources}  # no pixels at all
+        for change, restored in (({"feather": 3.0}, [2, 3]), ({"dust_threshold": 0.2}, [2, 2, 3, 3])):
+            light = run(srv.endpoint, change, by_id)
+            assert sorted(restorer.restored) == restored, change  # re-blended, then restored again
+            full = run(srv.endpoint, change, sources)  # with every frame's pixels: the same keys, the same bytes
+            assert all(cached for _, cached in full.values())
+            for n in (2, 3):
+                assert light[n][0].spec == full[n][0].spec
+                assert bytes(memoryview(light[n][0].buffer)) == bytes(memoryview(full[n][0].buffer))
+    with counting_server(tmp_path / "cache2", source_memory_bytes=0) as (srv, restorer):
+        run(srv.endpoint, {"feather": 1.0}, sources)
+        # Even with the restorer outputs kept (a blend change), a target's own pixels must be there.
+        got = events(srv.endpoint, {"feather": 3.0}, {**sources, 3: by_id[3]})
+        assert got[-1].kind == "error" and got[-1].code == "need_sources", got[-1].message
+        assert got[-1].frames == [3] and not [e for e in got if e.kind == "frame"]
+        assert sorted(restorer.restored) == [2, 3]
+
+
 @pytest.mark.parametrize(
     "entry, why",
     [
@@ -509,7 +552,6 @@ def test_frames_sent_by_id_the_server_lacks_are_asked_for(tmp_path):
         ({"frame": 1, "id": 7}, "64 or 128 lowercase hex"),
         ({"frame": 1, "id": "a" * 64, "path": "/x.exr"}, "exactly one of"),
         ({"frame": 1, "id": "a" * 64, "image": {}}, "'image' describes inline pixels"),
-        ({"frame": 2, "id": "a" * 64}, "a target's own pixels must be sent"),
     ],
 )
 def test_malformed_content_id_sources_are_refused_by_field(entry, why):
@@ -1074,3 +1116,41 @@ def test_which_pixels_changed_is_their_bytes_whatever_a_pixel_s_size(size):
     np.testing.assert_array_equal(_changed_pixels(a, b), np.sort(rows))
     np.testing.assert_array_equal(_changed_pixels(a, b), np.flatnonzero((a != b).any(axis=1)))
     assert _changed_pixels(a, a.copy()).size == 0
+
+
+def test_host_exr_codec_reads_uncompressed_blocks_in_any_order():
+    """An uncompressed file is read in place when its blocks lie in order; blocks stored in another order
+    (the offset table says where) are read one by one, to the same pixels; a block header that lies is an
+    error, not other pixels."""
+    import struct
+
+    from frdm.server import exrfile
+
+    rng = np.random.default_rng(5)
+    h, w = 6, 5
+    px = rng.random((h, w, 3)).astype(np.float32)
+    ours = RawImage.from_float32(px, ("R", "G", "B"), ("half",) * 3, (0, 0, w, h), (0, 0, w, h))
+    data = bytearray(exrfile.encode(ours, "none"))
+    table = 8 * h
+    start = len(data) - h * (8 + w * 6) - table  # the offset table's position
+    offsets = list(struct.unpack_from(f"<{h}Q", data, start))
+    step = 8 + w * 6
+    blocks = [bytes(data[o : o + step]) for o in offsets]
+    # Lines 0 and 1 swapped on disk, the table pointing at each where it now lies.
+    swapped = bytearray(data[:start]) + struct.pack(f"<{h}Q", offsets[1], offsets[0], *offsets[2:])
+    swapped += blocks[1] + blocks[0] + b"".join(blocks[2:])
+    back = exrfile.decode(bytes(swapped))
+    assert back is not None
+    np.testing.assert_array_equal(
+        back.to_float32()[..., [back.spec.channels.index(c) for c in "RGB"]], ours.to_float32()
+    )
+    lying = bytearray(data)
+    struct.pack_into("<i", lying, offsets[2], 4)  # line 2's block claims to be line 4's
+    struct.pack_into("<i", lying, offsets[4], 2)
+    back = exrfile.decode(bytes(lying))  # read block by block: lines 2 and 4 land where their headers say
+    assert back is not None
+    got = back.to_float32()[..., [back.spec.channels.index(c) for c in "RGB"]]
+    np.testing.assert_array_equal(got[[0, 1, 4, 3, 2, 5]], ours.to_float32())
+    struct.pack_into("<i", lying, offsets[3], 99)  # a line outside the data window
+    with pytest.raises(ValueError, match="out of range"):
+        exrfile.decode(bytes(lying))

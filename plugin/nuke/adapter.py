@@ -64,7 +64,7 @@ RETRIES = 1
 _NODES: dict[tuple[str, str], FrdmNode] = {}
 #: Hidden knobs the adapter adds to gizmos saved before they existed (name -> Nuke knob class).
 _NODE_ID = f"{KNOB_PREFIX}node_id"
-#: Seconds between status-line updates while a job runs.
+#: Seconds between status-line updates while a job runs (the end of the job is seen at once, not at the next).
 STATUS_INTERVAL = 0.2
 
 
@@ -474,6 +474,11 @@ class ViewJobs:
     def running(self) -> bool:
         return any(j.running() for j in self.jobs.values())
 
+    def join(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds for every view's job to end (``RenderJob.join``): whether they have."""
+        deadline = time.monotonic() + timeout
+        return all(j.join(max(0.0, deadline - time.monotonic())) for j in self.jobs.values())
+
     @property
     def progress(self) -> tuple[float, float, str]:
         parts = [j.progress for j in self.jobs.values()]
@@ -558,7 +563,7 @@ def _watch(node: nuke.Node, job: ViewJobs, pattern: str, inputs_dir: str, title:
             if text != last:  # only real changes reach the main thread
                 _on_main(set_status, node, text)
                 last = text
-            time.sleep(STATUS_INTERVAL)
+            job.join(STATUS_INTERVAL)  # not a sleep: the results are loaded as soon as the job ends
     finally:
         del task  # closes the progress window
     _on_main(finish, node, job, pattern, inputs_dir)
