@@ -384,7 +384,11 @@ class ResultCache:
         with self._lock:
             waiting = self._pending.get(path)
         if waiting is not None:
-            data = _entry_bytes(waiting)
+            try:
+                data = _entry_bytes(waiting)  # serialised here: what fails the writer would fail here too
+            except Exception as exc:
+                log.warning("cache: entry %s not served (%s: %s); read as a miss", path, type(exc).__name__, exc)
+                return None
         else:
             try:
                 with open(path, "rb") as fh:

@@ -668,6 +668,7 @@ def test_a_fill_entry_with_a_malformed_header_is_a_miss_not_a_failed_job(server)
 def test_a_cache_entry_its_reader_fails_on_is_a_logged_miss(tmp_path, caplog):
     """Whatever a reader raises on an entry (a bug, or a file not to be trusted) costs that entry, named in
     the log, never the job that asked for it; what the reader returns is what ``get`` returns."""
+    from frdm.engine.fill import FillResult
     from frdm.server.storage import ResultCache
 
     cache = ResultCache(str(tmp_path / "c"), 1 << 30)
@@ -680,6 +681,17 @@ def test_a_cache_entry_its_reader_fails_on_is_a_logged_miss(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="frdm.server"):
         assert cache.get("a" * 64, "fill", failing) is None
     assert os.path.join(cache.directory, "a" * 64 + ".fill") in caplog.text and "IndexError" in caplog.text
+    # An entry still waiting for the writer is serialised when read: what fails there is a miss too.
+    waiting = ResultCache(str(tmp_path / "w"), 1 << 30, background=True)
+    disk = threading.Event()
+    waiting.put("s" * 64, lambda: (disk.wait(30), b"slow")[1], "fill")  # holds the writer
+    waiting.put("b" * 64, lambda: failing(None), "fill")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frdm.server"):
+        assert waiting.get("b" * 64, "fill", FillResult.from_bytes) is None
+    assert "b" * 64 + ".fill" in caplog.text
+    disk.set()
+    waiting.close()
 
 
 def test_a_raw_frame_declares_its_colour_space_as_its_file_does(server, tmp_path):
