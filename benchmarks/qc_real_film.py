@@ -70,7 +70,9 @@ def film_source(data: str, film: str) -> str:
 
 
 class MatteWriter:
-    """A restorer that writes each frame's defect matte as it yields the frame (8-bit grey PNG, 255 = defect)."""
+    """A restorer that writes each frame's defect matte as it yields the frame (8-bit grey PNG, 255 = defect).
+    A frame with no matte (``RestoredFrame.matte`` None: no defect found) gets an all-zero one of its clip's
+    size: every frame has its matte file for ``frdm qc --matte``, and a missing one would not say 'none'."""
 
     def __init__(self, restorer: Any, pattern: str):
         self.restorer, self.pattern = restorer, pattern
@@ -89,7 +91,9 @@ class MatteWriter:
         from frdm.engine.restorer import no_progress
 
         for frame in self.restorer.restore(clip, params, progress or no_progress):
-            cv2.imwrite(pattern.path(frame.frame_number), (np.clip(frame.matte, 0, 1) * 255 + 0.5).astype(np.uint8))
+            matte = frame.matte if frame.matte is not None else np.zeros(clip.shape, np.float32)
+            if not cv2.imwrite(pattern.path(frame.frame_number), (np.clip(matte, 0, 1) * 255 + 0.5).astype(np.uint8)):
+                raise OSError(f"qc_real_film: could not write the matte of frame {frame.frame_number}")
             yield frame
 
 

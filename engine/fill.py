@@ -263,31 +263,23 @@ class FillResult:
             if meta.get("format") != FILL_FORMAT:
                 return None
             arrays = load(data)
-            box = tuple(meta["box"]) if meta["box"] is not None else None
-            matte_box = tuple(meta["matte_box"]) if meta["matte_box"] is not None else None
-            shape = tuple(int(v) for v in meta["shape"])
+            shape = _stored_shape(meta["shape"])
+            box, matte_box = _stored_box(meta["box"], shape), _stored_box(meta["matte_box"], shape)
             changed = _bits_map(box, arrays["changed"])
             values = arrays["values"]
             _, matte = _scattered(matte_box, arrays["defects"], arrays["matte_values"], None)
+            base = arrays.get("base")
             if values.shape != (int(np.count_nonzero(changed)), 3) or matte is None:
                 return None  # damaged: the values do not fit their map
+            if base is not None and base.shape != (*shape, 3):
+                return None  # damaged: the base is not its frame's size
             where = np.zeros(0, _index_type(shape))
             if box is not None:
-                if not (0 <= box[0] < box[1] <= shape[0] and 0 <= box[2] < box[3] <= shape[1]):
-                    return None
                 ys, xs = np.divmod(np.flatnonzero(changed), box[3] - box[2])
                 where = ((ys + box[0]) * shape[1] + xs + box[2]).astype(_index_type(shape))
-            return cls(
-                shape,  # type: ignore[arg-type]
-                box,  # type: ignore[arg-type]
-                where,
-                values,
-                matte_box,  # type: ignore[arg-type]
-                matte,
-                arrays.get("base"),
-            )
-        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, SafetensorError):
-            return None  # SafetensorError: a torn entry (the server's cache is not synced to disk)
+            return cls(shape, box, where, values, matte_box, matte, base)
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error, UnicodeDecodeError, SafetensorError):
+            return None  # SafetensorError: a torn entry; AttributeError: a header that is not a map
 
 
 class FillStore(Protocol):
@@ -325,6 +317,29 @@ class FolderFillStore:
 
     def put(self, frame: int, result: FillResult) -> None:
         atomic.write_bytes(self._path(frame), self.keys[frame].encode() + b"\n" + result.to_bytes())
+
+
+def _stored_shape(value: Any) -> tuple[int, int]:
+    """A stored frame size, (H, W) of positive ints, else ValueError (a damaged entry)."""
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
+        raise ValueError(f"stored frame size {value!r:.60}")
+    return int(value[0]), int(value[1])
+
+
+def _stored_box(value: Any, shape: tuple[int, int]) -> Box | None:
+    """A stored box (None, or y0, y1, x0, x1 inside the frame ``shape``), else ValueError (a damaged entry)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 4 and all(_is_int(v) for v in value)):
+        raise ValueError(f"stored box {value!r:.60}")
+    y0, y1, x0, x1 = value
+    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"stored box {value} outside the frame {shape}")
+    return y0, y1, x0, x1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _bits_map(box: Any, bits: np.ndarray) -> np.ndarray:

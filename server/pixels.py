@@ -131,14 +131,7 @@ def changed_from_raw(raw: RawImage, original: np.ndarray, frame: Any) -> RawImag
     types comes this way; an all-half one holds halves and needs neither (``raw_from_frame``)."""
     pixels = frame.pixels
     h, w, c = pixels.shape
-    differs = pixels.view(np.uint32) != original.view(np.uint32)  # bits: -0.0 is not 0.0
-    if c in (1, 2, 4, 8):  # a pixel's flags as one integer: non-zero if any channel changed (no slow reduce)
-        changed = differs.view(np.dtype(f"<u{c}")).reshape(h, w) != 0
-    else:
-        changed = differs[..., 0].copy()
-        for i in range(1, c):
-            changed |= differs[..., i]
-    where = np.flatnonzero(changed)
+    where = _changed_pixels(_pixel_rows(pixels), _pixel_rows(original))  # bits: -0.0 is not 0.0
     values = np.take(pixels.reshape(h * w, c), where, axis=0)
     out = np.array(raw.array())  # a writable copy of the samples as they came
     if out.dtype.names is None:
@@ -172,15 +165,23 @@ def _pixel_bytes(raw: RawImage) -> np.ndarray:
     return flat.reshape(raw.spec.width * raw.spec.height, -1)
 
 
+def _pixel_rows(pixels: np.ndarray) -> np.ndarray:
+    """(pixels, bytes per pixel) uint8 view of an (H, W, C) array (copied only if it is not contiguous)."""
+    h, w = pixels.shape[:2]
+    return np.ascontiguousarray(pixels).view(np.uint8).reshape(h * w, -1)
+
+
 def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Flat indices of the pixels whose bytes differ, of two (pixels, bytes per pixel) uint8 arrays."""
+    """Flat indices of the pixels whose bytes differ, of two (pixels, bytes per pixel) uint8 arrays: the one
+    test of which pixels changed, on the raw samples (a cache entry's changes) and on float32 pixels
+    (``changed_from_raw``) alike. A pixel is compared as few wide integers as divide its size (one for 1, 2,
+    4 or 8 bytes), their results OR-ed column by column: any() over a short last axis is several times
+    slower."""
     size = a.shape[1]
-    if size in (1, 2, 4, 8):  # a pixel as one integer: one compare a pixel
-        word = np.dtype(f"<u{size}")
-        return np.flatnonzero(np.ascontiguousarray(a).view(word) != np.ascontiguousarray(b).view(word))
-    differs = a != b
-    changed = differs[:, 0].copy()
-    for i in range(1, size):  # columns OR-ed one by one: any() over a short last axis is several times slower
+    word = np.dtype(f"<u{next(n for n in (8, 4, 2, 1) if size % n == 0)}")
+    differs = np.ascontiguousarray(a).view(word) != np.ascontiguousarray(b).view(word)
+    changed = differs[:, 0].copy() if differs.shape[1] > 1 else differs[:, 0]
+    for i in range(1, differs.shape[1]):
         changed |= differs[:, i]
     return np.flatnonzero(changed)
 

@@ -19,9 +19,12 @@ import os
 import queue
 import re
 import stat
+import struct
 import threading
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from frdm.server.protocol import ImageRef, Limits, ProtocolError, RawImage, Rest
 from frdm.server.sniff import ImageHeader
 
 log = logging.getLogger("frdm.server")
+T = TypeVar("T")
 
 # --- allowed roots -----------------------------------------------------------------------------------
 
@@ -335,7 +339,11 @@ class ResultCache:
     ``frdm.engine.depends.frame_key`` at its stage.
 
     Entries are written atomically, so a server killed mid-write leaves no bad entry; least recently used
-    entries (of either kind) go when the folder grows past ``max_bytes``.
+    entries (of either kind) go when the folder grows past ``max_bytes``. They are not synced, though (a
+    frame's fsync would hold the writer for the disk): a power cut can leave a file of the right length that
+    is zeros in part or whole. So each file ends with a seal, a magic and the crc32 of all before it
+    (``SEAL``); one whose seal does not match (damaged, or of a version before the seal) is a miss with a
+    log line naming it, as is one its ``decode`` cannot read (``get``), never a wrong frame or a failed job.
 
     ``background``: entries are serialised and written by a thread of their own, so a frame's reply (and
     its job's ``done``) does not wait for tens of megabytes to reach the disk; an entry waiting there is
@@ -344,6 +352,8 @@ class ResultCache:
 
     KINDS = ("frame", "fill")
     PENDING = 8
+    SEAL = struct.Struct("<4sI")  # magic, crc32 of the entry before the seal (~10 ms for a 25 MB 2K frame)
+    SEAL_MAGIC = b"FRc1"
 
     def __init__(self, directory: str, max_bytes: int, *, background: bool = False):
         self.directory = directory
@@ -366,19 +376,50 @@ class ResultCache:
             raise ValueError(f"unknown cache entry kind {kind!r}")
         return os.path.join(self.directory, f"{key}.{kind}")
 
-    def get(self, key: str, kind: str = "frame") -> bytes | None:
+    def get(self, key: str, kind: str = "frame", decode: Callable[[Any], T | None] | None = None) -> Any:
+        """The entry's bytes (its seal checked and left off), or what ``decode`` makes of them; None for a
+        miss. An entry that is damaged, or that ``decode`` fails on (any Exception: the file is not to be
+        trusted), is a miss and logged with its file's name: a bad cache file never fails a job."""
         path = self._path(key, kind)
         with self._lock:
             waiting = self._pending.get(path)
         if waiting is not None:
-            return _entry_bytes(waiting)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            os.utime(path)  # recently used
+            try:
+                data = _entry_bytes(waiting)  # serialised here: what fails the writer would fail here too
+            except Exception as exc:
+                log.warning("cache: entry %s not served (%s: %s); read as a miss", path, type(exc).__name__, exc)
+                return None
+        else:
+            try:
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+                os.utime(path)  # recently used
+            except OSError:
+                return None
+            data = self._unsealed(raw, path)
+            if data is None:
+                return None
+        if decode is None:
             return data
-        except OSError:
+        try:
+            return decode(data)
+        except Exception as exc:
+            log.warning("cache: entry %s is not readable (%s: %s); read as a miss", path, type(exc).__name__, exc)
             return None
+
+    def _unsealed(self, raw: bytes, path: str) -> memoryview | None:
+        """``raw`` without its seal if the seal matches, else None (logged)."""
+        n = self.SEAL.size
+        magic, crc = self.SEAL.unpack_from(raw, len(raw) - n) if len(raw) >= n else (b"", 0)
+        body = memoryview(raw)[: len(raw) - n]
+        if magic != self.SEAL_MAGIC:
+            why = "no seal: damaged, or written by a version before the seal"
+        elif zlib.crc32(body) != crc:
+            why = "its checksum does not match: damaged (a power cut while it was unsynced?)"
+        else:
+            return body
+        log.warning("cache: entry %s (%d bytes) is not valid (%s); read as a miss", path, len(raw), why)
+        return None
 
     def put(self, key: str, data: Any, kind: str = "frame") -> None:
         """``data``: bytes-like, a sequence of bytes-like parts (one atomic write, the parts written one after
@@ -395,7 +436,7 @@ class ResultCache:
             # here): the entry is written in the caller's thread, which never waits for a writer that left.
             with self._lock:
                 data = self._pending.pop(path, data)
-            self._write(path, data)
+            self._write_or_log(path, data)
 
     def _hand_over(self, path: str | None) -> bool:
         """Queue ``path`` for the writer (None: stop); False if the writer thread has ended."""
@@ -437,10 +478,15 @@ class ResultCache:
         with self._lock:
             left, self._pending = self._pending, {}
         for path, data in left.items():
-            try:
-                self._write(path, data)
-            except OSError as exc:
-                log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
+            self._write_or_log(path, data)
+
+    def _write_or_log(self, path: str, data: Any) -> None:
+        """``_write`` where a failure costs the entry alone: a full or failing disk (OSError), or an entry that
+        cannot be serialised (any Exception), is logged, never raised into the worker or ``close``."""
+        try:
+            self._write(path, data)
+        except Exception as exc:
+            log.warning("cache: entry %s not cached (%s: %s)", os.path.basename(path), type(exc).__name__, exc)
 
     def _write_pending(self) -> None:
         assert self._queue is not None
@@ -449,9 +495,7 @@ class ResultCache:
                 data = self._pending.get(path)
             try:
                 if data is not None:
-                    self._write(path, data)
-            except Exception as exc:  # a full or failing cache disk costs the cache, never a frame
-                log.warning("cache: entry %s not cached (%s)", os.path.basename(path), exc)
+                    self._write_or_log(path, data)  # a full or failing cache disk costs the cache, never a frame
             finally:
                 with self._lock:
                     if self._pending.get(path) is data:
@@ -462,8 +506,12 @@ class ResultCache:
         if callable(data):
             data = data()
         parts = list(data) if not isinstance(data, (bytes, bytearray, memoryview)) else [data]
-        # Not synced: an entry a power cut damages reads as a miss (entry_image and FillResult.from_bytes
-        # check what they read), and a 2K frame's fsync would hold the writer for the disk on every frame.
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        parts.append(self.SEAL.pack(self.SEAL_MAGIC, crc))
+        # Not synced: an entry a power cut damages reads as a miss (its seal, checked by ``get``), and a 2K
+        # frame's fsync would hold the writer for the disk on every frame.
         # The parts are written one after another: joined, a frame's pixels were copied into fresh memory
         # first (~20 ms a 2K frame here, most of it the kernel zeroing the new pages).
         atomic.write_bytes(path, parts, durable=False)

@@ -178,8 +178,7 @@ class FillCache:
     def get(self, frame: int) -> FillResult | None:
         if frame in self.held:
             return self.held[frame]
-        data = self.cache.get(self.keys[frame], "fill")
-        result = FillResult.from_bytes(data) if data is not None else None
+        result = self.cache.get(self.keys[frame], "fill", FillResult.from_bytes)
         if result is not None:
             self.held[frame] = result
         return result
@@ -193,10 +192,8 @@ class FillCache:
 
 def cached_output(cache: ResultCache, job: Job, frame: int, key: str) -> RawImage | None:
     """A finished frame from the cache (its pixels may be the request's own source buffer)."""
-    data = cache.get(key, "frame")
-    if data is None:
-        return None
-    return entry_image(data, job_raw(job, job.req.sources.get(frame)))
+    ref = job.req.sources.get(frame)
+    return cache.get(key, "frame", lambda data: entry_image(data, job_raw(job, ref)))  # type: ignore[no-any-return]
 
 
 def deliver_payload(job: Job, frame: int, raw: RawImage, image: Any = None) -> Any:

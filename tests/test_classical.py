@@ -430,3 +430,23 @@ def test_a_large_blotch_is_filled_from_the_neighbours_without_patches(shared_dat
     detail = f"mean error {error.mean():.1f}/255, {np.mean(error > 30):.1%} of the blotch off by > 30/255"
     assert error.mean() < 9, detail
     assert np.mean(error > 30) < 0.03, detail
+
+
+@pytest.mark.parametrize(("h", "w"), [(11, 11), (15, 200), (40, 10), (30, 1400)])
+def test_a_frame_too_small_for_the_flow_is_an_input_error_naming_it_and_the_minimum(h, w):
+    """OpenCV's DIS raised a raw cv2.error below 12x12 and crashed the process on strips 8-15 px high
+    (measured: 12x48, 16x1000 reduced to 8x500 for the flow). The restorer refuses them before any flow,
+    naming the frame, its size and the least it needs; the smallest sizes it takes still restore."""
+    from frdm.engine.classical.restorer import check_frame_size
+    from frdm.engine.errors import InputError
+
+    with pytest.raises(InputError, match=rf"frame 7: {w}x{h} pixels is too small .* needs at least (16|32|48)"):
+        check_frame_size(h, w, 7)
+    if (h, w) == (11, 11):  # what DIS raises on rather than crashes: the restorer itself refuses it
+        frames = np.random.default_rng(0).random((3, h, w, 3), dtype=np.float32)
+        with pytest.raises(InputError, match=r"frame 2: 11x11 pixels"):
+            list(ClassicalRestorer().restore(Clip(frames, [1, 2, 3], [2, 3]), P.validate({})))
+    for least in ((16, 16), (16, 640), (32, 1280)):  # the least it takes
+        check_frame_size(*least, 1)
+        frames = np.random.default_rng(1).random((3, *least, 3), dtype=np.float32)
+        assert len(list(ClassicalRestorer().restore(Clip(frames, [1, 2, 3], [2]), P.validate({})))) == 1

@@ -298,3 +298,37 @@ def test_the_matte_ring_is_whole_whatever_the_changed_ring():
         assert region.judged == "matte"
         figures.append((region.step, region.step_before, region.grain, region.outside))
     assert figures[0] == figures[1]
+
+
+def test_the_real_film_benchmark_writes_a_zero_matte_for_a_frame_with_none(tmp_path):
+    """``RestoredFrame.matte`` None means no defect found: benchmarks/qc_real_film.py's MatteWriter raised
+    on it (np.clip of None) and left the frame without a matte file; it writes an all-zero matte of the
+    clip's size, and the restorer's own matte as it came."""
+    import importlib.util
+    from pathlib import Path
+
+    from frdm.engine.restorer import Clip, RestoredFrame
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "qc_real_film.py"
+    spec = importlib.util.spec_from_file_location("qc_real_film", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    found = np.zeros((12, 20), np.float32)
+    found[3:5, 7:9] = 1.0
+
+    class Stub:
+        engine_version = "stub-1"
+
+        def context(self, params):
+            return (0, 0)
+
+        def restore(self, clip, params, progress=None):
+            yield RestoredFrame.unchanged(1)  # nothing found: no matte
+            yield RestoredFrame(2, None, found)
+
+    clip = Clip(np.zeros((2, 12, 20, 3), np.float32), [1, 2], [1, 2])
+    writer = bench.MatteWriter(Stub(), str(tmp_path / "matte.####.png"))
+    assert [f.frame_number for f in writer.restore(clip, {})] == [1, 2]
+    none = cv2.imread(str(tmp_path / "matte.0001.png"), cv2.IMREAD_UNCHANGED)
+    assert none is not None and none.shape == (12, 20) and not none.any()
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "matte.0002.png"), cv2.IMREAD_UNCHANGED), found * 255)

@@ -94,6 +94,8 @@ def test_contact_sheet_and_preset(tmp_path):
         ("mask_size", ["--mask", "MASK"], r"mask\.0001\.exr: mask for frame 1 is 20x10 but the source is 56x40"),
         ("same", ["OUT=SRC"], "OUT would overwrite the source frame"),
         ("none", ["--feather", "-3"], "parameter 'feather' must be >= 0.0"),
+        # The classical engine's flow (OpenCV DIS) raised a raw cv2.error on frames under 12x12.
+        ("tiny", [], "frame 1: 11x11 pixels is too small for the classical engine, which needs at least 16 pixels"),
     ],
 )
 def test_bad_input_is_named_and_nothing_partial_is_written(tmp_path, capsys, setup, args, message):
@@ -101,6 +103,8 @@ def test_bad_input_is_named_and_nothing_partial_is_written(tmp_path, capsys, set
     src, out = str(tmp_path / "sh.####.exr"), str(tmp_path / "out.####.exr")
     if setup == "gap":
         (tmp_path / "sh.0004.exr").unlink()
+    elif setup == "tiny":
+        _shot(tmp_path, size=(11, 11))
     elif setup == "truncated":
         data = (tmp_path / "sh.0004.exr").read_bytes()
         (tmp_path / "sh.0004.exr").write_bytes(data[: len(data) // 2])

@@ -682,6 +682,16 @@ def test_cancel_mid_job_from_another_thread(tmp_path):
         server.stop()
 
 
+def wait_for_entries(cache: Path, suffix: str, count: int, seconds: float = 30) -> None:
+    """Until the server's cache folder holds ``count`` entries named ``*suffix`` (an entry appears only once
+    complete: written atomically). Entries are written in the order they were made, and a frame's entry is
+    made before its reply is sent: the first ``count`` entries are those of the first ``count`` frames."""
+    deadline = time.monotonic() + seconds
+    while sum(p.name.endswith(suffix) for p in cache.iterdir()) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} {suffix} entries in {cache} after {seconds} s"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_kill_9_mid_job_then_restart_completes_from_cache(tmp_path):
     from frdm.engine.frames import read_frame
@@ -703,6 +713,10 @@ def test_kill_9_mid_job_then_restart_completes_from_cache(tmp_path):
             for e in client.restore(RAW, list(range(1, 7)), sources=sources, output_dir=str(root / "out")):
                 got.append(e)
                 if e.kind == "frame" and killed_at is None and sum(x.kind == "frame" for x in got) == 2:
+                    # A frame's reply does not wait for its cache entry (a thread of its own writes it): the
+                    # kill waits until the entries of the frames delivered are on disk, or the restart might
+                    # find one missing (a race the test lost on a busy machine).
+                    wait_for_entries(server.cache, ".frame", 2)
                     os.kill(server.proc.pid, signal.SIGKILL)
                     killed_at = time.monotonic()
             reported = time.monotonic() - killed_at

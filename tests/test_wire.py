@@ -595,6 +595,105 @@ def test_cache_entries_are_not_synced_and_a_torn_entry_is_a_miss(server, monkeyp
         assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
 
 
+def _damaged(data: bytes, damage: str) -> bytes:
+    from frdm.server.storage import ResultCache
+
+    if damage == "zeroed":  # what a power cut can leave of an unsynced file: its length, all zeros
+        return bytes(len(data))
+    if damage == "tail-zeroed":  # the header's page reached the disk, the pixels' did not
+        return data[: len(data) // 2] + bytes(len(data) - len(data) // 2)
+    assert damage == "unsealed"  # an entry as the version before the seal wrote it
+    return data[: -ResultCache.SEAL.size]
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "tail-zeroed", "unsealed"])
+def test_a_zeroed_cache_entry_of_the_right_length_is_a_logged_miss_never_a_wrong_frame(server, caplog, damage):
+    """Entries are not synced: a power cut can leave a file of the right length full of zeros (in part:
+    the header intact, a changed frame's indices and samples or a fill's arrays zeros, which read as a
+    valid entry and were served as the cached frame). Each entry's seal (a crc32) makes it a miss, logged
+    with the file's name; an entry without a seal (the version before it) is a miss too."""
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    first = run(srv.endpoint, {"feather": 1.0}, sources)
+    srv.cache.flush()
+    damaged = []
+    for entry in os.scandir(srv.cache.directory):
+        if entry.name.endswith((".frame", ".fill")):
+            data = Path(entry.path).read_bytes()
+            Path(entry.path).write_bytes(_damaged(data, damage))
+            damaged.append(entry.path)
+    assert len(damaged) == 4  # a finished frame and a fill result for each of the two targets
+    with caplog.at_level("WARNING", logger="frdm.server"):
+        again = run(srv.endpoint, {"feather": 1.0}, sources)
+    assert sorted(restorer.restored) == [2, 2, 3, 3] and not any(cached for _, cached in again.values())
+    for n in (2, 3):
+        assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
+    assert all(any(path in r.getMessage() for r in caplog.records) for path in damaged), caplog.text
+
+
+def test_a_fill_entry_with_a_malformed_header_is_a_miss_not_a_failed_job(server):
+    """A fill entry whose checksum holds but whose header is not what this version writes (a header that is
+    no map, a box of one number, a frame size of letters) raised AttributeError or IndexError out of the
+    cache read, or was taken as a fill of that 'size': the job failed. It is a miss: the frame is restored."""
+    import json
+    import zlib
+
+    from safetensors.numpy import save
+
+    from frdm.engine.fill import FILL_FORMAT
+    from frdm.server.storage import ResultCache
+
+    srv, restorer = server
+    sources = {n: raw_frame(n) for n in (1, 2, 3, 4)}
+    first = run(srv.endpoint, {"feather": 1.0}, sources)
+    srv.cache.flush()
+    arrays = {n: np.zeros(0, np.uint8) for n in ("values", "changed", "matte_values", "defects")}
+    metas = [[1], {"format": FILL_FORMAT, "shape": [H, W], "box": [0], "matte_box": None}]
+    metas.append({"format": FILL_FORMAT, "shape": "ab", "box": None, "matte_box": None})
+    for meta in metas:
+        bad = save(arrays, metadata={"fill": json.dumps(meta)})
+        for entry in os.scandir(srv.cache.directory):
+            if entry.name.endswith(".frame"):
+                os.unlink(entry.path)  # the finished frames go: the fill entries are read
+            elif entry.name.endswith(".fill"):
+                Path(entry.path).write_bytes(bad + ResultCache.SEAL.pack(ResultCache.SEAL_MAGIC, zlib.crc32(bad)))
+        restored = len(restorer.restored)
+        again = run(srv.endpoint, {"feather": 1.0}, sources)
+        assert len(restorer.restored) == restored + 2, meta  # both targets restored again
+        for n in (2, 3):
+            assert bytes(memoryview(again[n][0].buffer)) == bytes(memoryview(first[n][0].buffer))
+        srv.cache.flush()
+
+
+def test_a_cache_entry_its_reader_fails_on_is_a_logged_miss(tmp_path, caplog):
+    """Whatever a reader raises on an entry (a bug, or a file not to be trusted) costs that entry, named in
+    the log, never the job that asked for it; what the reader returns is what ``get`` returns."""
+    from frdm.engine.fill import FillResult
+    from frdm.server.storage import ResultCache
+
+    cache = ResultCache(str(tmp_path / "c"), 1 << 30)
+    cache.put("a" * 64, [b"head", b"er"], "fill")
+
+    def failing(data: Any) -> Any:
+        raise IndexError("tuple index out of range")
+
+    assert cache.get("a" * 64, "fill", lambda data: bytes(data).upper()) == b"HEADER"
+    with caplog.at_level("WARNING", logger="frdm.server"):
+        assert cache.get("a" * 64, "fill", failing) is None
+    assert os.path.join(cache.directory, "a" * 64 + ".fill") in caplog.text and "IndexError" in caplog.text
+    # An entry still waiting for the writer is serialised when read: what fails there is a miss too.
+    waiting = ResultCache(str(tmp_path / "w"), 1 << 30, background=True)
+    disk = threading.Event()
+    waiting.put("s" * 64, lambda: (disk.wait(30), b"slow")[1], "fill")  # holds the writer
+    waiting.put("b" * 64, lambda: failing(None), "fill")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="frdm.server"):
+        assert waiting.get("b" * 64, "fill", FillResult.from_bytes) is None
+    assert "b" * 64 + ".fill" in caplog.text
+    disk.set()
+    waiting.close()
+
+
 def test_a_raw_frame_declares_its_colour_space_as_its_file_does(server, tmp_path):
     import OpenImageIO as oiio
 
@@ -926,7 +1025,8 @@ def test_a_cache_entry_of_parts_is_written_part_by_part_never_joined(tmp_path):
         tracemalloc.stop()
     assert peak < 1 << 20, f"{peak} bytes allocated to write a 16 MB part"
     with open(os.path.join(cache.directory, "p" * 64 + ".frame"), "rb") as fh:
-        assert fh.read() == b"head" + pixels.tobytes() + b"tail"
+        assert fh.read()[: -ResultCache.SEAL.size] == b"head" + pixels.tobytes() + b"tail"  # then its seal
+    assert cache.get("p" * 64) == b"head" + pixels.tobytes() + b"tail"
 
 
 def _entry_source(types: tuple, h: int, w: int, seed: int):
@@ -984,6 +1084,50 @@ def test_a_frame_changed_everywhere_is_stored_whole_not_as_changes(types):
     assert len(data) < memoryview(out.buffer).nbytes + 1000  # the frame and a header
     back = entry_image(data, source)
     assert back is not None and bytes(memoryview(back.buffer).cast("B")) == bytes(memoryview(out.buffer).cast("B"))
+
+
+def test_frames_too_small_for_the_classical_engine_are_a_job_error_and_the_server_goes_on(tmp_path):
+    """An 11x11 frame raised a raw cv2.error inside the classical engine (an 'internal' error; a strip 8-15
+    px high crashed the process in OpenCV's DIS): it is a bad_input error naming the frame, its size and the
+    least the engine needs, and the server serves the next job."""
+    from frdm.server.server import Server, ServerConfig
+
+    srv = Server(ServerConfig(bind="tcp://127.0.0.1:*", cache_dir=str(tmp_path / "cache")))  # the classical engine
+    ready = threading.Event()
+    thread = threading.Thread(target=srv.serve, kwargs={"ready": lambda _: ready.set()}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        for (h, w), ok in (((11, 11), False), ((16, 16), True)):
+            px = np.random.default_rng(3).random((h, w, 3), dtype=np.float32)
+            sources = {n: RawImage.from_float32(px, "RGB", ("half",) * 3, (0, 0, w, h), (0, 0, w, h)) for n in (1, 2)}
+            with FrdmClient(srv.endpoint, timeout=30) as client:
+                events = list(client.restore({"colorspace": "raw"}, [1, 2], sources=sources, reply="raw"))
+            if ok:
+                assert events[-1].kind == "done" and sum(e.kind == "frame" for e in events) == 2
+            else:
+                assert events[-1].kind == "error" and events[-1].code == "bad_input", events[-1]
+                assert "frame 1: 11x11 pixels is too small for the classical engine" in events[-1].message
+                assert "at least 16 pixels on each side" in events[-1].message
+    finally:
+        srv.request_stop()
+        thread.join(30)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 8, 12, 16, 20])
+def test_which_pixels_changed_is_their_bytes_whatever_a_pixel_s_size(size):
+    """The one test of changed pixels (a cache entry's changes on raw samples, ``changed_from_raw`` on float32
+    pixels): a pixel changed if any of its bytes did, a sign bit alone included, for every pixel size."""
+    from frdm.server.pixels import _changed_pixels
+
+    rng = np.random.default_rng(size)
+    a = rng.integers(0, 256, (500, size), dtype=np.uint8)
+    b = a.copy()
+    rows = rng.choice(500, 40, replace=False)
+    b[rows, rng.integers(0, size, 40)] ^= np.uint8(0x80)  # one bit of one byte of each
+    np.testing.assert_array_equal(_changed_pixels(a, b), np.sort(rows))
+    np.testing.assert_array_equal(_changed_pixels(a, b), np.flatnonzero((a != b).any(axis=1)))
+    assert _changed_pixels(a, a.copy()).size == 0
 
 
 def test_host_exr_codec_reads_uncompressed_blocks_in_any_order():

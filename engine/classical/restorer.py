@@ -48,6 +48,7 @@ from frdm.engine.classical.flow import (
     row_blocks,
     warp,
 )
+from frdm.engine.errors import InputError
 from frdm.engine.restorer import Clip, ProgressFn, RestoredFrame, no_progress
 
 # px: how far a fill reaches beyond the matte, for the blend's grow and feather to have restored pixels to
@@ -66,6 +67,33 @@ TRUST_WINDOW = 31  # px (full size): filled flow is trusted where most of this n
 
 
 _T = TypeVar("_T")
+
+
+# The shorter side of the flow's grid (the frame reduced by ``flow_scale``) DIS needs: below it OpenCV's DIS
+# raises (a frame under 12x12) or, on a strip 8-15 px high, crashes the process (OpenCV 5.1, measured).
+MIN_FLOW_SIDE = 16
+
+
+def flow_scale(h: int, w: int) -> int:
+    """The factor a frame is reduced by for the flow (its longer side to at most FLOW_MAX_SIDE)."""
+    return max(1, int(np.ceil(max(h, w) / FLOW_MAX_SIDE)))
+
+
+def check_frame_size(h: int, w: int, frame: int) -> None:
+    """InputError for a frame too small for the flow (see MIN_FLOW_SIDE), naming the frame, its size and the
+    least it needs: checked before any DIS call, which would raise a raw cv2.error or end the process."""
+    scale = flow_scale(h, w)
+    if min(h // scale, w // scale) < MIN_FLOW_SIDE:
+        need = (
+            f"at least {MIN_FLOW_SIDE} pixels on each side"
+            if scale == 1
+            else f"at least {MIN_FLOW_SIDE * scale} pixels on its shorter side when the longer is {max(h, w)} "
+            f"(the motion is estimated on the frame reduced {scale}x)"
+        )
+        raise InputError(
+            f"frame {frame}: {w}x{h} pixels is too small for the classical engine, which needs {need}; "
+            "restore frames (or a region) of at least that size"
+        )
 
 
 def _reduce(grey: np.ndarray, scale: int) -> np.ndarray:
@@ -344,10 +372,12 @@ class ClassicalRestorer:
         self, clip: Clip, params: Mapping[str, Any], progress: ProgressFn = no_progress
     ) -> Iterator[RestoredFrame]:
         radius = int(params["temporal_radius"])
+        h, w = clip.shape
+        check_frame_size(h, w, min(clip.targets, default=clip.frame_numbers[0] if clip.frame_numbers else 0))
         frames = clip.frames
-        count, h, w = frames.shape[:3]
+        count = frames.shape[0]
         shape = (h, w)
-        scale = max(1, int(np.ceil(max(h, w) / FLOW_MAX_SIDE)))
+        scale = flow_scale(h, w)
         # Room for every pair a window's frames share, as the window slides.
         self._flows.size = max(self._flows.size, 8 * radius + 8)
         # The frames the next block shares with this one: its context before its first target.
