@@ -62,8 +62,9 @@ from frdm.engine.params import SCHEMA, STAGES
 # (was 6), spatial fills' grain from the plainest of eight patches, every neighbour's flow taken from around the
 # defects, flow trusted inside large blotches (different fills on real film). classical-5: less disagreement of
 # the references allowed on busy ground, a still shot's line nothing crosses is the scene's (different mattes).
+# classical-6: small strong specks over fast motion that no reference shows near their place (different mattes).
 # diffusion-2: one global-frame conditioning for training and inference, exact low-band texture references.
-ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-5", "diffusion": "diffusion-2"}
+ENGINE_VERSIONS: dict[str, str] = {"classical": "classical-6", "diffusion": "diffusion-2"}
 
 #: Engines whose defect matte comes from another engine's detector (the parameters of that detector's
 #: detect stage then shape the frame as well).

@@ -200,6 +200,22 @@ class SpikeDetector:
     one_sided_gain: float = 1.5
     texture_ring: int = 9  # px: the ring's outer size
     stand_out_ring: int = 3  # px: the ring a clip end's component is compared with (``_stands_out``)
+    # Specks over fast motion (``_no_counterpart``): where the flow fails the references disagree, and the tests
+    # above leave the component out, speck or not. A small, strong one (area <= fast_share of the frame, seeds
+    # >= fast_gain x the threshold, moving > fast_px per frame) is looked for again in both references around
+    # its place, within fast_reach of the frame's larger side (>= fast_reach_min px). Its contrast against its
+    # own ring is compared at every shift: real content, however it moved, shows there with that contrast (a
+    # shift leaves less than fast_left of the component's contrast energy); a speck shows nowhere, and where its
+    # ring is found (the ring's residual <= fast_ring of that energy) the reference shows no trace of it (more
+    # than fast_absent of the energy left). Figures: docs/quality.md, "Specks over fast motion".
+    fast_px: float = 3.0
+    fast_share: float = 0.0005
+    fast_gain: float = 2.0
+    fast_reach: float = 0.02
+    fast_reach_min: int = 16
+    fast_left: float = 0.7
+    fast_absent: float = 0.9
+    fast_ring: float = 0.1
 
     def spikes(self, frame: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         """Signed-free spike strength: how far ``frame`` lies outside the 3x3 range of both neighbours.
@@ -315,6 +331,78 @@ class SpikeDetector:
 
         return step(frame) > step(reference)
 
+    def _no_counterpart(
+        self,
+        frame: np.ndarray,
+        references: tuple[np.ndarray, ...],
+        ys: np.ndarray,
+        xs: np.ndarray,
+        lab: np.ndarray,
+        candidates: np.ndarray,
+        n: int,
+    ) -> np.ndarray:
+        """(n,) bool per component label: among ``candidates``, those that no reference shows
+        anywhere near while each shows what surrounds them. The component's contrast against its own ring
+        (``stand_out_ring`` px), c = frame - the ring's mean, is compared with every shift d of each reference
+        within the reach: the residual sum((c - (ref(p + d) - ref's ring mean at d))^2) over the component, and
+        the ring's own (its pattern against the reference's, both less their means). Real content the flow
+        missed (a fast limb, a thin rod, a light) has its counterpart at some d: a small residual. A speck has
+        none, and where the reference shows its ring (the ring's best shift) nothing of it is there. A
+        component whose search window leaves the frame is not taken (the gate's edge weaves). The sums are
+        correlations of the reference window with the component's masks (cv2.matchTemplate), ~0.1 ms each."""
+        h, w = frame.shape
+        reach = max(self.fast_reach_min, int(round(self.fast_reach * max(h, w))))
+        ring = self.stand_out_ring
+        grow = np.ones((2 * ring + 1,) * 2, np.uint8)
+        out = np.zeros(n, bool)
+        order = np.argsort(lab, kind="stable")
+        starts = np.searchsorted(lab[order], candidates)
+        ends = np.searchsorted(lab[order], candidates, side="right")
+        for i, first, last in zip(candidates, starts, ends):
+            cy, cx = ys[order[first:last]], xs[order[first:last]]
+            y0, x0 = int(cy.min()) - ring, int(cx.min()) - ring
+            y1, x1 = int(cy.max()) + ring + 1, int(cx.max()) + ring + 1
+            if y0 - reach < 0 or x0 - reach < 0 or y1 + reach > h or x1 + reach > w:
+                continue
+            inside = np.zeros((y1 - y0, x1 - x0), np.float32)
+            inside[cy - y0, cx - x0] = 1.0
+            around = (cv2.dilate(inside, grow) - inside).astype(np.float32)
+            patch = frame[y0:y1, x0:x1]
+            level = float((patch * around).sum() / around.sum())
+            c = (patch - level) * inside
+            r = (patch - level) * around
+            energy = float((c * c).sum())
+            n_in, n_ring, sum_c = float(inside.sum()), float(around.sum()), float(c.sum())
+            speck = False
+            for ref in references:
+                win = ref[y0 - reach : y1 + reach, x0 - reach : x1 + reach]
+                win2 = win * win
+
+                def corr(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+                    return cv2.matchTemplate(image, kernel, cv2.TM_CCORR)
+
+                ring_mean = corr(win, around) / n_ring
+                a = corr(win, inside)
+                left = (
+                    energy
+                    + corr(win2, inside)
+                    - 2.0 * corr(win, c)
+                    + ring_mean * (n_in * ring_mean + 2.0 * sum_c - 2.0 * a)
+                )
+                ring_left = (
+                    float((r * r).sum()) + corr(win2, around) - 2.0 * corr(win, r) - n_ring * ring_mean * ring_mean
+                )
+                ring_best = int(np.argmin(ring_left))
+                speck = (
+                    float(left.min()) >= self.fast_left * energy
+                    and float(left.flat[ring_best]) >= self.fast_absent * energy
+                    and float(ring_left.flat[ring_best]) <= self.fast_ring * energy
+                )
+                if not speck:
+                    break
+            out[i] = speck and energy > 0.0
+        return out
+
     def texture(self, frame: np.ndarray, found: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """At the pixels (ys, xs): the mean 3x3 range (morphological gradient) of ``frame`` in a
         ``texture_ring`` px window that leaves out ``found`` (the specks) and their edges: the contrast of the
@@ -428,8 +516,15 @@ class SpikeDetector:
         busy = np.minimum(1.0, self.busy_texture / np.maximum(texture, 1e-6))
         keep &= disagree <= self.max_disagreement * busy * strength
         if motion is not None:
-            large_moving = (mean(motion[ys, xs]) > self.moving_px) & (area > self.large_share * frame.size)
+            moving = mean(motion[ys, xs])
+            large_moving = (moving > self.moving_px) & (area > self.large_share * frame.size)
             keep &= ~large_moving | (agree & (peak > 2.0 * threshold))
+            # Left out over fast motion: looked for in the references themselves (``_no_counterpart``).
+            fast = ~keep & (area <= min(self.fast_share * frame.size, self.max_area)) & (area > 0)
+            fast &= (peak >= self.fast_gain * threshold) & (moving > self.fast_px)
+            fast[0] = False
+            if fast.any():
+                keep |= self._no_counterpart(frame, (prev, nxt), ys, xs, lab, np.flatnonzero(fast), n)
         if one_sided is not None and keep.any():
             keep &= self._stands_out(frame, 0.5 * (prev + nxt), labels, ys, xs, lab, n)
         # The kept components' pixels, set from the weak pixels' labels (not a gather over the whole frame).
