@@ -524,6 +524,20 @@ def test_a_flow_changed_nearly_everywhere_is_rewarped_as_whole_rows(monkeypatch)
     assert np.array_equal(by_boxes, warped)
 
 
+def _panning_scratch_shot(seed: int, count: int) -> np.ndarray:
+    """A textured picture panning 1 px a frame, a line scratch that stays put, and a speck on each frame,
+    elsewhere: (count, 96, 128, 3) float32."""
+    rng = np.random.default_rng(seed)
+    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
+    frames = []
+    for t in range(count):
+        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
+        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
+        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0  # a speck on each frame, elsewhere
+        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
+    return np.stack(frames)
+
+
 def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatch):
     """The look-ahead thread takes the window's scratch candidates while the detection's thread is the busier
     (``_balance``): whichever thread computes them, every frame and matte comes out the same, a scratch and
@@ -532,15 +546,7 @@ def test_the_scratch_candidates_give_the_same_frames_in_either_thread(monkeypatc
     from frdm.engine.classical import restorer as R
     from frdm.engine.restorer import Clip
 
-    rng = np.random.default_rng(15)
-    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
-    frames = []
-    for t in range(7):
-        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
-        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
-        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0  # a speck on each frame, elsewhere
-        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
-    clip = Clip(np.stack(frames), list(range(7)), list(range(7)))
+    clip = Clip(_panning_scratch_shot(15, 7), list(range(7)), list(range(7)))
     params = P.validate({})
     runs = []
     for worker_takes in (False, True):
@@ -691,15 +697,7 @@ def test_a_blocks_context_frames_take_their_scratch_candidates_from_the_block_be
     from frdm.engine.classical import restorer as R
     from frdm.engine.restorer import Clip
 
-    rng = np.random.default_rng(16)
-    base = 0.4 + (cv2.GaussianBlur(rng.random((96, 128)).astype(np.float32), (0, 0), 4) - 0.5) * 3.0
-    frames = []
-    for t in range(10):
-        grey = np.roll(base, t, axis=1) + rng.normal(0, 0.01, base.shape).astype(np.float32)
-        grey[:, 64] += 0.25  # a line scratch that stays put while the picture moves
-        grey[10 + 7 * t : 13 + 7 * t, 20 + 5 * t : 23 + 5 * t] = 1.0
-        frames.append(np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2))
-    frames = np.stack(frames)
+    frames = _panning_scratch_shot(16, 10)
     params = P.validate({})
     radius = int(params["temporal_radius"])
     want = list(R.ClassicalRestorer().restore(Clip(frames, list(range(10)), list(range(10))), params))

@@ -152,21 +152,35 @@ class _LineCache:
         self.size = size
         self.items: OrderedDict[tuple[bytes, tuple], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # both engine threads look candidates up (``_balance``)
+        self._busy: dict[tuple[bytes, tuple], threading.Event] = {}  # keys being searched now
 
     def __call__(self, detector: ScratchDetector, grey: np.ndarray) -> np.ndarray:
         # SHA-1 (hardware-accelerated on current CPUs: ~2.6 ms for a 720p luminance against ~7 for BLAKE2b); a
         # key against accidental equality, as the flows' is.
         key = (hashlib.sha1(np.ascontiguousarray(grey).data).digest(), grey.shape, astuple(detector))
-        with self._lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        found = detector.candidates(grey)
-        found.flags.writeable = False
-        with self._lock:
-            self.items[key] = found
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+        while True:
+            with self._lock:
+                if key in self.items:
+                    self.items.move_to_end(key)
+                    return self.items[key]
+                # The other engine thread may be searching this very frame: wait for its result rather than
+                # search twice (a wasted ~50 ms, and a count of searches that would depend on timing).
+                busy = self._busy.get(key)
+                if busy is None:
+                    busy = self._busy[key] = threading.Event()
+                    break
+            busy.wait()
+        try:
+            found = detector.candidates(grey)
+            found.flags.writeable = False
+            with self._lock:
+                self.items[key] = found
+                while len(self.items) > self.size:
+                    self.items.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._busy[key]
+            busy.set()  # a waiter whose search failed here searches itself (it finds neither entry nor mark)
         return found
 
 
